@@ -1,0 +1,407 @@
+//! Image references (parsed and normalised as the kubelet does) and the one walk over every image field of every
+//! pod-bearing kind.
+
+use std::fmt;
+
+use serde_json::Value;
+
+/// A content digest such as `sha256:<64 lowercase hex>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Digest {
+    algorithm: String,
+    hex: String,
+}
+
+impl Digest {
+    /// Parses `alg:hex`, accepting the algorithms OCI allows (sha256, sha384, sha512) in lowercase hex.
+    pub fn parse(s: &str) -> Result<Self, RefError> {
+        let (algorithm, hex) =
+            s.split_once(':').ok_or_else(|| RefError::Digest(format!("{s:?} is not of the form algorithm:hex")))?;
+        let want = match algorithm {
+            "sha256" => 64,
+            "sha384" => 96,
+            "sha512" => 128,
+            other => return Err(RefError::Digest(format!("unsupported digest algorithm {other:?}"))),
+        };
+        let lower_hex = hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if hex.len() != want || !lower_hex {
+            return Err(RefError::Digest(format!("{algorithm} digest must be {want} lowercase hex characters")));
+        }
+        Ok(Self { algorithm: algorithm.to_owned(), hex: hex.to_owned() })
+    }
+
+    /// The sha256 digest of `bytes`.
+    pub fn sha256_of(bytes: &[u8]) -> Self {
+        use sha2::Digest as _;
+        Self { algorithm: "sha256".to_owned(), hex: hex::encode(sha2::Sha256::digest(bytes)) }
+    }
+
+    pub fn algorithm(&self) -> &str {
+        &self.algorithm
+    }
+
+    pub fn hex(&self) -> &str {
+        &self.hex
+    }
+
+    /// The tag cosign derives from this digest: `sha256-<hex>` (suffix `.sig`/`.att` added by callers).
+    pub fn tag_form(&self) -> String {
+        format!("{}-{}", self.algorithm, self.hex)
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.algorithm, self.hex)
+    }
+}
+
+impl serde::Serialize for Digest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Why an image reference could not be understood.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RefError {
+    #[error("the image reference is empty")]
+    Empty,
+    #[error("{0:?} is not a valid image reference: {1}")]
+    Syntax(String, String),
+    #[error("invalid digest: {0}")]
+    Digest(String),
+}
+
+/// A normalised image reference: `docker.io/library/` added, `latest` when neither tag nor digest is given, and the
+/// digest, when present, is what identifies the image (the tag is kept only for display).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ImageRef {
+    registry: String,
+    repository: String,
+    tag: Option<String>,
+    digest: Option<Digest>,
+}
+
+impl ImageRef {
+    pub fn parse(s: &str) -> Result<Self, RefError> {
+        if s.is_empty() {
+            return Err(RefError::Empty);
+        }
+        if s.trim() != s {
+            return Err(RefError::Syntax(s.to_owned(), "leading or trailing whitespace".into()));
+        }
+        let parsed: oci_spec::distribution::Reference =
+            s.parse().map_err(|e: oci_spec::distribution::ParseError| RefError::Syntax(s.to_owned(), e.to_string()))?;
+        let digest = parsed.digest().map(Digest::parse).transpose()?;
+        Ok(Self {
+            registry: parsed.registry().to_owned(),
+            repository: parsed.repository().to_owned(),
+            tag: parsed.tag().map(str::to_owned),
+            digest,
+        })
+    }
+
+    /// Registry host (and port), `docker.io` for Docker Hub.
+    pub fn registry(&self) -> &str {
+        &self.registry
+    }
+
+    pub fn repository(&self) -> &str {
+        &self.repository
+    }
+
+    pub fn tag(&self) -> Option<&str> {
+        self.tag.as_deref()
+    }
+
+    pub fn digest(&self) -> Option<&Digest> {
+        self.digest.as_ref()
+    }
+
+    /// `registry/repository`, the name globs match against together with the tag or digest.
+    pub fn name(&self) -> String {
+        format!("{}/{}", self.registry, self.repository)
+    }
+
+    /// The same image pinned to `digest`; the tag stays for display.
+    pub fn with_digest(&self, digest: Digest) -> Self {
+        Self { digest: Some(digest), ..self.clone() }
+    }
+
+    /// `registry/repository@digest` when a digest is known.
+    pub fn pinned(&self) -> Option<String> {
+        self.digest.as_ref().map(|d| format!("{}@{d}", self.name()))
+    }
+}
+
+impl fmt::Display for ImageRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.registry, self.repository)?;
+        if let Some(t) = &self.tag {
+            write!(f, ":{t}")?;
+        }
+        if let Some(d) = &self.digest {
+            write!(f, "@{d}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The kinds whose objects carry a pod spec, and where it sits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PodKind {
+    Pod,
+    Deployment,
+    ReplicaSet,
+    StatefulSet,
+    DaemonSet,
+    Job,
+    CronJob,
+}
+
+impl PodKind {
+    /// The kind for an API group and kind name, if it is one that carries a pod spec.
+    pub fn from_group_kind(group: &str, kind: &str) -> Option<Self> {
+        Some(match (group, kind) {
+            ("", "Pod") => Self::Pod,
+            ("apps", "Deployment") => Self::Deployment,
+            ("apps", "ReplicaSet") => Self::ReplicaSet,
+            ("apps", "StatefulSet") => Self::StatefulSet,
+            ("apps", "DaemonSet") => Self::DaemonSet,
+            ("batch", "Job") => Self::Job,
+            ("batch", "CronJob") => Self::CronJob,
+            _ => return None,
+        })
+    }
+
+    fn spec_path(self) -> &'static [&'static str] {
+        match self {
+            Self::Pod => &["spec"],
+            Self::CronJob => &["spec", "jobTemplate", "spec", "template", "spec"],
+            _ => &["spec", "template", "spec"],
+        }
+    }
+}
+
+/// One image field of an object: where it is, what it says, and whether that parses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageField {
+    /// JSON path as users read it, e.g. `spec.template.spec.initContainers[1].image`.
+    pub path: String,
+    /// The reference exactly as written in the object.
+    pub raw: String,
+    pub image: Result<ImageRef, RefError>,
+}
+
+/// The object does not have the shape its kind requires.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {problem}")]
+pub struct ShapeError {
+    pub path: String,
+    pub problem: String,
+}
+
+const CONTAINER_LISTS: [&str; 3] = ["initContainers", "containers", "ephemeralContainers"];
+
+/// Every image field of `object`, in a stable order: init containers, containers, ephemeral containers, image
+/// volumes. A missing list is empty; a list or entry of the wrong JSON type is a [`ShapeError`].
+pub fn extract(kind: PodKind, object: &Value) -> Result<Vec<ImageField>, ShapeError> {
+    let mut spec = object;
+    let mut path = String::new();
+    for key in kind.spec_path() {
+        if !path.is_empty() {
+            path.push('.');
+        }
+        path.push_str(key);
+        spec = spec
+            .get(key)
+            .filter(|v| v.is_object())
+            .ok_or_else(|| ShapeError { path: path.clone(), problem: "missing or not an object".into() })?;
+    }
+    let mut fields = Vec::new();
+    for list in CONTAINER_LISTS {
+        for (i, entry) in array_at(spec, &path, list)?.iter().enumerate() {
+            let at = format!("{path}.{list}[{i}]");
+            fields.push(image_field(entry, &at, "image")?);
+        }
+    }
+    for (i, volume) in array_at(spec, &path, "volumes")?.iter().enumerate() {
+        let at = format!("{path}.volumes[{i}]");
+        match volume.get("image") {
+            None | Some(Value::Null) => {}
+            Some(source) => fields.push(image_field(source, &format!("{at}.image"), "reference")?),
+        }
+    }
+    Ok(fields)
+}
+
+fn array_at<'a>(spec: &'a Value, path: &str, key: &str) -> Result<&'a [Value], ShapeError> {
+    match spec.get(key) {
+        None | Some(Value::Null) => Ok(&[]),
+        Some(Value::Array(items)) => Ok(items),
+        Some(_) => Err(ShapeError { path: format!("{path}.{key}"), problem: "not a list".into() }),
+    }
+}
+
+fn image_field(entry: &Value, at: &str, key: &str) -> Result<ImageField, ShapeError> {
+    if !entry.is_object() {
+        return Err(ShapeError { path: at.to_owned(), problem: "not an object".into() });
+    }
+    let path = format!("{at}.{key}");
+    let raw = match entry.get(key) {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) => s.clone(),
+        Some(_) => return Err(ShapeError { path, problem: "not a string".into() }),
+    };
+    let image = ImageRef::parse(&raw);
+    Ok(ImageField { path, raw, image })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn references_normalise_like_the_kubelet() {
+        let table: &[(&str, &str)] = &[
+            ("nginx", "docker.io/library/nginx:latest"),
+            ("nginx:1.27", "docker.io/library/nginx:1.27"),
+            ("library/nginx", "docker.io/library/nginx:latest"),
+            ("docker.io/nginx", "docker.io/library/nginx:latest"),
+            ("index.docker.io/library/nginx:1", "docker.io/library/nginx:1"),
+            ("acme/app", "docker.io/acme/app:latest"),
+            ("localhost/app", "localhost/app:latest"),
+            ("localhost:5000/team/app:v1", "localhost:5000/team/app:v1"),
+            ("test:5000/repo", "test:5000/repo:latest"),
+            ("127.0.0.1:5000/team/app", "127.0.0.1:5000/team/app:latest"),
+            ("registry.example.com/team/app", "registry.example.com/team/app:latest"),
+            ("foo_bar.com:8080", "docker.io/library/foo_bar.com:8080"),
+        ];
+        for (input, want) in table {
+            let got = ImageRef::parse(input).unwrap_or_else(|e| panic!("{input}: {e}"));
+            assert_eq!(got.to_string(), *want, "{input}");
+            assert!(got.digest().is_none(), "{input}");
+        }
+    }
+
+    #[test]
+    fn digest_wins_over_tag_and_is_kept() {
+        let r = ImageRef::parse(&format!("registry.example.com/app:1.0@{D}")).unwrap();
+        assert_eq!(r.digest().unwrap().to_string(), D);
+        assert_eq!(r.tag(), Some("1.0"));
+        assert_eq!(r.pinned().unwrap(), format!("registry.example.com/app@{D}"));
+        let bare = ImageRef::parse(&format!("app@{D}")).unwrap();
+        assert_eq!(bare.tag(), None, "no default tag when a digest is given");
+        assert_eq!(bare.to_string(), format!("docker.io/library/app@{D}"));
+    }
+
+    #[test]
+    fn bad_references_are_errors() {
+        let short = "app@sha256:0123";
+        let upper = "app@sha256:0123456789ABCDEF0123456789abcdef0123456789abcdef0123456789abcdef";
+        for input in ["", " nginx", "nginx ", "team/UPPER", "app:tag:other", "app@md5:00", short, upper, "a//b"] {
+            assert!(ImageRef::parse(input).is_err(), "{input:?} should not parse");
+        }
+        assert_eq!(ImageRef::parse(""), Err(RefError::Empty));
+    }
+
+    #[test]
+    fn digest_parsing_and_tag_form() {
+        let d = Digest::parse(D).unwrap();
+        assert_eq!(d.tag_form(), format!("sha256-{}", &D[7..]));
+        assert_eq!(Digest::sha256_of(b"").hex(), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+        assert!(Digest::parse("sha256-abc").is_err());
+    }
+
+    fn pod_spec() -> Value {
+        json!({
+            "initContainers": [{"name": "init", "image": "busybox"}, {"name": "side", "image": "envoy:1"}],
+            "containers": [{"name": "app", "image": format!("registry.example.com/app@{D}")}],
+            "ephemeralContainers": [{"name": "debug", "image": "alpine"}],
+            "volumes": [{"name": "cfg", "configMap": {"name": "x"}}, {"name": "models", "image": {"reference": "registry.example.com/models:v2"}}]
+        })
+    }
+
+    #[test]
+    fn every_kind_yields_every_field_with_its_path() {
+        let spec = pod_spec();
+        let table: &[(PodKind, Value, &str)] = &[
+            (PodKind::Pod, json!({"spec": spec}), "spec"),
+            (PodKind::Deployment, json!({"spec": {"template": {"spec": spec}}}), "spec.template.spec"),
+            (PodKind::ReplicaSet, json!({"spec": {"template": {"spec": spec}}}), "spec.template.spec"),
+            (PodKind::StatefulSet, json!({"spec": {"template": {"spec": spec}}}), "spec.template.spec"),
+            (PodKind::DaemonSet, json!({"spec": {"template": {"spec": spec}}}), "spec.template.spec"),
+            (PodKind::Job, json!({"spec": {"template": {"spec": spec}}}), "spec.template.spec"),
+            (
+                PodKind::CronJob,
+                json!({"spec": {"jobTemplate": {"spec": {"template": {"spec": spec}}}}}),
+                "spec.jobTemplate.spec.template.spec",
+            ),
+        ];
+        for (kind, object, prefix) in table {
+            let fields = extract(*kind, object).unwrap();
+            let got: Vec<(String, String)> = fields.iter().map(|f| (f.path.clone(), f.raw.clone())).collect();
+            let want: Vec<(String, String)> = [
+                ("initContainers[0].image", "busybox".to_owned()),
+                ("initContainers[1].image", "envoy:1".to_owned()),
+                ("containers[0].image", format!("registry.example.com/app@{D}")),
+                ("ephemeralContainers[0].image", "alpine".to_owned()),
+                ("volumes[1].image.reference", "registry.example.com/models:v2".to_owned()),
+            ]
+            .into_iter()
+            .map(|(p, r)| (format!("{prefix}.{p}"), r))
+            .collect();
+            assert_eq!(got, want, "{kind:?}");
+            assert!(fields.iter().all(|f| f.image.is_ok()), "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn group_and_kind_select_the_walk() {
+        assert_eq!(PodKind::from_group_kind("", "Pod"), Some(PodKind::Pod));
+        assert_eq!(PodKind::from_group_kind("batch", "CronJob"), Some(PodKind::CronJob));
+        assert_eq!(PodKind::from_group_kind("apps", "Pod"), None, "group matters");
+        assert_eq!(PodKind::from_group_kind("", "ConfigMap"), None);
+    }
+
+    #[test]
+    fn missing_or_bad_images_are_fields_with_errors() {
+        let object = json!({"spec": {"containers": [{"name": "a"}, {"name": "b", "image": "Bad Ref"}]}});
+        let fields = extract(PodKind::Pod, &object).unwrap();
+        assert_eq!(fields.len(), 2);
+        assert_eq!(fields[0].image, Err(RefError::Empty));
+        assert_eq!(fields[0].path, "spec.containers[0].image");
+        assert!(matches!(fields[1].image, Err(RefError::Syntax(..))));
+    }
+
+    #[test]
+    fn wrong_shapes_are_errors_naming_the_path() {
+        let table: &[(PodKind, Value, &str)] = &[
+            (PodKind::Pod, json!({}), "spec"),
+            (PodKind::Pod, json!({"spec": "x"}), "spec"),
+            (PodKind::Deployment, json!({"spec": {}}), "spec.template"),
+            (PodKind::Pod, json!({"spec": {"containers": {}}}), "spec.containers"),
+            (PodKind::Pod, json!({"spec": {"containers": ["nginx"]}}), "spec.containers[0]"),
+            (PodKind::Pod, json!({"spec": {"containers": [{"image": 5}]}}), "spec.containers[0].image"),
+            (
+                PodKind::Pod,
+                json!({"spec": {"volumes": [{"image": {"reference": []}}]}}),
+                "spec.volumes[0].image.reference",
+            ),
+        ];
+        for (kind, object, path) in table {
+            let err = extract(*kind, object).unwrap_err();
+            assert_eq!(err.path, *path, "{object}");
+        }
+    }
+
+    #[test]
+    fn empty_pod_spec_has_no_images() {
+        assert!(extract(PodKind::Pod, &json!({"spec": {}})).unwrap().is_empty());
+    }
+}

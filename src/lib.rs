@@ -1,0 +1,3 @@
+//! provgate: admits only images whose signed provenance it can verify.
+
+pub mod images;
