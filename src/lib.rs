@@ -1,3 +1,4 @@
 //! provgate: admits only images whose signed provenance it can verify.
 
 pub mod images;
+pub mod artifact;
