@@ -1,0 +1,52 @@
+//! Image policies: the file format, loading with file:line errors, and which policies govern an image.
+
+mod load;
+mod matcher;
+pub mod model;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use load::{LoadError, LoadErrors, load, load_sources, policy_files};
+pub use matcher::Matcher;
+pub use model::Mode;
+
+use crate::images::ImageRef;
+
+/// One compiled policy.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub name: String,
+    /// The file it came from and the line its document starts on, for explanations.
+    pub file: PathBuf,
+    pub line: usize,
+    pub mode: Mode,
+    pub matcher: Matcher,
+}
+
+/// An immutable, compiled set of policies; swapped whole when the files change.
+#[derive(Debug, Clone, Default)]
+pub struct PolicySet {
+    policies: Vec<Arc<Policy>>,
+    generation: String,
+}
+
+impl PolicySet {
+    pub fn new(policies: Vec<Arc<Policy>>, generation: String) -> Self {
+        Self { policies, generation }
+    }
+
+    pub fn policies(&self) -> &[Arc<Policy>] {
+        &self.policies
+    }
+
+    /// A short hash of the files' content; part of every cache key that depends on policy.
+    pub fn generation(&self) -> &str {
+        &self.generation
+    }
+
+    /// The policies that govern `image` in `namespace`, in load order.
+    pub fn matching(&self, image: &ImageRef, namespace: &str) -> Vec<Arc<Policy>> {
+        self.policies.iter().filter(|p| p.matcher.matches(image, namespace)).cloned().collect()
+    }
+}
