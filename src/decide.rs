@@ -297,7 +297,8 @@ mod tests {
         let (nd, nw, na) = (NoMatch::Deny, NoMatch::Warn, NoMatch::Allow);
         let (allow, warn, deny) = (Verdict::Allow, Verdict::Warn, Verdict::Deny);
         let t = "registry.example.com/team/app:1";
-        let table: &[(&[&str], &[&str], &str, NoMatch, Verdict, &[Outcome])] = &[
+        type Row<'a> = (&'a [&'a str], &'a [&'a str], &'a str, NoMatch, Verdict, &'a [Outcome]);
+        let table: &[Row] = &[
             (&[t], &[], "team-a", nd, allow, &[Allowed]),
             (&["nginx"], &[], "team-a", nd, deny, &[Denied]),
             (&["nginx"], &[], "team-a", nw, warn, &[Warned]),
