@@ -3,6 +3,7 @@
 mod load;
 mod matcher;
 pub mod model;
+mod store;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use std::sync::Arc;
 pub use load::{LoadError, LoadErrors, load, load_sources, policy_files};
 pub use matcher::Matcher;
 pub use model::Mode;
+pub use store::PolicyStore;
 
 use crate::images::ImageRef;
 
