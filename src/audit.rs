@@ -104,8 +104,20 @@ impl AuditLog {
         };
         line.push(b'\n');
         let result = match &self.file {
-            Some(file) => file.lock().await.write_all(&line).await,
-            None => tokio::io::stdout().write_all(&line).await,
+            Some(file) => {
+                let mut file = file.lock().await;
+                match file.write_all(&line).await {
+                    Ok(()) => file.flush().await,
+                    Err(e) => Err(e),
+                }
+            }
+            None => {
+                let mut out = tokio::io::stdout();
+                match out.write_all(&line).await {
+                    Ok(()) => out.flush().await,
+                    Err(e) => Err(e),
+                }
+            }
         };
         if let Err(e) = result {
             tracing::error!(error = %e, uid = %record.uid, "audit record not written");
