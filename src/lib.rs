@@ -13,4 +13,5 @@ pub mod images;
 pub mod metrics;
 pub mod policy;
 pub mod reason;
+pub mod registry;
 pub mod tls;
