@@ -1,4 +1,6 @@
 //! provgate: admits only images whose signed provenance it can verify.
 
-pub mod images;
 pub mod artifact;
+pub mod images;
+pub mod keys;
+pub mod verify;
