@@ -259,3 +259,6 @@ pub(crate) fn b64(s: &str) -> Result<Vec<u8>, String> {
         .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(&clean))
         .map_err(|e| e.to_string())
 }
+
+#[cfg(test)]
+mod tests;
