@@ -380,3 +380,59 @@ pub(super) fn verify_legacy_dsse(
     }
     Err(last)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    const V: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/vectors");
+
+    fn vector() -> (TrustedRoot, RekorBundle, Vec<u8>, Vec<u8>, Vec<u8>) {
+        let read = |p: &str| std::fs::read(format!("{V}/{p}")).unwrap();
+        let root = TrustedRoot::from_json(&read("sigstore-public-good/trusted_root.json")).unwrap();
+        let bundle: RekorBundle =
+            serde_json::from_slice(&read("sigstore-rs/keyless-disallow-service-nodeport.rekor-bundle.json")).unwrap();
+        let sig =
+            b64(std::str::from_utf8(&read("sigstore-rs/keyless-disallow-service-nodeport.signature.b64")).unwrap())
+                .unwrap();
+        let pem = read("sigstore-rs/keyless-disallow-service-nodeport.cert.pem");
+        let cert = rustls_pemfile::certs(&mut pem.as_slice()).next().unwrap().unwrap().as_ref().to_vec();
+        (root, bundle, sig, cert, read("sigstore-rs/keyless-disallow-service-nodeport.payload.json"))
+    }
+
+    fn run(sig: &[u8], cert: &[u8], payload: &[u8], validity: (i64, i64)) -> Result<(), Rejection> {
+        let (root, bundle, ..) = vector();
+        let set = b64(&bundle.set).unwrap();
+        let body = b64(bundle.payload["body"].as_str().unwrap()).unwrap();
+        let binding = Binding { signature: sig, payload_sha256: hex_sha256(payload), leaf_der: cert };
+        verify_entry(&root, &set, &bundle.payload, &body, &binding, validity)
+    }
+
+    #[test]
+    fn rekor_entry_is_bound_to_signature_payload_certificate_and_time() {
+        let (_, _, sig, cert, payload) = vector();
+        let inside = (1634714000, 1634715000);
+        assert_eq!(run(&sig, &cert, &payload, inside), Ok(()));
+        let code = |r: Result<(), Rejection>| r.unwrap_err().code();
+        assert_eq!(code(run(&sig[1..], &cert, &payload, inside)), "tlog-mismatch");
+        assert_eq!(code(run(&sig, &cert, b"another payload", inside)), "tlog-mismatch");
+        assert_eq!(code(run(&sig, &cert[1..], &payload, inside)), "tlog-mismatch");
+        assert_eq!(code(run(&sig, &cert, &payload, (0, 1))), "outside-validity");
+    }
+
+    #[test]
+    fn leaf_identity_and_unknown_log() {
+        let (root, mut bundle, sig, cert, payload) = vector();
+        let (san, issuer) = identity(&Certificate::from_der(&cert).unwrap());
+        assert_eq!(san, "flavio@castelli.me");
+        // 2021 Fulcio certificates predate the issuer extension (OID 1.3.6.1.4.1.57264.1.1).
+        assert_eq!(issuer, "");
+        bundle.payload["logID"] = "00".into();
+        let set = b64(&bundle.set).unwrap();
+        let binding = Binding { signature: &sig, payload_sha256: hex_sha256(&payload), leaf_der: &cert };
+        let err = verify_entry(&root, &set, &bundle.payload, b"{}", &binding, (0, i64::MAX)).unwrap_err();
+        assert_eq!(err.code(), "set-invalid");
+        assert!(TrustedRoot::from_json(b"{}").is_err());
+    }
+}
