@@ -182,7 +182,9 @@ impl PublicKey {
             Scheme::EcdsaP384Sha384 => by_sigstore(SigningScheme::ECDSA_P384_SHA384_ASN1),
             Scheme::EcdsaP521Sha512 => by_sigstore(SigningScheme::ECDSA_P521_SHA512_ASN1),
             Scheme::RsaPkcs1Sha256 => by_sigstore(SigningScheme::RSA_PKCS1_SHA256(0)),
-            Scheme::RsaPssSha256 => by_sigstore(SigningScheme::RSA_PSS_SHA256(0)),
+            Scheme::RsaPssSha256 => {
+                by_sigstore(SigningScheme::RSA_PSS_SHA256(0)) || rsa_pss_max_salt(&self.spki_der, msg, sig)
+            }
             Scheme::Ed25519 => by_sigstore(SigningScheme::ED25519),
             Scheme::EcdsaP384Sha256 => aws_lc(&aws_lc_rs::signature::ECDSA_P384_SHA256_ASN1, &self.spki_der, msg, sig),
             Scheme::Ed25519ph => self.verify_ed25519ph(msg, sig),
@@ -229,6 +231,18 @@ fn aws_lc(alg: &'static dyn aws_lc_rs::signature::VerificationAlgorithm, spki: &
     aws_lc_rs::signature::UnparsedPublicKey::new(alg, spki).verify(msg, sig).is_ok()
 }
 
+/// RSA-PSS with the largest salt the key allows: what Go's `rsa.SignPSS` writes with `PSSSaltLengthAuto` (cosign);
+/// aws-lc only accepts a salt as long as the hash.
+fn rsa_pss_max_salt(spki: &[u8], msg: &[u8], sig: &[u8]) -> bool {
+    use rsa::pkcs8::DecodePublicKey as _;
+    use rsa::traits::PublicKeyParts as _;
+    use sha2::Digest as _;
+    let Ok(key) = rsa::RsaPublicKey::from_public_key_der(spki) else { return false };
+    let em_len = (key.n().bits() - 1).div_ceil(8);
+    let Some(salt) = em_len.checked_sub(32 + 2) else { return false };
+    key.verify(rsa::Pss::new_with_salt::<sha2::Sha256>(salt), &sha2::Sha256::digest(msg), sig).is_ok()
+}
+
 fn pem_label(item: &rustls_pemfile::Item) -> &'static str {
     match item {
         rustls_pemfile::Item::Pkcs1Key(_) => "RSA PRIVATE KEY",
@@ -255,6 +269,28 @@ mod tests {
         assert_eq!(crate::images::Digest::sha256_of(key.spki_der()).to_string(), key.fingerprint());
         let reformatted = String::from_utf8(BUSYBOX_PUB.to_vec()).unwrap().replace('\n', "\r\n");
         assert_eq!(PublicKey::from_pem(reformatted.as_bytes()).unwrap(), key);
+    }
+
+    /// cosign signs with Ed25519ph for key files: signatures made by ed25519-dalek's pre-hashed signer verify, pure
+    /// ones too, and neither verifies another message.
+    #[test]
+    fn ed25519_pure_and_prehashed() {
+        use ed25519_dalek::Digest as _;
+        use ed25519_dalek::Signer as _;
+        use ed25519_dalek::pkcs8::EncodePublicKey as _;
+        let signing = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
+        let pem = signing.verifying_key().to_public_key_pem(Default::default()).unwrap();
+        let key = PublicKey::from_pem(pem.as_bytes()).unwrap();
+        assert_eq!(key.kind(), KeyKind::Ed25519);
+        let msg = b"{\"critical\":{}}";
+        let pure = signing.sign(msg).to_bytes();
+        let mut prehash = ed25519_dalek::Sha512::new();
+        prehash.update(msg);
+        let ph = signing.sign_prehashed(prehash, None).unwrap().to_bytes();
+        assert_eq!(key.verify(msg, &pure), Some(Scheme::Ed25519));
+        assert_eq!(key.verify(msg, &ph), Some(Scheme::Ed25519ph));
+        assert_eq!(key.verify(b"{}", &pure), None);
+        assert_eq!(key.verify(b"{}", &ph), None);
     }
 
     #[test]
