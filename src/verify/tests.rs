@@ -63,7 +63,7 @@ fn key_signed_vector_verifies_and_every_one_byte_twin_fails() {
     let (payload, sig, auth) = busybox();
     let layer = sig_layer(&payload, &[("dev.cosignproject.cosign/signature", sig.clone())]);
     let check = signatures(&sigs(vec![layer]), &digest(BUSYBOX), std::slice::from_ref(&auth));
-    assert_eq!(check.outcome(), Ok(()), "{}", check.explain(&[auth.clone()]));
+    assert_eq!(check.outcome(), Ok(()), "{}", check.explain(std::slice::from_ref(&auth)));
     assert_eq!(check.verified[0].authority(), "sigstore-rs");
     assert_eq!(check.verified[0].docker_reference, "registry-testing.svc.lan/busybox");
     assert!(matches!(&check.verified[0].signer, Signer::Key { scheme, .. } if scheme == "ecdsa-p256-sha256"));
@@ -108,7 +108,7 @@ fn signature_negative_cases_each_have_their_own_reason() {
         assert_eq!(err.code(), code, "{err}");
         assert!(!check.explain(&auths).is_empty());
     }
-    let check = signatures(&sigs(vec![sig_layer(&payload, &good)]), &digest(BUSYBOX), &[wrong_key.clone()]);
+    let check = signatures(&sigs(vec![sig_layer(&payload, &good)]), &digest(BUSYBOX), std::slice::from_ref(&wrong_key));
     let msg = check.explain(&[wrong_key]);
     assert!(
         msg.starts_with(
@@ -285,18 +285,19 @@ fn attestation_verifies_for_image_or_platform_digest_and_negative_cases_have_rea
     let img = digest(&format!("sha256:{IMG}"));
     let platform = digest(&format!("sha256:{PLATFORM}"));
     let good = envelope(&key, "application/vnd.in-toto+json", &statement_json(IMG));
-    let check = attestations(&atts(vec![att_layer(good.clone())]), std::slice::from_ref(&img), &[auth.clone()]);
+    let check =
+        attestations(&atts(vec![att_layer(good.clone())]), std::slice::from_ref(&img), std::slice::from_ref(&auth));
     assert_eq!(check.outcome(), Ok(()));
     assert_eq!(check.verified[0].predicate_type, "https://slsa.dev/provenance/v0.2");
     assert_eq!(check.verified[0].predicate["builder"]["id"], "https://tekton.dev/chains/v2");
     // A statement about the platform manifest counts when the caller accepts that digest.
     let on_platform = envelope(&key, "application/vnd.in-toto+json", &statement_json(PLATFORM));
     let both = [img.clone(), platform.clone()];
-    let check = attestations(&atts(vec![att_layer(on_platform.clone())]), &both, &[auth.clone()]);
+    let check = attestations(&atts(vec![att_layer(on_platform.clone())]), &both, std::slice::from_ref(&auth));
     assert_eq!(check.verified[0].matched, platform);
     // Many envelopes: all considered; one good is enough, the others are reported.
     let layers = vec![att_layer(on_platform.clone()), att_layer(good.clone())];
-    let check = attestations(&atts(layers), std::slice::from_ref(&img), &[auth.clone()]);
+    let check = attestations(&atts(layers), std::slice::from_ref(&img), std::slice::from_ref(&auth));
     assert_eq!((check.verified.len(), check.rejected.len()), (1, 1));
 
     let other_key = TestKey::new().authority("other");
