@@ -1,4 +1,5 @@
 //! provgate: admits only images whose signed provenance it can verify.
 
-pub mod images;
 pub mod artifact;
+pub mod images;
+pub mod policy;

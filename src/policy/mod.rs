@@ -1,0 +1,3 @@
+//! Policy files: load, validate, compile CEL once, match images, evaluate.
+
+pub mod provenance;
