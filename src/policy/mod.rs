@@ -1,3 +1,5 @@
 //! Policy files: load, validate, compile CEL once, match images, evaluate.
 
+pub mod cel;
+pub mod eval;
 pub mod provenance;
