@@ -1,5 +1,65 @@
-//! Policy files: load, validate, compile CEL once, match images, evaluate.
+//! Image policies: the file format, loading with file:line errors, and which policies govern an image.
 
 pub mod cel;
 pub mod eval;
+mod load;
+mod matcher;
+pub mod model;
 pub mod provenance;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use cel::{CompileError, Engine, Expect, Expression};
+pub use eval::{Activation, CompiledValidation, Evidence, ImageInfo, InputError, Limits, Validation, Verdict};
+pub use load::{LoadError, LoadErrors, load, load_sources, policy_files};
+pub use matcher::Matcher;
+pub use model::Mode;
+
+use crate::images::ImageRef;
+
+/// The process-wide CEL engine every policy is compiled with and evaluated in.
+pub fn engine() -> Result<&'static Engine, CompileError> {
+    static ENGINE: std::sync::LazyLock<Result<Engine, CompileError>> = std::sync::LazyLock::new(Engine::new);
+    ENGINE.as_ref().map_err(Clone::clone)
+}
+
+/// One compiled policy.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub name: String,
+    /// The file it came from and the line its document starts on, for explanations.
+    pub file: PathBuf,
+    pub line: usize,
+    pub mode: Mode,
+    pub matcher: Matcher,
+    /// `spec.validations`, compiled; all must pass.
+    pub validations: Vec<CompiledValidation>,
+}
+
+/// An immutable, compiled set of policies; swapped whole when the files change.
+#[derive(Debug, Clone, Default)]
+pub struct PolicySet {
+    policies: Vec<Arc<Policy>>,
+    generation: String,
+}
+
+impl PolicySet {
+    pub fn new(policies: Vec<Arc<Policy>>, generation: String) -> Self {
+        Self { policies, generation }
+    }
+
+    pub fn policies(&self) -> &[Arc<Policy>] {
+        &self.policies
+    }
+
+    /// A short hash of the files' content; part of every cache key that depends on policy.
+    pub fn generation(&self) -> &str {
+        &self.generation
+    }
+
+    /// The policies that govern `image` in `namespace`, in load order.
+    pub fn matching(&self, image: &ImageRef, namespace: &str) -> Vec<Arc<Policy>> {
+        self.policies.iter().filter(|p| p.matcher.matches(image, namespace)).cloned().collect()
+    }
+}

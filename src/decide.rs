@@ -1,0 +1,373 @@
+//! The pure decision core: which policies govern each image, and the verdict for the whole request. No I/O, no
+//! clock, no async; deny is whatever is not positively permitted.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::images::{ImageField, ImageRef, RefError};
+use crate::policy::{Mode, Policy, PolicySet};
+use crate::reason::Reason;
+
+/// What happens to an image that no policy matches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum NoMatch {
+    #[default]
+    Deny,
+    Warn,
+    Allow,
+}
+
+impl NoMatch {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Deny => "deny",
+            Self::Warn => "warn",
+            Self::Allow => "allow",
+        }
+    }
+}
+
+/// What must be done for one image field.
+#[derive(Debug, Clone)]
+pub enum Step {
+    /// On UPDATE, the same reference was already in the old object, so it was judged when that was admitted.
+    Unchanged,
+    /// The reference does not parse.
+    Invalid(RefError),
+    /// No policy governs the image; `noMatch` decides.
+    Unmatched(ImageRef),
+    /// These policies govern the image and must all pass.
+    Judge { image: ImageRef, policies: Vec<Arc<Policy>> },
+}
+
+#[derive(Debug, Clone)]
+pub struct PlannedImage {
+    pub field: ImageField,
+    pub step: Step,
+}
+
+/// The work for one request, decided before any I/O.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    pub images: Vec<PlannedImage>,
+}
+
+/// Matches every field against the policy set. `previous` holds the image fields of the old object on UPDATE.
+pub fn plan(fields: Vec<ImageField>, previous: &[ImageField], policies: &PolicySet, namespace: &str) -> Plan {
+    let before: HashSet<&str> = previous.iter().map(|f| f.raw.as_str()).collect();
+    let images = fields
+        .into_iter()
+        .map(|field| {
+            let step = if before.contains(field.raw.as_str()) {
+                Step::Unchanged
+            } else {
+                match &field.image {
+                    Err(e) => Step::Invalid(e.clone()),
+                    Ok(image) => {
+                        let matching = policies.matching(image, namespace);
+                        if matching.is_empty() {
+                            Step::Unmatched(image.clone())
+                        } else {
+                            Step::Judge { image: image.clone(), policies: matching }
+                        }
+                    }
+                }
+            };
+            PlannedImage { field, step }
+        })
+        .collect();
+    Plan { images }
+}
+
+/// The verdict for the whole request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Allow,
+    /// Admitted, with warnings shown to the user.
+    Warn,
+    Deny,
+}
+
+/// What became of one image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Allowed,
+    Unchanged,
+    /// Admitted with a warning.
+    Warned,
+    /// Admitted; the failure is only recorded.
+    Audited,
+    Denied,
+}
+
+/// One policy (or `noMatch`, when `policy` is None) that an image did not satisfy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub policy: Option<String>,
+    pub mode: Mode,
+    pub reason: Reason,
+}
+
+#[derive(Debug, Clone)]
+pub struct ImageDecision {
+    pub field: String,
+    pub raw: String,
+    pub image: Option<ImageRef>,
+    pub policies: Vec<String>,
+    pub outcome: Outcome,
+    pub failures: Vec<Failure>,
+}
+
+impl ImageDecision {
+    /// One line naming the field, the image, and each failing policy with its reason.
+    pub fn explain(&self) -> String {
+        let failures: Vec<String> = self
+            .failures
+            .iter()
+            .map(|f| match &f.policy {
+                Some(p) => format!("policy {p:?}: {}", f.reason),
+                None => f.reason.to_string(),
+            })
+            .collect();
+        format!("{} {:?}: {}", self.field, self.raw, failures.join("; "))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Decision {
+    pub verdict: Verdict,
+    /// Set when the request as a whole could not be judged (its object is unreadable, no policies are loaded…).
+    pub request_failure: Option<Reason>,
+    pub images: Vec<ImageDecision>,
+}
+
+impl Decision {
+    /// A denial of the whole request, before any image was judged.
+    pub fn deny_request(reason: Reason) -> Self {
+        Self { verdict: Verdict::Deny, request_failure: Some(reason), images: Vec::new() }
+    }
+
+    /// An admission with nothing to judge (DELETE, CONNECT, kinds without images).
+    pub fn allow_without_images() -> Self {
+        Self { verdict: Verdict::Allow, request_failure: None, images: Vec::new() }
+    }
+
+    /// The denial message: every denied image with its field and reasons.
+    pub fn denial_message(&self) -> Option<String> {
+        if self.verdict != Verdict::Deny {
+            return None;
+        }
+        if let Some(reason) = &self.request_failure {
+            return Some(reason.to_string());
+        }
+        let denied: Vec<String> =
+            self.images.iter().filter(|i| i.outcome == Outcome::Denied).map(ImageDecision::explain).collect();
+        Some(denied.join("; "))
+    }
+
+    /// Warnings for admitted images that failed a warn-mode policy (or `noMatch: warn`).
+    pub fn warnings(&self) -> Vec<String> {
+        self.images.iter().filter(|i| i.outcome == Outcome::Warned).map(ImageDecision::explain).collect()
+    }
+
+    /// The distinct reason codes of all failures, in first-seen order.
+    pub fn reason_codes(&self) -> Vec<&'static str> {
+        let mut codes: Vec<&'static str> = Vec::new();
+        let all =
+            self.request_failure.iter().chain(self.images.iter().flat_map(|i| i.failures.iter().map(|f| &f.reason)));
+        for reason in all {
+            if !codes.contains(&reason.code()) {
+                codes.push(reason.code());
+            }
+        }
+        codes
+    }
+}
+
+/// Judges every planned image and combines the outcomes: any enforced failure denies; otherwise any warn-mode
+/// failure warns.
+pub fn decide(plan: &Plan, namespace: &str, no_match: NoMatch) -> Decision {
+    let images: Vec<ImageDecision> = plan.images.iter().map(|p| judge_image(p, namespace, no_match)).collect();
+    let verdict = if images.iter().any(|i| i.outcome == Outcome::Denied) {
+        Verdict::Deny
+    } else if images.iter().any(|i| i.outcome == Outcome::Warned) {
+        Verdict::Warn
+    } else {
+        Verdict::Allow
+    };
+    Decision { verdict, request_failure: None, images }
+}
+
+fn judge_image(planned: &PlannedImage, namespace: &str, no_match: NoMatch) -> ImageDecision {
+    let mut decision = ImageDecision {
+        field: planned.field.path.clone(),
+        raw: planned.field.raw.clone(),
+        image: planned.field.image.as_ref().ok().cloned(),
+        policies: Vec::new(),
+        outcome: Outcome::Allowed,
+        failures: Vec::new(),
+    };
+    match &planned.step {
+        Step::Unchanged => decision.outcome = Outcome::Unchanged,
+        Step::Invalid(e) => {
+            decision.failures.push(Failure {
+                policy: None,
+                mode: Mode::Enforce,
+                reason: Reason::InvalidReference(e.clone()),
+            });
+        }
+        Step::Unmatched(image) => {
+            let mode = match no_match {
+                NoMatch::Allow => return decision,
+                NoMatch::Warn => Mode::Warn,
+                NoMatch::Deny => Mode::Enforce,
+            };
+            let reason = Reason::NoPolicy {
+                image: image.to_string(),
+                namespace: namespace.to_owned(),
+                no_match: no_match.as_str(),
+            };
+            decision.failures.push(Failure { policy: None, mode, reason });
+        }
+        Step::Judge { policies, .. } => {
+            // A policy whose only section is `match` has no requirement to fail.
+            decision.policies = policies.iter().map(|p| p.name.clone()).collect();
+        }
+    }
+    decision.outcome = combine(&decision.failures).unwrap_or(decision.outcome);
+    decision
+}
+
+/// The outcome the failures force, if any.
+fn combine(failures: &[Failure]) -> Option<Outcome> {
+    let has = |mode| failures.iter().any(|f| f.mode == mode);
+    if has(Mode::Enforce) {
+        Some(Outcome::Denied)
+    } else if has(Mode::Warn) {
+        Some(Outcome::Warned)
+    } else if has(Mode::Audit) {
+        Some(Outcome::Audited)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::images::{PodKind, extract};
+    use crate::policy::load_sources;
+    use serde_json::json;
+    use std::path::PathBuf;
+
+    fn policies(specs: &[(&str, &str, &str)]) -> PolicySet {
+        let text: Vec<String> = specs
+            .iter()
+            .map(|(name, mode, glob)| {
+                format!(
+                    "apiVersion: provgate.dev/v1alpha1\nkind: ImagePolicy\nmetadata: {{name: {name}}}\nspec:\n  mode: {mode}\n  match: {{images: [\"{glob}\"], namespaces: [\"team-*\"]}}\n"
+                )
+            })
+            .collect();
+        load_sources(&[(PathBuf::from("p.yaml"), text.join("---\n"))]).unwrap()
+    }
+
+    fn fields(images: &[&str]) -> Vec<ImageField> {
+        let containers: Vec<_> = images.iter().map(|i| json!({"name": "c", "image": i})).collect();
+        extract(PodKind::Pod, &json!({"spec": {"containers": containers}})).unwrap()
+    }
+
+    fn run(images: &[&str], previous: &[&str], ns: &str, no_match: NoMatch) -> Decision {
+        let set = policies(&[
+            ("team", "enforce", "registry.example.com/team/**"),
+            ("canary", "warn", "registry.example.com/canary/**"),
+        ]);
+        decide(&plan(fields(images), &fields(previous), &set, ns), ns, no_match)
+    }
+
+    #[test]
+    fn verdict_table() {
+        use Outcome::*;
+        let (nd, nw, na) = (NoMatch::Deny, NoMatch::Warn, NoMatch::Allow);
+        let (allow, warn, deny) = (Verdict::Allow, Verdict::Warn, Verdict::Deny);
+        let t = "registry.example.com/team/app:1";
+        type Row<'a> = (&'a [&'a str], &'a [&'a str], &'a str, NoMatch, Verdict, &'a [Outcome]);
+        let table: &[Row] = &[
+            (&[t], &[], "team-a", nd, allow, &[Allowed]),
+            (&["nginx"], &[], "team-a", nd, deny, &[Denied]),
+            (&["nginx"], &[], "team-a", nw, warn, &[Warned]),
+            (&["nginx"], &[], "team-a", na, allow, &[Allowed]),
+            (&[t, "nginx"], &[], "team-a", nd, deny, &[Allowed, Denied]),
+            (&[t], &[], "other-ns", nd, deny, &[Denied]),
+            (&["Bad Ref"], &[], "team-a", na, deny, &[Denied]),
+            (&[""], &[], "team-a", na, deny, &[Denied]),
+            (&["nginx"], &["nginx"], "team-a", nd, allow, &[Unchanged]),
+            (&["nginx", "busybox"], &["nginx"], "team-a", nd, deny, &[Unchanged, Denied]),
+            (&[], &[], "team-a", nd, allow, &[]),
+        ];
+        for (images, previous, ns, no_match, verdict, outcomes) in table {
+            let d = run(images, previous, ns, *no_match);
+            assert_eq!(d.verdict, *verdict, "{images:?} in {ns} with {no_match:?}");
+            let got: Vec<Outcome> = d.images.iter().map(|i| i.outcome).collect();
+            assert_eq!(got, *outcomes, "{images:?}");
+        }
+    }
+
+    #[test]
+    fn matched_images_list_their_policies() {
+        let d = run(&["registry.example.com/team/app:1"], &[], "team-a", NoMatch::Deny);
+        assert_eq!(d.images[0].policies, vec!["team".to_string()]);
+        assert!(d.denial_message().is_none());
+        assert!(d.warnings().is_empty());
+    }
+
+    #[test]
+    fn denial_message_names_field_image_and_fix() {
+        let d = run(&["registry.example.com/team/app:1", "nginx"], &[], "team-a", NoMatch::Deny);
+        let msg = d.denial_message().unwrap();
+        assert!(msg.starts_with("spec.containers[1].image \"nginx\": no ImagePolicy matches docker.io/library/nginx:latest in namespace \"team-a\" (noMatch: deny)"), "{msg}");
+        assert!(!msg.contains("containers[0]"), "admitted images are not in the denial: {msg}");
+        assert_eq!(d.reason_codes(), vec!["no-policy"]);
+    }
+
+    #[test]
+    fn invalid_reference_denial_names_the_field() {
+        let d = run(&["Bad Ref"], &[], "team-a", NoMatch::Allow);
+        let msg = d.denial_message().unwrap();
+        assert!(
+            msg.starts_with("spec.containers[0].image \"Bad Ref\": \"Bad Ref\" is not a valid image reference"),
+            "{msg}"
+        );
+        assert_eq!(d.reason_codes(), vec!["invalid-reference"]);
+    }
+
+    #[test]
+    fn warn_no_match_becomes_a_warning() {
+        let d = run(&["nginx"], &[], "team-a", NoMatch::Warn);
+        assert_eq!(d.warnings().len(), 1);
+        assert!(d.warnings()[0].contains("noMatch: warn"));
+    }
+
+    #[test]
+    fn request_denial_carries_its_reason() {
+        let d = Decision::deny_request(Reason::PoliciesNotLoaded);
+        assert_eq!(d.verdict, Verdict::Deny);
+        assert!(d.denial_message().unwrap().contains("no valid policy set"));
+        assert_eq!(d.reason_codes(), vec!["policies-not-loaded"]);
+    }
+
+    #[test]
+    fn combine_prefers_the_strictest_mode() {
+        let f = |mode| Failure { policy: Some("p".into()), mode, reason: Reason::PoliciesNotLoaded };
+        assert_eq!(combine(&[]), None);
+        assert_eq!(combine(&[f(Mode::Audit)]), Some(Outcome::Audited));
+        assert_eq!(combine(&[f(Mode::Audit), f(Mode::Warn)]), Some(Outcome::Warned));
+        assert_eq!(combine(&[f(Mode::Warn), f(Mode::Enforce), f(Mode::Audit)]), Some(Outcome::Denied));
+    }
+}

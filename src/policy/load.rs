@@ -1,0 +1,321 @@
+//! Reading policy files into a compiled [`PolicySet`]: every error names its file and line, and one bad document
+//! rejects the whole set (the caller keeps the previous good one).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sha2::{Digest as _, Sha256};
+
+use super::cel::CompileError;
+use super::eval::{CompiledValidation, Validation};
+use super::model::{API_VERSION, ImagePolicyDoc, KIND};
+use super::{Policy, PolicySet};
+use crate::policy::matcher::Matcher;
+
+/// One problem in one policy file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{line}: {}", self.file.display(), self.message),
+            None => write!(f, "{}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+/// All the errors found while loading; never empty.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+pub struct LoadErrors(pub Vec<LoadError>);
+
+/// The policy files at `path`: the file itself, or every `*.yaml`/`*.yml` directly inside the directory (names
+/// starting with `.` skipped, so a ConfigMap volume's `..data` entries are not read twice), sorted by name.
+pub fn policy_files(path: &Path) -> Result<Vec<PathBuf>, LoadErrors> {
+    let io_err =
+        |e: std::io::Error| LoadErrors(vec![LoadError { file: path.into(), line: None, message: e.to_string() }]);
+    if path.metadata().map_err(io_err)?.is_file() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(path).map_err(io_err)? {
+        let entry = entry.map_err(io_err)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let yaml = name.ends_with(".yaml") || name.ends_with(".yml");
+        if yaml && !name.starts_with('.') && entry.path().is_file() {
+            files.push(entry.path());
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Loads and compiles every policy at `path` (see [`policy_files`]).
+pub fn load(path: &Path) -> Result<PolicySet, LoadErrors> {
+    let files = policy_files(path)?;
+    let mut sources = Vec::with_capacity(files.len());
+    for file in files {
+        match std::fs::read_to_string(&file) {
+            Ok(text) => sources.push((file, text)),
+            Err(e) => return Err(LoadErrors(vec![LoadError { file, line: None, message: e.to_string() }])),
+        }
+    }
+    load_sources(&sources)
+}
+
+/// Compiles policies from `(file name, text)` pairs.
+pub fn load_sources(sources: &[(PathBuf, String)]) -> Result<PolicySet, LoadErrors> {
+    let mut errors = Vec::new();
+    let mut policies: Vec<Arc<Policy>> = Vec::new();
+    let mut hasher = Sha256::new();
+    for (file, text) in sources {
+        hasher.update(file.to_string_lossy().as_bytes());
+        hasher.update([0]);
+        hasher.update(text.as_bytes());
+        hasher.update([0]);
+        for doc in documents(text) {
+            match compile_doc(file, &doc) {
+                Ok(policy) => {
+                    if let Some(first) = policies.iter().find(|p| p.name == policy.name) {
+                        errors.push(LoadError {
+                            file: file.clone(),
+                            line: Some(doc.first_line),
+                            message: format!(
+                                "policy name {:?} is already used in {}",
+                                policy.name,
+                                first.file.display()
+                            ),
+                        });
+                    } else {
+                        policies.push(Arc::new(policy));
+                    }
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+    }
+    if !errors.is_empty() {
+        return Err(LoadErrors(errors));
+    }
+    Ok(PolicySet::new(policies, hex::encode(&hasher.finalize()[..8])))
+}
+
+/// One `---`-separated YAML document and the file line it starts on (1-based).
+struct Document {
+    first_line: usize,
+    text: String,
+}
+
+fn documents(text: &str) -> Vec<Document> {
+    let mut docs = Vec::new();
+    let mut current = Document { first_line: 1, text: String::new() };
+    for (i, line) in text.lines().enumerate() {
+        if line == "---" || line.starts_with("--- ") {
+            docs.push(std::mem::replace(&mut current, Document { first_line: i + 2, text: String::new() }));
+            continue;
+        }
+        current.text.push_str(line);
+        current.text.push('\n');
+    }
+    docs.push(current);
+    docs.retain(|d| d.text.lines().any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#')));
+    docs
+}
+
+fn compile_doc(file: &Path, doc: &Document) -> Result<Policy, LoadError> {
+    let err = |line: usize, message: String| LoadError { file: file.to_path_buf(), line: Some(line), message };
+    // The line where `needle` first appears in this document, else the document's first line.
+    let line_of =
+        |needle: &str| doc.text.lines().position(|l| l.contains(needle)).map_or(doc.first_line, |i| doc.first_line + i);
+    let parsed: ImagePolicyDoc = serde_yaml_ng::from_str(&doc.text).map_err(|e| {
+        let line = e.location().map_or(doc.first_line, |l| doc.first_line + l.line() - 1);
+        err(line, e.to_string())
+    })?;
+    if parsed.api_version != API_VERSION {
+        return Err(err(
+            line_of("apiVersion"),
+            format!("apiVersion must be {API_VERSION:?}, not {:?}", parsed.api_version),
+        ));
+    }
+    if parsed.kind != KIND {
+        return Err(err(line_of("kind"), format!("kind must be {KIND:?}, not {:?}", parsed.kind)));
+    }
+    let name = parsed.metadata.name;
+    if name.is_empty() {
+        return Err(err(line_of("name"), "metadata.name must not be empty".into()));
+    }
+    let matches = &parsed.spec.matches;
+    let matcher = Matcher::new(&matches.images, &matches.namespaces).map_err(|message| {
+        let culprit = matches.images.iter().chain(&matches.namespaces).find(|g| message.contains(g.as_str()));
+        err(culprit.map_or_else(|| line_of("match"), |g| line_of(g)), message)
+    })?;
+    let validations = compile_validations(&parsed.spec.validations, &doc.text).map_err(|(offset, message)| {
+        err(offset.map_or_else(|| line_of("validations"), |o| doc.first_line + o), message)
+    })?;
+    Ok(Policy { name, file: file.to_path_buf(), line: doc.first_line, mode: parsed.spec.mode, matcher, validations })
+}
+
+/// Compiles `spec.validations`; an error carries the 0-based line in `text` where its expression is written
+/// (when it can be found) and a message with the index and the expression.
+fn compile_validations(
+    validations: &[Validation],
+    text: &str,
+) -> Result<Vec<CompiledValidation>, (Option<usize>, String)> {
+    let engine = super::engine().map_err(|e| (None, e.to_string()))?;
+    validations
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            engine.compile_validation(v).map_err(|e| {
+                let source = match &e {
+                    CompileError::WrongType { expected: "string", .. } => v.message_expression.as_deref(),
+                    _ => None,
+                }
+                .or_else(|| v.message_expression.as_deref().filter(|m| e.to_string().contains(*m)))
+                .unwrap_or(&v.expression);
+                (line_in(text, source), format!("validations[{i}]: {e}"))
+            })
+        })
+        .collect()
+}
+
+/// The 0-based line of `text` holding the start of `source` (its first line, or a distinctive prefix of it).
+fn line_in(text: &str, source: &str) -> Option<usize> {
+    let first = source.lines().map(str::trim).find(|l| !l.is_empty())?;
+    let needle: String = first.chars().take(40).collect();
+    text.lines().position(|l| l.contains(&needle)).or_else(|| {
+        // Quoting in YAML may differ from the parsed text: fall back to the first word-ish run.
+        let word: String = first.chars().take_while(|c| c.is_alphanumeric() || *c == '.' || *c == '_').collect();
+        (word.len() >= 3).then(|| text.lines().position(|l| l.contains(&word))).flatten()
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::policy::Mode;
+
+    fn load_one(text: &str) -> Result<PolicySet, LoadErrors> {
+        load_sources(&[(PathBuf::from("p.yaml"), text.to_owned())])
+    }
+
+    const GOOD: &str = "apiVersion: provgate.dev/v1alpha1
+kind: ImagePolicy
+metadata:
+  name: team
+spec:
+  mode: warn
+  match:
+    images: [\"registry.example.com/team/**\"]
+    namespaces: [\"prod-*\"]
+";
+
+    #[test]
+    fn a_good_policy_loads() {
+        let set = load_one(GOOD).unwrap();
+        assert_eq!(set.policies().len(), 1);
+        let p = &set.policies()[0];
+        assert_eq!((p.name.as_str(), p.mode, p.line), ("team", Mode::Warn, 1));
+    }
+
+    #[test]
+    fn mode_defaults_to_enforce_and_documents_split() {
+        let two = "---\napiVersion: provgate.dev/v1alpha1\nkind: ImagePolicy\nmetadata: {name: a}\nspec:\n  match: {images: [\"**\"]}\n---\n# only a comment\n---\napiVersion: provgate.dev/v1alpha1\nkind: ImagePolicy\nmetadata: {name: b}\nspec:\n  mode: audit\n  match: {images: [\"**\"]}\n";
+        let set = load_one(two).unwrap();
+        let got: Vec<_> = set.policies().iter().map(|p| (p.name.clone(), p.mode, p.line)).collect();
+        assert_eq!(got, vec![("a".into(), Mode::Enforce, 2), ("b".into(), Mode::Audit, 10)]);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_reason() {
+        let table: &[(&str, usize, &str)] = &[
+            (&GOOD.replace("  mode: warn", "  mode: warn\n  colour: red"), 7, "unknown field `colour`"),
+            (&GOOD.replace("mode: warn", "mode: block"), 6, "unknown variant `block`"),
+            (&GOOD.replace("provgate.dev/v1alpha1", "v1"), 1, "apiVersion must be"),
+            (&GOOD.replace("kind: ImagePolicy", "kind: Policy"), 2, "kind must be"),
+            (&GOOD.replace("registry.example.com/team/**", "registry/[x"), 8, "registry/[x"),
+            (&GOOD.replace("\"prod-*\"", "\"{a\""), 9, "match.namespaces"),
+            (&GOOD.replace("    images: [\"registry.example.com/team/**\"]\n", ""), 8, "missing field `images`"),
+            (&GOOD.replace("name: team", "name: \"\""), 4, "metadata.name"),
+            ("apiVersion: [", 1, ""),
+        ];
+        for (text, line, needle) in table {
+            let errs = load_one(text).unwrap_err();
+            assert_eq!(errs.0.len(), 1, "{text}");
+            let e = &errs.0[0];
+            assert_eq!(e.line, Some(*line), "{e}");
+            assert!(e.message.contains(needle), "{e} should mention {needle}");
+            assert!(e.to_string().starts_with(&format!("p.yaml:{line}: ")), "{e}");
+        }
+    }
+
+    #[test]
+    fn validations_compile_at_load_and_errors_name_line_and_expression() {
+        let with = |validations: &str| format!("{GOOD}  validations:\n{validations}");
+        let good = with(
+            "    - expression: provenance.builder.id == \"https://tekton.dev/chains/v2\"\n      message: not chains\n",
+        );
+        let set = load_one(&good).unwrap();
+        assert_eq!(set.policies()[0].validations.len(), 1);
+        assert_eq!(set.policies()[0].validations[0].message.as_deref(), Some("not chains"));
+
+        let table: &[(&str, usize, &str)] = &[
+            (
+                "    - expression: provenance.builder.id ==\n",
+                11,
+                "validations[0]: syntax error in `provenance.builder.id ==`",
+            ),
+            (
+                "    - expression: \"true\"\n    - expression: provenanse.builder.id == 'x'\n",
+                12,
+                "unknown variable `provenanse`",
+            ),
+            ("    - expression: image.ref.isSorted()\n", 11, "unknown function `isSorted` in `image.ref.isSorted()`"),
+            ("    - expression: image.ref\n", 11, "must evaluate to bool"),
+            ("    - expression: 'true'\n      messageExpression: size(image.ref)\n", 12, "must evaluate to string"),
+            ("    - expression: 'true'\n      mesage: typo\n", 12, "unknown field `mesage`"),
+        ];
+        for (validations, line, needle) in table {
+            let errs = load_one(&with(validations)).unwrap_err();
+            let e = &errs.0[0];
+            assert_eq!(e.line, Some(*line), "{e}");
+            assert!(e.message.contains(needle), "{e} should mention {needle}");
+        }
+    }
+
+    #[test]
+    fn duplicate_names_are_rejected() {
+        let errs = load_sources(&[(PathBuf::from("a.yaml"), GOOD.into()), (PathBuf::from("b.yaml"), GOOD.into())])
+            .unwrap_err();
+        assert_eq!(errs.0.len(), 1);
+        assert!(errs.0[0].to_string().starts_with("b.yaml:1: policy name \"team\" is already used in a.yaml"));
+    }
+
+    #[test]
+    fn generation_follows_content() {
+        let a = load_one(GOOD).unwrap();
+        let b = load_one(GOOD).unwrap();
+        let c = load_one(&GOOD.replace("warn", "enforce")).unwrap();
+        assert_eq!(a.generation(), b.generation());
+        assert_ne!(a.generation(), c.generation());
+    }
+
+    #[test]
+    fn directories_read_yaml_files_only() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.yaml"), GOOD).unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "not a policy").unwrap();
+        std::fs::write(dir.path().join(".hidden.yaml"), "broken: [").unwrap();
+        std::fs::create_dir(dir.path().join("tests")).unwrap();
+        std::fs::write(dir.path().join("tests/x.yaml"), "broken: [").unwrap();
+        assert_eq!(load(dir.path()).unwrap().policies().len(), 1);
+        assert!(load(&dir.path().join("missing")).is_err());
+    }
+}

@@ -1,0 +1,61 @@
+//! The ImagePolicy file format as users write it (`policies/*.yaml`): strict serde types, no defaults guessed.
+
+use serde::Deserialize;
+
+pub const API_VERSION: &str = "provgate.dev/v1alpha1";
+pub const KIND: &str = "ImagePolicy";
+
+/// One YAML document of a policy file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ImagePolicyDoc {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: Metadata,
+    pub spec: Spec,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Metadata {
+    pub name: String,
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub annotations: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Spec {
+    #[serde(default)]
+    pub mode: Mode,
+    #[serde(rename = "match")]
+    pub matches: MatchSpec,
+    /// CEL validations, like ValidatingAdmissionPolicy's; compiled at load.
+    #[serde(default)]
+    pub validations: Vec<super::eval::Validation>,
+}
+
+/// What a failing policy does to the request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Mode {
+    /// A failure denies the request.
+    #[default]
+    Enforce,
+    /// A failure admits the request with a warning shown to the user.
+    Warn,
+    /// A failure admits the request silently; it is recorded in the audit trail only.
+    Audit,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MatchSpec {
+    /// Globs on the normalised image reference; `*` stays within one path segment, `**` crosses `/`.
+    pub images: Vec<String>,
+    /// Namespace globs; empty means every namespace.
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+}

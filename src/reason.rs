@@ -1,0 +1,43 @@
+//! Every reason provgate does not simply admit: `Display` is the message a user acts on, `code()` the stable label
+//! used in audit records, auditAnnotations and metrics.
+
+use std::time::Duration;
+
+use crate::images::RefError;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Reason {
+    #[error("{0}; write the image as registry/repository:tag or registry/repository@sha256:<digest>")]
+    InvalidReference(RefError),
+    #[error(
+        "no ImagePolicy matches {image} in namespace {namespace:?} (noMatch: {no_match}); add a policy whose \
+         match.images covers this image"
+    )]
+    NoPolicy { image: String, namespace: String, no_match: &'static str },
+    #[error("the {kind} object cannot be read: {problem}")]
+    UnreadableObject { kind: String, problem: String },
+    #[error("the request cannot be read: {0}")]
+    UnreadableRequest(String),
+    #[error("provgate has no valid policy set loaded yet; fix the policy files (see `provgate policy check`)")]
+    PoliciesNotLoaded,
+    #[error(
+        "verification did not finish within the {}s deadline; the registry may be slow or unreachable, retry \
+         or check provgate's registry settings",
+        .0.as_secs_f32()
+    )]
+    DeadlineExceeded(Duration),
+}
+
+impl Reason {
+    /// A stable, lowercase label for this kind of reason.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidReference(_) => "invalid-reference",
+            Self::NoPolicy { .. } => "no-policy",
+            Self::UnreadableObject { .. } => "unreadable-object",
+            Self::UnreadableRequest(_) => "unreadable-request",
+            Self::PoliciesNotLoaded => "policies-not-loaded",
+            Self::DeadlineExceeded(_) => "deadline-exceeded",
+        }
+    }
+}
