@@ -298,3 +298,173 @@ impl Activation {
         Verdict::Fail { message: fallback, note: Some(note) }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn statement(name: &str) -> serde_json::Value {
+        let path = format!("{}/testdata/statements/{name}", env!("CARGO_MANIFEST_DIR"));
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    fn evidence(file: &str) -> Evidence {
+        Evidence {
+            image: ImageInfo::from_ref(
+                &crate::images::ImageRef::parse(&format!("ttl.sh/tekton-chains-demo@sha256:{}", "4f".repeat(32)))
+                    .unwrap(),
+            ),
+            signatures: vec![
+                json!({"authority": "chains", "dockerReference": "ttl.sh/tekton-chains-demo", "annotations": {}}),
+            ],
+            attestations: BTreeMap::from([("provenance".to_string(), vec![statement(file)])]),
+            object: json!({"kind": "Pod", "spec": {"replicas": 2}}),
+            namespace: "prod-a".into(),
+            request: json!({"operation": "CREATE", "userInfo": {"username": "bob"}, "kind": {"kind": "Pod"}}),
+            now: "2022-10-05T00:00:00Z".parse().unwrap(),
+        }
+    }
+
+    fn validation(expression: &str, message: Option<&str>, message_expression: Option<&str>) -> CompiledValidation {
+        let v = Validation {
+            expression: expression.into(),
+            message: message.map(Into::into),
+            message_expression: message_expression.map(Into::into),
+        };
+        crate::policy::engine().unwrap().compile_validation(&v).unwrap()
+    }
+
+    fn verdict(file: &str, v: &CompiledValidation) -> Verdict {
+        crate::policy::engine().unwrap().activation(&evidence(file), &Limits::default()).unwrap().check(v)
+    }
+
+    #[test]
+    fn variables_reach_the_expression() {
+        for expression in [
+            r#"image.registry == "ttl.sh" && image.repository == "tekton-chains-demo" && image.digest.startsWith("sha256:4f4f")"#,
+            r#"image.tag == "" && image.ref.endsWith(image.digest)"#,
+            r#"signatures[0].authority == "chains" && size(signatures) == 1"#,
+            r#"attestations.provenance[0].predicateType == "https://slsa.dev/provenance/v0.2""#,
+            r#"attestations.provenance[0].subject[0].name == "ttl.sh/tekton-chains-demo""#,
+            r#"!has(attestations.provenance[0]._type)"#,
+            r#"provenance.version == "v0.2" && provenance.builder.id == "https://tekton.dev/chains/v2""#,
+            r#"provenance.materials == [] && provenance.externalParameters == {}"#,
+            r#"object.spec.replicas + 1 == 3 && type(object.spec.replicas) == int"#,
+            r#"request.namespace == "prod-a" && request.userInfo.username == "bob""#,
+            r#"now - timestamp(provenance.finishedOn) < duration("48h")"#,
+            r#"now > timestamp(provenance.startedOn)"#,
+        ] {
+            let v = validation(expression, None, None);
+            assert_eq!(verdict("chains-kaniko-slsa-v0.2-statement.json", &v), Verdict::Pass, "{expression}");
+        }
+    }
+
+    #[test]
+    fn one_expression_serves_every_provenance_version() {
+        let v = validation(
+            r#"provenance.builder.id != "" && provenance.finishedOn != "" && provenance.materials.all(m, m.uri != "")"#,
+            None,
+            None,
+        );
+        for file in [
+            "chains-kaniko-slsa-v0.2-statement.json",
+            "chains-maven-intoto-provenance-v0.1-statement.json",
+            "chains-slsa-v1-format-task-output-image.json",
+            "chains-slsa-v2alpha4-task-output-image.json",
+        ] {
+            assert_eq!(verdict(file, &v), Verdict::Pass, "{file}");
+        }
+    }
+
+    #[test]
+    fn failures_carry_the_right_message() {
+        let file = "chains-kaniko-slsa-v0.2-statement.json";
+        let cases = [
+            (validation("false", None, None), "failed expression: false", None),
+            (validation("false", Some("static"), None), "static", None),
+            (
+                validation("false", Some("static"), Some(r#""from " + provenance.builder.id"#)),
+                "from https://tekton.dev/chains/v2",
+                None,
+            ),
+            (
+                validation("false", Some("static"), Some("provenance.materials[0].uri")),
+                "static",
+                Some("messageExpression failed: Index out of bounds: Int(0)"),
+            ),
+            (
+                validation("false", None, Some(r#""""#)),
+                "failed expression: false",
+                Some("messageExpression gave an empty string"),
+            ),
+        ];
+        for (v, message, note) in cases {
+            match verdict(file, &v) {
+                Verdict::Fail { message: m, note: n } => {
+                    assert_eq!(m, message);
+                    assert_eq!(n.as_deref(), note);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn runtime_errors_are_failures_quoting_the_error() {
+        for (expression, needle) in [
+            ("provenance.nope == 1", "No such key: nope"),
+            ("attestations.sbom.size() > 0", "No such key: sbom"),
+            ("1 / (size(signatures) - 1) == 0", "Division by zero"),
+            (r#"image.tag == "1.0" ? true : image.tag"#, "evaluated to string, not bool"),
+        ] {
+            let v = validation(expression, Some("never shown"), None);
+            let got = verdict("chains-kaniko-slsa-v0.2-statement.json", &v);
+            assert!(!got.passed(), "{expression}");
+            match &got {
+                Verdict::Error { error } => {
+                    assert!(error.contains(needle), "{error}");
+                    assert!(error.contains(expression), "{error}");
+                    assert!(got.explain().starts_with("error: "));
+                }
+                other => panic!("{expression}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn limits_are_enforced_before_conversion() {
+        let engine = crate::policy::engine().unwrap();
+        let mut many = evidence("chains-kaniko-slsa-v0.2-statement.json");
+        let one = many.attestations["provenance"][0].clone();
+        many.attestations.insert("more".into(), vec![one; 64]);
+        let err = engine.activation(&many, &Limits::default()).err().unwrap();
+        assert_eq!(err, InputError::TooManyDocuments { count: 66, max: 64 });
+
+        let mut big = evidence("chains-kaniko-slsa-v0.2-statement.json");
+        big.attestations.get_mut("provenance").unwrap()[0]["predicate"]["pad"] = json!("x".repeat(1 << 20));
+        let err = engine.activation(&big, &Limits::default()).err().unwrap();
+        assert_eq!(err.to_string(), "attestation provenance[0] is larger than 1048576 bytes of JSON");
+
+        let small = Limits { max_documents: 2, max_document_bytes: 1024 };
+        assert!(engine.activation(&evidence("chains-kaniko-slsa-v0.2-statement.json"), &small).is_err());
+        let roomy = Limits { max_documents: 2, max_document_bytes: 16384 };
+        assert!(engine.activation(&evidence("chains-kaniko-slsa-v0.2-statement.json"), &roomy).is_ok());
+    }
+
+    #[test]
+    fn no_provenance_statement_gives_the_empty_view() {
+        let mut e = evidence("chains-kaniko-slsa-v0.2-statement.json");
+        e.attestations
+            .insert("provenance".into(), vec![json!({"predicateType": "https://spdx.dev/Document", "predicate": {}})]);
+        let v = validation(
+            r#"provenance.version == "" && provenance.builder.id == "" && provenance.materials == []"#,
+            None,
+            None,
+        );
+        let act = crate::policy::engine().unwrap().activation(&e, &Limits::default()).unwrap();
+        assert_eq!(act.check(&v), Verdict::Pass);
+        let chains = validation(r#"provenance.builder.id == "https://tekton.dev/chains/v2""#, Some("not chains"), None);
+        assert_eq!(act.check(&chains), Verdict::Fail { message: "not chains".into(), note: None });
+    }
+}
