@@ -1,7 +1,9 @@
 //! Image policies: the file format, loading with file:line errors, and which policies govern an image.
 
 pub mod cel;
+pub mod cli;
 pub mod eval;
+mod examples;
 mod load;
 mod matcher;
 pub mod model;
