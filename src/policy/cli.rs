@@ -251,3 +251,157 @@ fn table(run: &TestRun) -> String {
     out.push_str(&format!("\n{} passed, {} failed; {}\n", run.passed, run.failed, decisions.join(", ")));
     out
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    const KANIKO: &str = "4fc2b2ae92a2bf753c0ab478b01c5f71ca8d2a2cf9fb5435040e8c3b7df99daf";
+    const POLICY: &str = "apiVersion: provgate.dev/v1alpha1
+kind: ImagePolicy
+metadata:
+  name: t
+spec:
+  match:
+    images: [\"registry.example.com/**\"]
+  validations:
+    - expression: provenance.builder.id == \"https://tekton.dev/chains/v2\"
+      message: not chains
+    - expression: provenance.materials.size() > 0
+      messageExpression: '\"no materials in \" + provenance.version'
+";
+
+    fn statement_path() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/statements/chains-kaniko-slsa-v0.2-statement.json")
+    }
+
+    fn setup(policy: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("p.yaml");
+        std::fs::write(&file, policy).unwrap();
+        (dir, file)
+    }
+
+    fn options() -> TestOptions {
+        TestOptions {
+            statement: statement_path(),
+            image: Some(format!("registry.example.com/team/app@sha256:{KANIKO}")),
+            now: Some("2022-10-05T00:00:00Z".parse().unwrap()),
+            ..TestOptions::default()
+        }
+    }
+
+    #[test]
+    fn table_shows_each_validation_and_exit_one_on_failure() {
+        let (_dir, file) = setup(POLICY);
+        let report = test(&file, &options());
+        assert_eq!(report.exit_code, EXIT_FAIL, "{}", report.text);
+        let lines: Vec<&str> = report.text.lines().collect();
+        assert!(lines.iter().any(|l| l.starts_with("t ") && l.contains(" 0  pass ")), "{}", report.text);
+        assert!(
+            lines.iter().any(|l| l.contains(" 1  FAIL ") && l.ends_with("no materials in v0.2")),
+            "{}",
+            report.text
+        );
+        assert!(report.text.contains("1 passed, 1 failed; t: deny"), "{}", report.text);
+
+        let (_dir, file) = setup(&POLICY.replace("size() > 0", "size() == 0"));
+        assert_eq!(test(&file, &options()).exit_code, EXIT_PASS);
+    }
+
+    #[test]
+    fn json_output_is_stable() {
+        let (_dir, file) = setup(POLICY);
+        let report = test(&file, &TestOptions { json: true, ..options() });
+        let got: serde_json::Value = serde_json::from_str(&report.text).unwrap();
+        let want = json!({
+            "image": format!("registry.example.com/team/app@sha256:{KANIKO}"),
+            "predicateType": "https://slsa.dev/provenance/v0.2",
+            "policies": [{
+                "name": "t",
+                "file": file.display().to_string(),
+                "mode": "enforce",
+                "decision": "deny",
+                "validations": [
+                    {"index": 0, "expression": "provenance.builder.id == \"https://tekton.dev/chains/v2\"", "result": "pass"},
+                    {"index": 1, "expression": "provenance.materials.size() > 0", "result": "fail", "message": "no materials in v0.2"},
+                ],
+            }],
+            "passed": 1,
+            "failed": 1,
+        });
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn a_dsse_envelope_is_unwrapped() {
+        let (dir, file) = setup(POLICY);
+        let payload = base64::engine::general_purpose::STANDARD.encode(std::fs::read(statement_path()).unwrap());
+        let envelope = dir.path().join("envelope.json");
+        let doc = json!({"payloadType": "application/vnd.in-toto+json", "payload": payload, "signatures": []});
+        std::fs::write(&envelope, doc.to_string()).unwrap();
+        let run = run(&file, &TestOptions { statement: envelope.clone(), ..options() }).unwrap();
+        assert_eq!((run.passed, run.failed), (1, 1));
+
+        std::fs::write(&envelope, json!({"payloadType": "x", "payload": "!!"}).to_string()).unwrap();
+        let report = test(&file, &TestOptions { statement: envelope, ..options() });
+        assert_eq!(report.exit_code, EXIT_USAGE, "{}", report.text);
+    }
+
+    #[test]
+    fn usage_and_config_errors_exit_two() {
+        let (dir, file) = setup(POLICY);
+        let not_statement = dir.path().join("x.json");
+        std::fs::write(&not_statement, "{\"hello\": 1}").unwrap();
+        let (_bad_dir, bad_policy) = setup(&POLICY.replace("== \"https://tekton.dev/chains/v2\"", "=="));
+        let cases: Vec<(PathBuf, TestOptions, &str)> = vec![
+            (file.clone(), TestOptions { statement: dir.path().join("missing.json"), ..options() }, "missing.json"),
+            (file.clone(), TestOptions { statement: not_statement, ..options() }, "not an in-toto statement"),
+            (
+                file.clone(),
+                TestOptions { image: Some("registry.example.com/team/app:1".into()), ..options() },
+                "REF@DIGEST",
+            ),
+            (
+                file.clone(),
+                TestOptions {
+                    image: Some(format!("registry.example.com/team/app@sha256:{}", "a".repeat(64))),
+                    ..options()
+                },
+                "does not attest",
+            ),
+            (
+                file.clone(),
+                TestOptions { image: Some(format!("other.example/app@sha256:{KANIKO}")), ..options() },
+                "no policy",
+            ),
+            (bad_policy.clone(), options(), "policies do not load"),
+        ];
+        for (policy, opts, needle) in cases {
+            let report = test(&policy, &opts);
+            assert_eq!(report.exit_code, EXIT_USAGE, "{needle}: {}", report.text);
+            assert!(report.text.contains(needle), "{needle}: {}", report.text);
+            let json = test(&policy, &TestOptions { json: true, ..opts });
+            assert!(serde_json::from_str::<serde_json::Value>(&json.text).unwrap()["error"].is_string());
+        }
+        // Without --image, the statement's own subject is judged; the example glob does not match it.
+        let report = test(&file, &TestOptions { image: None, ..options() });
+        assert!(report.text.contains("no policy under") && report.text.contains("ttl.sh/tekton-chains-demo"));
+    }
+
+    #[test]
+    fn check_reports_file_line_and_exits_non_zero() {
+        let (dir, _file) = setup(POLICY);
+        let ok = check(dir.path());
+        assert_eq!(
+            ok,
+            Report { text: format!("ok: 1 policies, 2 validations in {}\n", dir.path().display()), exit_code: 0 }
+        );
+        std::fs::write(dir.path().join("q.yaml"), POLICY.replace("name: t", "name: q").replace("size()", "sise()"))
+            .unwrap();
+        let bad = check(dir.path());
+        assert_eq!(bad.exit_code, EXIT_FAIL);
+        assert!(bad.text.contains("q.yaml:11: validations[1]: unknown function `sise`"), "{}", bad.text);
+    }
+}
