@@ -1,7 +1,16 @@
-//! provgate: admits only images whose signed provenance it can verify.
+//! provgate: a Kubernetes admission webhook that admits only images whose signed provenance it can verify.
 
+pub mod admin;
+pub mod admission;
+pub mod app;
 pub mod artifact;
+pub mod audit;
+pub mod certs;
+pub mod config;
 pub mod decide;
+pub mod engine;
 pub mod images;
+pub mod metrics;
 pub mod policy;
 pub mod reason;
+pub mod tls;

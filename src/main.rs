@@ -1,1 +1,151 @@
-fn main() {}
+//! provgate's command line: wiring only (parse arguments, set up logging, run a command).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use provgate::config::Config;
+
+#[derive(Parser)]
+#[command(name = "provgate", version, about = "Admits only container images whose signed provenance it can verify")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the admission webhook (HTTPS /validate; admin /healthz, /readyz, /metrics).
+    Serve(ServeArgs),
+    /// Work with policy files.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Create webhook serving certificates.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Configuration file (every field has a default).
+    #[arg(long, env = "PROVGATE_CONFIG")]
+    config: Option<PathBuf>,
+    #[arg(long, env = "PROVGATE_LISTEN")]
+    listen: Option<SocketAddr>,
+    #[arg(long, env = "PROVGATE_ADMIN_LISTEN")]
+    admin_listen: Option<SocketAddr>,
+    #[arg(long, env = "PROVGATE_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    #[arg(long, env = "PROVGATE_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    #[arg(long, env = "PROVGATE_POLICIES")]
+    policies: Option<PathBuf>,
+    #[arg(long, env = "PROVGATE_AUDIT_LOG")]
+    audit_log: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Load and compile every policy under PATH; errors as file:line.
+    Check { path: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// A CA and a serving certificate for the webhook Service; prints the caBundle.
+    Generate {
+        #[arg(long, default_value = "provgate")]
+        service: String,
+        #[arg(long, default_value = "provgate-system")]
+        namespace: String,
+        #[arg(long, default_value = "certs")]
+        out: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "provgate=info,warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Policy(PolicyCommand::Check { path }) => return policy_check(&path),
+        Command::Certs(CertsCommand::Generate { service, namespace, out }) => {
+            certs_generate(&service, &namespace, &out)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("provgate: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = match &args.config {
+        Some(file) => Config::from_file(file)?,
+        None => Config::default(),
+    };
+    if let Some(v) = args.listen {
+        config.listen = v;
+    }
+    if let Some(v) = args.admin_listen {
+        config.admin_listen = v;
+    }
+    if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
+        (config.tls.cert_file, config.tls.key_file) = (Some(cert), Some(key));
+    }
+    if let Some(v) = args.policies {
+        config.policies = v;
+    }
+    if let Some(v) = args.audit_log {
+        config.audit.log = Some(v);
+    }
+    config.validate().map_err(anyhow::Error::msg)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let running = provgate::app::start(config).await?;
+        eprintln!("provgate: webhook on https://{}/validate, admin on http://{}", running.https, running.admin);
+        tokio::signal::ctrl_c().await?;
+        eprintln!("provgate: shutting down");
+        running.shutdown().await;
+        Ok(())
+    })
+}
+
+fn policy_check(path: &std::path::Path) -> ExitCode {
+    match provgate::policy::load(path) {
+        Ok(set) => {
+            for p in set.policies() {
+                println!("ok  {} ({}:{}, mode {:?})", p.name, p.file.display(), p.line, p.mode);
+            }
+            println!("{} policies, generation {}", set.policies().len(), set.generation());
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for e in &errors.0 {
+                println!("error  {e}");
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn certs_generate(service: &str, namespace: &str, out: &std::path::Path) -> anyhow::Result<()> {
+    let names = provgate::certs::service_names(service, namespace);
+    let generated = provgate::certs::generate(&names, &[])?;
+    provgate::certs::write(out, &generated)?;
+    let (ca, cert, key) = provgate::certs::paths(out);
+    eprintln!("wrote {}, {}, {} for {}", ca.display(), cert.display(), key.display(), names.join(", "));
+    println!("{}", generated.ca_bundle());
+    Ok(())
+}

@@ -8,6 +8,7 @@ mod load;
 mod matcher;
 pub mod model;
 pub mod provenance;
+mod store;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,6 +18,7 @@ pub use eval::{Activation, CompiledValidation, Evidence, ImageInfo, InputError, 
 pub use load::{LoadError, LoadErrors, load, load_sources, policy_files};
 pub use matcher::Matcher;
 pub use model::Mode;
+pub use store::PolicyStore;
 
 use crate::images::ImageRef;
 

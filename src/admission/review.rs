@@ -1,0 +1,181 @@
+//! Reading an AdmissionReview v1 body: a body we cannot answer (not JSON, not a review, no request, no uid) is a
+//! [`BadReview`] (HTTP 4xx); a request we can answer but not read is a denial carrying the reason.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::reason::Reason;
+
+pub const API_VERSION: &str = "admission.k8s.io/v1";
+pub const KIND: &str = "AdmissionReview";
+
+/// Why a body cannot be answered at all.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadReview {
+    #[error("the body is not JSON: {0}")]
+    NotJson(String),
+    #[error("the body is not an admission.k8s.io/v1 AdmissionReview (apiVersion {api_version:?}, kind {kind:?})")]
+    NotAReview { api_version: String, kind: String },
+    #[error("the AdmissionReview has no request")]
+    NoRequest,
+    #[error("the AdmissionReview request has no uid")]
+    NoUid,
+    #[error("the body exceeds the {0}-byte limit")]
+    TooLarge(usize),
+}
+
+impl BadReview {
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::TooLarge(_) => 413,
+            _ => 400,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Operation {
+    Create,
+    Update,
+    Delete,
+    Connect,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct GroupVersionKind {
+    #[serde(default)]
+    pub group: String,
+    #[serde(default)]
+    pub version: String,
+    pub kind: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct UserInfo {
+    #[serde(default)]
+    pub username: String,
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+/// The parts of an AdmissionRequest provgate reads.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Request {
+    pub uid: String,
+    pub kind: GroupVersionKind,
+    #[serde(default)]
+    pub sub_resource: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    pub operation: Operation,
+    #[serde(default)]
+    pub user_info: UserInfo,
+    #[serde(default)]
+    pub object: Option<Value>,
+    #[serde(default)]
+    pub old_object: Option<Value>,
+    #[serde(default)]
+    pub dry_run: Option<bool>,
+}
+
+impl Request {
+    pub fn namespace(&self) -> &str {
+        self.namespace.as_deref().unwrap_or("")
+    }
+
+    /// The object's name, or its `generateName` prefix on CREATE.
+    pub fn object_name(&self) -> String {
+        if let Some(name) = self.name.as_deref().filter(|n| !n.is_empty()) {
+            return name.to_owned();
+        }
+        let meta = self.object.as_ref().and_then(|o| o.get("metadata"));
+        let generate = meta.and_then(|m| m.get("generateName")).and_then(Value::as_str);
+        generate.map(|g| format!("{g}*")).unwrap_or_default()
+    }
+}
+
+/// A review we can answer: its uid, and the request or why it cannot be read.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    pub uid: String,
+    pub request: Result<Request, Reason>,
+}
+
+/// Parses a body that is already within the size limit.
+pub fn parse(body: &[u8]) -> Result<Incoming, BadReview> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| BadReview::NotJson(e.to_string()))?;
+    let field = |name: &str| value.get(name).and_then(Value::as_str).unwrap_or_default().to_owned();
+    let (api_version, kind) = (field("apiVersion"), field("kind"));
+    if api_version != API_VERSION || kind != KIND {
+        return Err(BadReview::NotAReview { api_version, kind });
+    }
+    let request = match value.get("request") {
+        None | Some(Value::Null) => return Err(BadReview::NoRequest),
+        Some(r) => r,
+    };
+    let uid = match request.get("uid").and_then(Value::as_str) {
+        Some(uid) if !uid.is_empty() => uid.to_owned(),
+        _ => return Err(BadReview::NoUid),
+    };
+    let request = Request::deserialize(request).map_err(|e| Reason::UnreadableRequest(e.to_string()));
+    Ok(Incoming { uid, request })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn review(request: Value) -> Vec<u8> {
+        serde_json::to_vec(&json!({"apiVersion": API_VERSION, "kind": KIND, "request": request})).unwrap()
+    }
+
+    #[test]
+    fn bodies_that_cannot_be_answered() {
+        let table: Vec<(Vec<u8>, &str)> = vec![
+            (b"not json".to_vec(), "not JSON"),
+            (br#"{"apiVersion":"v1","kind":"Pod"}"#.to_vec(), "not an admission.k8s.io/v1"),
+            (
+                br#"{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview","request":{"uid":"x"}}"#.to_vec(),
+                "v1beta1",
+            ),
+            (br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#.to_vec(), "no request"),
+            (review(json!({"operation": "CREATE"})), "no uid"),
+            (review(json!({"uid": ""})), "no uid"),
+        ];
+        for (body, needle) in table {
+            let err = parse(&body).unwrap_err();
+            assert_eq!(err.status(), 400);
+            assert!(err.to_string().contains(needle), "{err} should mention {needle}");
+        }
+    }
+
+    #[test]
+    fn a_request_with_uid_but_bad_fields_is_a_denial() {
+        let incoming = parse(&review(json!({"uid": "u1", "kind": {"kind": "Pod"}, "operation": "EXPLODE"}))).unwrap();
+        assert_eq!(incoming.uid, "u1");
+        let reason = incoming.request.unwrap_err();
+        assert_eq!(reason.code(), "unreadable-request");
+        assert!(reason.to_string().contains("EXPLODE"), "{reason}");
+    }
+
+    #[test]
+    fn a_good_request_parses() {
+        let incoming = parse(&review(json!({
+            "uid": "u2", "kind": {"group": "", "version": "v1", "kind": "Pod"}, "namespace": "team-a",
+            "operation": "CREATE", "userInfo": {"username": "alice"}, "object": {"metadata": {"generateName": "web-"}},
+            "oldObject": null, "dryRun": true
+        })))
+        .unwrap();
+        let r = incoming.request.unwrap();
+        assert_eq!((r.operation, r.namespace(), r.dry_run), (Operation::Create, "team-a", Some(true)));
+        assert_eq!(r.object_name(), "web-*");
+        assert_eq!(r.user_info.username, "alice");
+        assert!(r.old_object.is_none());
+    }
+}

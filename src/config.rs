@@ -1,0 +1,152 @@
+//! The validated configuration (`provgate.yaml`; every field has a default, so no file is needed).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::decide::NoMatch;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct Config {
+    /// HTTPS address of `/validate`.
+    pub listen: SocketAddr,
+    /// Plain HTTP address of `/healthz`, `/readyz`, `/metrics`.
+    pub admin_listen: SocketAddr,
+    pub tls: TlsConfig,
+    /// A policy file or a directory of `*.yaml` policies (a mounted ConfigMap works).
+    pub policies: PathBuf,
+    /// How often the policy files are checked for changes.
+    #[serde(with = "humantime_serde")]
+    pub policy_poll: Duration,
+    /// One review's whole budget; keep it below the webhook's `timeoutSeconds`.
+    #[serde(with = "humantime_serde")]
+    pub deadline: Duration,
+    /// What happens to images no policy matches.
+    pub no_match: NoMatch,
+    /// Larger AdmissionReview bodies are refused with 413.
+    pub max_request_bytes: usize,
+    pub audit: AuditConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct TlsConfig {
+    /// Serving certificate and key (PEM), re-read when they change. When both are unset, a self-signed pair is
+    /// created under `./certs` on first start.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct AuditConfig {
+    /// Where decision records go, one JSON object per line; standard output when unset.
+    pub log: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            tls: TlsConfig::default(),
+            policies: PathBuf::from("policies"),
+            policy_poll: Duration::from_secs(2),
+            deadline: Duration::from_secs(8),
+            no_match: NoMatch::Deny,
+            max_request_bytes: 8 * 1024 * 1024,
+            audit: AuditConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: {source}")]
+    Read { file: PathBuf, source: std::io::Error },
+    #[error("{file}:{line}: {message}")]
+    Parse { file: PathBuf, line: usize, message: String },
+    #[error("{file}: {message}")]
+    Invalid { file: PathBuf, message: String },
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn from_file(file: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read { file: file.into(), source })?;
+        Self::from_yaml(&text, file)
+    }
+
+    pub fn from_yaml(text: &str, file: &Path) -> Result<Self, ConfigError> {
+        let config: Self = if text.trim().is_empty() {
+            Self::default()
+        } else {
+            serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse {
+                file: file.into(),
+                line: e.location().map_or(1, |l| l.line()),
+                message: e.to_string(),
+            })?
+        };
+        config.validate().map_err(|message| ConfigError::Invalid { file: file.into(), message })?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.deadline.is_zero() || self.deadline > Duration::from_secs(29) {
+            return Err(format!(
+                "deadline {:?} must be above 0 and below the webhook's 30 s maximum timeoutSeconds",
+                self.deadline
+            ));
+        }
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            return Err("tls.certFile and tls.keyFile must be set together".into());
+        }
+        if self.max_request_bytes < 1024 {
+            return Err("maxRequestBytes must be at least 1024".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_default() {
+        let c = Config::from_yaml("", Path::new("c.yaml")).unwrap();
+        assert_eq!(c.deadline, Duration::from_secs(8));
+        assert_eq!(c.no_match, NoMatch::Deny);
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8443");
+    }
+
+    #[test]
+    fn fields_parse() {
+        let text = "listen: 0.0.0.0:9443\ndeadline: 2s 500ms\nnoMatch: warn\ntls:\n  certFile: /tls/tls.crt\n  keyFile: /tls/tls.key\naudit:\n  log: /var/log/provgate.jsonl\n";
+        let c = Config::from_yaml(text, Path::new("c.yaml")).unwrap();
+        assert_eq!(c.deadline, Duration::from_millis(2500));
+        assert_eq!(c.no_match, NoMatch::Warn);
+        assert_eq!(c.audit.log.unwrap(), PathBuf::from("/var/log/provgate.jsonl"));
+    }
+
+    #[test]
+    fn errors_name_file_and_line() {
+        let table = [
+            ("deadline: 8s\nnoMatch: maybe\n", "c.yaml:2: "),
+            ("listen: 1.2.3.4:5\ncolour: red\n", "c.yaml:2: "),
+            ("deadline: 60s\n", "below the webhook"),
+            ("deadline: 0s\n", "above 0"),
+            ("tls:\n  certFile: a.pem\n", "set together"),
+        ];
+        for (text, needle) in table {
+            let e = Config::from_yaml(text, Path::new("c.yaml")).unwrap_err().to_string();
+            assert!(e.contains(needle), "{e} should contain {needle}");
+        }
+    }
+}

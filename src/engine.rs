@@ -1,0 +1,54 @@
+//! One review from request to [`Decision`]: scope, extract images, plan against the policy snapshot, gather
+//! evidence under the deadline, decide. Shared by the webhook and `provgate verify`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::admission::review::{Operation, Request};
+use crate::decide::{self, Decision, NoMatch};
+use crate::images::{self, PodKind};
+use crate::policy::PolicyStore;
+use crate::reason::Reason;
+
+pub struct Engine {
+    pub policies: Arc<PolicyStore>,
+    pub no_match: NoMatch,
+    pub deadline: Duration,
+}
+
+impl Engine {
+    /// Judges one admission request. Never fails: every problem is a denial with its reason.
+    pub async fn judge(&self, request: &Request) -> Decision {
+        if matches!(request.operation, Operation::Delete | Operation::Connect) {
+            return Decision::allow_without_images();
+        }
+        let Some(policies) = self.policies.current() else {
+            return Decision::deny_request(Reason::PoliciesNotLoaded);
+        };
+        let kind_name = &request.kind.kind;
+        let Some(kind) = PodKind::from_group_kind(&request.kind.group, kind_name) else {
+            return Decision::deny_request(Reason::UnreadableObject {
+                kind: kind_name.clone(),
+                problem: "provgate judges Pods and pod controllers only; remove this kind from the webhook's rules"
+                    .into(),
+            });
+        };
+        let unreadable = |problem: String| Reason::UnreadableObject { kind: kind_name.clone(), problem };
+        let Some(object) = request.object.as_ref().filter(|o| o.is_object()) else {
+            return Decision::deny_request(unreadable("the request carries no object".into()));
+        };
+        let fields = match images::extract(kind, object) {
+            Ok(fields) => fields,
+            Err(e) => return Decision::deny_request(unreadable(e.to_string())),
+        };
+        // On UPDATE, images already present in the old object were judged when it was admitted. An old object
+        // that cannot be read gives no such credit.
+        let previous = match (request.operation, &request.old_object) {
+            (Operation::Update, Some(old)) => images::extract(kind, old).unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        let namespace = request.namespace();
+        let plan = decide::plan(fields, &previous, &policies, namespace);
+        decide::decide(&plan, namespace, self.no_match)
+    }
+}

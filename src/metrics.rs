@@ -1,0 +1,76 @@
+//! Prometheus metrics: decisions by verdict and reason, and review latency.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::decide::{Decision, Verdict};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabels {
+    decision: &'static str,
+    reason: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    decisions: Family<DecisionLabels, Counter>,
+    latency: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("provgate");
+        let decisions = Family::<DecisionLabels, Counter>::default();
+        registry.register("admission_decisions", "Admission decisions by verdict and first reason", decisions.clone());
+        let buckets = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+        let latency = Histogram::new(buckets);
+        registry.register("admission_duration_seconds", "Time to answer one AdmissionReview", latency.clone());
+        Self { registry, decisions, latency }
+    }
+}
+
+impl Metrics {
+    pub fn observe(&self, decision: &Decision, seconds: f64) {
+        let verdict = match decision.verdict {
+            Verdict::Allow => "allow",
+            Verdict::Warn => "warn",
+            Verdict::Deny => "deny",
+        };
+        let reason = decision.reason_codes().first().copied().unwrap_or("none");
+        self.decisions.get_or_create(&DecisionLabels { decision: verdict, reason }).inc();
+        self.latency.observe(seconds);
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "metrics encoding failed");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::reason::Reason;
+
+    #[test]
+    fn decisions_are_counted_by_verdict_and_reason() {
+        let m = Metrics::default();
+        m.observe(&Decision::deny_request(Reason::PoliciesNotLoaded), 0.01);
+        m.observe(&Decision::allow_without_images(), 0.001);
+        let text = m.render();
+        assert!(
+            text.contains(r#"provgate_admission_decisions_total{decision="deny",reason="policies-not-loaded"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"provgate_admission_decisions_total{decision="allow",reason="none"} 1"#), "{text}");
+        assert!(text.contains("provgate_admission_duration_seconds_count 2"), "{text}");
+    }
+}

@@ -1,0 +1,102 @@
+//! Starts the real webhook (HTTPS on a loopback port, certificates from a fresh CA) and posts reviews to it.
+
+use std::path::{Path, PathBuf};
+
+use provgate::app::Running;
+use provgate::config::Config;
+use serde_json::Value;
+
+pub struct Webhook {
+    pub running: Running,
+    pub client: reqwest::Client,
+    pub url: String,
+    pub dir: tempfile::TempDir,
+}
+
+pub fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// An AdmissionReview fixture from `tests/fixtures/admission/NAME.json`.
+pub fn review(name: &str) -> Value {
+    let path = fixtures_dir().join("admission").join(format!("{name}.json"));
+    serde_json::from_slice(&std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
+}
+
+/// A policy document.
+pub fn policy(name: &str, mode: &str, images: &[&str]) -> String {
+    let globs: Vec<String> = images.iter().map(|g| format!("{g:?}")).collect();
+    format!(
+        "apiVersion: provgate.dev/v1alpha1\nkind: ImagePolicy\nmetadata:\n  name: {name}\nspec:\n  mode: {mode}\n  match:\n    images: [{}]\n",
+        globs.join(", ")
+    )
+}
+
+/// A client that trusts only the CA in `ca_pem`.
+pub fn https_client(ca_pem: &[u8]) -> reqwest::Client {
+    let ca = reqwest::Certificate::from_pem(ca_pem).unwrap();
+    reqwest::Client::builder()
+        .tls_certs_only([ca])
+        .https_only(true)
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+impl Webhook {
+    /// Serves `policies` (file name, YAML) with the config `tweak` leaves, on ephemeral loopback ports.
+    pub async fn start(policies: &[(&str, String)], tweak: impl FnOnce(&mut Config)) -> Self {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let dir = tempfile::tempdir().unwrap();
+        let policy_dir = dir.path().join("policies");
+        std::fs::create_dir(&policy_dir).unwrap();
+        for (file, text) in policies {
+            std::fs::write(policy_dir.join(file), text).unwrap();
+        }
+        let generated = provgate::certs::generate(&["localhost".into()], &["127.0.0.1".parse().unwrap()]).unwrap();
+        provgate::certs::write(&dir.path().join("certs"), &generated).unwrap();
+        let (_, cert, key) = provgate::certs::paths(&dir.path().join("certs"));
+        let mut config = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            admin_listen: "127.0.0.1:0".parse().unwrap(),
+            policies: policy_dir,
+            ..Config::default()
+        };
+        config.tls.cert_file = Some(cert);
+        config.tls.key_file = Some(key);
+        config.audit.log = Some(dir.path().join("audit.jsonl"));
+        tweak(&mut config);
+        let running = provgate::app::start(config).await.unwrap();
+        let url = format!("https://localhost:{}/validate", running.https.port());
+        Self { running, client: https_client(generated.ca_pem.as_bytes()), url, dir }
+    }
+
+    /// Posts raw bytes; returns the HTTP status and body.
+    pub async fn post_raw(&self, body: Vec<u8>) -> (u16, String) {
+        let resp =
+            self.client.post(&self.url).header("content-type", "application/json").body(body).send().await.unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    }
+
+    /// Posts a review that must be answered with 200; returns its `response`, checking the envelope and uid.
+    pub async fn review(&self, review: &Value) -> Value {
+        let (status, body) = self.post_raw(serde_json::to_vec(review).unwrap()).await;
+        assert_eq!(status, 200, "{body}");
+        let out: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(out["apiVersion"], "admission.k8s.io/v1");
+        assert_eq!(out["kind"], "AdmissionReview");
+        assert_eq!(out["response"]["uid"], review["request"]["uid"], "the response answers the request's uid");
+        out["response"].clone()
+    }
+
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        let resp = reqwest::get(format!("http://{}{path}", self.running.admin)).await.unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    }
+
+    /// The audit records written so far.
+    pub fn audit_records(&self) -> Vec<Value> {
+        let text = std::fs::read_to_string(self.dir.path().join("audit.jsonl")).unwrap_or_default();
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+}
