@@ -1,7 +1,7 @@
 //! `provgate policy check` and `provgate policy test`: offline loading and evaluation, as printable reports.
 
 pub use super::eval::Verdict;
-use super::eval::{Evidence, ImageInfo, Limits};
+use super::eval::{Evidence, ImageInfo, Limits, ValidationOutcome};
 use super::{Mode, PolicySet, engine, load};
 use crate::images::ImageRef;
 use base64::Engine as _;
@@ -79,16 +79,7 @@ pub struct PolicyRun {
     pub mode: Mode,
     /// What admission would do: `allow`, or on failure `deny` / `warn` / `audit` by mode.
     pub decision: &'static str,
-    pub validations: Vec<ValidationRun>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ValidationRun {
-    pub index: usize,
-    pub expression: String,
-    #[serde(flatten)]
-    pub verdict: Verdict,
+    pub validations: Vec<ValidationOutcome>,
 }
 
 impl TestRun {
@@ -160,21 +151,20 @@ pub fn run(path: &Path, options: &TestOptions) -> Result<TestRun, String> {
     let policies: Vec<PolicyRun> = policies
         .iter()
         .map(|p| {
-            let validations: Vec<ValidationRun> = activation
-                .check_all(&p.validations)
-                .into_iter()
-                .zip(&p.validations)
-                .enumerate()
-                .map(|(index, (verdict, v))| ValidationRun { index, expression: v.expression.source().into(), verdict })
-                .collect();
-            let ok = validations.iter().all(|v| v.verdict.passed());
-            let decision = match (ok, p.mode) {
+            let outcome = activation.evaluate(&p.name, &p.validations);
+            let decision = match (outcome.passed(), p.mode) {
                 (true, _) => "allow",
                 (false, Mode::Enforce) => "deny",
                 (false, Mode::Warn) => "warn",
                 (false, Mode::Audit) => "audit",
             };
-            PolicyRun { name: p.name.clone(), file: p.file.clone(), mode: p.mode, decision, validations }
+            PolicyRun {
+                name: p.name.clone(),
+                file: p.file.clone(),
+                mode: p.mode,
+                decision,
+                validations: outcome.validations,
+            }
         })
         .collect();
     let all = || policies.iter().flat_map(|p| &p.validations);

@@ -277,11 +277,6 @@ impl Activation {
         }
     }
 
-    /// Evaluates every validation, in order.
-    pub fn check_all(&self, validations: &[CompiledValidation]) -> Vec<Verdict> {
-        validations.iter().map(|v| self.check(v)).collect()
-    }
-
     fn failure(&self, v: &CompiledValidation) -> Verdict {
         let fallback = v.message.clone().unwrap_or_else(|| format!("failed expression: {}", v.expression.source()));
         let Some(m) = &v.message_expression else {
@@ -296,6 +291,61 @@ impl Activation {
             Err(e) => format!("messageExpression failed: {e}"),
         };
         Verdict::Fail { message: fallback, note: Some(note) }
+    }
+}
+
+/// One validation's result, with what a denial needs to say which one it was.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ValidationOutcome {
+    pub index: usize,
+    pub expression: String,
+    #[serde(flatten)]
+    pub verdict: Verdict,
+}
+
+/// The result of one policy's validations for one image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyOutcome {
+    pub policy: String,
+    pub validations: Vec<ValidationOutcome>,
+}
+
+impl PolicyOutcome {
+    /// Every validation passed (vacuously so for a policy without validations).
+    pub fn passed(&self) -> bool {
+        self.validations.iter().all(|v| v.verdict.passed())
+    }
+
+    /// For a failed policy: which policy, which validations (index and message), e.g.
+    /// `policy chains: validations[1] failed: built from git+https://...; validations[2] error: ...`.
+    pub fn explain(&self) -> Option<String> {
+        let failures: Vec<String> = self
+            .validations
+            .iter()
+            .filter_map(|v| match &v.verdict {
+                Verdict::Pass => None,
+                Verdict::Fail { .. } => Some(format!("validations[{}] failed: {}", v.index, v.verdict.explain())),
+                Verdict::Error { error } => Some(format!("validations[{}] could not be evaluated: {error}", v.index)),
+            })
+            .collect();
+        (!failures.is_empty()).then(|| format!("policy {}: {}", self.policy, failures.join("; ")))
+    }
+}
+
+impl Activation {
+    /// Evaluates a policy's validations, all of them (no short-circuit), so a denial lists every failure.
+    pub fn evaluate(&self, policy: &str, validations: &[CompiledValidation]) -> PolicyOutcome {
+        let validations = validations
+            .iter()
+            .enumerate()
+            .map(|(index, v)| ValidationOutcome {
+                index,
+                expression: v.expression.source().into(),
+                verdict: self.check(v),
+            })
+            .collect();
+        PolicyOutcome { policy: policy.into(), validations }
     }
 }
 
@@ -450,6 +500,33 @@ mod tests {
         assert!(engine.activation(&evidence("chains-kaniko-slsa-v0.2-statement.json"), &small).is_err());
         let roomy = Limits { max_documents: 2, max_document_bytes: 16384 };
         assert!(engine.activation(&evidence("chains-kaniko-slsa-v0.2-statement.json"), &roomy).is_ok());
+    }
+
+    #[test]
+    fn a_policy_outcome_explains_every_failure() {
+        let act = crate::policy::engine()
+            .unwrap()
+            .activation(&evidence("chains-slsa-v2alpha4-task-output-image.json"), &Limits::default())
+            .unwrap();
+        let validations = [
+            validation(r#"provenance.version == "v1""#, None, None),
+            validation(
+                "provenance.materials.size() > 5",
+                Some("too few"),
+                Some(r#""only " + string(provenance.materials.size())"#),
+            ),
+            validation("provenance.nope", None, None),
+        ];
+        let outcome = act.evaluate("chains", &validations);
+        assert!(!outcome.passed());
+        assert_eq!(
+            outcome.explain().unwrap(),
+            "policy chains: validations[1] failed: only 3; validations[2] could not be evaluated: `provenance.nope`: No such key: nope"
+        );
+        let ok = act.evaluate("chains", &validations[..1]);
+        assert!(ok.passed());
+        assert_eq!(ok.explain(), None);
+        assert!(act.evaluate("empty", &[]).passed());
     }
 
     #[test]

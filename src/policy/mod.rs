@@ -14,7 +14,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use cel::{CompileError, Engine, Expect, Expression};
-pub use eval::{Activation, CompiledValidation, Evidence, ImageInfo, InputError, Limits, Validation, Verdict};
+pub use eval::{
+    Activation, CompiledValidation, Evidence, ImageInfo, InputError, Limits, PolicyOutcome, Validation,
+    ValidationOutcome, Verdict,
+};
 pub use load::{LoadError, LoadErrors, load, load_sources, policy_files};
 pub use matcher::Matcher;
 pub use model::Mode;
