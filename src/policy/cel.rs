@@ -394,6 +394,114 @@ mod tests {
     }
 
     #[test]
+    fn the_function_probe_knows_stdlib_and_extensions_and_nothing_else() {
+        let e = engine();
+        let known = [
+            "size()",
+            "null.size()",
+            "null.contains()",
+            "null.startsWith()",
+            "null.endsWith()",
+            "null.matches()",
+            "timestamp()",
+            "duration()",
+            "int()",
+            "uint()",
+            "double()",
+            "string()",
+            "bytes()",
+            "bool()",
+            "type()",
+            "dyn()",
+            "null.getFullYear()",
+            "null.getHours()",
+            "null.getDayOfWeek()",
+            "optional.of()",
+            "optional.none()",
+            "null.orValue()",
+            "null.hasValue()",
+            "null.value()",
+            "null.lowerAscii()",
+            "null.upperAscii()",
+            "null.split()",
+            "null.join()",
+            "null.replace()",
+            "null.substring()",
+            "null.trim()",
+            "null.indexOf()",
+            "null.lastIndexOf()",
+            "null.charAt()",
+            "null.format()",
+            "null.reverse()",
+            "strings.quote()",
+            "null.slice()",
+            "null.flatten()",
+            "null.distinct()",
+            "null.sort()",
+            "lists.range()",
+            "math.ceil()",
+            "math.floor()",
+            "math.round()",
+            "math.abs()",
+            "math.sign()",
+            "math.isNaN()",
+            "math.bitAnd()",
+            "base64.encode()",
+            "base64.decode()",
+        ];
+        let unknown: Vec<&str> = known.into_iter().filter(|probe| !e.declares(probe)).collect();
+        assert!(unknown.is_empty(), "{unknown:?}");
+        for probe in [
+            "isSorted()",
+            "null.isSorted()",
+            "url()",
+            "null.getHost()",
+            "semver()",
+            "quantity()",
+            "ip()",
+            "cidr()",
+            "math.nope()",
+            "strings.nope()",
+            "nope.fn()",
+            "null.transformList()",
+            "cel.bind()",
+            "null.find()",
+        ] {
+            assert!(!e.declares(probe), "{probe}");
+        }
+    }
+
+    #[test]
+    fn only_the_policy_module_imports_cel() {
+        fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    walk(&path, out)
+                } else if path.extension().is_some_and(|x| x == "rs") {
+                    out.push(path)
+                }
+            }
+        }
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut files = Vec::new();
+        for dir in ["src", "tests", "benches"].map(|d| root.join(d)).into_iter().filter(|d| d.is_dir()) {
+            walk(&dir, &mut files);
+        }
+        assert!(files.len() > 5);
+        let policy = root.join("src/policy");
+        for file in files.iter().filter(|f| !f.starts_with(&policy)) {
+            let text = std::fs::read_to_string(file).unwrap();
+            // `cel::` not preceded by `::` or an identifier character is the crate itself.
+            let bytes = text.as_bytes();
+            let crate_path = text.match_indices("cel::").any(|(i, _)| {
+                i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_' || bytes[i - 1] == b':')
+            });
+            assert!(!crate_path && !text.contains("extern crate cel"), "{} uses the cel crate", file.display());
+        }
+    }
+
+    #[test]
     fn a_runtime_error_on_the_sample_is_not_a_load_error() {
         // The sample has no attestation called `sbom`; the expression is fine for policies that require one.
         assert!(engine().compile("attestations.sbom.size() > 0", Expect::Bool).is_ok());
