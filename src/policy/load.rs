@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use sha2::{Digest as _, Sha256};
 
+use super::cel::CompileError;
+use super::eval::{CompiledValidation, Validation};
 use super::model::{API_VERSION, ImagePolicyDoc, KIND};
 use super::{Policy, PolicySet};
 use crate::policy::matcher::Matcher;
@@ -153,7 +155,45 @@ fn compile_doc(file: &Path, doc: &Document) -> Result<Policy, LoadError> {
         let culprit = matches.images.iter().chain(&matches.namespaces).find(|g| message.contains(g.as_str()));
         err(culprit.map_or_else(|| line_of("match"), |g| line_of(g)), message)
     })?;
-    Ok(Policy { name, file: file.to_path_buf(), line: doc.first_line, mode: parsed.spec.mode, matcher })
+    let validations = compile_validations(&parsed.spec.validations, &doc.text).map_err(|(offset, message)| {
+        err(offset.map_or_else(|| line_of("validations"), |o| doc.first_line + o), message)
+    })?;
+    Ok(Policy { name, file: file.to_path_buf(), line: doc.first_line, mode: parsed.spec.mode, matcher, validations })
+}
+
+/// Compiles `spec.validations`; an error carries the 0-based line in `text` where its expression is written
+/// (when it can be found) and a message with the index and the expression.
+fn compile_validations(
+    validations: &[Validation],
+    text: &str,
+) -> Result<Vec<CompiledValidation>, (Option<usize>, String)> {
+    let engine = super::engine().map_err(|e| (None, e.to_string()))?;
+    validations
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            engine.compile_validation(v).map_err(|e| {
+                let source = match &e {
+                    CompileError::WrongType { expected: "string", .. } => v.message_expression.as_deref(),
+                    _ => None,
+                }
+                .or_else(|| v.message_expression.as_deref().filter(|m| e.to_string().contains(*m)))
+                .unwrap_or(&v.expression);
+                (line_in(text, source), format!("validations[{i}]: {e}"))
+            })
+        })
+        .collect()
+}
+
+/// The 0-based line of `text` holding the start of `source` (its first line, or a distinctive prefix of it).
+fn line_in(text: &str, source: &str) -> Option<usize> {
+    let first = source.lines().map(str::trim).find(|l| !l.is_empty())?;
+    let needle: String = first.chars().take(40).collect();
+    text.lines().position(|l| l.contains(&needle)).or_else(|| {
+        // Quoting in YAML may differ from the parsed text: fall back to the first word-ish run.
+        let word: String = first.chars().take_while(|c| c.is_alphanumeric() || *c == '.' || *c == '_').collect();
+        (word.len() >= 3).then(|| text.lines().position(|l| l.contains(&word))).flatten()
+    })
 }
 
 #[cfg(test)]
@@ -213,6 +253,40 @@ spec:
             assert_eq!(e.line, Some(*line), "{e}");
             assert!(e.message.contains(needle), "{e} should mention {needle}");
             assert!(e.to_string().starts_with(&format!("p.yaml:{line}: ")), "{e}");
+        }
+    }
+
+    #[test]
+    fn validations_compile_at_load_and_errors_name_line_and_expression() {
+        let with = |validations: &str| format!("{GOOD}  validations:\n{validations}");
+        let good = with(
+            "    - expression: provenance.builder.id == \"https://tekton.dev/chains/v2\"\n      message: not chains\n",
+        );
+        let set = load_one(&good).unwrap();
+        assert_eq!(set.policies()[0].validations.len(), 1);
+        assert_eq!(set.policies()[0].validations[0].message.as_deref(), Some("not chains"));
+
+        let table: &[(&str, usize, &str)] = &[
+            (
+                "    - expression: provenance.builder.id ==\n",
+                11,
+                "validations[0]: syntax error in `provenance.builder.id ==`",
+            ),
+            (
+                "    - expression: \"true\"\n    - expression: provenanse.builder.id == 'x'\n",
+                12,
+                "unknown variable `provenanse`",
+            ),
+            ("    - expression: image.ref.isSorted()\n", 11, "unknown function `isSorted` in `image.ref.isSorted()`"),
+            ("    - expression: image.ref\n", 11, "must evaluate to bool"),
+            ("    - expression: 'true'\n      messageExpression: size(image.ref)\n", 12, "must evaluate to string"),
+            ("    - expression: 'true'\n      mesage: typo\n", 12, "unknown field `mesage`"),
+        ];
+        for (validations, line, needle) in table {
+            let errs = load_one(&with(validations)).unwrap_err();
+            let e = &errs.0[0];
+            assert_eq!(e.line, Some(*line), "{e}");
+            assert!(e.message.contains(needle), "{e} should mention {needle}");
         }
     }
 

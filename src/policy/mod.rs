@@ -1,19 +1,35 @@
 //! Image policies: the file format, loading with file:line errors, and which policies govern an image.
 
+pub mod cel;
+pub mod cli;
+pub mod eval;
+mod examples;
 mod load;
 mod matcher;
 pub mod model;
+pub mod provenance;
 mod store;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
+pub use cel::{CompileError, Engine, Expect, Expression};
+pub use eval::{
+    Activation, CompiledValidation, Evidence, ImageInfo, InputError, Limits, PolicyOutcome, Validation,
+    ValidationOutcome, Verdict,
+};
 pub use load::{LoadError, LoadErrors, load, load_sources, policy_files};
 pub use matcher::Matcher;
 pub use model::Mode;
 pub use store::PolicyStore;
 
 use crate::images::ImageRef;
+
+/// The process-wide CEL engine every policy is compiled with and evaluated in.
+pub fn engine() -> Result<&'static Engine, CompileError> {
+    static ENGINE: std::sync::LazyLock<Result<Engine, CompileError>> = std::sync::LazyLock::new(Engine::new);
+    ENGINE.as_ref().map_err(Clone::clone)
+}
 
 /// One compiled policy.
 #[derive(Debug, Clone)]
@@ -24,6 +40,8 @@ pub struct Policy {
     pub line: usize,
     pub mode: Mode,
     pub matcher: Matcher,
+    /// `spec.validations`, compiled; all must pass.
+    pub validations: Vec<CompiledValidation>,
 }
 
 /// An immutable, compiled set of policies; swapped whole when the files change.

@@ -32,6 +32,9 @@ pub struct Spec {
     pub mode: Mode,
     #[serde(rename = "match")]
     pub matches: MatchSpec,
+    /// CEL validations, like ValidatingAdmissionPolicy's; compiled at load.
+    #[serde(default)]
+    pub validations: Vec<super::eval::Validation>,
 }
 
 /// What a failing policy does to the request.
