@@ -11,7 +11,9 @@ use super::cel::CompileError;
 use super::eval::{CompiledValidation, Validation};
 use super::model::{API_VERSION, ImagePolicyDoc, KIND};
 use super::{Policy, PolicySet};
+use crate::policy::authority::{self, AuthoritySource};
 use crate::policy::matcher::Matcher;
+use crate::policy::require::Requirements;
 
 /// One problem in one policy file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,7 +160,27 @@ fn compile_doc(file: &Path, doc: &Document) -> Result<Policy, LoadError> {
     let validations = compile_validations(&parsed.spec.validations, &doc.text).map_err(|(offset, message)| {
         err(offset.map_or_else(|| line_of("validations"), |o| doc.first_line + o), message)
     })?;
-    Ok(Policy { name, file: file.to_path_buf(), line: doc.first_line, mode: parsed.spec.mode, matcher, validations })
+    let base = file.parent().unwrap_or(Path::new("."));
+    let mut authorities: Vec<AuthoritySource> = Vec::new();
+    for spec in &parsed.spec.authorities {
+        let line = line_of(&format!("name: {}", spec.name));
+        if authorities.iter().any(|a| a.name() == spec.name) {
+            return Err(err(line, format!("authorities: name {:?} is used twice", spec.name)));
+        }
+        authorities.push(authority::compile(spec, base).map_err(|m| err(line, m))?);
+    }
+    let names: Vec<String> = authorities.iter().map(|a| a.name().to_owned()).collect();
+    let requirements = Requirements::compile(&parsed.spec.require, &names).map_err(|m| err(line_of("require"), m))?;
+    Ok(Policy {
+        name,
+        file: file.to_path_buf(),
+        line: doc.first_line,
+        mode: parsed.spec.mode,
+        matcher,
+        authorities,
+        requirements,
+        validations,
+    })
 }
 
 /// Compiles `spec.validations`; an error carries the 0-based line in `text` where its expression is written

@@ -1,5 +1,6 @@
 //! Image policies: the file format, loading with file:line errors, and which policies govern an image.
 
+pub mod authority;
 pub mod cel;
 pub mod cli;
 pub mod eval;
@@ -7,6 +8,7 @@ mod examples;
 mod load;
 mod matcher;
 pub mod model;
+pub mod require;
 pub mod provenance;
 mod store;
 
@@ -40,8 +42,19 @@ pub struct Policy {
     pub line: usize,
     pub mode: Mode,
     pub matcher: Matcher,
+    /// `spec.authorities`, parsed where static.
+    pub authorities: Vec<authority::AuthoritySource>,
+    /// `spec.require`, checked against the authorities.
+    pub requirements: require::Requirements,
     /// `spec.validations`, compiled; all must pass.
     pub validations: Vec<CompiledValidation>,
+}
+
+impl Policy {
+    /// Whether judging this policy needs anything from the registry.
+    pub fn needs_evidence(&self) -> bool {
+        !self.authorities.is_empty()
+    }
 }
 
 /// An immutable, compiled set of policies; swapped whole when the files change.

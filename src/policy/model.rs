@@ -32,6 +32,12 @@ pub struct Spec {
     pub mode: Mode,
     #[serde(rename = "match")]
     pub matches: MatchSpec,
+    /// Who may vouch for an image: keys or keyless identities.
+    #[serde(default)]
+    pub authorities: Vec<super::authority::AuthoritySpec>,
+    /// What must be verified: signature, attestations, digest pinning.
+    #[serde(default)]
+    pub require: super::require::RequireSpec,
     /// CEL validations, like ValidatingAdmissionPolicy's; compiled at load.
     #[serde(default)]
     pub validations: Vec<super::eval::Validation>,

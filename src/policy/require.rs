@@ -1,0 +1,339 @@
+//! A policy's `require` section: signature, named attestations and how authorities combine, compiled at load
+//! against the policy's authorities and checked over what `verify` accepted.
+
+use std::collections::BTreeSet;
+
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+
+use crate::verify::{AttestationCheck, SignatureCheck};
+
+/// `spec.require` as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RequireSpec {
+    /// Deny tag references: the kubelet may pull a different image than the one verified.
+    #[serde(default)]
+    pub digest: bool,
+    /// `true` (any authority), or `{authorities: [..], match: any | all | {atLeast: n}}`.
+    #[serde(default, deserialize_with = "bool_or_need")]
+    pub signature: Option<NeedSpec>,
+    #[serde(default)]
+    pub attestations: Vec<AttestationSpec>,
+    /// `index`: the image's own digest must satisfy the signature requirement; `all`: so must every platform
+    /// manifest of a multi-arch image.
+    #[serde(default)]
+    pub platforms: Platforms,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NeedSpec {
+    /// Which of the policy's authorities count; empty means all of them.
+    #[serde(default)]
+    pub authorities: Vec<String>,
+    #[serde(default, rename = "match")]
+    pub combine: Combine,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AttestationSpec {
+    /// The name CEL sees under `attestations`.
+    pub name: String,
+    /// An exact predicate type URI, or `slsa` for SLSA provenance v0.2 and v1 (and in-toto provenance v0.1).
+    pub predicate_type: String,
+    #[serde(default)]
+    pub authorities: Vec<String>,
+    #[serde(default, rename = "match")]
+    pub combine: Combine,
+}
+
+/// How many of the listed authorities must vouch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub enum Combine {
+    #[default]
+    Any,
+    All,
+    AtLeast(usize),
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Platforms {
+    #[default]
+    Index,
+    All,
+}
+
+fn bool_or_need<'de, D: Deserializer<'de>>(d: D) -> Result<Option<NeedSpec>, D::Error> {
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = Option<NeedSpec>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("true, false, or a map with authorities and match")
+        }
+        fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+            Ok(v.then(NeedSpec::default))
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            NeedSpec::deserialize(de::value::MapAccessDeserializer::new(map)).map(Some)
+        }
+    }
+    d.deserialize_any(V)
+}
+
+/// Authorities and how many of them must vouch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Need {
+    pub authorities: Vec<String>,
+    pub combine: Combine,
+}
+
+impl Need {
+    fn compile(spec: &NeedSpec, all: &[String], what: &str) -> Result<Self, String> {
+        if all.is_empty() {
+            return Err(format!("{what} needs authorities: list at least one under spec.authorities"));
+        }
+        for name in &spec.authorities {
+            if !all.contains(name) {
+                return Err(format!("{what}: authority {name:?} is not in spec.authorities ({})", all.join(", ")));
+            }
+        }
+        let authorities = if spec.authorities.is_empty() { all.to_vec() } else { spec.authorities.clone() };
+        if let Combine::AtLeast(n) = spec.combine
+            && (n == 0 || n > authorities.len())
+        {
+            return Err(format!("{what}: match atLeast {n} must be between 1 and {}", authorities.len()));
+        }
+        Ok(Self { authorities, combine: spec.combine })
+    }
+
+    /// Whether the authorities that vouched satisfy this need.
+    pub fn satisfied_by(&self, vouched: &BTreeSet<&str>) -> bool {
+        let count = self.authorities.iter().filter(|a| vouched.contains(a.as_str())).count();
+        match self.combine {
+            Combine::Any => count >= 1,
+            Combine::All => count == self.authorities.len(),
+            Combine::AtLeast(n) => count >= n,
+        }
+    }
+
+    /// "authority chains", "all of a, b", "2 of a, b, c".
+    pub fn describe(&self) -> String {
+        let names = self.authorities.join(", ");
+        match (self.combine, self.authorities.len()) {
+            (_, 1) => format!("authority {names}"),
+            (Combine::Any, _) => format!("any of {names}"),
+            (Combine::All, _) => format!("all of {names}"),
+            (Combine::AtLeast(n), _) => format!("{n} of {names}"),
+        }
+    }
+}
+
+/// Predicate types that count as SLSA provenance for `predicateType: slsa`.
+pub const SLSA_TYPES: [&str; 3] =
+    ["https://slsa.dev/provenance/v0.2", "https://slsa.dev/provenance/v1", "https://in-toto.io/Provenance/v0.1"];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttestationNeed {
+    pub name: String,
+    pub predicate_type: String,
+    pub need: Need,
+}
+
+impl AttestationNeed {
+    pub fn accepts(&self, predicate_type: &str) -> bool {
+        if self.predicate_type == "slsa" { SLSA_TYPES.contains(&predicate_type) } else { self.predicate_type == predicate_type }
+    }
+}
+
+/// The compiled `require` section.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Requirements {
+    pub digest: bool,
+    pub signature: Option<Need>,
+    pub attestations: Vec<AttestationNeed>,
+    pub platforms: Platforms,
+}
+
+impl Requirements {
+    /// Checks names against the policy's authorities (`all`).
+    pub fn compile(spec: &RequireSpec, all: &[String]) -> Result<Self, String> {
+        let signature = spec.signature.as_ref().map(|s| Need::compile(s, all, "require.signature")).transpose()?;
+        let mut attestations: Vec<AttestationNeed> = Vec::new();
+        for (i, a) in spec.attestations.iter().enumerate() {
+            let what = format!("require.attestations[{i}]");
+            if attestations.iter().any(|x| x.name == a.name) {
+                return Err(format!("{what}: name {:?} is used twice", a.name));
+            }
+            if a.predicate_type.is_empty() {
+                return Err(format!("{what}: predicateType must not be empty"));
+            }
+            let spec = NeedSpec { authorities: a.authorities.clone(), combine: a.combine };
+            attestations.push(AttestationNeed {
+                name: a.name.clone(),
+                predicate_type: a.predicate_type.clone(),
+                need: Need::compile(&spec, all, &what)?,
+            });
+        }
+        if spec.platforms == Platforms::All && signature.is_none() {
+            return Err("require.platforms: all needs require.signature".into());
+        }
+        Ok(Self { digest: spec.digest, signature, attestations, platforms: spec.platforms })
+    }
+}
+
+/// One unmet requirement: a stable code and the words a user acts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unmet {
+    pub code: &'static str,
+    pub message: String,
+}
+
+/// Authorities whose items verified.
+fn vouched<'a, T>(verified: impl Iterator<Item = &'a crate::verify::Verified<T>>) -> BTreeSet<&'a str>
+where
+    T: 'a,
+{
+    verified.map(|v| v.authority()).collect()
+}
+
+/// Checks the signature requirement for one digest.
+pub fn check_signature(need: &Need, check: &SignatureCheck, authorities: &[crate::verify::Authority]) -> Option<Unmet> {
+    if need.satisfied_by(&vouched(check.verified.iter())) {
+        return None;
+    }
+    let code = check.outcome().err().map_or("signature-threshold", |r| r.code());
+    Some(Unmet {
+        code,
+        message: format!("no valid signature from {}: {}", need.describe(), check.explain(authorities)),
+    })
+}
+
+/// Checks one attestation requirement; returns the statements that count for CEL, or why it is unmet.
+pub fn check_attestation<'c>(
+    need: &AttestationNeed,
+    check: &'c AttestationCheck,
+    authorities: &[crate::verify::Authority],
+) -> Result<Vec<&'c crate::verify::Verified<crate::verify::Statement>>, Unmet> {
+    let matching: Vec<_> = check
+        .verified
+        .iter()
+        .filter(|s| need.accepts(&s.predicate_type) && need.need.authorities.iter().any(|a| a == s.authority()))
+        .collect();
+    if need.need.satisfied_by(&vouched(matching.iter().copied())) {
+        return Ok(matching);
+    }
+    let other_types: BTreeSet<&str> = check.verified.iter().map(|s| s.predicate_type.as_str()).collect();
+    let detail = if !check.verified.is_empty() && matching.is_empty() {
+        format!(
+            "verified attestations have predicate types {} only",
+            other_types.into_iter().collect::<Vec<_>>().join(", ")
+        )
+    } else {
+        check.explain(authorities)
+    };
+    let code = if matching.is_empty() && !check.verified.is_empty() {
+        "predicate-type-mismatch"
+    } else {
+        check.outcome().err().map_or("attestation-threshold", |r| r.code())
+    };
+    Err(Unmet {
+        code,
+        message: format!(
+            "attestation {:?} ({}) not satisfied by {}: {detail}",
+            need.name,
+            need.predicate_type,
+            need.need.describe()
+        ),
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn spec(yaml: &str) -> RequireSpec {
+        serde_yaml_ng::from_str(yaml).unwrap()
+    }
+
+    fn names(n: &[&str]) -> Vec<String> {
+        n.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn signature_accepts_bool_or_map() {
+        assert!(spec("signature: false").signature.is_none());
+        assert!(spec("{}").signature.is_none());
+        let s = spec("signature: true").signature.unwrap();
+        assert!(s.authorities.is_empty());
+        let s = spec("signature: {authorities: [a, b], match: all}").signature.unwrap();
+        assert_eq!((s.authorities.len(), s.combine), (2, Combine::All));
+        let s = spec("signature: {match: {atLeast: 2}}").signature.unwrap();
+        assert_eq!(s.combine, Combine::AtLeast(2));
+        assert!(serde_yaml_ng::from_str::<RequireSpec>("signature: {authoritie: [a]}").is_err());
+        assert!(serde_yaml_ng::from_str::<RequireSpec>("signature: maybe").is_err());
+    }
+
+    #[test]
+    fn compile_checks_authority_names_and_thresholds() {
+        let all = names(&["chains", "release"]);
+        let r = Requirements::compile(&spec("signature: true"), &all).unwrap();
+        assert_eq!(r.signature.unwrap().authorities, all, "empty list means every authority");
+        let table = [
+            ("signature: true", vec![], "needs authorities"),
+            ("signature: {authorities: [nobody]}", all.clone(), "\"nobody\" is not in spec.authorities"),
+            ("signature: {match: {atLeast: 3}}", all.clone(), "between 1 and 2"),
+            ("signature: {match: {atLeast: 0}}", all.clone(), "between 1 and 2"),
+            ("attestations: [{name: p, predicateType: slsa}, {name: p, predicateType: slsa}]", all.clone(), "used twice"),
+            ("attestations: [{name: p, predicateType: ''}]", all.clone(), "must not be empty"),
+            ("platforms: all", all.clone(), "needs require.signature"),
+        ];
+        for (yaml, authorities, needle) in table {
+            let e = Requirements::compile(&spec(yaml), &authorities).unwrap_err();
+            assert!(e.contains(needle), "{yaml}: {e}");
+        }
+    }
+
+    #[test]
+    fn combine_table() {
+        let need = |c| Need { authorities: names(&["a", "b", "c"]), combine: c };
+        let set = |v: &[&'static str]| v.iter().copied().collect::<BTreeSet<&str>>();
+        let table: &[(Combine, &[&str], bool)] = &[
+            (Combine::Any, &[], false),
+            (Combine::Any, &["b"], true),
+            (Combine::Any, &["x"], false),
+            (Combine::All, &["a", "b"], false),
+            (Combine::All, &["a", "b", "c"], true),
+            (Combine::AtLeast(2), &["a"], false),
+            (Combine::AtLeast(2), &["a", "c"], true),
+            (Combine::AtLeast(2), &["a", "x"], false),
+        ];
+        for (combine, vouched, want) in table {
+            assert_eq!(need(*combine).satisfied_by(&set(vouched)), *want, "{combine:?} {vouched:?}");
+        }
+        assert_eq!(need(Combine::AtLeast(2)).describe(), "2 of a, b, c");
+    }
+
+    #[test]
+    fn slsa_matches_every_provenance_version() {
+        let need = AttestationNeed {
+            name: "p".into(),
+            predicate_type: "slsa".into(),
+            need: Need { authorities: names(&["a"]), combine: Combine::Any },
+        };
+        for t in SLSA_TYPES {
+            assert!(need.accepts(t));
+        }
+        assert!(!need.accepts("https://cyclonedx.org/bom"));
+        let exact = AttestationNeed { predicate_type: "https://slsa.dev/provenance/v1".into(), ..need };
+        assert!(exact.accepts("https://slsa.dev/provenance/v1"));
+        assert!(!exact.accepts("https://slsa.dev/provenance/v0.2"));
+    }
+}
