@@ -1,0 +1,100 @@
+//! The registry error taxonomy: one variant per way a registry call can fail, each with an actionable message.
+
+use std::time::Duration;
+
+/// Why a registry call failed. `Display` is written for the person whose image was denied; `code()` is a stable label
+/// for audit records and metrics.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    #[error("{what} was not found on {registry}: check the image name, tag or digest, and that it was pushed")]
+    NotFound { registry: String, what: String },
+    #[error(
+        "{registry} refused access to {repository} ({detail}): provide pull credentials for {registry} \
+         (dockerconfigjson or imagePullSecrets) that may read {repository}"
+    )]
+    Unauthorized { registry: String, repository: String, detail: String },
+    #[error("{registry} is rate limiting requests{}: retry later or configure credentials with a higher quota", retry_hint(.retry_after))]
+    RateLimited { registry: String, retry_after: Option<Duration> },
+    #[error("{registry} could not be reached ({detail}): check the registry address, its TLS settings and the network")]
+    Unreachable { registry: String, detail: String },
+    #[error(
+        "{registry} failed with HTTP {status} for {what} ({attempts} attempts): the registry is failing; retry later \
+         or contact its operator"
+    )]
+    ServerError { registry: String, what: String, status: u16, attempts: u32 },
+    #[error(
+        "{registry} did not answer in time for {what}: the registry is slow or stalled; retry, or raise the deadline"
+    )]
+    TimedOut { registry: String, what: String },
+    #[error(
+        "{what} from {registry} does not match its digest (expected {expected}, got {actual}): the registry or a proxy \
+         served altered content"
+    )]
+    DigestMismatch { registry: String, what: String, expected: String, actual: String },
+    #[error(
+        "{what} from {registry} is larger than the {limit}-byte limit: raise the registries size limit if it is legitimate"
+    )]
+    TooLarge { registry: String, what: String, limit: u64 },
+    #[error("{what} from {registry} is malformed: {detail}")]
+    Malformed { registry: String, what: String, detail: String },
+}
+
+fn retry_hint(after: &Option<Duration>) -> String {
+    after.map(|d| format!(" (it asks to wait {}s)", d.as_secs())).unwrap_or_default()
+}
+
+impl RegistryError {
+    /// A stable, machine-readable label for this kind of failure.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NotFound { .. } => "registry_not_found",
+            Self::Unauthorized { .. } => "registry_unauthorized",
+            Self::RateLimited { .. } => "registry_rate_limited",
+            Self::Unreachable { .. } => "registry_unreachable",
+            Self::ServerError { .. } => "registry_server_error",
+            Self::TimedOut { .. } => "registry_timed_out",
+            Self::DigestMismatch { .. } => "registry_digest_mismatch",
+            Self::TooLarge { .. } => "registry_too_large",
+            Self::Malformed { .. } => "registry_malformed",
+        }
+    }
+
+    /// Whether trying again later could succeed (rate limits, outages, timeouts).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Self::RateLimited { .. } | Self::Unreachable { .. } | Self::ServerError { .. } | Self::TimedOut { .. }
+        )
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_distinct_and_messages_name_the_registry() {
+        let r = || "reg.example:5000".to_owned();
+        let w = || "manifest app:v1".to_owned();
+        let all = [
+            RegistryError::NotFound { registry: r(), what: w() },
+            RegistryError::Unauthorized { registry: r(), repository: "app".into(), detail: "401".into() },
+            RegistryError::RateLimited { registry: r(), retry_after: Some(Duration::from_secs(3)) },
+            RegistryError::Unreachable { registry: r(), detail: "connection refused".into() },
+            RegistryError::ServerError { registry: r(), what: w(), status: 500, attempts: 3 },
+            RegistryError::TimedOut { registry: r(), what: w() },
+            RegistryError::DigestMismatch { registry: r(), what: w(), expected: "a".into(), actual: "b".into() },
+            RegistryError::TooLarge { registry: r(), what: w(), limit: 10 },
+            RegistryError::Malformed { registry: r(), what: w(), detail: "not JSON".into() },
+        ];
+        let mut codes: Vec<_> = all.iter().map(RegistryError::code).collect();
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), all.len());
+        for e in &all {
+            assert!(e.to_string().contains("reg.example:5000"), "{e}");
+        }
+        assert!(all[2].to_string().contains("wait 3s"));
+    }
+}

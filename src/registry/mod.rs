@@ -1,0 +1,268 @@
+//! OCI registry access: tag → digest, platform listing, cosign `.sig`/`.att` tags and OCI 1.1 referrers, with auth,
+//! size caps and deadlines. The only module that imports `oci_client`.
+
+mod artifacts;
+mod auth;
+mod config;
+mod error;
+mod transport;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use oci_client::manifest::OciImageIndex;
+use reqwest::StatusCode;
+use reqwest::header;
+use tokio::time::Instant;
+
+pub use auth::{Credentials, CredentialsError, Keychain};
+pub use config::{HostConfig, RegistryConfig};
+pub use error::RegistryError;
+
+use crate::artifact::Artifacts;
+use crate::images::{Digest, ImageRef};
+use artifacts::{check_header_digest, expect_ok, parse, parse_digest};
+use transport::{HostTransport, Reply, Session, Want, check_digest};
+
+/// Image index media types (OCI index, Docker manifest list).
+pub const INDEX_TYPES: [&str; 2] =
+    ["application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json"];
+
+/// The full Accept list for manifests: without the index types some registries answer with a converted manifest whose
+/// digest is not the one the kubelet pulls or the signer signed.
+pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
+    application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, \
+    application/vnd.docker.distribution.manifest.v2+json";
+
+/// What a reference points at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    /// The digest of the manifest the reference names (for a multi-arch tag: the index).
+    pub digest: Digest,
+    /// The manifest's media type.
+    pub media_type: String,
+    /// For an index or manifest list: its platform manifests, in index order. Empty for a single manifest.
+    pub platforms: Vec<PlatformManifest>,
+}
+
+impl Resolved {
+    pub fn is_index(&self) -> bool {
+        INDEX_TYPES.contains(&self.media_type.as_str())
+    }
+}
+
+/// One entry of an index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlatformManifest {
+    pub digest: Digest,
+    pub media_type: String,
+    /// `unknown` when the entry names no platform (e.g. BuildKit attestation manifests).
+    pub os: String,
+    pub architecture: String,
+    pub variant: Option<String>,
+}
+
+/// Registry access as one value shared by every review.
+#[async_trait::async_trait]
+pub trait Registry: Send + Sync {
+    /// The digest `image` names (checked against the bytes when the reference carries one), and the platform
+    /// manifests when it is an index. `Credentials::Anonymous` falls back to the credentials the config names for
+    /// the host.
+    async fn resolve(
+        &self,
+        image: &ImageRef,
+        creds: &Credentials,
+        deadline: Instant,
+    ) -> Result<Resolved, RegistryError>;
+
+    /// The signature, attestation and bundle layers stored for `digest` in `image`'s repository. No artifacts is an
+    /// empty value, not an error.
+    async fn artifacts(
+        &self,
+        image: &ImageRef,
+        digest: &Digest,
+        creds: &Credentials,
+        deadline: Instant,
+    ) -> Result<Artifacts, RegistryError>;
+}
+
+/// The registry configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("registries.hosts.{host}.caBundle: cannot read {path}: {detail}")]
+    CaBundle { host: String, path: String, detail: String },
+    #[error("registries.hosts.{host}.dockerConfigJson: {path}: {detail}")]
+    DockerConfig { host: String, path: String, detail: String },
+}
+
+/// The registry client: one per process, safe to use from many tasks at once.
+pub struct RegistryClient {
+    config: RegistryConfig,
+    hosts: HashMap<String, HostTransport>,
+    defaults: Keychain,
+    /// Sessions keyed by (host, identity fingerprint): a token never serves another identity.
+    sessions: moka::future::Cache<(String, String), Arc<Session>>,
+}
+
+impl RegistryClient {
+    /// Reads the CA bundles and dockerconfigjson files the config names.
+    pub fn new(config: RegistryConfig) -> Result<Self, SetupError> {
+        let mut hosts = HashMap::new();
+        let mut defaults = Keychain::default();
+        for (host, hc) in &config.hosts {
+            let ca_pem = match &hc.ca_bundle {
+                Some(path) => Some(read(path).map_err(|detail| SetupError::CaBundle {
+                    host: host.clone(),
+                    path: path.display().to_string(),
+                    detail,
+                })?),
+                None => None,
+            };
+            if let Some(path) = &hc.docker_config_json {
+                let err = |detail: String| SetupError::DockerConfig {
+                    host: host.clone(),
+                    path: path.display().to_string(),
+                    detail,
+                };
+                let keychain =
+                    Keychain::from_docker_config(&read(path).map_err(err)?).map_err(|e| err(e.to_string()))?;
+                defaults.insert(host, keychain.for_host(host));
+            }
+            hosts.insert(auth::normalise_host(host), HostTransport { insecure: hc.insecure, ca_pem });
+        }
+        let sessions = moka::future::Cache::builder()
+            .max_capacity(config.max_sessions)
+            .time_to_idle(Duration::from_secs(30 * 60))
+            .build();
+        Ok(Self { config, hosts, defaults, sessions })
+    }
+
+    pub fn config(&self) -> &RegistryConfig {
+        &self.config
+    }
+
+    /// The credentials the config names for `host` (anonymous when none).
+    pub fn default_credentials(&self, host: &str) -> Credentials {
+        self.defaults.for_host(host)
+    }
+
+    async fn session(&self, host: &str, creds: &Credentials) -> Result<Arc<Session>, RegistryError> {
+        let creds = match creds {
+            Credentials::Anonymous => self.defaults.for_host(host),
+            other => other.clone(),
+        };
+        let key = (host.to_owned(), creds.fingerprint());
+        if let Some(s) = self.sessions.get(&key).await {
+            return Ok(s);
+        }
+        let transport = self.hosts.get(&auth::normalise_host(host)).cloned().unwrap_or_default();
+        let session = Arc::new(Session::new(host, &transport, creds, &self.config)?);
+        self.sessions.insert(key, session.clone()).await;
+        Ok(session)
+    }
+}
+
+#[async_trait::async_trait]
+impl Registry for RegistryClient {
+    async fn resolve(
+        &self,
+        image: &ImageRef,
+        creds: &Credentials,
+        deadline: Instant,
+    ) -> Result<Resolved, RegistryError> {
+        let s = self.session(image.registry(), creds).await?;
+        let repo = image.repository();
+        if let Some(digest) = image.digest() {
+            let what = format!("manifest {repo}@{digest}");
+            let reply = manifest_by_digest(&s, repo, digest, &what, deadline).await?;
+            return resolved(&s, digest.clone(), &reply, &what);
+        }
+        let tag = image.tag().unwrap_or("latest");
+        let what = format!("manifest {repo}:{tag}");
+        let url = s.url(repo, &format!("manifests/{tag}"));
+        let head = s.request(Want::ManifestHead, repo, &url, &what, deadline).await?;
+        if head.status == StatusCode::NOT_FOUND {
+            return Err(RegistryError::NotFound { registry: s.host().to_owned(), what });
+        }
+        let stated = head.header(header::HeaderName::from_static("docker-content-digest")).map(Digest::parse);
+        if let (true, Some(Ok(digest))) = (head.status.is_success(), stated) {
+            let media_type = media_type_of(&head).unwrap_or_default();
+            if !INDEX_TYPES.contains(&media_type.as_str()) && !media_type.is_empty() {
+                return Ok(Resolved { digest, media_type, platforms: Vec::new() });
+            }
+            let what = format!("manifest {repo}@{digest}");
+            let reply = manifest_by_digest(&s, repo, &digest, &what, deadline).await?;
+            return resolved(&s, digest, &reply, &what);
+        }
+        // No usable HEAD answer: GET the tag and hash what it returns.
+        let reply = s.request(Want::Manifest, repo, &url, &what, deadline).await?;
+        expect_ok(&s, &reply, &what)?;
+        check_header_digest(&s, &reply, &what)?;
+        resolved(&s, Digest::sha256_of(&reply.body), &reply, &what)
+    }
+
+    async fn artifacts(
+        &self,
+        image: &ImageRef,
+        digest: &Digest,
+        creds: &Credentials,
+        deadline: Instant,
+    ) -> Result<Artifacts, RegistryError> {
+        let s = self.session(image.registry(), creds).await?;
+        artifacts::gather(&s, &self.config, image.repository(), digest, deadline).await
+    }
+}
+
+/// GET a manifest by digest with the full Accept list; the bytes must hash to the digest.
+pub(crate) async fn manifest_by_digest(
+    s: &Session,
+    repo: &str,
+    digest: &Digest,
+    what: &str,
+    deadline: Instant,
+) -> Result<Reply, RegistryError> {
+    let url = s.url(repo, &format!("manifests/{digest}"));
+    let reply = s.request(Want::Manifest, repo, &url, what, deadline).await?;
+    expect_ok(s, &reply, what)?;
+    check_digest(s.host(), what, digest, &reply.body)?;
+    Ok(reply)
+}
+
+/// The media type of a manifest answer: `Content-Type` without parameters, else the body's `mediaType`.
+pub(crate) fn media_type_of(reply: &Reply) -> Option<String> {
+    let from_header = reply
+        .header(header::CONTENT_TYPE)
+        .map(|ct| ct.split(';').next().unwrap_or_default().trim().to_owned())
+        .filter(|ct| ct.starts_with("application/vnd."));
+    from_header.or_else(|| {
+        serde_json::from_slice::<serde_json::Value>(&reply.body).ok()?.get("mediaType")?.as_str().map(str::to_owned)
+    })
+}
+
+fn resolved(s: &Session, digest: Digest, reply: &Reply, what: &str) -> Result<Resolved, RegistryError> {
+    let media_type = media_type_of(reply).unwrap_or_default();
+    let mut platforms = Vec::new();
+    if INDEX_TYPES.contains(&media_type.as_str()) {
+        let index: OciImageIndex = parse(s, &reply.body, what)?;
+        for entry in index.manifests {
+            let (os, architecture, variant) = match entry.platform {
+                Some(p) => (p.os.to_string(), p.architecture.to_string(), p.variant),
+                None => ("unknown".to_owned(), "unknown".to_owned(), None),
+            };
+            platforms.push(PlatformManifest {
+                digest: parse_digest(s, &entry.digest, what)?,
+                media_type: entry.media_type,
+                os,
+                architecture,
+                variant,
+            });
+        }
+    }
+    Ok(Resolved { digest, media_type, platforms })
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| e.to_string())
+}

@@ -1,0 +1,138 @@
+//! Who is trusted: named authorities holding either a non-empty key set or a keyless trust root with identities.
+
+use std::sync::Arc;
+
+use super::key::PublicKey;
+use super::keyless::TrustedRoot;
+
+/// A key set was built from no keys; an empty set must never "verify".
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("key set is empty: an authority needs at least one public key")]
+pub struct EmptyKeySet;
+
+/// One or more public keys. Never empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeySet {
+    keys: Vec<PublicKey>,
+}
+
+impl KeySet {
+    pub fn new(keys: Vec<PublicKey>) -> Result<Self, EmptyKeySet> {
+        if keys.is_empty() { Err(EmptyKeySet) } else { Ok(Self { keys }) }
+    }
+
+    pub fn keys(&self) -> &[PublicKey] {
+        &self.keys
+    }
+
+    /// The sorted fingerprints joined by `,`: a cache-key component that changes when any key rotates.
+    pub fn fingerprint(&self) -> String {
+        let mut fps: Vec<&str> = self.keys.iter().map(PublicKey::fingerprint).collect();
+        fps.sort_unstable();
+        fps.join(",")
+    }
+}
+
+/// A keyless authority was given no identities; "anyone Fulcio certified" is not a policy.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("keyless authority needs at least one identity (certificate subject and issuer)")]
+pub struct NoIdentities;
+
+/// How a string from policy is compared with a certificate field.
+#[derive(Debug, Clone)]
+pub enum Matcher {
+    Exact(String),
+    /// Anchored at both ends when compiled with [`Matcher::regex`].
+    Regex(regex::Regex),
+}
+
+impl Matcher {
+    /// A regular expression matched against the whole value.
+    pub fn regex(pattern: &str) -> Result<Self, regex::Error> {
+        regex::Regex::new(&format!("^(?:{pattern})$")).map(Self::Regex)
+    }
+
+    pub fn matches(&self, value: &str) -> bool {
+        match self {
+            Self::Exact(want) => want == value,
+            Self::Regex(re) => re.is_match(value),
+        }
+    }
+}
+
+impl PartialEq for Matcher {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Exact(a), Self::Exact(b)) => a == b,
+            (Self::Regex(a), Self::Regex(b)) => a.as_str() == b.as_str(),
+            _ => false,
+        }
+    }
+}
+
+/// An allowed keyless signer: certificate SAN (email or URI) and OIDC issuer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Identity {
+    pub subject: Matcher,
+    pub issuer: Matcher,
+}
+
+impl Identity {
+    pub fn matches(&self, subject: &str, issuer: &str) -> bool {
+        self.subject.matches(subject) && self.issuer.matches(issuer)
+    }
+}
+
+/// Keyless trust: Fulcio CAs and Rekor keys from a trusted root, and the identities allowed to sign.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Keyless {
+    trusted_root: Arc<TrustedRoot>,
+    identities: Vec<Identity>,
+}
+
+impl Keyless {
+    /// Fails on an empty identity list: "any identity Fulcio ever certified" is not a policy.
+    pub fn new(trusted_root: Arc<TrustedRoot>, identities: Vec<Identity>) -> Result<Self, NoIdentities> {
+        if identities.is_empty() { Err(NoIdentities) } else { Ok(Self { trusted_root, identities }) }
+    }
+
+    pub fn trusted_root(&self) -> &TrustedRoot {
+        &self.trusted_root
+    }
+
+    pub fn identities(&self) -> &[Identity] {
+        &self.identities
+    }
+}
+
+/// What an authority trusts.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Trust {
+    Keys(KeySet),
+    Keyless(Keyless),
+}
+
+/// A named source of trust, as a policy's `authorities` entry lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Authority {
+    name: String,
+    trust: Trust,
+}
+
+impl Authority {
+    pub fn new(name: impl Into<String>, trust: Trust) -> Self {
+        Self { name: name.into(), trust }
+    }
+
+    pub fn keys(name: impl Into<String>, keys: KeySet) -> Self {
+        Self::new(name, Trust::Keys(keys))
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn trust(&self) -> &Trust {
+        &self.trust
+    }
+}

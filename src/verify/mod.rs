@@ -1,0 +1,264 @@
+//! Judges what the registry found next to an image: cosign `.sig` simple signatures, `.att` DSSE attestations and
+//! Sigstore bundles, against configured authorities. The only module that uses `sigstore`; the only code that can
+//! build a [`Verified`] value.
+
+mod authority;
+mod bundle;
+mod dsse;
+mod key;
+mod keyless;
+mod reason;
+mod simple;
+
+use serde::Serialize;
+
+use crate::artifact::{Artifacts, Layer, Origin};
+use crate::images::Digest;
+
+pub use authority::{Authority, EmptyKeySet, Identity, KeySet, Keyless, Matcher, NoIdentities, Trust};
+pub use dsse::pae;
+pub use key::{KeyError, KeyKind, PublicKey, Scheme};
+pub use keyless::{TrustedRoot, TrustedRootError};
+pub use reason::Rejection;
+
+/// Provenance that passed verification. Only `verify` can build one; `decide` reads it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Verified<T> {
+    authority: String,
+    #[serde(flatten)]
+    value: T,
+}
+
+impl<T> Verified<T> {
+    fn new(authority: &Authority, value: T) -> Self {
+        Self { authority: authority.name().to_owned(), value }
+    }
+
+    /// The name of the authority whose key or identity verified this.
+    pub fn authority(&self) -> &str {
+        &self.authority
+    }
+
+    pub fn value(&self) -> &T {
+        &self.value
+    }
+}
+
+impl<T> std::ops::Deref for Verified<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
+/// Who produced a verified signature.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum Signer {
+    /// A configured public key (fingerprint `sha256:` of its SPKI DER) under the named scheme.
+    Key { fingerprint: String, scheme: String },
+    /// A Fulcio certificate chained to the trusted root, with its identity.
+    Certificate { subject: String, issuer: String },
+}
+
+/// A verified cosign image signature (simple signing, from `.sig` or a bundle).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageSignature {
+    /// The layer (or bundle) digest this came from.
+    pub layer: Digest,
+    /// `critical.identity.docker-reference` as signed; informational, never trusted for the binding.
+    pub docker_reference: String,
+    /// The signed `optional` map (`cosign sign -a k=v`), `null` when absent.
+    pub annotations: serde_json::Value,
+    pub signer: Signer,
+}
+
+/// One subject of an in-toto statement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Subject {
+    pub name: String,
+    pub digest: std::collections::BTreeMap<String, String>,
+}
+
+/// A verified in-toto statement whose subject digest matched the image.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Statement {
+    pub layer: Digest,
+    /// `_type`: `https://in-toto.io/Statement/v0.1` or `/v1`.
+    pub statement_type: String,
+    pub predicate_type: String,
+    pub subject: Vec<Subject>,
+    pub predicate: serde_json::Value,
+    /// Which acceptable digest a subject matched (the image, or one of its platform manifests).
+    pub matched: Digest,
+    pub signer: Signer,
+}
+
+/// A layer that did not count, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejected {
+    pub layer: Digest,
+    pub origin: Origin,
+    pub reason: Rejection,
+}
+
+/// Outcome of checking every signature layer of one image digest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SignatureCheck {
+    pub digest: Digest,
+    pub verified: Vec<Verified<ImageSignature>>,
+    pub rejected: Vec<Rejected>,
+}
+
+/// Outcome of checking every attestation layer against the acceptable digests.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttestationCheck {
+    pub digest: Digest,
+    pub verified: Vec<Verified<Statement>>,
+    pub rejected: Vec<Rejected>,
+}
+
+macro_rules! check_common {
+    ($t:ty, $item:ty, $what:literal, $none:ident) => {
+        impl $t {
+            /// How many layers were looked at.
+            pub fn found(&self) -> usize {
+                self.verified.len() + self.rejected.len()
+            }
+
+            /// Verified items from one authority.
+            pub fn by<'a>(&'a self, authority: &'a str) -> impl Iterator<Item = &'a Verified<$item>> + 'a {
+                self.verified.iter().filter(move |v| v.authority() == authority)
+            }
+
+            /// `Ok` when something verified; otherwise the most telling reason (for the denial's `code()`).
+            pub fn outcome(&self) -> Result<(), Rejection> {
+                if !self.verified.is_empty() {
+                    return Ok(());
+                }
+                match self.rejected.iter().max_by_key(|r| r.reason.rank()) {
+                    Some(r) => Err(r.reason.clone()),
+                    None => Err(Rejection::$none { digest: self.digest.clone() }),
+                }
+            }
+
+            /// A one-line explanation for a denial, naming the authorities and each layer's reason.
+            pub fn explain(&self, authorities: &[Authority]) -> String {
+                let names: Vec<&str> = authorities.iter().map(Authority::name).collect();
+                let names = if names.is_empty() { "(none configured)".to_owned() } else { names.join(", ") };
+                if self.found() == 0 {
+                    return format!("no {} found for {}", $what, self.digest);
+                }
+                let mut msg = format!(
+                    "{} {} found, {} valid for authority {}",
+                    self.found(),
+                    $what,
+                    if self.verified.is_empty() { "none".to_owned() } else { self.verified.len().to_string() },
+                    names
+                );
+                let mut reasons: Vec<String> = self.rejected.iter().map(|r| r.reason.to_string()).collect();
+                reasons.dedup();
+                if !reasons.is_empty() {
+                    msg.push_str(": ");
+                    msg.push_str(&reasons.join("; "));
+                }
+                msg
+            }
+        }
+    };
+}
+check_common!(SignatureCheck, ImageSignature, "signatures", Unsigned);
+check_common!(AttestationCheck, Statement, "attestations", NoAttestations);
+
+/// Verifies every `.sig` layer and every signature-kind bundle for `digest` against `authorities`.
+pub fn signatures(a: &Artifacts, digest: &Digest, authorities: &[Authority]) -> SignatureCheck {
+    let mut check = SignatureCheck { digest: digest.clone(), verified: Vec::new(), rejected: Vec::new() };
+    for layer in &a.signatures {
+        judge(layer, authorities, &mut check.verified, &mut check.rejected, |auth| {
+            simple::verify_layer(layer, digest, auth)
+        });
+    }
+    for layer in &a.bundles {
+        if bundle::kind(layer) != bundle::Kind::Signature {
+            continue;
+        }
+        judge(layer, authorities, &mut check.verified, &mut check.rejected, |auth| {
+            bundle::verify_signature(layer, digest, auth)
+        });
+    }
+    check
+}
+
+/// Verifies every `.att` DSSE layer and every attestation-kind bundle. A statement counts only if one subject's
+/// sha256 equals one of `acceptable` (the image digest first, then e.g. its platform manifest digests).
+pub fn attestations(a: &Artifacts, acceptable: &[Digest], authorities: &[Authority]) -> AttestationCheck {
+    let digest = acceptable.first().cloned().unwrap_or_else(|| Digest::sha256_of(b""));
+    let mut check = AttestationCheck { digest, verified: Vec::new(), rejected: Vec::new() };
+    for layer in &a.attestations {
+        judge(layer, authorities, &mut check.verified, &mut check.rejected, |auth| {
+            dsse::verify_layer(layer, acceptable, auth)
+        });
+    }
+    for layer in &a.bundles {
+        if bundle::kind(layer) != bundle::Kind::Attestation {
+            continue;
+        }
+        judge(layer, authorities, &mut check.verified, &mut check.rejected, |auth| {
+            bundle::verify_attestation(layer, acceptable, auth)
+        });
+    }
+    check
+}
+
+/// Runs `attempt` for each authority; records one `Verified` per accepting authority, or one rejection with the
+/// most telling reason (wrong-key reasons are merged so the message lists every key tried).
+fn judge<T>(
+    layer: &Layer,
+    authorities: &[Authority],
+    verified: &mut Vec<Verified<T>>,
+    rejected: &mut Vec<Rejected>,
+    attempt: impl Fn(&Authority) -> Result<T, Rejection>,
+) {
+    let mut reasons = Vec::new();
+    let mut accepted = false;
+    for auth in authorities {
+        match attempt(auth) {
+            Ok(item) => {
+                accepted = true;
+                verified.push(Verified::new(auth, item));
+            }
+            Err(reason) => reasons.push(reason),
+        }
+    }
+    if accepted {
+        return;
+    }
+    let mut keys = Vec::new();
+    for r in &reasons {
+        if let Rejection::WrongKey { keys: k } = r {
+            keys.extend(k.iter().cloned());
+        }
+    }
+    let best = reasons.into_iter().max_by_key(Rejection::rank).unwrap_or(Rejection::NoAuthorities);
+    let reason = match best {
+        Rejection::WrongKey { .. } => Rejection::WrongKey { keys },
+        other => other,
+    };
+    rejected.push(Rejected { layer: layer.digest.clone(), origin: layer.origin.clone(), reason });
+}
+
+/// Decodes standard (or URL-safe) base64, ignoring line breaks and surrounding whitespace.
+pub(crate) fn b64(s: &str) -> Result<Vec<u8>, String> {
+    use base64::Engine as _;
+    let clean: String = s.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(&clean)
+        .or_else(|_| base64::engine::general_purpose::URL_SAFE.decode(&clean))
+        .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(&clean))
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,345 @@
+//! Vector and negative-case tests for `verify`: each public vector verifies, its one-byte twin fails, and each
+//! way to fail has its own reason.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use aws_lc_rs::encoding::AsDer;
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair};
+use base64::Engine as _;
+
+use super::*;
+use crate::artifact::media_type;
+
+const V: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/vectors");
+
+fn read(rel: &str) -> Vec<u8> {
+    std::fs::read(format!("{V}/{rel}")).unwrap()
+}
+
+fn b64e(data: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(data)
+}
+
+fn digest(s: &str) -> Digest {
+    Digest::parse(s).unwrap()
+}
+
+fn flip(data: &[u8], at: usize) -> Vec<u8> {
+    let mut d = data.to_vec();
+    d[at] ^= 0x01;
+    d
+}
+
+fn sig_layer(payload: &[u8], annotations: &[(&str, String)]) -> Layer {
+    Layer {
+        origin: Origin::SigTag,
+        media_type: media_type::SIMPLE_SIGNING.into(),
+        digest: Digest::sha256_of(payload),
+        data: payload.to_vec(),
+        annotations: annotations.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect(),
+    }
+}
+
+fn key_authority(name: &str, pem: &[u8]) -> Authority {
+    Authority::keys(name, KeySet::new(vec![PublicKey::from_pem(pem).unwrap()]).unwrap())
+}
+
+const BUSYBOX: &str = "sha256:f3cfc9d0dbf931d3db4685ec659b7ac68e2a578219da4aae65427886e649b06b";
+
+fn busybox() -> (Vec<u8>, String, Authority) {
+    let payload = read("sigstore-rs/key-signed-busybox.payload.json");
+    let sig = String::from_utf8(read("sigstore-rs/key-signed-busybox.signature.b64")).unwrap();
+    (payload, sig.trim().to_owned(), key_authority("sigstore-rs", &read("sigstore-rs/key-signed-busybox.pub.pem")))
+}
+
+fn sigs(layers: Vec<Layer>) -> Artifacts {
+    Artifacts { signatures: layers, ..Default::default() }
+}
+
+#[test]
+fn key_signed_vector_verifies_and_every_one_byte_twin_fails() {
+    let (payload, sig, auth) = busybox();
+    let layer = sig_layer(&payload, &[("dev.cosignproject.cosign/signature", sig.clone())]);
+    let check = signatures(&sigs(vec![layer]), &digest(BUSYBOX), std::slice::from_ref(&auth));
+    assert_eq!(check.outcome(), Ok(()), "{}", check.explain(std::slice::from_ref(&auth)));
+    assert_eq!(check.verified[0].authority(), "sigstore-rs");
+    assert_eq!(check.verified[0].docker_reference, "registry-testing.svc.lan/busybox");
+    assert!(matches!(&check.verified[0].signer, Signer::Key { scheme, .. } if scheme == "ecdsa-p256-sha256"));
+
+    // Every byte of the payload: changing it must not verify.
+    for at in 0..payload.len() {
+        let layer = sig_layer(&flip(&payload, at), &[("dev.cosignproject.cosign/signature", sig.clone())]);
+        let check = signatures(&sigs(vec![layer]), &digest(BUSYBOX), std::slice::from_ref(&auth));
+        assert!(check.verified.is_empty(), "payload byte {at} changed but verified");
+        assert_eq!(check.outcome().unwrap_err().code(), "wrong-key");
+    }
+    let raw = b64(&sig).unwrap();
+    for at in 0..raw.len() {
+        let layer = sig_layer(&payload, &[("dev.cosignproject.cosign/signature", b64e(&flip(&raw, at)))]);
+        let check = signatures(&sigs(vec![layer]), &digest(BUSYBOX), std::slice::from_ref(&auth));
+        assert!(check.verified.is_empty(), "signature byte {at} changed but verified");
+    }
+}
+
+#[test]
+fn signature_negative_cases_each_have_their_own_reason() {
+    let (payload, sig, auth) = busybox();
+    let good = [("dev.cosignproject.cosign/signature", sig.clone())];
+    let other = digest("sha256:1111111111111111111111111111111111111111111111111111111111111111");
+    let wrong_key = key_authority("chains", &read("tekton-chains/cosign.pub"));
+    let cases: Vec<(&str, Artifacts, Digest, Vec<Authority>)> = vec![
+        ("unsigned", Artifacts::default(), digest(BUSYBOX), vec![auth.clone()]),
+        ("digest-mismatch", sigs(vec![sig_layer(&payload, &good)]), other, vec![auth.clone()]),
+        ("wrong-key", sigs(vec![sig_layer(&payload, &good)]), digest(BUSYBOX), vec![wrong_key.clone()]),
+        ("no-authorities", sigs(vec![sig_layer(&payload, &good)]), digest(BUSYBOX), vec![]),
+        ("missing-signature", sigs(vec![sig_layer(&payload, &[])]), digest(BUSYBOX), vec![auth.clone()]),
+        (
+            "malformed-signature",
+            sigs(vec![sig_layer(&payload, &[("dev.cosignproject.cosign/signature", "not base64!".into())])]),
+            digest(BUSYBOX),
+            vec![auth.clone()],
+        ),
+    ];
+    for (code, artifacts, d, auths) in cases {
+        let check = signatures(&artifacts, &d, &auths);
+        let err = check.outcome().unwrap_err();
+        assert_eq!(err.code(), code, "{err}");
+        assert!(!check.explain(&auths).is_empty());
+    }
+    let check = signatures(&sigs(vec![sig_layer(&payload, &good)]), &digest(BUSYBOX), std::slice::from_ref(&wrong_key));
+    let msg = check.explain(&[wrong_key]);
+    assert!(
+        msg.starts_with(
+            "1 signatures found, none valid for authority chains: signature does not verify with key sha256:"
+        ),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_second_authority_and_a_bad_layer_do_not_hide_a_good_one() {
+    let (payload, sig, auth) = busybox();
+    let wrong_key = key_authority("chains", &read("tekton-chains/cosign.pub"));
+    let layers = vec![
+        sig_layer(b"garbage", &[("dev.cosignproject.cosign/signature", sig.clone())]),
+        sig_layer(&payload, &[("dev.cosignproject.cosign/signature", sig)]),
+    ];
+    let check = signatures(&sigs(layers), &digest(BUSYBOX), &[wrong_key, auth]);
+    assert_eq!(check.verified.len(), 1);
+    assert_eq!(check.by("sigstore-rs").count(), 1);
+    assert_eq!(check.by("chains").count(), 0);
+    assert_eq!(check.rejected.len(), 1);
+    assert_eq!(check.found(), 2);
+}
+
+#[test]
+fn key_set_and_keyless_authorities_cannot_be_empty() {
+    assert_eq!(KeySet::new(vec![]), Err(EmptyKeySet));
+    let root = Arc::new(TrustedRoot::from_json(&read("sigstore-public-good/trusted_root.json")).unwrap());
+    assert!(Keyless::new(root, vec![]).is_err());
+}
+
+fn public_good() -> Arc<TrustedRoot> {
+    Arc::new(TrustedRoot::from_json(&read("sigstore-public-good/trusted_root.json")).unwrap())
+}
+
+fn flavio(root: Arc<TrustedRoot>) -> Authority {
+    let id = Identity { subject: Matcher::Exact("flavio@castelli.me".into()), issuer: Matcher::regex(".*").unwrap() };
+    Authority::new("kubewarden", Trust::Keyless(Keyless::new(root, vec![id]).unwrap()))
+}
+
+const NODEPORT: &str = "sha256:5f481572d088dc4023afb35fced9530ced3d9b03bf7299c6f492163cb9f0452e";
+
+fn nodeport_layer(payload: &[u8], sig: &str, cert: &str, bundle: &str) -> Layer {
+    sig_layer(
+        payload,
+        &[
+            ("dev.cosignproject.cosign/signature", sig.to_owned()),
+            ("dev.sigstore.cosign/certificate", cert.to_owned()),
+            ("dev.sigstore.cosign/bundle", bundle.to_owned()),
+        ],
+    )
+}
+
+fn nodeport() -> (Vec<u8>, String, String, String) {
+    let s = |p: &str| String::from_utf8(read(p)).unwrap();
+    (
+        read("sigstore-rs/keyless-disallow-service-nodeport.payload.json"),
+        s("sigstore-rs/keyless-disallow-service-nodeport.signature.b64").trim().to_owned(),
+        s("sigstore-rs/keyless-disallow-service-nodeport.cert.pem"),
+        s("sigstore-rs/keyless-disallow-service-nodeport.rekor-bundle.json"),
+    )
+}
+
+#[test]
+fn keyless_vector_verifies_with_public_good_root() {
+    let (payload, sig, cert, bundle) = nodeport();
+    let auth = flavio(public_good());
+    let check = signatures(&sigs(vec![nodeport_layer(&payload, &sig, &cert, &bundle)]), &digest(NODEPORT), &[auth]);
+    assert_eq!(check.outcome(), Ok(()), "{:?}", check.rejected);
+    assert!(
+        matches!(&check.verified[0].signer, Signer::Certificate { subject, .. } if subject == "flavio@castelli.me")
+    );
+}
+
+#[test]
+fn keyless_negative_cases_each_have_their_own_reason() {
+    let (payload, sig, cert, bundle) = nodeport();
+    let root = public_good();
+    let run = |payload: &[u8], sig: &str, cert: &str, bundle: &str, auth: &Authority| {
+        let layer = nodeport_layer(payload, sig, cert, bundle);
+        signatures(&sigs(vec![layer]), &digest(NODEPORT), std::slice::from_ref(auth)).outcome().unwrap_err().code()
+    };
+    let auth = flavio(root.clone());
+    // One byte of the payload changed: the certificate key no longer verifies it.
+    assert_eq!(run(&flip(&payload, 40), &sig, &cert, &bundle, &auth), "wrong-key");
+    // Another identity.
+    let other =
+        Identity { subject: Matcher::Exact("someone@example.com".into()), issuer: Matcher::regex(".*").unwrap() };
+    let other = Authority::new("other", Trust::Keyless(Keyless::new(root.clone(), vec![other]).unwrap()));
+    assert_eq!(run(&payload, &sig, &cert, &bundle, &other), "identity-mismatch");
+    // A trusted root without the 2021 CA: the certificate is from another root.
+    let mut json: serde_json::Value = serde_json::from_slice(&read("sigstore-public-good/trusted_root.json")).unwrap();
+    json["certificateAuthorities"].as_array_mut().unwrap().remove(0);
+    let other_root = Arc::new(TrustedRoot::from_json(json.to_string().as_bytes()).unwrap());
+    assert_eq!(run(&payload, &sig, &cert, &bundle, &flavio(other_root)), "untrusted-certificate");
+    // SET with one byte changed.
+    let mut b: serde_json::Value = serde_json::from_str(&bundle).unwrap();
+    let set = b64(b["SignedEntryTimestamp"].as_str().unwrap()).unwrap();
+    b["SignedEntryTimestamp"] = b64e(&flip(&set, 20)).into();
+    assert_eq!(run(&payload, &sig, &cert, &b.to_string(), &auth), "set-invalid");
+    // Payload changed under the SET (integrated time moved): the SET no longer verifies.
+    let mut b: serde_json::Value = serde_json::from_str(&bundle).unwrap();
+    b["Payload"]["integratedTime"] = (1634714718_i64).into();
+    assert_eq!(run(&payload, &sig, &cert, &b.to_string(), &auth), "set-invalid");
+    // No bundle annotation at all.
+    let layer = sig_layer(
+        &payload,
+        &[("dev.cosignproject.cosign/signature", sig.clone()), ("dev.sigstore.cosign/certificate", cert.clone())],
+    );
+    let code = signatures(&sigs(vec![layer]), &digest(NODEPORT), &[auth]).outcome().unwrap_err().code();
+    assert_eq!(code, "missing-transparency");
+}
+
+/// A P-256 key pair made at test time with aws-lc (signing only happens in tests).
+pub(super) struct TestKey(EcdsaKeyPair);
+
+impl TestKey {
+    pub(super) fn new() -> Self {
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).unwrap();
+        Self(EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref()).unwrap())
+    }
+    pub(super) fn public(&self) -> PublicKey {
+        PublicKey::from_spki_der(self.0.public_key().as_der().unwrap().as_ref()).unwrap()
+    }
+    pub(super) fn sign(&self, msg: &[u8]) -> Vec<u8> {
+        self.0.sign(&aws_lc_rs::rand::SystemRandom::new(), msg).unwrap().as_ref().to_vec()
+    }
+    pub(super) fn authority(&self, name: &str) -> Authority {
+        Authority::keys(name, KeySet::new(vec![self.public()]).unwrap())
+    }
+}
+
+pub(super) fn statement_json(subject_hex: &str) -> Vec<u8> {
+    serde_json::json!({
+        "_type": "https://in-toto.io/Statement/v0.1",
+        "subject": [{"name": "index.docker.io/acme/app", "digest": {"sha256": subject_hex}}],
+        "predicateType": "https://slsa.dev/provenance/v0.2",
+        "predicate": {"builder": {"id": "https://tekton.dev/chains/v2"}}
+    })
+    .to_string()
+    .into_bytes()
+}
+
+pub(super) fn envelope(key: &TestKey, payload_type: &str, payload: &[u8]) -> Vec<u8> {
+    let sig = key.sign(&pae(payload_type, payload));
+    serde_json::json!({"payloadType": payload_type, "payload": b64e(payload), "signatures": [{"keyid": "", "sig": b64e(&sig)}]})
+        .to_string()
+        .into_bytes()
+}
+
+fn att_layer(data: Vec<u8>) -> Layer {
+    Layer {
+        origin: Origin::AttTag,
+        media_type: media_type::DSSE_ENVELOPE.into(),
+        digest: Digest::sha256_of(&data),
+        data,
+        annotations: BTreeMap::from([("dev.cosignproject.cosign/signature".to_owned(), String::new())]),
+    }
+}
+
+fn atts(layers: Vec<Layer>) -> Artifacts {
+    Artifacts { attestations: layers, ..Default::default() }
+}
+
+const IMG: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+const PLATFORM: &str = "3333333333333333333333333333333333333333333333333333333333333333";
+
+#[test]
+fn attestation_verifies_for_image_or_platform_digest_and_negative_cases_have_reasons() {
+    let key = TestKey::new();
+    let auth = key.authority("chains");
+    let img = digest(&format!("sha256:{IMG}"));
+    let platform = digest(&format!("sha256:{PLATFORM}"));
+    let good = envelope(&key, "application/vnd.in-toto+json", &statement_json(IMG));
+    let check =
+        attestations(&atts(vec![att_layer(good.clone())]), std::slice::from_ref(&img), std::slice::from_ref(&auth));
+    assert_eq!(check.outcome(), Ok(()));
+    assert_eq!(check.verified[0].predicate_type, "https://slsa.dev/provenance/v0.2");
+    assert_eq!(check.verified[0].predicate["builder"]["id"], "https://tekton.dev/chains/v2");
+    // A statement about the platform manifest counts when the caller accepts that digest.
+    let on_platform = envelope(&key, "application/vnd.in-toto+json", &statement_json(PLATFORM));
+    let both = [img.clone(), platform.clone()];
+    let check = attestations(&atts(vec![att_layer(on_platform.clone())]), &both, std::slice::from_ref(&auth));
+    assert_eq!(check.verified[0].matched, platform);
+    // Many envelopes: all considered; one good is enough, the others are reported.
+    let layers = vec![att_layer(on_platform.clone()), att_layer(good.clone())];
+    let check = attestations(&atts(layers), std::slice::from_ref(&img), std::slice::from_ref(&auth));
+    assert_eq!((check.verified.len(), check.rejected.len()), (1, 1));
+
+    let other_key = TestKey::new().authority("other");
+    let mut truncated = good.clone();
+    truncated.truncate(good.len() / 2);
+    let v: serde_json::Value = serde_json::from_slice(&good).unwrap();
+    let mut non_b64 = v.clone();
+    non_b64["payload"] = "%%% not base64 %%%".into();
+    let mut tampered = v.clone();
+    let mut stmt = statement_json(IMG);
+    let at = stmt.len() - 5;
+    stmt[at] ^= 1;
+    tampered["payload"] = b64e(&stmt).into();
+    let cases: Vec<(&str, Vec<u8>, &Authority)> = vec![
+        ("subject-mismatch", on_platform, &auth),
+        ("wrong-payload-type", envelope(&key, "text/plain", &statement_json(IMG)), &auth),
+        ("wrong-key", good.clone(), &other_key),
+        ("wrong-key", tampered.to_string().into_bytes(), &auth),
+        ("malformed-envelope", truncated, &auth),
+        ("malformed-envelope", non_b64.to_string().into_bytes(), &auth),
+        ("malformed-statement", envelope(&key, "application/vnd.in-toto+json", b"{\"_type\":\"x\"}"), &auth),
+    ];
+    for (code, data, a) in cases {
+        let check = attestations(&atts(vec![att_layer(data)]), std::slice::from_ref(&img), std::slice::from_ref(a));
+        let err = check.outcome().unwrap_err();
+        assert_eq!(err.code(), code, "{err}");
+    }
+    let check = attestations(&Artifacts::default(), std::slice::from_ref(&img), &[auth]);
+    assert_eq!(check.outcome().unwrap_err().code(), "no-attestations");
+}
+
+#[test]
+fn cosign_encrypted_private_key_vector_reads_and_its_signatures_verify() {
+    use sigstore::crypto::signing_key::SigStoreKeyPair;
+    let pem = read("sigstore-rs/cosign_generated_encrypted_empty_private.key");
+    let pair = SigStoreKeyPair::from_encrypted_pem(&pem, b"").unwrap();
+    let public_pem = pair.public_key_to_pem().unwrap();
+    let key = PublicKey::from_pem(public_pem.as_bytes()).unwrap();
+    let signer = pair.to_sigstore_signer(&sigstore::crypto::SigningScheme::ECDSA_P256_SHA256_ASN1).unwrap();
+    let msg = b"provgate";
+    let sig = signer.sign(msg).unwrap();
+    assert_eq!(key.verify(msg, &sig), Some(Scheme::EcdsaP256Sha256));
+    assert_eq!(key.verify(&flip(msg, 0), &sig), None);
+    assert!(SigStoreKeyPair::from_encrypted_pem(&flip(&pem, 100), b"").is_err());
+}
