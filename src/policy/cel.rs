@@ -24,6 +24,8 @@ pub enum CompileError {
     UnknownFunction { expression: String, name: String },
     #[error("`{expression}` must evaluate to {expected}, but {found}")]
     WrongType { expression: String, expected: &'static str, found: String },
+    #[error("`{name}` in `{expression}` needs a literal bound of at most {MAX_RANGE}")]
+    Unbounded { expression: String, name: String },
     #[error("expression is empty")]
     Empty,
     #[error("expression `{prefix}…` is {len} bytes, more than {MAX_EXPRESSION_BYTES}")]
@@ -139,6 +141,7 @@ impl Engine {
         match checker.problem {
             Some(Problem::Variable(name)) => return Err(CompileError::UnknownVariable { expression, name }),
             Some(Problem::Function(name)) => return Err(CompileError::UnknownFunction { expression, name }),
+            Some(Problem::Unbounded(name)) => return Err(CompileError::Unbounded { expression, name }),
             None => {}
         }
         if let Some(found) = static_kind(program.expression()).filter(|kind| *kind != expect.name()) {
@@ -179,6 +182,14 @@ impl Engine {
 enum Problem {
     Variable(String),
     Function(String),
+    Unbounded(String),
+}
+
+/// Largest literal `lists.range` bound accepted.
+pub const MAX_RANGE: i64 = 10_000;
+
+fn small_literal(arg: Option<&IdedExpr>) -> bool {
+    matches!(arg, Some(IdedExpr { expr: Expr::Literal(LiteralValue::Int(n)), .. }) if *n.inner() <= MAX_RANGE)
 }
 
 /// Walks the AST with the comprehension scopes, recording the first unknown variable or function.
@@ -212,6 +223,9 @@ impl Checker<'_> {
                         let qualified = format!("{ns}.{name}");
                         if !generated && !self.engine.declares(&format!("{qualified}()")) {
                             self.problem = Some(Problem::Function(qualified));
+                        } else if qualified == "lists.range" && !small_literal(call.args.first()) {
+                            // The only way to build a list not bounded by the input's size.
+                            self.problem = Some(Problem::Unbounded(qualified));
                         }
                     }
                     target => {
@@ -361,7 +375,7 @@ mod tests {
     #[test]
     fn rejects_with_the_expression_and_the_reason() {
         let e = engine();
-        let cases: [(&str, &str); 16] = [
+        let cases: [(&str, &str); 18] = [
             ("url(image.ref) == 'x'", "unknown function `url`"),
             ("namespace == 'prod'", "reserved identifier: namespace (use request.namespace)"),
             ("provenance.builder.id ==", "syntax error"),
@@ -375,6 +389,8 @@ mod tests {
             ("math.nope(1) == 1", "unknown function `math.nope`"),
             ("[1].all(i, v, v > 0)", "unknown function `all`"),
             ("cel.bind(x, 1, x == 1)", "unknown function `cel.bind`"),
+            ("lists.range(100000000).size() > 0", "`lists.range` in"),
+            ("lists.range(size(image.ref)).size() > 0", "needs a literal bound of at most 10000"),
             ("provenance.builder.id", "must evaluate to bool, but gave string on a sample image"),
             ("1 + 1", "must evaluate to bool, but gave int on a sample image"),
             ("'yes'", "must evaluate to bool, but is a string"),

@@ -392,6 +392,6 @@ spec:
             .unwrap();
         let bad = check(dir.path());
         assert_eq!(bad.exit_code, EXIT_FAIL);
-        assert!(bad.text.contains("q.yaml:11: validations[1]: unknown function `sise`"), "{}", bad.text);
+        assert!(bad.text.contains("q.yaml:11: validations[1].expression: unknown function `sise`"), "{}", bad.text);
     }
 }

@@ -129,3 +129,79 @@ fn every_example_policy_has_cases_and_loads() {
         }
     }
 }
+
+/// The tampered twin of each passing provenance case: one changed builder id or source URI must fail it.
+#[test]
+fn tampered_twins_of_passing_cases_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    let statements = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/statements");
+    let twins = [
+        (
+            "chains-slsa-v02.yaml",
+            "chains-kaniko-slsa-v0.2-statement.json",
+            "https://tekton.dev/chains/v2",
+            "https://tekton.dev/chains/v2x",
+        ),
+        (
+            "chains-slsa-v02.yaml",
+            "chains-kaniko-slsa-v0.2-statement.json",
+            "tekton.dev/v1beta1/TaskRun",
+            "tekton.dev/v1beta1/TaskRunX",
+        ),
+        (
+            "chains-slsa-v1.yaml",
+            "chains-slsa-v2alpha4-task-output-image.json",
+            "\"https://tekton.dev/chains/v2\"",
+            "\"https://evil.example/chains/v2\"",
+        ),
+        ("chains-slsa-v1.yaml", "chains-slsa-v2alpha4-task-output-image.json", "chains/v2/slsa", "chains/v2/slsa2"),
+        (
+            "source-allowlist.yaml",
+            "chains-slsa-v2alpha4-task-output-image.json",
+            "github.com/acme/app.git",
+            "github.com/acme-evil/app.git",
+        ),
+        (
+            "source-allowlist.yaml",
+            "chains-slsa-v2alpha4-task-output-image.json",
+            "tektoncd/catalog.git",
+            "tektoncd/catalog-evil.git",
+        ),
+        (
+            "source-allowlist.yaml",
+            "chains-slsa-v2alpha4-task-output-image.json",
+            "\"sha1\": \"6ed7",
+            "\"sha512\": \"6ed7",
+        ),
+        (
+            "freshness.yaml",
+            "chains-slsa-v2alpha4-task-output-image.json",
+            "\"finishedOn\": \"2023-03-14",
+            "\"finishedOn\": \"2023-01-14",
+        ),
+    ];
+    for (policy, statement, from, to) in twins {
+        let original = std::fs::read_to_string(statements.join(statement)).unwrap();
+        assert!(original.contains(from), "{statement} lacks {from}");
+        let digest = serde_json::from_str::<serde_json::Value>(&original).unwrap()["subject"][0]["digest"]["sha256"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let policy = root().join(policy);
+        let text = std::fs::read_to_string(&policy).unwrap();
+        let glob = text.lines().find_map(|l| l.trim().strip_prefix("images: [\"")).unwrap();
+        let image = format!("{}/app@sha256:{digest}", glob.trim_end_matches("**\"]").trim_end_matches('/'));
+        let options = |file: PathBuf| TestOptions {
+            statement: file,
+            image: Some(image.clone()),
+            now: Some("2023-03-20T00:00:00Z".parse().unwrap()),
+            ..TestOptions::default()
+        };
+        let genuine = cli::test(&policy, &options(statements.join(statement)));
+        assert_eq!(genuine.exit_code, 0, "{policy:?} {statement}:\n{}", genuine.text);
+        let twin = dir.path().join(statement);
+        std::fs::write(&twin, original.replacen(from, to, 1)).unwrap();
+        let report = cli::test(&policy, &options(twin));
+        assert_eq!(report.exit_code, 1, "{policy:?} with {from} -> {to}:\n{}", report.text);
+    }
+}

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use sha2::{Digest as _, Sha256};
 
-use super::cel::CompileError;
+use super::cel::Expect;
 use super::eval::{CompiledValidation, Validation};
 use super::model::{API_VERSION, ImagePolicyDoc, KIND};
 use super::{Policy, PolicySet};
@@ -183,38 +183,46 @@ fn compile_doc(file: &Path, doc: &Document) -> Result<Policy, LoadError> {
     })
 }
 
-/// Compiles `spec.validations`; an error carries the 0-based line in `text` where its expression is written
-/// (when it can be found) and a message with the index and the expression.
+/// Compiles `spec.validations`; an error carries the 0-based line in `text` where the failing expression is
+/// written (when it can be found) and a message naming the validation, the field and the expression.
 fn compile_validations(
     validations: &[Validation],
     text: &str,
 ) -> Result<Vec<CompiledValidation>, (Option<usize>, String)> {
     let engine = super::engine().map_err(|e| (None, e.to_string()))?;
-    validations
-        .iter()
-        .enumerate()
-        .map(|(i, v)| {
-            engine.compile_validation(v).map_err(|e| {
-                let source = match &e {
-                    CompileError::WrongType { expected: "string", .. } => v.message_expression.as_deref(),
-                    _ => None,
-                }
-                .or_else(|| v.message_expression.as_deref().filter(|m| e.to_string().contains(*m)))
-                .unwrap_or(&v.expression);
-                (line_in(text, source), format!("validations[{i}]: {e}"))
-            })
-        })
-        .collect()
+    // Validations are searched for in order, each after the previous one, so equal prefixes do not confuse lines.
+    let mut cursor = text.lines().position(|l| l.trim_start().starts_with("validations:")).unwrap_or(0);
+    let mut compiled = Vec::with_capacity(validations.len());
+    for (i, v) in validations.iter().enumerate() {
+        let start = cursor;
+        let expression_line = line_in(text, start, &v.expression);
+        cursor = expression_line.map_or(cursor, |l| l + 1);
+        let expression = engine
+            .compile(&v.expression, Expect::Bool)
+            .map_err(|e| (expression_line, format!("validations[{i}].expression: {e}")))?;
+        let message_expression = match &v.message_expression {
+            Some(m) => Some(
+                engine
+                    .compile(m, Expect::String)
+                    .map_err(|e| (line_in(text, start, m), format!("validations[{i}].messageExpression: {e}")))?,
+            ),
+            None => None,
+        };
+        compiled.push(CompiledValidation { expression, message: v.message.clone(), message_expression });
+    }
+    Ok(compiled)
 }
 
-/// The 0-based line of `text` holding the start of `source` (its first line, or a distinctive prefix of it).
-fn line_in(text: &str, source: &str) -> Option<usize> {
+/// The 0-based line of `text`, at or after `from`, holding the start of `source` (its first line, or a
+/// distinctive prefix of it).
+fn line_in(text: &str, from: usize, source: &str) -> Option<usize> {
     let first = source.lines().map(str::trim).find(|l| !l.is_empty())?;
-    let needle: String = first.chars().take(40).collect();
-    text.lines().position(|l| l.contains(&needle)).or_else(|| {
+    let find = |needle: &str| text.lines().enumerate().skip(from).find(|(_, l)| l.contains(needle)).map(|(i, _)| i);
+    let prefix: String = first.chars().take(40).collect();
+    find(&prefix).or_else(|| {
         // Quoting in YAML may differ from the parsed text: fall back to the first word-ish run.
         let word: String = first.chars().take_while(|c| c.is_alphanumeric() || *c == '.' || *c == '_').collect();
-        (word.len() >= 3).then(|| text.lines().position(|l| l.contains(&word))).flatten()
+        if word.len() >= 3 { find(&word) } else { None }
     })
 }
 
@@ -292,7 +300,17 @@ spec:
             (
                 "    - expression: provenance.builder.id ==\n",
                 11,
-                "validations[0]: syntax error in `provenance.builder.id ==`",
+                "validations[0].expression: syntax error in `provenance.builder.id ==`",
+            ),
+            (
+                "    - expression: image.ref != ''\n    - expression: image.ref != '' && nope\n",
+                12,
+                "validations[1].expression: unknown variable `nope`",
+            ),
+            (
+                "    - expression: 'true'\n      messageExpression: '\"a\" + b'\n",
+                12,
+                "validations[0].messageExpression: unknown variable `b`",
             ),
             (
                 "    - expression: \"true\"\n    - expression: provenanse.builder.id == 'x'\n",
