@@ -12,8 +12,10 @@ use crate::admission::{self, Webhook};
 use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::engine::Engine;
+use crate::evidence::{Gatherer, NoCluster};
 use crate::metrics::Metrics;
 use crate::policy::PolicyStore;
+use crate::registry::RegistryClient;
 use crate::{certs, tls};
 
 /// Where the embedded default keeps its self-signed serving pair.
@@ -60,7 +62,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let audit = AuditLog::open(config.audit.log.as_deref())
         .await
         .with_context(|| format!("audit log {:?}", config.audit.log))?;
-    let engine = Engine { policies: policies.clone(), no_match: config.no_match, deadline: config.deadline };
+    let registry = Arc::new(RegistryClient::new(config.registries.clone())?);
+    let gatherer = Arc::new(Gatherer::new(registry, Arc::new(NoCluster), config.cache));
+    let engine = Engine { policies: policies.clone(), no_match: config.no_match, deadline: config.deadline, gatherer };
     let webhook = Arc::new(Webhook { engine, audit, metrics: metrics.clone(), max_body: config.max_request_bytes });
 
     let listener = std::net::TcpListener::bind(config.listen).with_context(|| format!("listen {}", config.listen))?;

@@ -7,6 +7,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::decide::NoMatch;
+use crate::evidence::CacheConfig;
+use crate::registry::RegistryConfig;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
@@ -29,6 +31,10 @@ pub struct Config {
     /// Larger AdmissionReview bodies are refused with 413.
     pub max_request_bytes: usize,
     pub audit: AuditConfig,
+    /// Registry access: plain-HTTP hosts, CA bundles, credentials, size caps, timeouts.
+    pub registries: RegistryConfig,
+    /// Verification caches.
+    pub cache: CacheConfig,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -61,6 +67,8 @@ impl Default for Config {
             no_match: NoMatch::Deny,
             max_request_bytes: 8 * 1024 * 1024,
             audit: AuditConfig::default(),
+            registries: RegistryConfig::default(),
+            cache: CacheConfig::default(),
         }
     }
 }

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::evidence::Gathered;
 use crate::images::{ImageField, ImageRef, RefError};
+use crate::policy::judge::{ReviewContext, judge};
 use crate::policy::{Mode, Policy, PolicySet};
 use crate::reason::Reason;
 
@@ -189,10 +191,11 @@ impl Decision {
     }
 }
 
-/// Judges every planned image and combines the outcomes: any enforced failure denies; otherwise any warn-mode
-/// failure warns.
-pub fn decide(plan: &Plan, namespace: &str, no_match: NoMatch) -> Decision {
-    let images: Vec<ImageDecision> = plan.images.iter().map(|p| judge_image(p, namespace, no_match)).collect();
+/// Judges every planned image over the gathered evidence and combines the outcomes: any enforced failure denies;
+/// otherwise any warn-mode failure warns.
+pub fn decide(plan: &Plan, gathered: &Gathered, context: &ReviewContext, no_match: NoMatch) -> Decision {
+    let images: Vec<ImageDecision> =
+        plan.images.iter().enumerate().map(|(i, p)| judge_image(p, i, gathered, context, no_match)).collect();
     let verdict = if images.iter().any(|i| i.outcome == Outcome::Denied) {
         Verdict::Deny
     } else if images.iter().any(|i| i.outcome == Outcome::Warned) {
@@ -203,7 +206,14 @@ pub fn decide(plan: &Plan, namespace: &str, no_match: NoMatch) -> Decision {
     Decision { verdict, request_failure: None, images }
 }
 
-fn judge_image(planned: &PlannedImage, namespace: &str, no_match: NoMatch) -> ImageDecision {
+fn judge_image(
+    planned: &PlannedImage,
+    index: usize,
+    gathered: &Gathered,
+    context: &ReviewContext,
+    no_match: NoMatch,
+) -> ImageDecision {
+    let namespace = context.namespace.as_str();
     let mut decision = ImageDecision {
         field: planned.field.path.clone(),
         raw: planned.field.raw.clone(),
@@ -234,9 +244,17 @@ fn judge_image(planned: &PlannedImage, namespace: &str, no_match: NoMatch) -> Im
             };
             decision.failures.push(Failure { policy: None, mode, reason });
         }
-        Step::Judge { policies, .. } => {
-            // A policy whose only section is `match` has no requirement to fail.
-            decision.policies = policies.iter().map(|p| p.name.clone()).collect();
+        Step::Judge { image, policies } => {
+            let evidence = gathered.images.get(index).and_then(Option::as_ref);
+            if let Some(Ok(found)) = evidence {
+                decision.image = Some(image.with_digest(found.digest.clone()));
+            }
+            for policy in policies {
+                decision.policies.push(policy.name.clone());
+                for reason in judge(policy, image, evidence, &gathered.authorities, context) {
+                    decision.failures.push(Failure { policy: Some(policy.name.clone()), mode: policy.mode, reason });
+                }
+            }
         }
     }
     decision.outcome = combine(&decision.failures).unwrap_or(decision.outcome);
@@ -288,7 +306,13 @@ mod tests {
             ("team", "enforce", "registry.example.com/team/**"),
             ("canary", "warn", "registry.example.com/canary/**"),
         ]);
-        decide(&plan(fields(images), &fields(previous), &set, ns), ns, no_match)
+        let context = ReviewContext {
+            object: json!({}),
+            namespace: ns.to_owned(),
+            request: json!({}),
+            now: chrono::DateTime::UNIX_EPOCH,
+        };
+        decide(&plan(fields(images), &fields(previous), &set, ns), &Gathered::default(), &context, no_match)
     }
 
     #[test]

@@ -6,14 +6,17 @@ use std::time::Duration;
 
 use crate::admission::review::{Operation, Request};
 use crate::decide::{self, Decision, NoMatch};
+use crate::evidence::Gatherer;
 use crate::images::{self, PodKind};
 use crate::policy::PolicyStore;
+use crate::policy::judge::ReviewContext;
 use crate::reason::Reason;
 
 pub struct Engine {
     pub policies: Arc<PolicyStore>,
     pub no_match: NoMatch,
     pub deadline: Duration,
+    pub gatherer: Arc<Gatherer>,
 }
 
 impl Engine {
@@ -49,6 +52,18 @@ impl Engine {
         };
         let namespace = request.namespace();
         let plan = decide::plan(fields, &previous, &policies, namespace);
-        decide::decide(&plan, namespace, self.no_match)
+        let deadline = tokio::time::Instant::now() + self.deadline;
+        let gathered = self.gatherer.gather(&plan, deadline, self.deadline).await;
+        let context = ReviewContext {
+            object: object.clone(),
+            namespace: namespace.to_owned(),
+            request: serde_json::json!({
+                "operation": request.operation,
+                "userInfo": {"username": request.user_info.username, "groups": request.user_info.groups},
+                "kind": {"group": request.kind.group, "version": request.kind.version, "kind": request.kind.kind},
+            }),
+            now: chrono::Utc::now(),
+        };
+        decide::decide(&plan, &gathered, &context, self.no_match)
     }
 }

@@ -9,6 +9,7 @@ pub mod certs;
 pub mod config;
 pub mod decide;
 pub mod engine;
+pub mod evidence;
 pub mod images;
 pub mod keys;
 pub mod metrics;

@@ -26,6 +26,18 @@ pub enum Reason {
         .0.as_secs_f32()
     )]
     DeadlineExceeded(Duration),
+    #[error("{detail}")]
+    Registry { image: String, code: &'static str, detail: String },
+    #[error("authority {authority:?} has no usable key: {detail}")]
+    KeyUnavailable { authority: String, detail: String },
+    #[error(
+        "{image} is referenced by tag and this policy requires a digest: write it as image@sha256:<digest> so the \
+         kubelet pulls exactly what was verified"
+    )]
+    TagNotPinned { image: String },
+    /// A requirement or validation the verified evidence does not meet.
+    #[error("{message}")]
+    Unmet { code: &'static str, message: String },
 }
 
 impl Reason {
@@ -38,6 +50,9 @@ impl Reason {
             Self::UnreadableRequest(_) => "unreadable-request",
             Self::PoliciesNotLoaded => "policies-not-loaded",
             Self::DeadlineExceeded(_) => "deadline-exceeded",
+            Self::Registry { code, .. } | Self::Unmet { code, .. } => code,
+            Self::KeyUnavailable { .. } => "key-unavailable",
+            Self::TagNotPinned { .. } => "tag-not-pinned",
         }
     }
 }

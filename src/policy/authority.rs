@@ -46,7 +46,11 @@ pub struct IdentitySpec {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum KeyRef {
     /// A data key of a Kubernetes Secret.
-    Secret { namespace: String, name: String, key: String },
+    Secret {
+        namespace: String,
+        name: String,
+        key: String,
+    },
     File(PathBuf),
     Inline(String),
 }
@@ -118,8 +122,7 @@ pub fn compile(spec: &AuthoritySpec, base: &Path) -> Result<AuthoritySource, Str
             let path = base.join(&keyless.trusted_root);
             let json = std::fs::read(&path).map_err(|e| at(format!("trustedRoot {}: {e}", path.display())))?;
             let root = TrustedRoot::from_json(&json).map_err(|e| at(format!("trustedRoot {}: {e}", path.display())))?;
-            let identities =
-                keyless.identities.iter().map(identity).collect::<Result<Vec<_>, _>>().map_err(at)?;
+            let identities = keyless.identities.iter().map(identity).collect::<Result<Vec<_>, _>>().map_err(at)?;
             let keyless = Keyless::new(Arc::new(root), identities).map_err(|e| at(e.to_string()))?;
             Ok(AuthoritySource::Ready(Arc::new(Authority::new(spec.name.clone(), Trust::Keyless(keyless)))))
         }
@@ -179,7 +182,11 @@ mod tests {
             ),
             (
                 "k8s://tekton-chains/signing-secrets/x.pub",
-                KeyRef::Secret { namespace: "tekton-chains".into(), name: "signing-secrets".into(), key: "x.pub".into() },
+                KeyRef::Secret {
+                    namespace: "tekton-chains".into(),
+                    name: "signing-secrets".into(),
+                    key: "x.pub".into(),
+                },
             ),
             ("keys/cosign.pub", KeyRef::File("/policies/keys/cosign.pub".into())),
             ("/etc/keys/cosign.pub", KeyRef::File("/etc/keys/cosign.pub".into())),
@@ -195,9 +202,11 @@ mod tests {
 
     #[test]
     fn pem_files_and_inline_keys_parse_at_load() {
-        let chains =
-            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/vectors/tekton-chains/cosign.pub"))
-                .unwrap();
+        let chains = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../shared/fixtures/vectors/tekton-chains/cosign.pub"
+        ))
+        .unwrap();
         let set = keys_from_pem(chains.as_bytes()).unwrap();
         assert_eq!(set.keys().len(), 1);
         let two = format!("{chains}\n{chains}");
@@ -207,10 +216,8 @@ mod tests {
         assert!(keys_from_pem(broken.as_bytes()).is_err());
         let spec = AuthoritySpec { name: "chains".into(), key: Some(chains.clone()), keyless: None };
         assert!(matches!(compile(&spec, Path::new(".")).unwrap(), AuthoritySource::Ready(_)));
-        let both = AuthoritySpec {
-            keyless: Some(KeylessSpec { trusted_root: "x.json".into(), identities: vec![] }),
-            ..spec
-        };
+        let both =
+            AuthoritySpec { keyless: Some(KeylessSpec { trusted_root: "x.json".into(), identities: vec![] }), ..spec };
         assert!(compile(&both, Path::new(".")).unwrap_err().contains("exactly one of key or keyless"));
         let missing = AuthoritySpec { name: "f".into(), key: Some("nope.pub".into()), keyless: None };
         assert!(compile(&missing, Path::new("/nonexistent")).unwrap_err().contains("/nonexistent/nope.pub"));

@@ -5,11 +5,12 @@ pub mod cel;
 pub mod cli;
 pub mod eval;
 mod examples;
+pub mod judge;
 mod load;
 mod matcher;
 pub mod model;
-pub mod require;
 pub mod provenance;
+pub mod require;
 mod store;
 
 use std::path::PathBuf;

@@ -49,14 +49,44 @@ pub struct AttestationSpec {
     pub combine: Combine,
 }
 
-/// How many of the listed authorities must vouch.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+/// How many of the listed authorities must vouch: `any`, `all`, or `{atLeast: n}`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Combine {
     #[default]
     Any,
     All,
     AtLeast(usize),
+}
+
+impl<'de> Deserialize<'de> for Combine {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Combine;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any, all, or {atLeast: N}")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Combine, E> {
+                match v {
+                    "any" => Ok(Combine::Any),
+                    "all" => Ok(Combine::All),
+                    other => Err(E::invalid_value(de::Unexpected::Str(other), &self)),
+                }
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Combine, A::Error> {
+                let key: String = map.next_key()?.ok_or_else(|| de::Error::invalid_length(0, &self))?;
+                if key != "atLeast" {
+                    return Err(de::Error::unknown_field(&key, &["atLeast"]));
+                }
+                let n: usize = map.next_value()?;
+                if map.next_key::<String>()?.is_some() {
+                    return Err(de::Error::invalid_length(2, &self));
+                }
+                Ok(Combine::AtLeast(n))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -148,7 +178,11 @@ pub struct AttestationNeed {
 
 impl AttestationNeed {
     pub fn accepts(&self, predicate_type: &str) -> bool {
-        if self.predicate_type == "slsa" { SLSA_TYPES.contains(&predicate_type) } else { self.predicate_type == predicate_type }
+        if self.predicate_type == "slsa" {
+            SLSA_TYPES.contains(&predicate_type)
+        } else {
+            self.predicate_type == predicate_type
+        }
     }
 }
 
@@ -279,6 +313,9 @@ mod tests {
         assert_eq!(s.combine, Combine::AtLeast(2));
         assert!(serde_yaml_ng::from_str::<RequireSpec>("signature: {authoritie: [a]}").is_err());
         assert!(serde_yaml_ng::from_str::<RequireSpec>("signature: maybe").is_err());
+        assert!(serde_yaml_ng::from_str::<RequireSpec>("signature: {match: some}").is_err());
+        assert!(serde_yaml_ng::from_str::<RequireSpec>("signature: {match: {atMost: 1}}").is_err());
+        assert!(serde_yaml_ng::from_str::<RequireSpec>("signature: {match: {atLeast: 1, x: 2}}").is_err());
     }
 
     #[test]
@@ -291,7 +328,11 @@ mod tests {
             ("signature: {authorities: [nobody]}", all.clone(), "\"nobody\" is not in spec.authorities"),
             ("signature: {match: {atLeast: 3}}", all.clone(), "between 1 and 2"),
             ("signature: {match: {atLeast: 0}}", all.clone(), "between 1 and 2"),
-            ("attestations: [{name: p, predicateType: slsa}, {name: p, predicateType: slsa}]", all.clone(), "used twice"),
+            (
+                "attestations: [{name: p, predicateType: slsa}, {name: p, predicateType: slsa}]",
+                all.clone(),
+                "used twice",
+            ),
             ("attestations: [{name: p, predicateType: ''}]", all.clone(), "must not be empty"),
             ("platforms: all", all.clone(), "needs require.signature"),
         ];

@@ -47,15 +47,15 @@ impl RegistryError {
     /// A stable, machine-readable label for this kind of failure.
     pub fn code(&self) -> &'static str {
         match self {
-            Self::NotFound { .. } => "registry_not_found",
-            Self::Unauthorized { .. } => "registry_unauthorized",
-            Self::RateLimited { .. } => "registry_rate_limited",
-            Self::Unreachable { .. } => "registry_unreachable",
-            Self::ServerError { .. } => "registry_server_error",
-            Self::TimedOut { .. } => "registry_timed_out",
-            Self::DigestMismatch { .. } => "registry_digest_mismatch",
-            Self::TooLarge { .. } => "registry_too_large",
-            Self::Malformed { .. } => "registry_malformed",
+            Self::NotFound { .. } => "registry-not-found",
+            Self::Unauthorized { .. } => "registry-unauthorized",
+            Self::RateLimited { .. } => "registry-rate-limited",
+            Self::Unreachable { .. } => "registry-unreachable",
+            Self::ServerError { .. } => "registry-server-error",
+            Self::TimedOut { .. } => "registry-timed-out",
+            Self::DigestMismatch { .. } => "registry-digest-mismatch",
+            Self::TooLarge { .. } => "registry-too-large",
+            Self::Malformed { .. } => "registry-malformed",
         }
     }
 

@@ -1,0 +1,195 @@
+//! Gathers what the policies need for each image, concurrently under one deadline: the digest a tag names, the
+//! signature and attestation layers stored beside it (bounded TTL caches, one fetch in flight per key), and the
+//! keys of the authorities that judge it. All I/O of a review happens here; judging happens in `decide`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::join_all;
+use tokio::time::Instant;
+
+use crate::artifact::Artifacts;
+use crate::decide::{Plan, Step};
+use crate::images::{Digest, ImageRef};
+use crate::policy::Policy;
+use crate::policy::authority::{AuthoritySource, KeyRef, keys_from_pem};
+use crate::reason::Reason;
+use crate::registry::{Credentials, Registry, RegistryError, Resolved};
+use crate::verify::Authority;
+
+/// What the registry holds for one image.
+#[derive(Debug, Clone)]
+pub struct ImageEvidence {
+    /// The digest that was verified (for a multi-arch tag: the index).
+    pub digest: Digest,
+    /// Platform manifest digests of an index (BuildKit attestation manifests excluded).
+    pub platforms: Vec<Digest>,
+    pub artifacts: Arc<Artifacts>,
+    /// Artifacts of each platform manifest, fetched only when a policy requires every platform to be covered.
+    pub platform_artifacts: Vec<(Digest, Arc<Artifacts>)>,
+}
+
+impl ImageEvidence {
+    /// Digests an attestation subject may name: the image's own, then its platform manifests'.
+    pub fn acceptable_digests(&self) -> Vec<Digest> {
+        std::iter::once(self.digest.clone()).chain(self.platforms.iter().cloned()).collect()
+    }
+}
+
+/// Authorities resolved for one review, by (policy, authority) name.
+pub type Authorities = HashMap<(String, String), Result<Arc<Authority>, Reason>>;
+
+/// Everything gathered for one plan; `images[i]` belongs to `plan.images[i]` and is None where no evidence was
+/// needed.
+#[derive(Debug, Default)]
+pub struct Gathered {
+    pub images: Vec<Option<Result<Arc<ImageEvidence>, Reason>>>,
+    pub authorities: Authorities,
+}
+
+/// Public keys kept in Kubernetes Secrets, read from a watched store (never fetched per review).
+pub trait SecretKeys: Send + Sync {
+    /// The PEM bytes of `key` in Secret `namespace/name`.
+    fn pem(&self, namespace: &str, name: &str, key: &str) -> Result<Vec<u8>, String>;
+}
+
+/// The source used when provgate runs without a cluster: every `k8s://` key is unavailable, and says why.
+pub struct NoCluster;
+
+impl SecretKeys for NoCluster {
+    fn pem(&self, namespace: &str, name: &str, _key: &str) -> Result<Vec<u8>, String> {
+        Err(format!(
+            "Secret {namespace}/{name} cannot be read: provgate is not connected to a Kubernetes API (run it in \
+             the cluster, or name the key by file)"
+        ))
+    }
+}
+
+/// Cache sizes and lifetimes (config `cache:`).
+#[derive(Debug, Clone, Copy, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct CacheConfig {
+    /// Entries per cache (resolved references; artifact sets).
+    pub max_entries: u64,
+    /// How long a tag stays resolved to a digest.
+    #[serde(with = "humantime_serde")]
+    pub tag_ttl: Duration,
+    /// How long the artifacts found for a digest are reused.
+    #[serde(with = "humantime_serde")]
+    pub artifacts_ttl: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self { max_entries: 10_000, tag_ttl: Duration::from_secs(60), artifacts_ttl: Duration::from_secs(300) }
+    }
+}
+
+pub struct Gatherer {
+    registry: Arc<dyn Registry>,
+    secrets: Arc<dyn SecretKeys>,
+    /// (reference, credentials identity) -> what it resolved to.
+    resolved: moka::future::Cache<(String, String), Arc<Resolved>>,
+    /// (repository, digest, credentials identity) -> its artifacts.
+    artifacts: moka::future::Cache<(String, Digest, String), Arc<Artifacts>>,
+}
+
+impl Gatherer {
+    pub fn new(registry: Arc<dyn Registry>, secrets: Arc<dyn SecretKeys>, cache: CacheConfig) -> Self {
+        let resolved =
+            moka::future::Cache::builder().max_capacity(cache.max_entries).time_to_live(cache.tag_ttl).build();
+        let artifacts =
+            moka::future::Cache::builder().max_capacity(cache.max_entries).time_to_live(cache.artifacts_ttl).build();
+        Self { registry, secrets, resolved, artifacts }
+    }
+
+    /// Gathers evidence for every image a policy needs it for, all at once, within `deadline`.
+    pub async fn gather(&self, plan: &Plan, deadline: Instant, budget: Duration) -> Gathered {
+        let mut authorities = Authorities::new();
+        let jobs = plan.images.iter().map(|planned| async {
+            let Step::Judge { image, policies } = &planned.step else { return None };
+            let needing: Vec<&Arc<Policy>> = policies.iter().filter(|p| p.needs_evidence()).collect();
+            if needing.is_empty() {
+                return None;
+            }
+            let every_platform =
+                needing.iter().any(|p| p.requirements.platforms == crate::policy::require::Platforms::All);
+            let work = self.image(image, every_platform, deadline);
+            Some(match tokio::time::timeout_at(deadline, work).await {
+                Ok(result) => result.map(Arc::new),
+                Err(_) => Err(Reason::DeadlineExceeded(budget)),
+            })
+        });
+        for planned in &plan.images {
+            if let Step::Judge { policies, .. } = &planned.step {
+                for policy in policies {
+                    for source in &policy.authorities {
+                        let key = (policy.name.clone(), source.name().to_owned());
+                        if !authorities.contains_key(&key) {
+                            authorities.insert(key, self.authority(source));
+                        }
+                    }
+                }
+            }
+        }
+        Gathered { images: join_all(jobs).await, authorities }
+    }
+
+    fn authority(&self, source: &AuthoritySource) -> Result<Arc<Authority>, Reason> {
+        match source {
+            AuthoritySource::Ready(authority) => Ok(authority.clone()),
+            AuthoritySource::Secret { name, key: key_ref @ KeyRef::Secret { namespace, name: secret, key } } => {
+                let unavailable = |detail: String| Reason::KeyUnavailable { authority: name.clone(), detail };
+                let pem = self.secrets.pem(namespace, secret, key).map_err(unavailable)?;
+                let keys = keys_from_pem(&pem).map_err(|e| unavailable(format!("{key_ref}: {e}")))?;
+                Ok(Arc::new(Authority::keys(name.clone(), keys)))
+            }
+            AuthoritySource::Secret { name, key } => {
+                Err(Reason::KeyUnavailable { authority: name.clone(), detail: format!("{key} is not a Secret key") })
+            }
+        }
+    }
+
+    async fn image(&self, image: &ImageRef, every_platform: bool, deadline: Instant) -> Result<ImageEvidence, Reason> {
+        let creds = Credentials::Anonymous;
+        let identity = creds.fingerprint();
+        let resolved = self
+            .resolved
+            .try_get_with((image.to_string(), identity.clone()), async {
+                self.registry.resolve(image, &creds, deadline).await.map(Arc::new)
+            })
+            .await
+            .map_err(|e| registry_reason(image, &e))?;
+        let digest = resolved.digest.clone();
+        let platforms: Vec<Digest> = resolved
+            .platforms
+            .iter()
+            .filter(|p| p.os != "unknown" && p.architecture != "unknown")
+            .map(|p| p.digest.clone())
+            .collect();
+        let wanted = std::iter::once(digest.clone()).chain(platforms.iter().cloned().filter(|_| every_platform));
+        let fetches = wanted.map(|d| {
+            let creds = &creds;
+            let identity = identity.clone();
+            async move {
+                let key = (image.name(), d.clone(), identity);
+                let found = self
+                    .artifacts
+                    .try_get_with(key, async {
+                        self.registry.artifacts(image, &d, creds, deadline).await.map(Arc::new)
+                    })
+                    .await
+                    .map_err(|e| registry_reason(image, &e))?;
+                Ok::<_, Reason>((d, found))
+            }
+        });
+        let mut fetched = futures::future::try_join_all(fetches).await?.into_iter();
+        let artifacts = fetched.next().map(|(_, a)| a).unwrap_or_default();
+        Ok(ImageEvidence { digest, platforms, artifacts, platform_artifacts: fetched.collect() })
+    }
+}
+
+fn registry_reason(image: &ImageRef, error: &RegistryError) -> Reason {
+    Reason::Registry { image: image.to_string(), code: error.code(), detail: error.to_string() }
+}
