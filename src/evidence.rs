@@ -126,9 +126,7 @@ impl Gatherer {
                 for policy in policies {
                     for source in &policy.authorities {
                         let key = (policy.name.clone(), source.name().to_owned());
-                        if !authorities.contains_key(&key) {
-                            authorities.insert(key, self.authority(source));
-                        }
+                        authorities.entry(key).or_insert_with(|| self.authority(source));
                     }
                 }
             }
@@ -168,7 +166,7 @@ impl Gatherer {
             .filter(|p| p.os != "unknown" && p.architecture != "unknown")
             .map(|p| p.digest.clone())
             .collect();
-        let wanted = std::iter::once(digest.clone()).chain(platforms.iter().cloned().filter(|_| every_platform));
+        let wanted = std::iter::once(digest.clone()).chain(platforms.iter().filter(|_| every_platform).cloned());
         let fetches = wanted.map(|d| {
             let creds = &creds;
             let identity = identity.clone();

@@ -149,7 +149,7 @@ pub fn keys_from_pem(pem: &[u8]) -> Result<KeySet, String> {
         let block = &rest[start..];
         let Some(end_marker) = block.find("-----END ") else { break };
         let end = block[end_marker..].find('\n').map_or(block.len(), |i| end_marker + i);
-        keys.push(PublicKey::from_pem(block[..end].as_bytes()).map_err(|e| e.to_string())?);
+        keys.push(PublicKey::from_pem(&block.as_bytes()[..end]).map_err(|e| e.to_string())?);
         rest = &block[end..];
     }
     KeySet::new(keys).map_err(|_| "no PEM public key found".to_owned())
