@@ -93,6 +93,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     Ok(Running { https, admin, policies, handle, tasks })
 }
 
+/// The review engine over `policies`, with the registry client and caches the config describes.
+pub fn engine(config: &Config, policies: Arc<PolicyStore>) -> anyhow::Result<Engine> {
+    let registry = Arc::new(RegistryClient::new(config.registries.clone())?);
+    let gatherer = Arc::new(Gatherer::new(registry, Arc::new(NoCluster), config.cache));
+    Ok(Engine { policies, no_match: config.no_match, deadline: config.deadline, gatherer })
+}
+
 /// The configured serving pair, or the embedded default's self-signed one under `./certs`.
 fn serving_pair(config: &Config) -> anyhow::Result<(PathBuf, PathBuf)> {
     if let (Some(cert), Some(key)) = (&config.tls.cert_file, &config.tls.key_file) {

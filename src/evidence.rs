@@ -134,6 +134,11 @@ impl Gatherer {
         Gathered { images: join_all(jobs).await, authorities }
     }
 
+    /// The registry data of one image (digest, platforms, artifacts), as `gather` would fetch it (cached).
+    pub async fn inspect(&self, image: &ImageRef, deadline: Instant) -> Result<Arc<ImageEvidence>, Reason> {
+        self.image(image, false, deadline).await.map(Arc::new)
+    }
+
     fn authority(&self, source: &AuthoritySource) -> Result<Arc<Authority>, Reason> {
         match source {
             AuthoritySource::Ready(authority) => Ok(authority.clone()),

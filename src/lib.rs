@@ -13,6 +13,7 @@ pub mod evidence;
 pub mod images;
 pub mod keys;
 pub mod metrics;
+pub mod oneshot;
 pub mod policy;
 pub mod reason;
 pub mod registry;

@@ -19,6 +19,8 @@ struct Cli {
 enum Command {
     /// Run the admission webhook (HTTPS /validate; admin /healthz, /readyz, /metrics).
     Serve(ServeArgs),
+    /// Judge images once, as admission would, and show what the registry holds for them.
+    Verify(VerifyArgs),
     /// Work with policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -44,6 +46,32 @@ struct ServeArgs {
     policies: Option<PathBuf>,
     #[arg(long, env = "PROVGATE_AUDIT_LOG")]
     audit_log: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct VerifyArgs {
+    /// Image references (tags are resolved to digests).
+    #[arg(required = true)]
+    images: Vec<String>,
+    /// Policy file or directory (default: the config's policies).
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// Require a signature by this key (k8s://NS/SECRET[/KEY], a PEM file, or inline PEM) instead of policies.
+    #[arg(long, conflicts_with = "policy")]
+    key: Option<String>,
+    #[arg(long, default_value = "default")]
+    namespace: String,
+    #[arg(long, value_enum, default_value = "text")]
+    output: Output,
+    /// Configuration file (registries, caches, deadline, noMatch).
+    #[arg(long, env = "PROVGATE_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Output {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -76,6 +104,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Verify(args) => return verify(args),
         Command::Policy(PolicyCommand::Check { path }) => return policy_check(&path),
         Command::Certs(CertsCommand::Generate { service, namespace, out }) => {
             certs_generate(&service, &namespace, &out)
@@ -119,6 +148,45 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         eprintln!("provgate: shutting down");
         running.shutdown().await;
         Ok(())
+    })
+}
+
+fn verify(args: VerifyArgs) -> ExitCode {
+    match verify_report(&args) {
+        Ok(report) => {
+            match args.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default()),
+                Output::Text => print!("{}", report.text()),
+            }
+            ExitCode::from(report.exit_code())
+        }
+        Err(e) => {
+            eprintln!("provgate: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn verify_report(args: &VerifyArgs) -> anyhow::Result<provgate::oneshot::Report> {
+    let config = match &args.config {
+        Some(file) => Config::from_file(file)?,
+        None => Config::default(),
+    };
+    let set = match (&args.key, &args.policy) {
+        (Some(key), _) => {
+            let text = format!(
+                "apiVersion: provgate.dev/v1alpha1\nkind: ImagePolicy\nmetadata: {{name: key}}\nspec:\n  match: {{images: [\"**\"]}}\n  authorities: [{{name: key, key: {}}}]\n  require: {{signature: true}}\n",
+                serde_json::Value::String(key.clone())
+            );
+            provgate::policy::load_sources(&[(PathBuf::from("--key"), text)])?
+        }
+        (None, policy) => provgate::policy::load(policy.as_ref().unwrap_or(&config.policies))?,
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let engine = provgate::app::engine(&config, std::sync::Arc::new(provgate::policy::PolicyStore::with(set)))?;
+        let gatherer = engine.gatherer.clone();
+        Ok(provgate::oneshot::verify(&engine, &gatherer, &args.images, &args.namespace).await)
     })
 }
 

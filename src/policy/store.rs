@@ -20,6 +20,13 @@ pub struct PolicyStore {
 }
 
 impl PolicyStore {
+    /// A store holding `set`, for one-shot use (no files to reload).
+    pub fn with(set: PolicySet) -> Self {
+        let store = Self::default();
+        store.current.store(Some(Arc::new(set)));
+        store
+    }
+
     /// The active set, or None before any set loaded.
     pub fn current(&self) -> Option<Arc<PolicySet>> {
         self.current.load_full()
