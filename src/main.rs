@@ -78,6 +78,30 @@ enum Output {
 enum PolicyCommand {
     /// Load and compile every policy under PATH; errors as file:line.
     Check { path: PathBuf },
+    /// Evaluate policies over a local in-toto statement or DSSE envelope, without a registry.
+    Test(PolicyTestArgs),
+}
+
+#[derive(Args)]
+struct PolicyTestArgs {
+    /// A policy file or directory.
+    path: PathBuf,
+    /// An in-toto statement, or a DSSE envelope holding one (its signature is not checked).
+    #[arg(long)]
+    statement: PathBuf,
+    /// The image as REF@DIGEST (default: the statement's first subject).
+    #[arg(long)]
+    image: Option<String>,
+    /// The admitted object (JSON or YAML).
+    #[arg(long)]
+    object: Option<PathBuf>,
+    #[arg(long)]
+    namespace: Option<String>,
+    /// The attestation name the statement is filed under (default provenance).
+    #[arg(long)]
+    attestation: Option<String>,
+    #[arg(long, value_enum, default_value = "text")]
+    output: Output,
 }
 
 #[derive(Subcommand)]
@@ -105,7 +129,19 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Verify(args) => return verify(args),
-        Command::Policy(PolicyCommand::Check { path }) => return policy_check(&path),
+        Command::Policy(PolicyCommand::Check { path }) => return report(provgate::policy::cli::check(&path)),
+        Command::Policy(PolicyCommand::Test(args)) => {
+            let options = provgate::policy::cli::TestOptions {
+                statement: args.statement,
+                image: args.image,
+                object: args.object,
+                namespace: args.namespace,
+                attestation: args.attestation,
+                json: matches!(args.output, Output::Json),
+                ..Default::default()
+            };
+            return report(provgate::policy::cli::test(&args.path, &options));
+        }
         Command::Certs(CertsCommand::Generate { service, namespace, out }) => {
             certs_generate(&service, &namespace, &out)
         }
@@ -190,22 +226,9 @@ fn verify_report(args: &VerifyArgs) -> anyhow::Result<provgate::oneshot::Report>
     })
 }
 
-fn policy_check(path: &std::path::Path) -> ExitCode {
-    match provgate::policy::load(path) {
-        Ok(set) => {
-            for p in set.policies() {
-                println!("ok  {} ({}:{}, mode {:?})", p.name, p.file.display(), p.line, p.mode);
-            }
-            println!("{} policies, generation {}", set.policies().len(), set.generation());
-            ExitCode::SUCCESS
-        }
-        Err(errors) => {
-            for e in &errors.0 {
-                println!("error  {e}");
-            }
-            ExitCode::from(1)
-        }
-    }
+fn report(report: provgate::policy::cli::Report) -> ExitCode {
+    print!("{}", report.text);
+    ExitCode::from(report.exit_code)
 }
 
 fn certs_generate(service: &str, namespace: &str, out: &std::path::Path) -> anyhow::Result<()> {

@@ -128,7 +128,7 @@ fn policy_check_reports_file_and_line_and_exits_non_zero() {
     std::fs::write(dir.path().join("good.yaml"), policy("good", "enforce", &["**"])).unwrap();
     let ok = Command::new(BIN).args(["policy", "check"]).arg(dir.path()).output().unwrap();
     assert!(ok.status.success());
-    assert!(String::from_utf8_lossy(&ok.stdout).contains("ok  good"));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("ok  good ("));
 
     std::fs::write(dir.path().join("bad.yaml"), policy("bad", "enforce", &["**"]).replace("enforce", "enforse"))
         .unwrap();

@@ -32,8 +32,23 @@ pub fn check(path: &Path) -> Report {
     match load(path) {
         Ok(set) => {
             let validations: usize = set.policies().iter().map(|p| p.validations.len()).sum();
-            let text =
-                format!("ok: {} policies, {validations} validations in {}\n", set.policies().len(), path.display());
+            let mut text = String::new();
+            for p in set.policies() {
+                text.push_str(&format!(
+                    "ok  {} ({}:{}, mode {}, {} authorities, {} validations)\n",
+                    p.name,
+                    p.file.display(),
+                    p.line,
+                    serde_json::to_value(p.mode).ok().and_then(|m| m.as_str().map(str::to_owned)).unwrap_or_default(),
+                    p.authorities.len(),
+                    p.validations.len()
+                ));
+            }
+            text.push_str(&format!(
+                "ok: {} policies, {validations} validations in {}\n",
+                set.policies().len(),
+                path.display()
+            ));
             Report { text, exit_code: EXIT_PASS }
         }
         Err(errors) => Report { text: format!("{errors}\n"), exit_code: EXIT_FAIL },

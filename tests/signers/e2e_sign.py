@@ -1,0 +1,57 @@
+"""Signs an image digest the way cosign and Tekton Chains do, with PyPI `cryptography` and `securesystemslib`
+(tools provgate did not write), for the end-to-end tests.
+
+Usage: e2e_sign.py KEYDIR KEYNAME DIGEST_HEX STATEMENT_JSON OUT_JSON
+
+Creates KEYDIR/KEYNAME.key (ECDSA P-256) and KEYDIR/KEYNAME.pub on first use. Writes OUT_JSON with the exact
+simple-signing payload (base64), its signature (base64) and a DSSE envelope of STATEMENT_JSON whose subjects are
+replaced by the image digest, signed over PAE as Chains does.
+"""
+import base64
+import json
+import os
+import sys
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import hashes
+from securesystemslib.dsse import Envelope
+from securesystemslib.signer import CryptoSigner, SSlibKey
+
+keydir, name, digest_hex, statement_path, out_path = sys.argv[1:6]
+os.makedirs(keydir, exist_ok=True)
+key_path = os.path.join(keydir, name + ".key")
+if os.path.exists(key_path):
+    with open(key_path, "rb") as f:
+        key = serialization.load_pem_private_key(f.read(), password=None)
+else:
+    key = ec.generate_private_key(ec.SECP256R1())
+    with open(key_path, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    with open(os.path.join(keydir, name + ".pub"), "wb") as f:
+        f.write(key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+
+# cosign's simple signing payload: docker-reference in go-containerregistry form, no tag.
+payload = json.dumps({
+    "critical": {
+        "identity": {"docker-reference": "index.docker.io/acme/app"},
+        "image": {"docker-manifest-digest": "sha256:" + digest_hex},
+        "type": "cosign container image signature",
+    },
+    "optional": None,
+}).encode()
+signature = key.sign(payload, ec.ECDSA(hashes.SHA256()))
+
+with open(statement_path) as f:
+    statement = json.load(f)
+statement["subject"] = [{"name": "index.docker.io/acme/app", "digest": {"sha256": digest_hex}}]
+public = SSlibKey.from_crypto(key.public_key(), scheme="ecdsa-sha2-nistp256")
+envelope = Envelope(payload=json.dumps(statement).encode(), payload_type="application/vnd.in-toto+json", signatures={})
+envelope.sign(CryptoSigner(key, public))
+
+with open(out_path, "w") as f:
+    json.dump({
+        "payload": base64.b64encode(payload).decode(),
+        "signature": base64.b64encode(signature).decode(),
+        "envelope": envelope.to_dict(),
+    }, f)
