@@ -125,3 +125,89 @@ fn python_cryptography_and_securesystemslib_signatures_verify_and_twins_fail() {
         assert_eq!(check.outcome().unwrap_err().code(), "subject-mismatch", "{kind} .att other image");
     }
 }
+
+fn bundle_layer(data: Vec<u8>) -> Artifacts {
+    let manifest = Digest::sha256_of(b"referrer manifest");
+    let origin = Origin::Referrer { manifest, artifact_type: Some(media_type::BUNDLE_V03.into()) };
+    Artifacts { bundles: vec![layer(origin, media_type::BUNDLE_V03, data, &[])], ..Default::default() }
+}
+
+fn flip_bundle_statement(bundle: &[u8]) -> Vec<u8> {
+    let mut v: serde_json::Value = serde_json::from_slice(bundle).unwrap();
+    let env = flip_statement(v["dsseEnvelope"].to_string().as_bytes());
+    v["dsseEnvelope"] = serde_json::from_slice(&env).unwrap();
+    v.to_string().into_bytes()
+}
+
+fn keyless_authority(root: &[u8], subject: &str) -> Authority {
+    use provgate::verify::{Identity, Keyless, Matcher, Trust, TrustedRoot};
+    let root = std::sync::Arc::new(TrustedRoot::from_json(root).unwrap());
+    let id = Identity {
+        subject: Matcher::regex(subject).unwrap(),
+        issuer: Matcher::Exact("https://token.actions.githubusercontent.com".into()),
+    };
+    Authority::new("github", Trust::Keyless(Keyless::new(root, vec![id]).unwrap()))
+}
+
+#[test]
+fn sigstore_js_bundles_verify_key_signed_and_keyless_and_twins_fail() {
+    let modules = tool("PROVGATE_TEST_NODE_MODULES", "npm @sigstore/sign @sigstore/mock (node_modules directory)");
+    let dir = tempfile::tempdir().unwrap();
+    run(Command::new("node")
+        .arg(signers_dir().join("bundles.js"))
+        .arg(dir.path())
+        .arg(IMAGE_HEX)
+        .env("NODE_PATH", &modules));
+    let read = |name: &str| std::fs::read(dir.path().join(name)).unwrap();
+    let img = [image()];
+
+    // Key-signed bundles: publicKey hint only, no tlog entry (Chains' sigstore-bundle mode, cosign v3 --key).
+    let auth = authority("chains", &read("key.pub.pem"));
+    let check =
+        verify::signatures(&bundle_layer(read("key-signature.bundle.json")), &image(), std::slice::from_ref(&auth));
+    assert_eq!(check.outcome(), Ok(()), "{}", check.explain(std::slice::from_ref(&auth)));
+    assert_eq!(check.verified[0].docker_reference, "index.docker.io/acme/app");
+    let check =
+        verify::attestations(&bundle_layer(read("key-signature.bundle.json")), &img, std::slice::from_ref(&auth));
+    assert_eq!(check.found(), 0, "a cosign/sign/v1 bundle is a signature, not an attestation");
+    let check =
+        verify::attestations(&bundle_layer(read("key-attestation.bundle.json")), &img, std::slice::from_ref(&auth));
+    assert_eq!(check.outcome(), Ok(()), "{}", check.explain(std::slice::from_ref(&auth)));
+    assert_eq!(check.verified[0].predicate_type, "https://slsa.dev/provenance/v1");
+    let twin = flip_bundle_statement(&read("key-attestation.bundle.json"));
+    let check = verify::attestations(&bundle_layer(twin), &img, std::slice::from_ref(&auth));
+    assert_eq!(check.outcome().unwrap_err().code(), "wrong-key");
+    let other = Digest::sha256_of(b"other");
+    let check =
+        verify::signatures(&bundle_layer(read("key-signature.bundle.json")), &other, std::slice::from_ref(&auth));
+    assert_eq!(check.outcome().unwrap_err().code(), "subject-mismatch");
+
+    // Keyless bundles: mock Fulcio certificate + mock Rekor intoto entry with an inclusion promise.
+    let root = read("keyless.trusted_root.json");
+    let auth = keyless_authority(&root, r"https://github\.com/acme/app/.*");
+    let check =
+        verify::signatures(&bundle_layer(read("keyless-signature.bundle.json")), &image(), std::slice::from_ref(&auth));
+    assert_eq!(check.outcome(), Ok(()), "{}", check.explain(std::slice::from_ref(&auth)));
+    let check =
+        verify::attestations(&bundle_layer(read("keyless-attestation.bundle.json")), &img, std::slice::from_ref(&auth));
+    assert_eq!(check.outcome(), Ok(()), "{}", check.explain(std::slice::from_ref(&auth)));
+    assert!(
+        matches!(&check.verified[0].signer, Signer::Certificate { issuer, .. } if issuer == "https://token.actions.githubusercontent.com")
+    );
+
+    let code = |bundle: Vec<u8>, auth: &Authority| {
+        verify::attestations(&bundle_layer(bundle), &img, std::slice::from_ref(auth)).outcome().unwrap_err().code()
+    };
+    let att = read("keyless-attestation.bundle.json");
+    assert_eq!(code(flip_bundle_statement(&att), &auth), "wrong-key");
+    assert_eq!(code(att.clone(), &keyless_authority(&root, r"https://github\.com/evil/.*")), "identity-mismatch");
+    assert_eq!(code(att.clone(), &keyless_authority(&read("other.trusted_root.json"), ".*")), "untrusted-certificate");
+    let mut v: serde_json::Value = serde_json::from_slice(&att).unwrap();
+    v["verificationMaterial"]["tlogEntries"][0]["integratedTime"] = "1".into();
+    assert_eq!(code(v.to_string().into_bytes(), &auth), "set-invalid");
+    let mut v: serde_json::Value = serde_json::from_slice(&att).unwrap();
+    v["verificationMaterial"]["tlogEntries"] = serde_json::json!([]);
+    assert_eq!(code(v.to_string().into_bytes(), &auth), "missing-transparency");
+    // A key-signed bundle offered to a keyless authority has no certificate.
+    assert_eq!(code(read("key-attestation.bundle.json"), &auth), "missing-transparency");
+}
