@@ -30,7 +30,7 @@ pub enum KeyError {
 }
 
 /// The algorithm family of a public key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum KeyKind {
     EcdsaP256,
     EcdsaP384,
@@ -70,7 +70,7 @@ impl fmt::Display for Scheme {
 }
 
 /// A parsed, fingerprinted public key. Cheap to clone; parse once when a key source changes.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct PublicKey {
     spki_der: Vec<u8>,
     kind: KeyKind,
