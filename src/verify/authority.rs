@@ -135,4 +135,27 @@ impl Authority {
     pub fn trust(&self) -> &Trust {
         &self.trust
     }
+
+    /// Everything a verification result under this authority depends on (name, key fingerprints, or trusted root
+    /// digest and identities): include it in cache keys so a rotated key or root invalidates cached answers.
+    pub fn cache_key(&self) -> String {
+        match &self.trust {
+            Trust::Keys(keys) => format!("{}|keys|{}", self.name, keys.fingerprint()),
+            Trust::Keyless(k) => {
+                let ids: Vec<String> = k
+                    .identities
+                    .iter()
+                    .map(|i| format!("{}@{}", matcher_key(&i.subject), matcher_key(&i.issuer)))
+                    .collect();
+                format!("{}|keyless|{}|{}", self.name, k.trusted_root.digest(), ids.join(","))
+            }
+        }
+    }
+}
+
+fn matcher_key(m: &Matcher) -> String {
+    match m {
+        Matcher::Exact(s) => format!("={s}"),
+        Matcher::Regex(r) => format!("~{}", r.as_str()),
+    }
 }

@@ -121,7 +121,7 @@ pub struct AttestationCheck {
 }
 
 macro_rules! check_common {
-    ($t:ty, $item:ty, $what:literal, $none:ident) => {
+    ($t:ty, $item:ty, $one:literal, $what:literal, $none:ident) => {
         impl $t {
             /// How many layers were looked at.
             pub fn found(&self) -> usize {
@@ -154,7 +154,7 @@ macro_rules! check_common {
                 let mut msg = format!(
                     "{} {} found, {} valid for authority {}",
                     self.found(),
-                    $what,
+                    if self.found() == 1 { $one } else { $what },
                     if self.verified.is_empty() { "none".to_owned() } else { self.verified.len().to_string() },
                     names
                 );
@@ -169,8 +169,8 @@ macro_rules! check_common {
         }
     };
 }
-check_common!(SignatureCheck, ImageSignature, "signatures", Unsigned);
-check_common!(AttestationCheck, Statement, "attestations", NoAttestations);
+check_common!(SignatureCheck, ImageSignature, "signature", "signatures", Unsigned);
+check_common!(AttestationCheck, Statement, "attestation", "attestations", NoAttestations);
 
 /// Verifies every `.sig` layer and every signature-kind bundle for `digest` against `authorities`.
 pub fn signatures(a: &Artifacts, digest: &Digest, authorities: &[Authority]) -> SignatureCheck {
@@ -192,7 +192,8 @@ pub fn signatures(a: &Artifacts, digest: &Digest, authorities: &[Authority]) -> 
 }
 
 /// Verifies every `.att` DSSE layer and every attestation-kind bundle. A statement counts only if one subject's
-/// sha256 equals one of `acceptable` (the image digest first, then e.g. its platform manifest digests).
+/// sha256 equals one of `acceptable`: the image digest first (it names the check), then e.g. its platform
+/// manifest digests. With `acceptable` empty nothing can match and every statement is a subject mismatch.
 pub fn attestations(a: &Artifacts, acceptable: &[Digest], authorities: &[Authority]) -> AttestationCheck {
     let digest = acceptable.first().cloned().unwrap_or_else(|| Digest::sha256_of(b""));
     let mut check = AttestationCheck { digest, verified: Vec::new(), rejected: Vec::new() };
