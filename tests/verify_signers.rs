@@ -211,3 +211,51 @@ fn sigstore_js_bundles_verify_key_signed_and_keyless_and_twins_fail() {
     // A key-signed bundle offered to a keyless authority has no certificate.
     assert_eq!(code(read("key-attestation.bundle.json"), &auth), "missing-transparency");
 }
+
+/// cosign's legacy keyless `.att` layout: the DSSE envelope as the layer, the Fulcio certificate and the Rekor
+/// bundle (SET + entry) as annotations. Built here from the sigstore-js keyless bundle's parts.
+fn legacy_att_from_bundle(bundle: &[u8]) -> Artifacts {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let v: serde_json::Value = serde_json::from_slice(bundle).unwrap();
+    let cert = b64.decode(v["verificationMaterial"]["certificate"]["rawBytes"].as_str().unwrap()).unwrap();
+    let pem = format!(
+        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+        b64.encode(cert).as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap()).collect::<Vec<_>>().join("\n")
+    );
+    let e = &v["verificationMaterial"]["tlogEntries"][0];
+    let rekor = serde_json::json!({
+        "SignedEntryTimestamp": e["inclusionPromise"]["signedEntryTimestamp"],
+        "Payload": {
+            "body": e["canonicalizedBody"],
+            "integratedTime": e["integratedTime"].as_str().unwrap().parse::<i64>().unwrap(),
+            "logIndex": e["logIndex"].as_str().unwrap().parse::<i64>().unwrap(),
+            "logID": hex::encode(b64.decode(e["logId"]["keyId"].as_str().unwrap()).unwrap()),
+        }
+    });
+    let annotations = [
+        ("dev.cosignproject.cosign/signature", String::new()),
+        ("dev.sigstore.cosign/certificate", pem),
+        ("dev.sigstore.cosign/bundle", rekor.to_string()),
+    ];
+    let l = layer(Origin::AttTag, media_type::DSSE_ENVELOPE, v["dsseEnvelope"].to_string().into_bytes(), &annotations);
+    Artifacts { attestations: vec![l], ..Default::default() }
+}
+
+#[test]
+fn legacy_keyless_att_layer_verifies_and_its_twin_fails() {
+    let modules = tool("PROVGATE_TEST_NODE_MODULES", "npm @sigstore/sign @sigstore/mock (node_modules directory)");
+    let dir = tempfile::tempdir().unwrap();
+    run(Command::new("node")
+        .arg(signers_dir().join("bundles.js"))
+        .arg(dir.path())
+        .arg(IMAGE_HEX)
+        .env("NODE_PATH", &modules));
+    let read = |name: &str| std::fs::read(dir.path().join(name)).unwrap();
+    let auth = keyless_authority(&read("keyless.trusted_root.json"), r"https://github\.com/acme/app/.*");
+    let bundle = read("keyless-attestation.bundle.json");
+    let check = verify::attestations(&legacy_att_from_bundle(&bundle), &[image()], std::slice::from_ref(&auth));
+    assert_eq!(check.outcome(), Ok(()), "{}", check.explain(std::slice::from_ref(&auth)));
+    let twin = legacy_att_from_bundle(&flip_bundle_statement(&bundle));
+    let check = verify::attestations(&twin, &[image()], std::slice::from_ref(&auth));
+    assert_eq!(check.outcome().unwrap_err().code(), "wrong-key");
+}
