@@ -228,4 +228,7 @@ async fn secret_keys_load_rotate_and_fail_with_named_errors() {
     assert!(watch.ready(&r, Duration::from_secs(5)).await.is_ok());
     watch.retain(&[]);
     assert_eq!(watch.get(&r).unwrap_err().code(), "key-not-loaded");
+    // ... and that `get` restarted the watch, so the key comes back without anyone calling `watch`.
+    let again = KeyRef::Secret(r.clone());
+    until(&store, &again, |k| k.as_ref().is_ok_and(|k| k.fingerprint() == fp(P256_A))).await;
 }

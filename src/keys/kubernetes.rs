@@ -41,14 +41,15 @@ impl SecretWatch {
         Self { client, watched: Arc::default() }
     }
 
-    /// Starts a watch for `r` unless one runs. Must be called inside a tokio runtime.
+    /// Starts a watch for `r` unless one runs. Outside a tokio runtime nothing starts (and `get` says not loaded).
     pub fn watch(&self, r: &SecretRef) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
         let mut watched = self.watched.lock().unwrap_or_else(PoisonError::into_inner);
         if watched.contains_key(r) {
             return;
         }
         let (tx, state) = watch::channel(None);
-        let task = tokio::spawn(run(self.client.clone(), r.clone(), tx));
+        let task = runtime.spawn(run(self.client.clone(), r.clone(), tx));
         watched.insert(r.clone(), Watched { state, task });
     }
 
@@ -57,12 +58,18 @@ impl SecretWatch {
         self.watched.lock().unwrap_or_else(PoisonError::into_inner).retain(|r, _| keep.contains(r));
     }
 
-    /// The key as of the latest event.
+    /// The key as of the latest event. A Secret nobody asked to watch yet starts its watch now and is
+    /// "not loaded" until the first answer arrives.
     pub fn get(&self, r: &SecretRef) -> Result<PublicKey, KeysError> {
-        let watched = self.watched.lock().unwrap_or_else(PoisonError::into_inner);
-        match watched.get(r).map(|w| w.state.borrow().clone()) {
+        let state =
+            self.watched.lock().unwrap_or_else(PoisonError::into_inner).get(r).map(|w| w.state.borrow().clone());
+        match state {
             Some(Some(loaded)) => loaded,
-            _ => Err(KeysError::NotLoaded(r.to_string())),
+            Some(None) => Err(KeysError::NotLoaded(r.to_string())),
+            None => {
+                self.watch(r);
+                Err(KeysError::NotLoaded(r.to_string()))
+            }
         }
     }
 

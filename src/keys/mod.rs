@@ -61,7 +61,11 @@ pub enum KeysError {
     #[error("Secret {}/{} has no data key {:?}", .0.namespace, .0.name, .0.key)]
     MissingDataKey(SecretRef),
     #[error("{source_ref}: key does not parse: {error}")]
-    Unparseable { source_ref: String, error: KeyError },
+    Unparseable {
+        source_ref: String,
+        #[source]
+        error: KeyError,
+    },
     #[error("{source_ref}: cannot read: {error}")]
     Io { source_ref: String, error: String },
     #[error("{0}: not loaded yet (the Secret watch has not synced)")]
