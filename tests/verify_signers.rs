@@ -27,7 +27,8 @@ fn tool(var: &str, what: &str) -> PathBuf {
         Some(p) if Path::new(&p).exists() => PathBuf::from(p),
         _ => panic!(
             "{var} is not set or missing: {what}. Run the tests through scripts/test, which installs it \
-                     (scripts/deps/20-signers.sh), or: source scripts/deps/00-common.sh scripts/deps/20-signers.sh"
+                     (scripts/deps/20-signers.sh), or in bash: export PROVGATE_CACHE=~/.cache/provgate; \
+                     source scripts/deps/00-common.sh; source scripts/deps/20-signers.sh"
         ),
     }
 }
@@ -210,6 +211,38 @@ fn sigstore_js_bundles_verify_key_signed_and_keyless_and_twins_fail() {
     assert_eq!(code(v.to_string().into_bytes(), &auth), "missing-transparency");
     // A key-signed bundle offered to a keyless authority has no certificate.
     assert_eq!(code(read("key-attestation.bundle.json"), &auth), "missing-transparency");
+
+    // Second opinion: npm @sigstore/verify agrees on the originals and on the tampered twins.
+    let mut set_twin: serde_json::Value = serde_json::from_slice(&att).unwrap();
+    set_twin["verificationMaterial"]["tlogEntries"][0]["integratedTime"] = "1".into();
+    std::fs::write(dir.path().join("twin-key.json"), flip_bundle_statement(&read("key-attestation.bundle.json")))
+        .unwrap();
+    std::fs::write(dir.path().join("twin-keyless.json"), flip_bundle_statement(&att)).unwrap();
+    std::fs::write(dir.path().join("twin-set.json"), set_twin.to_string()).unwrap();
+    let files = [
+        "key-signature.bundle.json",
+        "key-attestation.bundle.json",
+        "keyless-signature.bundle.json",
+        "keyless-attestation.bundle.json",
+        "twin-key.json",
+        "twin-keyless.json",
+        "twin-set.json",
+    ];
+    let out = Command::new("node")
+        .arg(signers_dir().join("verify_bundles.js"))
+        .arg(dir.path().join("keyless.trusted_root.json"))
+        .arg(dir.path().join("key.pub.pem"))
+        .args(files.iter().map(|f| dir.path().join(f)))
+        .env("NODE_PATH", &modules)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let verdicts: Vec<serde_json::Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(verdicts.len(), files.len());
+    for (file, verdict) in files.iter().zip(&verdicts) {
+        assert_eq!(verdict["ok"], !file.starts_with("twin"), "@sigstore/verify on {file}: {verdict}");
+    }
 }
 
 /// cosign's legacy keyless `.att` layout: the DSSE envelope as the layer, the Fulcio certificate and the Rekor

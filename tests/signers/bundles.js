@@ -37,7 +37,7 @@ async function keySigned() {
   write('key-attestation.bundle.json', bundleToJSON(await builder.create({ data: PROVENANCE, type: TYPE })));
 }
 
-async function trustedRoot(ca, tlog) {
+async function trustedRoot(ca, ctlog, tlog) {
   const keyId = crypto.createHash('sha256').update(tlog.publicKey).digest('base64');
   return {
     mediaType: 'application/vnd.dev.sigstore.trustedroot+json;version=0.1',
@@ -47,13 +47,17 @@ async function trustedRoot(ca, tlog) {
     certificateAuthorities: [{ subject: { organization: 'mock', commonName: 'mock' }, uri: 'https://fulcio.provgate.test',
       certChain: { certificates: [{ rawBytes: Buffer.from(ca.rootCertificate).toString('base64') }] },
       validFor: { start: '2020-01-01T00:00:00Z' } }],
-    ctlogs: [], timestampAuthorities: [],
+    ctlogs: [{ baseUrl: 'https://ctfe.provgate.test', hashAlgorithm: 'SHA2_256',
+      publicKey: { rawBytes: Buffer.from(ctlog.publicKey).toString('base64'), keyDetails: 'PKIX_ECDSA_P256_SHA_256', validFor: { start: '2020-01-01T00:00:00Z' } },
+      logId: { keyId: Buffer.from(ctlog.logID).toString('base64') } }],
+    timestampAuthorities: [],
   };
 }
 
 async function keyless() {
   const keyPair = () => crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' });
-  const ca = await mock.initializeCA(keyPair(), await mock.initializeCTLog(keyPair()));
+  const ctlog = await mock.initializeCTLog(keyPair());
+  const ca = await mock.initializeCA(keyPair(), ctlog);
   const rekorURL = 'https://rekor.provgate.test';
   const tlog = await mock.initializeTLog(rekorURL, keyPair());
   const handler = mock.rekorHandler(tlog);
@@ -72,10 +76,11 @@ async function keyless() {
   const builder = new DSSEBundleBuilder({ signer, witnesses: [new RekorWitness({ rekorBaseURL: rekorURL, entryType: 'intoto' })] });
   write('keyless-signature.bundle.json', bundleToJSON(await builder.create({ data: SIGN, type: TYPE })));
   write('keyless-attestation.bundle.json', bundleToJSON(await builder.create({ data: PROVENANCE, type: TYPE })));
-  write('keyless.trusted_root.json', await trustedRoot(ca, tlog));
+  write('keyless.trusted_root.json', await trustedRoot(ca, ctlog, tlog));
   // The same kind of root with another CA: certificates above must not chain to it.
-  const other = await mock.initializeCA(keyPair(), await mock.initializeCTLog(keyPair()));
-  write('other.trusted_root.json', await trustedRoot(other, tlog));
+  const otherCtlog = await mock.initializeCTLog(keyPair());
+  const other = await mock.initializeCA(keyPair(), otherCtlog);
+  write('other.trusted_root.json', await trustedRoot(other, otherCtlog, tlog));
 }
 
 keySigned().then(keyless).then(() => console.log('bundles written'), (e) => { console.error(e); process.exit(1); });
