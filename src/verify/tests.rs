@@ -224,7 +224,7 @@ fn keyless_negative_cases_each_have_their_own_reason() {
 }
 
 /// A P-256 key pair made at test time with aws-lc (signing only happens in tests).
-pub(super) struct TestKey(EcdsaKeyPair);
+pub(crate) struct TestKey(EcdsaKeyPair);
 
 impl TestKey {
     pub(super) fn new() -> Self {
@@ -243,7 +243,7 @@ impl TestKey {
     }
 }
 
-pub(super) fn statement_json(subject_hex: &str) -> Vec<u8> {
+pub(crate) fn statement_json(subject_hex: &str) -> Vec<u8> {
     serde_json::json!({
         "_type": "https://in-toto.io/Statement/v0.1",
         "subject": [{"name": "index.docker.io/acme/app", "digest": {"sha256": subject_hex}}],
