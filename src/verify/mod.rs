@@ -1,6 +1,13 @@
 //! Judges what the registry found next to an image: cosign `.sig` simple signatures, `.att` DSSE attestations and
 //! Sigstore bundles, against configured authorities. The only module that uses `sigstore`; the only code that can
 //! build a [`Verified`] value.
+//!
+//! Use: build [`Authority`]s once per policy load (`Authority::keys(name, keys::KeyStore::key_set(&refs)?)`, or
+//! `Trust::Keyless(Keyless::new(Arc::new(TrustedRoot::from_json(..)?), identities)?)`), then per image digest call
+//! [`signatures`] and [`attestations`] on the [`Artifacts`] the registry fetched. Each returns the verified items
+//! (with the authority that verified them) and one [`Rejected`] per layer that did not count; `outcome()` gives
+//! the most telling [`Rejection`] (with a stable `code()`) and `explain()` a one-line denial message. Include
+//! [`Authority::cache_key`] in any cache key.
 
 mod authority;
 mod bundle;
