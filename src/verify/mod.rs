@@ -22,7 +22,7 @@ use serde::Serialize;
 use crate::artifact::{Artifacts, Layer, Origin};
 use crate::images::Digest;
 
-pub use authority::{Authority, EmptyKeySet, Identity, KeySet, Keyless, Matcher, NoIdentities, Trust};
+pub use authority::{Authority, EmptyKeySet, Identity, KeySet, Keyless, Matcher, NoIdentities, Pattern, Trust};
 pub use dsse::pae;
 pub use key::{KeyError, KeyKind, PublicKey, Scheme};
 pub use keyless::{TrustedRoot, TrustedRootError};

@@ -408,6 +408,15 @@ fn real_chains_statements_sign_and_verify_with_their_predicates() {
 }
 
 #[test]
+fn identity_patterns_are_anchored() {
+    let m = Matcher::regex(r"https://github\.com/acme/.*").unwrap();
+    assert!(m.matches("https://github.com/acme/app/.github/workflows/x.yml@refs/heads/main"));
+    assert!(!m.matches("https://evil.example/?https://github.com/acme/x"));
+    assert!(!Matcher::regex("a|b").unwrap().matches("ab"));
+    assert!(!Matcher::Exact("a".into()).matches("ab"));
+}
+
+#[test]
 fn cache_keys_change_with_keys_and_roots() {
     let a = TestKey::new().authority("chains");
     let b = TestKey::new().authority("chains");
