@@ -27,7 +27,8 @@ fn tool(var: &str, what: &str) -> PathBuf {
         Some(p) if Path::new(&p).exists() => PathBuf::from(p),
         _ => panic!(
             "{var} is not set or missing: {what}. Run the tests through scripts/test, which installs it \
-                     (scripts/deps/20-signers.sh), or: source scripts/deps/00-common.sh scripts/deps/20-signers.sh"
+                     (scripts/deps/20-signers.sh), or in bash: export PROVGATE_CACHE=~/.cache/provgate; \
+                     source scripts/deps/00-common.sh; source scripts/deps/20-signers.sh"
         ),
     }
 }
@@ -124,4 +125,170 @@ fn python_cryptography_and_securesystemslib_signatures_verify_and_twins_fail() {
         let check = verify::attestations(&att(envelope), &[other], std::slice::from_ref(&auth));
         assert_eq!(check.outcome().unwrap_err().code(), "subject-mismatch", "{kind} .att other image");
     }
+}
+
+fn bundle_layer(data: Vec<u8>) -> Artifacts {
+    let manifest = Digest::sha256_of(b"referrer manifest");
+    let origin = Origin::Referrer { manifest, artifact_type: Some(media_type::BUNDLE_V03.into()) };
+    Artifacts { bundles: vec![layer(origin, media_type::BUNDLE_V03, data, &[])], ..Default::default() }
+}
+
+fn flip_bundle_statement(bundle: &[u8]) -> Vec<u8> {
+    let mut v: serde_json::Value = serde_json::from_slice(bundle).unwrap();
+    let env = flip_statement(v["dsseEnvelope"].to_string().as_bytes());
+    v["dsseEnvelope"] = serde_json::from_slice(&env).unwrap();
+    v.to_string().into_bytes()
+}
+
+fn keyless_authority(root: &[u8], subject: &str) -> Authority {
+    use provgate::verify::{Identity, Keyless, Matcher, Trust, TrustedRoot};
+    let root = std::sync::Arc::new(TrustedRoot::from_json(root).unwrap());
+    let id = Identity {
+        subject: Matcher::regex(subject).unwrap(),
+        issuer: Matcher::Exact("https://token.actions.githubusercontent.com".into()),
+    };
+    Authority::new("github", Trust::Keyless(Keyless::new(root, vec![id]).unwrap()))
+}
+
+#[test]
+fn sigstore_js_bundles_verify_key_signed_and_keyless_and_twins_fail() {
+    let modules = tool("PROVGATE_TEST_NODE_MODULES", "npm @sigstore/sign @sigstore/mock (node_modules directory)");
+    let dir = tempfile::tempdir().unwrap();
+    run(Command::new("node")
+        .arg(signers_dir().join("bundles.js"))
+        .arg(dir.path())
+        .arg(IMAGE_HEX)
+        .env("NODE_PATH", &modules));
+    let read = |name: &str| std::fs::read(dir.path().join(name)).unwrap();
+    let img = [image()];
+
+    // Key-signed bundles: publicKey hint only, no tlog entry (Chains' sigstore-bundle mode, cosign v3 --key).
+    let auth = authority("chains", &read("key.pub.pem"));
+    let check =
+        verify::signatures(&bundle_layer(read("key-signature.bundle.json")), &image(), std::slice::from_ref(&auth));
+    assert_eq!(check.outcome(), Ok(()), "{}", check.explain(std::slice::from_ref(&auth)));
+    assert_eq!(check.verified[0].docker_reference, "index.docker.io/acme/app");
+    let check =
+        verify::attestations(&bundle_layer(read("key-signature.bundle.json")), &img, std::slice::from_ref(&auth));
+    assert_eq!(check.found(), 0, "a cosign/sign/v1 bundle is a signature, not an attestation");
+    let check =
+        verify::attestations(&bundle_layer(read("key-attestation.bundle.json")), &img, std::slice::from_ref(&auth));
+    assert_eq!(check.outcome(), Ok(()), "{}", check.explain(std::slice::from_ref(&auth)));
+    assert_eq!(check.verified[0].predicate_type, "https://slsa.dev/provenance/v1");
+    let twin = flip_bundle_statement(&read("key-attestation.bundle.json"));
+    let check = verify::attestations(&bundle_layer(twin), &img, std::slice::from_ref(&auth));
+    assert_eq!(check.outcome().unwrap_err().code(), "wrong-key");
+    let other = Digest::sha256_of(b"other");
+    let check =
+        verify::signatures(&bundle_layer(read("key-signature.bundle.json")), &other, std::slice::from_ref(&auth));
+    assert_eq!(check.outcome().unwrap_err().code(), "subject-mismatch");
+
+    // Keyless bundles: mock Fulcio certificate + mock Rekor intoto entry with an inclusion promise.
+    let root = read("keyless.trusted_root.json");
+    let auth = keyless_authority(&root, r"https://github\.com/acme/app/.*");
+    let check =
+        verify::signatures(&bundle_layer(read("keyless-signature.bundle.json")), &image(), std::slice::from_ref(&auth));
+    assert_eq!(check.outcome(), Ok(()), "{}", check.explain(std::slice::from_ref(&auth)));
+    let check =
+        verify::attestations(&bundle_layer(read("keyless-attestation.bundle.json")), &img, std::slice::from_ref(&auth));
+    assert_eq!(check.outcome(), Ok(()), "{}", check.explain(std::slice::from_ref(&auth)));
+    assert!(
+        matches!(&check.verified[0].signer, Signer::Certificate { issuer, .. } if issuer == "https://token.actions.githubusercontent.com")
+    );
+
+    let code = |bundle: Vec<u8>, auth: &Authority| {
+        verify::attestations(&bundle_layer(bundle), &img, std::slice::from_ref(auth)).outcome().unwrap_err().code()
+    };
+    let att = read("keyless-attestation.bundle.json");
+    assert_eq!(code(flip_bundle_statement(&att), &auth), "wrong-key");
+    assert_eq!(code(att.clone(), &keyless_authority(&root, r"https://github\.com/evil/.*")), "identity-mismatch");
+    assert_eq!(code(att.clone(), &keyless_authority(&read("other.trusted_root.json"), ".*")), "untrusted-certificate");
+    let mut v: serde_json::Value = serde_json::from_slice(&att).unwrap();
+    v["verificationMaterial"]["tlogEntries"][0]["integratedTime"] = "1".into();
+    assert_eq!(code(v.to_string().into_bytes(), &auth), "set-invalid");
+    let mut v: serde_json::Value = serde_json::from_slice(&att).unwrap();
+    v["verificationMaterial"]["tlogEntries"] = serde_json::json!([]);
+    assert_eq!(code(v.to_string().into_bytes(), &auth), "missing-transparency");
+    // A key-signed bundle offered to a keyless authority has no certificate.
+    assert_eq!(code(read("key-attestation.bundle.json"), &auth), "missing-transparency");
+
+    // Second opinion: npm @sigstore/verify agrees on the originals and on the tampered twins.
+    let mut set_twin: serde_json::Value = serde_json::from_slice(&att).unwrap();
+    set_twin["verificationMaterial"]["tlogEntries"][0]["integratedTime"] = "1".into();
+    std::fs::write(dir.path().join("twin-key.json"), flip_bundle_statement(&read("key-attestation.bundle.json")))
+        .unwrap();
+    std::fs::write(dir.path().join("twin-keyless.json"), flip_bundle_statement(&att)).unwrap();
+    std::fs::write(dir.path().join("twin-set.json"), set_twin.to_string()).unwrap();
+    let files = [
+        "key-signature.bundle.json",
+        "key-attestation.bundle.json",
+        "keyless-signature.bundle.json",
+        "keyless-attestation.bundle.json",
+        "twin-key.json",
+        "twin-keyless.json",
+        "twin-set.json",
+    ];
+    let out = Command::new("node")
+        .arg(signers_dir().join("verify_bundles.js"))
+        .arg(dir.path().join("keyless.trusted_root.json"))
+        .arg(dir.path().join("key.pub.pem"))
+        .args(files.iter().map(|f| dir.path().join(f)))
+        .env("NODE_PATH", &modules)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let verdicts: Vec<serde_json::Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(verdicts.len(), files.len());
+    for (file, verdict) in files.iter().zip(&verdicts) {
+        assert_eq!(verdict["ok"], !file.starts_with("twin"), "@sigstore/verify on {file}: {verdict}");
+    }
+}
+
+/// cosign's legacy keyless `.att` layout: the DSSE envelope as the layer, the Fulcio certificate and the Rekor
+/// bundle (SET + entry) as annotations. Built here from the sigstore-js keyless bundle's parts.
+fn legacy_att_from_bundle(bundle: &[u8]) -> Artifacts {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let v: serde_json::Value = serde_json::from_slice(bundle).unwrap();
+    let cert = b64.decode(v["verificationMaterial"]["certificate"]["rawBytes"].as_str().unwrap()).unwrap();
+    let pem = format!(
+        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+        b64.encode(cert).as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap()).collect::<Vec<_>>().join("\n")
+    );
+    let e = &v["verificationMaterial"]["tlogEntries"][0];
+    let rekor = serde_json::json!({
+        "SignedEntryTimestamp": e["inclusionPromise"]["signedEntryTimestamp"],
+        "Payload": {
+            "body": e["canonicalizedBody"],
+            "integratedTime": e["integratedTime"].as_str().unwrap().parse::<i64>().unwrap(),
+            "logIndex": e["logIndex"].as_str().unwrap().parse::<i64>().unwrap(),
+            "logID": hex::encode(b64.decode(e["logId"]["keyId"].as_str().unwrap()).unwrap()),
+        }
+    });
+    let annotations = [
+        ("dev.cosignproject.cosign/signature", String::new()),
+        ("dev.sigstore.cosign/certificate", pem),
+        ("dev.sigstore.cosign/bundle", rekor.to_string()),
+    ];
+    let l = layer(Origin::AttTag, media_type::DSSE_ENVELOPE, v["dsseEnvelope"].to_string().into_bytes(), &annotations);
+    Artifacts { attestations: vec![l], ..Default::default() }
+}
+
+#[test]
+fn legacy_keyless_att_layer_verifies_and_its_twin_fails() {
+    let modules = tool("PROVGATE_TEST_NODE_MODULES", "npm @sigstore/sign @sigstore/mock (node_modules directory)");
+    let dir = tempfile::tempdir().unwrap();
+    run(Command::new("node")
+        .arg(signers_dir().join("bundles.js"))
+        .arg(dir.path())
+        .arg(IMAGE_HEX)
+        .env("NODE_PATH", &modules));
+    let read = |name: &str| std::fs::read(dir.path().join(name)).unwrap();
+    let auth = keyless_authority(&read("keyless.trusted_root.json"), r"https://github\.com/acme/app/.*");
+    let bundle = read("keyless-attestation.bundle.json");
+    let check = verify::attestations(&legacy_att_from_bundle(&bundle), &[image()], std::slice::from_ref(&auth));
+    assert_eq!(check.outcome(), Ok(()), "{}", check.explain(std::slice::from_ref(&auth)));
+    let twin = legacy_att_from_bundle(&flip_bundle_statement(&bundle));
+    let check = verify::attestations(&twin, &[image()], std::slice::from_ref(&auth));
+    assert_eq!(check.outcome().unwrap_err().code(), "wrong-key");
 }

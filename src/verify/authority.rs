@@ -39,33 +39,40 @@ impl KeySet {
 pub struct NoIdentities;
 
 /// How a string from policy is compared with a certificate field.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Matcher {
     Exact(String),
-    /// Anchored at both ends when compiled with [`Matcher::regex`].
-    Regex(regex::Regex),
+    /// Built by [`Matcher::regex`]: always anchored at both ends.
+    Regex(Pattern),
+}
+
+/// A regular expression anchored at both ends (`^(?:…)$`), so `https://github.com/acme/.*` cannot match a
+/// longer value that merely contains it.
+#[derive(Debug, Clone)]
+pub struct Pattern(regex::Regex);
+
+impl PartialEq for Pattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_str() == other.0.as_str()
+    }
+}
+
+impl Pattern {
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
 }
 
 impl Matcher {
     /// A regular expression matched against the whole value.
     pub fn regex(pattern: &str) -> Result<Self, regex::Error> {
-        regex::Regex::new(&format!("^(?:{pattern})$")).map(Self::Regex)
+        regex::Regex::new(&format!("^(?:{pattern})$")).map(|re| Self::Regex(Pattern(re)))
     }
 
     pub fn matches(&self, value: &str) -> bool {
         match self {
             Self::Exact(want) => want == value,
-            Self::Regex(re) => re.is_match(value),
-        }
-    }
-}
-
-impl PartialEq for Matcher {
-    fn eq(&self, other: &Self) -> bool {
-        match (self, other) {
-            (Self::Exact(a), Self::Exact(b)) => a == b,
-            (Self::Regex(a), Self::Regex(b)) => a.as_str() == b.as_str(),
-            _ => false,
+            Self::Regex(re) => re.0.is_match(value),
         }
     }
 }
@@ -134,5 +141,28 @@ impl Authority {
 
     pub fn trust(&self) -> &Trust {
         &self.trust
+    }
+
+    /// Everything a verification result under this authority depends on (name, key fingerprints, or trusted root
+    /// digest and identities): include it in cache keys so a rotated key or root invalidates cached answers.
+    pub fn cache_key(&self) -> String {
+        match &self.trust {
+            Trust::Keys(keys) => format!("{}|keys|{}", self.name, keys.fingerprint()),
+            Trust::Keyless(k) => {
+                let ids: Vec<String> = k
+                    .identities
+                    .iter()
+                    .map(|i| format!("{}@{}", matcher_key(&i.subject), matcher_key(&i.issuer)))
+                    .collect();
+                format!("{}|keyless|{}|{}", self.name, k.trusted_root.digest(), ids.join(","))
+            }
+        }
+    }
+}
+
+fn matcher_key(m: &Matcher) -> String {
+    match m {
+        Matcher::Exact(s) => format!("={s}"),
+        Matcher::Regex(r) => format!("~{}", r.as_str()),
     }
 }

@@ -199,3 +199,96 @@ fn check_entry(
     let binding = Binding { signature: sig, payload_sha256: keyless::hex_sha256(&env.payload), leaf_der: &leaf.der };
     keyless::verify_entry(trust.trusted_root(), &set, &payload, &body, &binding, leaf.validity)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use base64::Engine as _;
+
+    use super::*;
+    use crate::artifact::{Artifacts, Origin};
+    use crate::verify::tests::{TestKey, statement_json};
+    use crate::verify::{attestations, signatures};
+
+    const V: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/vectors/sigstore-rs");
+    const BUSYBOX: &str = "sha256:f3cfc9d0dbf931d3db4685ec659b7ac68e2a578219da4aae65427886e649b06b";
+
+    fn b64e(data: &[u8]) -> String {
+        base64::engine::general_purpose::STANDARD.encode(data)
+    }
+
+    fn bundle(payload_type: &str, payload: &[u8], sig: &[u8]) -> Artifacts {
+        let json = serde_json::json!({
+            "mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json",
+            "verificationMaterial": {"publicKey": {"hint": "unauthenticated"}},
+            "dsseEnvelope": {"payloadType": payload_type, "payload": b64e(payload), "signatures": [{"sig": b64e(sig)}]}
+        });
+        artifacts(json.to_string().into_bytes())
+    }
+
+    fn artifacts(data: Vec<u8>) -> Artifacts {
+        let origin = Origin::Referrer { manifest: Digest::sha256_of(b"m"), artifact_type: None };
+        let layer = Layer {
+            origin,
+            media_type: crate::artifact::media_type::BUNDLE_V03.into(),
+            digest: Digest::sha256_of(&data),
+            data,
+            annotations: Default::default(),
+        };
+        Artifacts { bundles: vec![layer], ..Default::default() }
+    }
+
+    /// Chains' sigstore-bundle mode: a simple-signing payload in a DSSE envelope, signed over the raw payload
+    /// (the busybox vector's signature) or over PAE; both verify, and a one-byte twin does not.
+    #[test]
+    fn simple_signing_bundles_raw_or_pae() {
+        let payload = std::fs::read(format!("{V}/key-signed-busybox.payload.json")).unwrap();
+        let sig =
+            crate::verify::b64(&std::fs::read_to_string(format!("{V}/key-signed-busybox.signature.b64")).unwrap())
+                .unwrap();
+        let pem = std::fs::read(format!("{V}/key-signed-busybox.pub.pem")).unwrap();
+        let auth = Authority::keys(
+            "sigstore-rs",
+            crate::verify::KeySet::new(vec![crate::verify::PublicKey::from_pem(&pem).unwrap()]).unwrap(),
+        );
+        let digest = Digest::parse(BUSYBOX).unwrap();
+        let check = signatures(&bundle(SIMPLE_SIGNING, &payload, &sig), &digest, std::slice::from_ref(&auth));
+        assert_eq!(check.outcome(), Ok(()));
+        let mut twin = payload.clone();
+        twin[100] ^= 1;
+        let check = signatures(&bundle(SIMPLE_SIGNING, &twin, &sig), &digest, std::slice::from_ref(&auth));
+        assert_eq!(check.outcome().unwrap_err().code(), "wrong-key");
+
+        let key = TestKey::new();
+        let pae_sig = key.sign(&dsse::pae(SIMPLE_SIGNING, &payload));
+        let check = signatures(&bundle(SIMPLE_SIGNING, &payload, &pae_sig), &digest, &[key.authority("k")]);
+        assert_eq!(check.outcome(), Ok(()));
+        let other = Digest::sha256_of(b"other");
+        let check = signatures(&bundle(SIMPLE_SIGNING, &payload, &pae_sig), &other, &[key.authority("k")]);
+        assert_eq!(check.outcome().unwrap_err().code(), "digest-mismatch");
+        // Raw-payload signatures are accepted only for simple signing, never for in-toto statements.
+        let hex = "2222222222222222222222222222222222222222222222222222222222222222";
+        let stmt = statement_json(hex);
+        let raw = key.sign(&stmt);
+        let acceptable = [Digest::parse(&format!("sha256:{hex}")).unwrap()];
+        let check = attestations(&bundle(dsse::IN_TOTO, &stmt, &raw), &acceptable, &[key.authority("k")]);
+        assert_eq!(check.outcome().unwrap_err().code(), "wrong-key");
+    }
+
+    #[test]
+    fn unsupported_and_malformed_bundles_say_so() {
+        let key = TestKey::new();
+        let digest = Digest::parse(BUSYBOX).unwrap();
+        let message = serde_json::json!({
+            "mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json",
+            "verificationMaterial": {"publicKey": {"hint": "x"}},
+            "messageSignature": {"messageDigest": {"algorithm": "SHA2_256", "digest": "AA=="}, "signature": "AA=="}
+        });
+        let code = |a: Artifacts| signatures(&a, &digest, &[key.authority("k")]).outcome().unwrap_err().code();
+        assert_eq!(code(artifacts(message.to_string().into_bytes())), "unsupported-bundle");
+        assert_eq!(code(artifacts(b"{\"mediaType\":1}".to_vec())), "malformed-bundle");
+        let mut other_type = message.clone();
+        other_type["mediaType"] = "application/json".into();
+        assert_eq!(code(artifacts(other_type.to_string().into_bytes())), "malformed-bundle");
+    }
+}

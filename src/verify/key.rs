@@ -30,7 +30,7 @@ pub enum KeyError {
 }
 
 /// The algorithm family of a public key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum KeyKind {
     EcdsaP256,
     EcdsaP384,
@@ -70,7 +70,7 @@ impl fmt::Display for Scheme {
 }
 
 /// A parsed, fingerprinted public key. Cheap to clone; parse once when a key source changes.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct PublicKey {
     spki_der: Vec<u8>,
     kind: KeyKind,
@@ -269,6 +269,19 @@ mod tests {
         assert_eq!(crate::images::Digest::sha256_of(key.spki_der()).to_string(), key.fingerprint());
         let reformatted = String::from_utf8(BUSYBOX_PUB.to_vec()).unwrap().replace('\n', "\r\n");
         assert_eq!(PublicKey::from_pem(reformatted.as_bytes()).unwrap(), key);
+    }
+
+    /// A certificate given as a key contributes its subject key (the chain is not checked on this path).
+    #[test]
+    fn certificate_pem_gives_its_key() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/vectors/sigstore-rs");
+        let cert = std::fs::read(format!("{dir}/keyless-disallow-service-nodeport.cert.pem")).unwrap();
+        let payload = std::fs::read(format!("{dir}/keyless-disallow-service-nodeport.payload.json")).unwrap();
+        let sig = std::fs::read_to_string(format!("{dir}/keyless-disallow-service-nodeport.signature.b64")).unwrap();
+        let key = PublicKey::from_pem(&cert).unwrap();
+        assert_eq!(key.kind(), KeyKind::EcdsaP256);
+        let sig = crate::verify::b64(&sig).unwrap();
+        assert_eq!(key.verify(&payload, &sig), Some(Scheme::EcdsaP256Sha256));
     }
 
     /// cosign signs with Ed25519ph for key files: signatures made by ed25519-dalek's pre-hashed signer verify, pure

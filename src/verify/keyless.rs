@@ -33,6 +33,8 @@ struct Ca {
 /// Fulcio CAs and Rekor keys, from a `trusted_root.json` (Sigstore's protobuf-JSON format).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrustedRoot {
+    /// sha256 of the JSON it was read from, for cache keys.
+    digest: String,
     cas: Vec<Ca>,
     /// Rekor keys by log id (hex sha256 of the SPKI DER, as written in cosign bundles).
     tlogs: BTreeMap<String, PublicKey>,
@@ -125,7 +127,12 @@ impl TrustedRoot {
         if cas.is_empty() && tlogs.is_empty() {
             return Err(TrustedRootError("no certificate authorities and no transparency logs".into()));
         }
-        Ok(Self { cas, tlogs })
+        Ok(Self { digest: crate::images::Digest::sha256_of(json).to_string(), cas, tlogs })
+    }
+
+    /// `sha256:` of the JSON document: changes whenever the root is replaced.
+    pub fn digest(&self) -> &str {
+        &self.digest
     }
 
     /// Verifies `leaf` chains to one of the CAs (each link's signature checked); returns the leaf's validity.

@@ -1,6 +1,13 @@
 //! Judges what the registry found next to an image: cosign `.sig` simple signatures, `.att` DSSE attestations and
 //! Sigstore bundles, against configured authorities. The only module that uses `sigstore`; the only code that can
 //! build a [`Verified`] value.
+//!
+//! Use: build [`Authority`]s once per policy load (`Authority::keys(name, keys::KeyStore::key_set(&refs)?)`, or
+//! `Trust::Keyless(Keyless::new(Arc::new(TrustedRoot::from_json(..)?), identities)?)`), then per image digest call
+//! [`signatures`] and [`attestations`] on the [`Artifacts`] the registry fetched. Each returns the verified items
+//! (with the authority that verified them) and one [`Rejected`] per layer that did not count; `outcome()` gives
+//! the most telling [`Rejection`] (with a stable `code()`) and `explain()` a one-line denial message. Include
+//! [`Authority::cache_key`] in any cache key.
 
 mod authority;
 mod bundle;
@@ -15,7 +22,7 @@ use serde::Serialize;
 use crate::artifact::{Artifacts, Layer, Origin};
 use crate::images::Digest;
 
-pub use authority::{Authority, EmptyKeySet, Identity, KeySet, Keyless, Matcher, NoIdentities, Trust};
+pub use authority::{Authority, EmptyKeySet, Identity, KeySet, Keyless, Matcher, NoIdentities, Pattern, Trust};
 pub use dsse::pae;
 pub use key::{KeyError, KeyKind, PublicKey, Scheme};
 pub use keyless::{TrustedRoot, TrustedRootError};
@@ -121,7 +128,7 @@ pub struct AttestationCheck {
 }
 
 macro_rules! check_common {
-    ($t:ty, $item:ty, $what:literal, $none:ident) => {
+    ($t:ty, $item:ty, $one:literal, $what:literal, $none:ident) => {
         impl $t {
             /// How many layers were looked at.
             pub fn found(&self) -> usize {
@@ -154,7 +161,7 @@ macro_rules! check_common {
                 let mut msg = format!(
                     "{} {} found, {} valid for authority {}",
                     self.found(),
-                    $what,
+                    if self.found() == 1 { $one } else { $what },
                     if self.verified.is_empty() { "none".to_owned() } else { self.verified.len().to_string() },
                     names
                 );
@@ -169,8 +176,8 @@ macro_rules! check_common {
         }
     };
 }
-check_common!(SignatureCheck, ImageSignature, "signatures", Unsigned);
-check_common!(AttestationCheck, Statement, "attestations", NoAttestations);
+check_common!(SignatureCheck, ImageSignature, "signature", "signatures", Unsigned);
+check_common!(AttestationCheck, Statement, "attestation", "attestations", NoAttestations);
 
 /// Verifies every `.sig` layer and every signature-kind bundle for `digest` against `authorities`.
 pub fn signatures(a: &Artifacts, digest: &Digest, authorities: &[Authority]) -> SignatureCheck {
@@ -192,7 +199,8 @@ pub fn signatures(a: &Artifacts, digest: &Digest, authorities: &[Authority]) -> 
 }
 
 /// Verifies every `.att` DSSE layer and every attestation-kind bundle. A statement counts only if one subject's
-/// sha256 equals one of `acceptable` (the image digest first, then e.g. its platform manifest digests).
+/// sha256 equals one of `acceptable`: the image digest first (it names the check), then e.g. its platform
+/// manifest digests. With `acceptable` empty nothing can match and every statement is a subject mismatch.
 pub fn attestations(a: &Artifacts, acceptable: &[Digest], authorities: &[Authority]) -> AttestationCheck {
     let digest = acceptable.first().cloned().unwrap_or_else(|| Digest::sha256_of(b""));
     let mut check = AttestationCheck { digest, verified: Vec::new(), rejected: Vec::new() };

@@ -112,7 +112,7 @@ fn signature_negative_cases_each_have_their_own_reason() {
     let msg = check.explain(&[wrong_key]);
     assert!(
         msg.starts_with(
-            "1 signatures found, none valid for authority chains: signature does not verify with key sha256:"
+            "1 signature found, none valid for authority chains: signature does not verify with key sha256:"
         ),
         "{msg}"
     );
@@ -224,7 +224,7 @@ fn keyless_negative_cases_each_have_their_own_reason() {
 }
 
 /// A P-256 key pair made at test time with aws-lc (signing only happens in tests).
-pub(super) struct TestKey(EcdsaKeyPair);
+pub(crate) struct TestKey(EcdsaKeyPair);
 
 impl TestKey {
     pub(super) fn new() -> Self {
@@ -243,7 +243,7 @@ impl TestKey {
     }
 }
 
-pub(super) fn statement_json(subject_hex: &str) -> Vec<u8> {
+pub(crate) fn statement_json(subject_hex: &str) -> Vec<u8> {
     serde_json::json!({
         "_type": "https://in-toto.io/Statement/v0.1",
         "subject": [{"name": "index.docker.io/acme/app", "digest": {"sha256": subject_hex}}],
@@ -342,4 +342,108 @@ fn cosign_encrypted_private_key_vector_reads_and_its_signatures_verify() {
     assert_eq!(key.verify(msg, &sig), Some(Scheme::EcdsaP256Sha256));
     assert_eq!(key.verify(&flip(msg, 0), &sig), None);
     assert!(SigStoreKeyPair::from_encrypted_pem(&flip(&pem, 100), b"").is_err());
+}
+
+/// Finds `needle` in `hay` (for flipping a byte inside a certificate's public key).
+fn position(hay: &[u8], needle: &[u8]) -> usize {
+    hay.windows(needle.len()).position(|w| w == needle).unwrap()
+}
+
+#[test]
+fn trusted_root_one_byte_twins_fail_the_keyless_vector() {
+    use x509_cert::der::{Decode, Encode};
+    let (payload, sig, cert, bundle) = nodeport();
+    let json: serde_json::Value = serde_json::from_slice(&read("sigstore-public-good/trusted_root.json")).unwrap();
+    let run = |json: &serde_json::Value| {
+        let root = Arc::new(TrustedRoot::from_json(json.to_string().as_bytes()).unwrap());
+        let layer = nodeport_layer(&payload, &sig, &cert, &bundle);
+        signatures(&sigs(vec![layer]), &digest(NODEPORT), &[flavio(root)]).outcome()
+    };
+    assert_eq!(run(&json), Ok(()));
+    // One byte of the 2021 Fulcio root's public key changed.
+    let mut twin = json.clone();
+    let ca = &mut twin["certificateAuthorities"][0]["certChain"]["certificates"][0]["rawBytes"];
+    let mut der = b64(ca.as_str().unwrap()).unwrap();
+    let cert_parsed = x509_cert::Certificate::from_der(&der).unwrap();
+    let spki = cert_parsed.tbs_certificate().subject_public_key_info().to_der().unwrap();
+    let at = position(&der, &spki) + spki.len() - 3;
+    der[at] ^= 1;
+    *ca = b64e(&der).into();
+    assert_eq!(run(&twin).unwrap_err().code(), "untrusted-certificate");
+    // One byte of the public-good Rekor key changed.
+    let mut twin = json.clone();
+    let key = &mut twin["tlogs"][0]["publicKey"]["rawBytes"];
+    let raw = b64(key.as_str().unwrap()).unwrap();
+    *key = b64e(&flip(&raw, raw.len() - 3)).into();
+    assert_eq!(run(&twin).unwrap_err().code(), "set-invalid");
+}
+
+#[test]
+fn chains_public_key_vector_parses_and_its_twin_is_another_or_no_key() {
+    let pem = read("tekton-chains/cosign.pub");
+    let key = PublicKey::from_pem(&pem).unwrap();
+    assert_eq!(key.kind(), KeyKind::EcdsaP256);
+    let text = String::from_utf8(pem).unwrap();
+    let body_start = text.find('\n').unwrap() + 40;
+    let mut twin = text.into_bytes();
+    twin[body_start] = if twin[body_start] == b'A' { b'B' } else { b'A' };
+    assert!(PublicKey::from_pem(&twin).map_or(true, |k| k.fingerprint() != key.fingerprint()));
+}
+
+#[test]
+fn real_chains_statements_sign_and_verify_with_their_predicates() {
+    let key = TestKey::new();
+    let auth = key.authority("chains");
+    for seed in ["chains-kaniko-slsa-v0.2-statement.json", "chains-maven-intoto-provenance-v0.1-statement.json"] {
+        let stmt = std::fs::read(format!("{V}/../seeds/{seed}")).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&stmt).unwrap();
+        let hex = v["subject"][0]["digest"]["sha256"].as_str().unwrap();
+        let img = digest(&format!("sha256:{hex}"));
+        let layer = att_layer(envelope(&key, "application/vnd.in-toto+json", &stmt));
+        let check = attestations(&atts(vec![layer]), std::slice::from_ref(&img), std::slice::from_ref(&auth));
+        assert_eq!(check.outcome(), Ok(()), "{seed}");
+        assert_eq!(check.verified[0].predicate, v["predicate"], "{seed}");
+        assert_eq!(check.verified[0].predicate_type, v["predicateType"].as_str().unwrap());
+    }
+}
+
+#[test]
+fn identity_patterns_are_anchored() {
+    let m = Matcher::regex(r"https://github\.com/acme/.*").unwrap();
+    assert!(m.matches("https://github.com/acme/app/.github/workflows/x.yml@refs/heads/main"));
+    assert!(!m.matches("https://evil.example/?https://github.com/acme/x"));
+    assert!(!Matcher::regex("a|b").unwrap().matches("ab"));
+    assert!(!Matcher::Exact("a".into()).matches("ab"));
+}
+
+#[test]
+fn cache_keys_change_with_keys_and_roots() {
+    let a = TestKey::new().authority("chains");
+    let b = TestKey::new().authority("chains");
+    assert_ne!(a.cache_key(), b.cache_key());
+    let root = public_good();
+    assert!(flavio(root.clone()).cache_key().contains(root.digest()));
+}
+
+/// Only `verify` may use the sigstore crate.
+#[test]
+fn only_verify_imports_sigstore() {
+    fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(&p, out)
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push(p)
+            }
+        }
+    }
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    walk(&src, &mut files);
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        let uses = text.contains("sigstore::") || text.contains("use sigstore");
+        assert!(!uses || f.starts_with(src.join("verify")), "{} uses sigstore outside verify", f.display());
+    }
 }
