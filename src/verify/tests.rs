@@ -447,3 +447,28 @@ fn only_verify_imports_sigstore() {
         assert!(!uses || f.starts_with(src.join("verify")), "{} uses sigstore outside verify", f.display());
     }
 }
+
+#[test]
+fn signed_but_wrong_simple_signing_documents_have_their_own_reasons() {
+    let key = TestKey::new();
+    let auth = key.authority("k");
+    let img = digest(BUSYBOX);
+    let doc = |kind: &str| {
+        format!(
+            r#"{{"critical":{{"identity":{{"docker-reference":"x"}},"image":{{"docker-manifest-digest":"{BUSYBOX}"}},"type":"{kind}"}},"optional":null}}"#
+        )
+        .into_bytes()
+    };
+    let run = |payload: Vec<u8>| {
+        let sig = b64e(&key.sign(&payload));
+        let layer = sig_layer(&payload, &[("dev.cosignproject.cosign/signature", sig)]);
+        signatures(&sigs(vec![layer]), &img, std::slice::from_ref(&auth)).outcome()
+    };
+    assert_eq!(run(doc("cosign container image signature")), Ok(()));
+    assert_eq!(run(doc("atomic container signature")).unwrap_err().code(), "wrong-signature-type");
+    assert_eq!(run(b"not json".to_vec()).unwrap_err().code(), "malformed-payload");
+    // docker-reference is informational: another repository name still verifies (the digest is the binding).
+    let other_ref =
+        String::from_utf8(doc("cosign container image signature")).unwrap().replace("\"x\"", "\"evil/repo\"");
+    assert_eq!(run(other_ref.into_bytes()), Ok(()));
+}
