@@ -12,9 +12,11 @@ use crate::admission::{self, Webhook};
 use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::engine::Engine;
-use crate::evidence::{Gatherer, NoCluster};
+use crate::evidence::Gatherer;
+use crate::keys::{KeyRef, KeyStore, SecretRef, SecretWatch};
 use crate::metrics::Metrics;
 use crate::policy::PolicyStore;
+use crate::policy::authority::AuthoritySource;
 use crate::registry::RegistryClient;
 use crate::{certs, tls};
 
@@ -62,9 +64,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let audit = AuditLog::open(config.audit.log.as_deref())
         .await
         .with_context(|| format!("audit log {:?}", config.audit.log))?;
-    let registry = Arc::new(RegistryClient::new(config.registries.clone())?);
-    let gatherer = Arc::new(Gatherer::new(registry, Arc::new(NoCluster), config.cache));
-    let engine = Engine { policies: policies.clone(), no_match: config.no_match, deadline: config.deadline, gatherer };
+    let keys = KeyStore::new(kube_client().await.map(SecretWatch::new));
+    for r in secret_refs(&policies) {
+        if let Some(error) = keys_watch(&keys, &r).await {
+            tracing::warn!(secret = %r, %error, "key not available; images it must verify are denied until it is");
+        }
+    }
+    tasks.push(tokio::spawn(track_secrets(policies.clone(), keys.clone(), config.policy_poll)));
+    let engine = engine_with_keys(&config, policies.clone(), keys)?;
     let webhook = Arc::new(Webhook { engine, audit, metrics: metrics.clone(), max_body: config.max_request_bytes });
 
     let listener = std::net::TcpListener::bind(config.listen).with_context(|| format!("listen {}", config.listen))?;
@@ -93,11 +100,79 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     Ok(Running { https, admin, policies, handle, tasks })
 }
 
-/// The review engine over `policies`, with the registry client and caches the config describes.
+/// The review engine over `policies`, with the registry client and caches the config describes, and keys from
+/// files and inline PEM only.
 pub fn engine(config: &Config, policies: Arc<PolicyStore>) -> anyhow::Result<Engine> {
+    engine_with_keys(config, policies, KeyStore::default())
+}
+
+fn engine_with_keys(config: &Config, policies: Arc<PolicyStore>, keys: KeyStore) -> anyhow::Result<Engine> {
     let registry = Arc::new(RegistryClient::new(config.registries.clone())?);
-    let gatherer = Arc::new(Gatherer::new(registry, Arc::new(NoCluster), config.cache));
+    let gatherer = Arc::new(Gatherer::new(registry, keys, config.cache));
     Ok(Engine { policies, no_match: config.no_match, deadline: config.deadline, gatherer })
+}
+
+/// A client for the cluster provgate runs in (or the kubeconfig's), if one answers; None without a cluster.
+async fn kube_client() -> Option<kube::Client> {
+    match tokio::time::timeout(Duration::from_secs(5), kube::Client::try_default()).await {
+        Ok(Ok(client)) => Some(client),
+        Ok(Err(e)) => {
+            tracing::info!(error = %e, "no Kubernetes API configured; k8s:// keys are unavailable");
+            None
+        }
+        Err(_) => {
+            tracing::warn!("the Kubernetes API did not answer in 5 s; k8s:// keys are unavailable");
+            None
+        }
+    }
+}
+
+/// The Secrets the active policies name.
+fn secret_refs(policies: &PolicyStore) -> Vec<SecretRef> {
+    let Some(set) = policies.current() else { return Vec::new() };
+    let mut refs: Vec<SecretRef> = set
+        .policies()
+        .iter()
+        .flat_map(|p| p.authorities.iter())
+        .filter_map(|a| match a {
+            AuthoritySource::Key { key: KeyRef::Secret(r), .. } => Some(r.clone()),
+            _ => None,
+        })
+        .collect();
+    refs.sort();
+    refs.dedup();
+    refs
+}
+
+/// Starts the watch for `r` and waits up to 10 s for its first answer; returns the error if it has no key.
+async fn keys_watch(keys: &KeyStore, r: &SecretRef) -> Option<crate::keys::KeysError> {
+    let reference = KeyRef::Secret(r.clone());
+    keys.watch(std::slice::from_ref(&reference));
+    let started = tokio::time::Instant::now();
+    loop {
+        match keys.get(&reference) {
+            Ok(_) => return None,
+            Err(crate::keys::KeysError::NotLoaded(_)) if started.elapsed() < Duration::from_secs(10) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Some(e),
+        }
+    }
+}
+
+/// Keeps a watch on every Secret the active policies name, following policy reloads.
+async fn track_secrets(policies: Arc<PolicyStore>, keys: KeyStore, period: Duration) {
+    let mut generation = policies.current().map(|s| s.generation().to_owned());
+    let mut ticks = tokio::time::interval(period);
+    loop {
+        ticks.tick().await;
+        let now = policies.current().map(|s| s.generation().to_owned());
+        if now != generation {
+            generation = now;
+            let refs: Vec<KeyRef> = secret_refs(&policies).into_iter().map(KeyRef::Secret).collect();
+            keys.watch(&refs);
+        }
+    }
 }
 
 /// The configured serving pair, or the embedded default's self-signed one under `./certs`.

@@ -12,8 +12,9 @@ use tokio::time::Instant;
 use crate::artifact::Artifacts;
 use crate::decide::{Plan, Step};
 use crate::images::{Digest, ImageRef};
+use crate::keys::KeyStore;
 use crate::policy::Policy;
-use crate::policy::authority::{AuthoritySource, KeyRef, keys_from_pem};
+use crate::policy::authority::AuthoritySource;
 use crate::reason::Reason;
 use crate::registry::{Credentials, Registry, RegistryError, Resolved};
 use crate::verify::Authority;
@@ -48,24 +49,6 @@ pub struct Gathered {
     pub authorities: Authorities,
 }
 
-/// Public keys kept in Kubernetes Secrets, read from a watched store (never fetched per review).
-pub trait SecretKeys: Send + Sync {
-    /// The PEM bytes of `key` in Secret `namespace/name`.
-    fn pem(&self, namespace: &str, name: &str, key: &str) -> Result<Vec<u8>, String>;
-}
-
-/// The source used when provgate runs without a cluster: every `k8s://` key is unavailable, and says why.
-pub struct NoCluster;
-
-impl SecretKeys for NoCluster {
-    fn pem(&self, namespace: &str, name: &str, _key: &str) -> Result<Vec<u8>, String> {
-        Err(format!(
-            "Secret {namespace}/{name} cannot be read: provgate is not connected to a Kubernetes API (run it in \
-             the cluster, or name the key by file)"
-        ))
-    }
-}
-
 /// Cache sizes and lifetimes (config `cache:`).
 #[derive(Debug, Clone, Copy, serde::Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
@@ -88,7 +71,7 @@ impl Default for CacheConfig {
 
 pub struct Gatherer {
     registry: Arc<dyn Registry>,
-    secrets: Arc<dyn SecretKeys>,
+    keys: KeyStore,
     /// (reference, credentials identity) -> what it resolved to.
     resolved: moka::future::Cache<(String, String), Arc<Resolved>>,
     /// (repository, digest, credentials identity) -> its artifacts.
@@ -96,12 +79,12 @@ pub struct Gatherer {
 }
 
 impl Gatherer {
-    pub fn new(registry: Arc<dyn Registry>, secrets: Arc<dyn SecretKeys>, cache: CacheConfig) -> Self {
+    pub fn new(registry: Arc<dyn Registry>, keys: KeyStore, cache: CacheConfig) -> Self {
         let resolved =
             moka::future::Cache::builder().max_capacity(cache.max_entries).time_to_live(cache.tag_ttl).build();
         let artifacts =
             moka::future::Cache::builder().max_capacity(cache.max_entries).time_to_live(cache.artifacts_ttl).build();
-        Self { registry, secrets, resolved, artifacts }
+        Self { registry, keys, resolved, artifacts }
     }
 
     /// Gathers evidence for every image a policy needs it for, all at once, within `deadline`.
@@ -142,16 +125,17 @@ impl Gatherer {
     fn authority(&self, source: &AuthoritySource) -> Result<Arc<Authority>, Reason> {
         match source {
             AuthoritySource::Ready(authority) => Ok(authority.clone()),
-            AuthoritySource::Secret { name, key: key_ref @ KeyRef::Secret { namespace, name: secret, key } } => {
+            AuthoritySource::Key { name, key } => {
                 let unavailable = |detail: String| Reason::KeyUnavailable { authority: name.clone(), detail };
-                let pem = self.secrets.pem(namespace, secret, key).map_err(unavailable)?;
-                let keys = keys_from_pem(&pem).map_err(|e| unavailable(format!("{key_ref}: {e}")))?;
+                let keys = self.keys.key_set(std::slice::from_ref(key)).map_err(|e| unavailable(e.to_string()))?;
                 Ok(Arc::new(Authority::keys(name.clone(), keys)))
             }
-            AuthoritySource::Secret { name, key } => {
-                Err(Reason::KeyUnavailable { authority: name.clone(), detail: format!("{key} is not a Secret key") })
-            }
         }
+    }
+
+    /// The key store, to start watches for the Secrets policies name.
+    pub fn keys(&self) -> &KeyStore {
+        &self.keys
     }
 
     async fn image(&self, image: &ImageRef, every_platform: bool, deadline: Instant) -> Result<ImageEvidence, Reason> {

@@ -399,10 +399,15 @@ spec:
     fn check_reports_file_line_and_exits_non_zero() {
         let (dir, _file) = setup(POLICY);
         let ok = check(dir.path());
-        assert_eq!(
-            ok,
-            Report { text: format!("ok: 1 policies, 2 validations in {}\n", dir.path().display()), exit_code: 0 }
+        assert_eq!(ok.exit_code, 0);
+        let lines: Vec<&str> = ok.text.lines().collect();
+        assert_eq!(lines.len(), 2, "{}", ok.text);
+        assert!(
+            lines[0].starts_with("ok  t (") && lines[0].ends_with(":1, mode enforce, 0 authorities, 2 validations)"),
+            "{}",
+            ok.text
         );
+        assert_eq!(lines[1], format!("ok: 1 policies, 2 validations in {}", dir.path().display()));
         std::fs::write(dir.path().join("q.yaml"), POLICY.replace("name: t", "name: q").replace("size()", "sise()"))
             .unwrap();
         let bad = check(dir.path());
