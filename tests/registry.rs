@@ -89,11 +89,7 @@ fn fixture() -> Fixture {
     l.tag("r-new", &r_new);
     l.tag("r-old", &r_old);
     l.tag("r-sbom", &r_sbom);
-    let refs = l.referrers_index(&[
-        (&r_new, OCI_EMPTY),
-        (&r_old, "application/vnd.dev.sigstore.bundle+json"),
-        (&r_sbom, "application/spdx+json"),
-    ]);
+    let refs = l.referrers_index(&[&r_new, &r_old, &r_sbom]);
     l.tag("refs", &refs);
     Fixture { layout: l, single, payload, envelope, bundle_new, bundle_old, r_new, r_old }
 }
@@ -105,12 +101,11 @@ async fn plain_http_tags_indexes_docker_lists_cosign_tags_and_tag_schema_referre
     let (index, amd, arm) = f.layout.index("multi");
     f.layout.tag("multi", &index);
     let (list, damd, darm) = f.layout.docker_list("dlist");
-    f.layout.tag("dlist", &list);
+    reg.push_docker(&f.layout, &list, "team/dlist", "v1");
     let hex = f.single.hex().to_owned();
     for (tag, repo, dest) in [
         ("single", "team/app", "v1".to_owned()),
         ("multi", "team/multi", "v1".to_owned()),
-        ("dlist", "team/dlist", "v1".to_owned()),
         ("sig", "team/app", format!("sha256-{hex}.sig")),
         ("att", "team/app", format!("sha256-{hex}.att")),
         ("r-new", "team/app", "r-new".to_owned()),

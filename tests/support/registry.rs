@@ -235,20 +235,31 @@ impl DockerRegistry {
         if let Some((u, p)) = &self.push_creds {
             args.push(format!("--dest-creds={u}:{p}"));
         }
-        skopeo_copy(layout, tag, &format!("{}/{repo}:{dest_tag}", self.addr), &args);
+        let source = format!("oci:{}:{tag}", layout.dir.path().display());
+        skopeo_copy(&source, &format!("{}/{repo}:{dest_tag}", self.addr), &args);
+    }
+
+    /// Pushes a Docker manifest list (or any manifest) byte for byte through skopeo's `dir:` transport; the OCI
+    /// layout transport only lists OCI media types.
+    pub fn push_docker(&self, layout: &Layout, top: &Desc, repo: &str, dest_tag: &str) {
+        assert!(self.tls.is_none(), "push_docker is for the plain-HTTP registry");
+        let dir = layout.export_dir(top);
+        let source = format!("dir:{}", dir.path().display());
+        skopeo_copy(&source, &format!("{}/{repo}:{dest_tag}", self.addr), &["--dest-tls-verify=false".into()]);
     }
 }
 
-fn skopeo_copy(layout: &Layout, tag: &str, dest: &str, extra: &[String]) {
+fn skopeo_copy(source: &str, dest: &str, extra: &[String]) {
+    let auth_dir = TempDir::new().unwrap();
     let out = Command::new(skopeo_bin())
         .args(["--insecure-policy", "copy", "--all", "--preserve-digests", "--quiet"])
         .args(extra)
-        .arg(format!("oci:{}:{tag}", layout.dir.path().display()))
+        .arg(source)
         .arg(format!("docker://{dest}"))
-        .env("REGISTRY_AUTH_FILE", layout.dir.path().join("no-auth.json"))
+        .env("REGISTRY_AUTH_FILE", auth_dir.path().join("auth.json"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "skopeo copy {tag} -> {dest}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "skopeo copy {source} -> {dest}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// ferro-oci-server on a loopback port: plain HTTP, no auth, with the OCI 1.1 referrers API.
@@ -272,7 +283,8 @@ impl Ferro {
     }
 
     pub fn push(&self, layout: &Layout, tag: &str, repo: &str, dest_tag: &str) {
-        skopeo_copy(layout, tag, &format!("{}/{repo}:{dest_tag}", self.addr), &["--dest-tls-verify=false".into()]);
+        let source = format!("oci:{}:{tag}", layout.dir.path().display());
+        skopeo_copy(&source, &format!("{}/{repo}:{dest_tag}", self.addr), &["--dest-tls-verify=false".into()]);
     }
 }
 
@@ -672,6 +684,30 @@ impl Layout {
         self.write_index();
     }
 
+    /// `top` (a manifest, or an index/list and its manifests) with the blobs they name, in skopeo's `dir:` layout.
+    pub fn export_dir(&self, top: &Desc) -> TempDir {
+        let out = TempDir::new().unwrap();
+        let blobs = self.dir.path().join("blobs/sha256");
+        std::fs::write(out.path().join("version"), "Directory Transport Version: 1.1\n").unwrap();
+        std::fs::write(out.path().join("manifest.json"), &top.bytes).unwrap();
+        let top_json: Value = serde_json::from_slice(&top.bytes).unwrap();
+        let mut manifests = vec![top_json.clone()];
+        for child in top_json["manifests"].as_array().into_iter().flatten() {
+            let hex = &child["digest"].as_str().unwrap()[7..];
+            let bytes = std::fs::read(blobs.join(hex)).unwrap();
+            std::fs::write(out.path().join(format!("{hex}.manifest.json")), &bytes).unwrap();
+            manifests.push(serde_json::from_slice(&bytes).unwrap());
+        }
+        for m in &manifests {
+            for d in std::iter::once(&m["config"]).chain(m["layers"].as_array().into_iter().flatten()) {
+                if let Some(digest) = d["digest"].as_str() {
+                    std::fs::copy(blobs.join(&digest[7..]), out.path().join(&digest[7..])).unwrap();
+                }
+            }
+        }
+        out
+    }
+
     fn write_index(&self) {
         let index = json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": self.refs});
         std::fs::write(self.dir.path().join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
@@ -759,16 +795,10 @@ impl Layout {
         )
     }
 
-    /// The referrers tag-schema index listing `referrers` with their artifact types.
-    pub fn referrers_index(&self, referrers: &[(&Desc, &str)]) -> Desc {
-        let manifests: Vec<Value> = referrers
-            .iter()
-            .map(|(d, at)| {
-                let mut j = d.json();
-                j["artifactType"] = json!(at);
-                j
-            })
-            .collect();
+    /// The referrers tag-schema index listing `referrers`. Entries carry no `artifactType`: skopeo 1.9 (Debian 12)
+    /// cannot push such an index byte for byte, so the client must read the type from the manifest itself.
+    pub fn referrers_index(&self, referrers: &[&Desc]) -> Desc {
+        let manifests: Vec<Value> = referrers.iter().map(|d| d.json()).collect();
         self.json(OCI_INDEX, &json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}))
     }
 }
