@@ -1,4 +1,5 @@
 //! Test harness shared by the integration tests: real servers on loopback, never mocks of them.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod registry;
 pub mod webhook;
