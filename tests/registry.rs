@@ -148,7 +148,7 @@ async fn plain_http_tags_indexes_docker_lists_cosign_tags_and_tag_schema_referre
 
     // Missing things are NotFound, naming what is missing.
     let err = r.resolve(&image(&format!("{a}/team/app:nope")), &anon, soon(10)).await.unwrap_err();
-    assert_eq!(err.code(), "registry_not_found", "{err}");
+    assert_eq!(err.code(), "registry-not-found", "{err}");
     assert!(err.to_string().contains("team/app:nope"), "{err}");
     let missing = format!("{a}/team/app@sha256:{}", "0".repeat(64));
     assert!(matches!(r.resolve(&image(&missing), &anon, soon(10)).await, Err(RegistryError::NotFound { .. })));
@@ -188,7 +188,7 @@ async fn plain_http_tags_indexes_docker_lists_cosign_tags_and_tag_schema_referre
     let strict = client(&[], |_| {});
     let started = std::time::Instant::now();
     let err = strict.resolve(&image(&format!("{a}/team/app:v1")), &anon, soon(5)).await.unwrap_err();
-    assert_eq!(err.code(), "registry_unreachable", "{err}");
+    assert_eq!(err.code(), "registry-unreachable", "{err}");
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 
@@ -262,7 +262,7 @@ async fn referrers_pages_are_followed_through_link_headers() {
     assert_eq!(server.hits(&second), 1, "the second page was fetched once");
     let evil_img = image(&format!("{}/team/evil:v1", server.addr));
     let err = r.artifacts(&evil_img, &digest(&subject), &Credentials::Anonymous, soon(10)).await.unwrap_err();
-    assert_eq!(err.code(), "registry_malformed", "{err}");
+    assert_eq!(err.code(), "registry-malformed", "{err}");
 }
 
 fn docker_config(host: &str, user: &str, pass: &str) -> Vec<u8> {
@@ -291,7 +291,7 @@ async fn tls_with_basic_auth_and_credentials_from_dockerconfigjson() {
 
     for creds in [Credentials::basic("alice", "wrong"), Credentials::Anonymous] {
         let err = r.resolve(&img, &creds, soon(10)).await.unwrap_err();
-        assert_eq!(err.code(), "registry_unauthorized", "{creds:?}: {err}");
+        assert_eq!(err.code(), "registry-unauthorized", "{creds:?}: {err}");
         assert!(err.to_string().contains("team/app"), "{err}");
     }
 
@@ -305,7 +305,7 @@ async fn tls_with_basic_auth_and_credentials_from_dockerconfigjson() {
     // Without the CA bundle the registry's certificate is not trusted.
     let no_ca = client(&[], |_| {});
     let err = no_ca.resolve(&img, &alice, soon(10)).await.unwrap_err();
-    assert_eq!(err.code(), "registry_unreachable", "{err}");
+    assert_eq!(err.code(), "registry-unreachable", "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -326,16 +326,16 @@ async fn tls_with_bearer_tokens_keeps_credentials_per_identity() {
     assert_eq!(r.resolve(&img, &alice, soon(10)).await.unwrap().digest, digest(&f.single));
     // Bob may not read team/app: alice's token, cached on the same client, must not serve him.
     let err = r.resolve(&img, &bob, soon(10)).await.unwrap_err();
-    assert_eq!(err.code(), "registry_unauthorized", "{err}");
+    assert_eq!(err.code(), "registry-unauthorized", "{err}");
     let err = r.resolve(&img, &Credentials::Anonymous, soon(10)).await.unwrap_err();
-    assert_eq!(err.code(), "registry_unauthorized", "{err}");
+    assert_eq!(err.code(), "registry-unauthorized", "{err}");
     let art = r.artifacts(&img, &digest(&f.single), &alice, soon(10)).await.unwrap();
     assert_eq!(art.attestations.len(), 1);
     assert_eq!(art.attestations[0].data, f.envelope);
     let seen = reg.tokens.as_ref().unwrap().users_seen();
     assert!(seen.iter().any(|u| u == "alice") && seen.iter().any(|u| u == "bob"), "{seen:?}");
     let wrong = Credentials::basic("alice", "nope");
-    assert_eq!(r.resolve(&img, &wrong, soon(10)).await.unwrap_err().code(), "registry_unauthorized");
+    assert_eq!(r.resolve(&img, &wrong, soon(10)).await.unwrap_err().code(), "registry-unauthorized");
 }
 
 // ---------------------------------------------------------------- faults, each its own error within the deadline
@@ -366,7 +366,7 @@ async fn registry_down_is_unreachable() {
     let r = client(&[(&addr, HostConfig { insecure: true, ..HostConfig::default() })], |_| {});
     let started = std::time::Instant::now();
     let err = r.resolve(&image(&format!("{addr}/team/app:v1")), &Credentials::Anonymous, soon(3)).await.unwrap_err();
-    assert_eq!(err.code(), "registry_unreachable", "{err}");
+    assert_eq!(err.code(), "registry-unreachable", "{err}");
     assert!(err.to_string().contains(&addr), "{err}");
     assert!(started.elapsed() < Duration::from_secs(3));
 }
@@ -375,7 +375,7 @@ async fn registry_down_is_unreachable() {
 async fn a_stalled_registry_times_out_at_the_deadline() {
     let routes = with_v2(HashMap::from([("/v2/team/app/manifests/v1".to_owned(), Canned::stall())]));
     let (err, _server, took) = fault(routes, |_| {}, 1).await;
-    assert_eq!(err.code(), "registry_timed_out", "{err}");
+    assert_eq!(err.code(), "registry-timed-out", "{err}");
     assert!(took >= Duration::from_millis(900) && took < Duration::from_millis(1800), "{took:?}");
 }
 
@@ -401,7 +401,7 @@ async fn rate_limits_are_retried_only_within_the_deadline() {
     assert!(took < Duration::from_secs(1), "{took:?}");
     let routes = with_v2(HashMap::from([(target.clone(), Canned::status(429).header("Retry-After", "0"))]));
     let (err, server, _) = fault(routes, |c| c.retries = 1, 5).await;
-    assert_eq!(err.code(), "registry_rate_limited");
+    assert_eq!(err.code(), "registry-rate-limited");
     assert_eq!(server.hits(&target), 2, "retried once");
 }
 
@@ -441,7 +441,7 @@ async fn content_not_matching_its_digest_is_refused() {
     let r = client(&[(&server.addr, server.host_config())], |_| {});
     let img = image(&format!("{}/team/app:v1", server.addr));
     let err = r.artifacts(&img, &digest(&real), &Credentials::Anonymous, soon(5)).await.unwrap_err();
-    assert_eq!(err.code(), "registry_digest_mismatch", "{err}");
+    assert_eq!(err.code(), "registry-digest-mismatch", "{err}");
 }
 
 #[tokio::test]
@@ -478,7 +478,7 @@ async fn oversized_blobs_and_manifests_are_refused_at_the_cap() {
     let r = client(&[(&server.addr, server.host_config())], |c| c.max_blob_bytes = 1024);
     let img = image(&format!("{}/team/app:v1", server.addr));
     let err = r.artifacts(&img, &digest(&subject), &Credentials::Anonymous, soon(5)).await.unwrap_err();
-    assert_eq!(err.code(), "registry_too_large", "{err}");
+    assert_eq!(err.code(), "registry-too-large", "{err}");
     assert_eq!(server.hits(&blob_target), 0);
     // Manifests have their own cap.
     let routes = with_v2(HashMap::from([(
@@ -486,5 +486,5 @@ async fn oversized_blobs_and_manifests_are_refused_at_the_cap() {
         Canned::ok(OCI_MANIFEST, subject.bytes.clone()),
     )]));
     let (err, _s, _) = fault(routes, |c| c.max_manifest_bytes = 64, 5).await;
-    assert_eq!(err.code(), "registry_too_large", "{err}");
+    assert_eq!(err.code(), "registry-too-large", "{err}");
 }

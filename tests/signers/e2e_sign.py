@@ -1,7 +1,7 @@
 """Signs an image digest the way cosign and Tekton Chains do, with PyPI `cryptography` and `securesystemslib`
 (tools provgate did not write), for the end-to-end tests.
 
-Usage: e2e_sign.py KEYDIR KEYNAME DIGEST_HEX STATEMENT_JSON OUT_JSON
+Usage: e2e_sign.py KEYDIR KEYNAME DIGEST_HEX STATEMENT_JSON OUT_JSON [PAYLOAD_TYPE]
 
 Creates KEYDIR/KEYNAME.key (ECDSA P-256) and KEYDIR/KEYNAME.pub on first use. Writes OUT_JSON with the exact
 simple-signing payload (base64), its signature (base64) and a DSSE envelope of STATEMENT_JSON whose subjects are
@@ -19,6 +19,7 @@ from securesystemslib.dsse import Envelope
 from securesystemslib.signer import CryptoSigner, SSlibKey
 
 keydir, name, digest_hex, statement_path, out_path = sys.argv[1:6]
+payload_type = sys.argv[6] if len(sys.argv) > 6 else "application/vnd.in-toto+json"
 os.makedirs(keydir, exist_ok=True)
 key_path = os.path.join(keydir, name + ".key")
 if os.path.exists(key_path):
@@ -46,7 +47,7 @@ with open(statement_path) as f:
     statement = json.load(f)
 statement["subject"] = [{"name": "index.docker.io/acme/app", "digest": {"sha256": digest_hex}}]
 public = SSlibKey.from_crypto(key.public_key(), scheme="ecdsa-sha2-nistp256")
-envelope = Envelope(payload=json.dumps(statement).encode(), payload_type="application/vnd.in-toto+json", signatures={})
+envelope = Envelope(payload=json.dumps(statement).encode(), payload_type=payload_type, signatures={})
 envelope.sign(CryptoSigner(key, public))
 
 with open(out_path, "w") as f:
