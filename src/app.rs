@@ -11,6 +11,7 @@ use crate::admin::{self, Admin};
 use crate::admission::{self, Webhook};
 use crate::audit::AuditLog;
 use crate::config::Config;
+use crate::credentials::PullSecrets;
 use crate::engine::Engine;
 use crate::evidence::Gatherer;
 use crate::keys::{KeyRef, KeyStore, SecretRef, SecretWatch};
@@ -64,14 +65,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let audit = AuditLog::open(config.audit.log.as_deref())
         .await
         .with_context(|| format!("audit log {:?}", config.audit.log))?;
-    let keys = KeyStore::new(kube_client().await.map(SecretWatch::new));
+    let kube = kube_client().await;
+    let keys = KeyStore::new(kube.clone().map(SecretWatch::new));
     for r in secret_refs(&policies) {
         if let Some(error) = keys_watch(&keys, &r).await {
             tracing::warn!(secret = %r, %error, "key not available; images it must verify are denied until it is");
         }
     }
     tasks.push(tokio::spawn(track_secrets(policies.clone(), keys.clone(), config.policy_poll)));
-    let engine = engine_with_keys(&config, policies.clone(), keys)?;
+    let engine = engine_with(&config, policies.clone(), keys, kube)?;
     let webhook = Arc::new(Webhook { engine, audit, metrics: metrics.clone(), max_body: config.max_request_bytes });
 
     let listener = std::net::TcpListener::bind(config.listen).with_context(|| format!("listen {}", config.listen))?;
@@ -103,13 +105,20 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 /// The review engine over `policies`, with the registry client and caches the config describes, and keys from
 /// files and inline PEM only.
 pub fn engine(config: &Config, policies: Arc<PolicyStore>) -> anyhow::Result<Engine> {
-    engine_with_keys(config, policies, KeyStore::default())
+    engine_with(config, policies, KeyStore::default(), None)
 }
 
-fn engine_with_keys(config: &Config, policies: Arc<PolicyStore>, keys: KeyStore) -> anyhow::Result<Engine> {
+/// The engine with keys from `keys` and pull secrets read through `kube` (when there is a cluster).
+pub fn engine_with(
+    config: &Config,
+    policies: Arc<PolicyStore>,
+    keys: KeyStore,
+    kube: Option<kube::Client>,
+) -> anyhow::Result<Engine> {
     let registry = Arc::new(RegistryClient::new(config.registries.clone())?);
     let gatherer = Arc::new(Gatherer::new(registry, keys, config.cache));
-    Ok(Engine { policies, no_match: config.no_match, deadline: config.deadline, gatherer })
+    let pull_secrets = Arc::new(PullSecrets::new(kube, config.credentials.clone()));
+    Ok(Engine { policies, no_match: config.no_match, deadline: config.deadline, gatherer, pull_secrets })
 }
 
 /// A client for the cluster provgate runs in (or the kubeconfig's), if one answers; None without a cluster.

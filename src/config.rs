@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::credentials::CredentialsConfig;
 use crate::decide::NoMatch;
 use crate::evidence::CacheConfig;
 use crate::registry::RegistryConfig;
@@ -35,6 +36,8 @@ pub struct Config {
     pub registries: RegistryConfig,
     /// Verification caches.
     pub cache: CacheConfig,
+    /// Pull credentials from Kubernetes Secrets.
+    pub credentials: CredentialsConfig,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -69,6 +72,7 @@ impl Default for Config {
             audit: AuditConfig::default(),
             registries: RegistryConfig::default(),
             cache: CacheConfig::default(),
+            credentials: CredentialsConfig::default(),
         }
     }
 }
@@ -114,6 +118,7 @@ impl Config {
         if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
             return Err("tls.certFile and tls.keyFile must be set together".into());
         }
+        self.credentials.validate()?;
         if self.max_request_bytes < 1024 {
             return Err("maxRequestBytes must be at least 1024".into());
         }

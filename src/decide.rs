@@ -57,6 +57,13 @@ pub struct Plan {
     pub images: Vec<PlannedImage>,
 }
 
+impl Plan {
+    /// Whether any governing policy needs registry evidence.
+    pub fn needs_evidence(&self) -> bool {
+        self.images.iter().any(|i| matches!(&i.step, Step::Judge { policies, .. } if policies.iter().any(|p| p.needs_evidence())))
+    }
+}
+
 /// Matches every field against the policy set. `previous` holds the image fields of the old object on UPDATE.
 pub fn plan(fields: Vec<ImageField>, previous: &[ImageField], policies: &PolicySet, namespace: &str) -> Plan {
     let before: HashSet<&str> = previous.iter().map(|f| f.raw.as_str()).collect();

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use crate::admission::review::{Operation, Request};
 use crate::decide::{self, Decision, NoMatch};
+use crate::credentials::PullSecrets;
 use crate::evidence::Gatherer;
+use crate::registry::Keychain;
 use crate::images::{self, PodKind};
 use crate::policy::PolicyStore;
 use crate::policy::judge::ReviewContext;
@@ -17,6 +19,7 @@ pub struct Engine {
     pub no_match: NoMatch,
     pub deadline: Duration,
     pub gatherer: Arc<Gatherer>,
+    pub pull_secrets: Arc<PullSecrets>,
 }
 
 impl Engine {
@@ -53,7 +56,13 @@ impl Engine {
         let namespace = request.namespace();
         let plan = decide::plan(fields, &previous, &policies, namespace);
         let deadline = tokio::time::Instant::now() + self.deadline;
-        let gathered = self.gatherer.gather(&plan, deadline, self.deadline).await;
+        let keychain = if plan.needs_evidence() {
+            let lookup = self.pull_secrets.keychain(namespace, images::pod_spec(kind, object));
+            tokio::time::timeout_at(deadline, lookup).await.unwrap_or_default()
+        } else {
+            Keychain::default()
+        };
+        let gathered = self.gatherer.gather(&plan, &keychain, deadline, self.deadline).await;
         let context = ReviewContext {
             object: object.clone(),
             namespace: namespace.to_owned(),

@@ -16,7 +16,7 @@ use crate::keys::KeyStore;
 use crate::policy::Policy;
 use crate::policy::authority::AuthoritySource;
 use crate::reason::Reason;
-use crate::registry::{Credentials, Registry, RegistryError, Resolved};
+use crate::registry::{Credentials, Keychain, Registry, RegistryError, Resolved};
 use crate::verify::Authority;
 
 /// What the registry holds for one image.
@@ -88,7 +88,8 @@ impl Gatherer {
     }
 
     /// Gathers evidence for every image a policy needs it for, all at once, within `deadline`.
-    pub async fn gather(&self, plan: &Plan, deadline: Instant, budget: Duration) -> Gathered {
+    /// `keychain` holds the review's pull credentials; hosts it does not name use the config's.
+    pub async fn gather(&self, plan: &Plan, keychain: &Keychain, deadline: Instant, budget: Duration) -> Gathered {
         let mut authorities = Authorities::new();
         let jobs = plan.images.iter().map(|planned| async {
             let Step::Judge { image, policies } = &planned.step else { return None };
@@ -98,7 +99,8 @@ impl Gatherer {
             }
             let every_platform =
                 needing.iter().any(|p| p.requirements.platforms == crate::policy::require::Platforms::All);
-            let work = self.image(image, every_platform, deadline);
+            let creds = keychain.for_host(image.registry());
+            let work = self.image(image, &creds, every_platform, deadline);
             Some(match tokio::time::timeout_at(deadline, work).await {
                 Ok(result) => result.map(Arc::new),
                 Err(_) => Err(Reason::DeadlineExceeded(budget)),
@@ -119,7 +121,7 @@ impl Gatherer {
 
     /// The registry data of one image (digest, platforms, artifacts), as `gather` would fetch it (cached).
     pub async fn inspect(&self, image: &ImageRef, deadline: Instant) -> Result<Arc<ImageEvidence>, Reason> {
-        self.image(image, false, deadline).await.map(Arc::new)
+        self.image(image, &Credentials::Anonymous, false, deadline).await.map(Arc::new)
     }
 
     fn authority(&self, source: &AuthoritySource) -> Result<Arc<Authority>, Reason> {
@@ -138,13 +140,18 @@ impl Gatherer {
         &self.keys
     }
 
-    async fn image(&self, image: &ImageRef, every_platform: bool, deadline: Instant) -> Result<ImageEvidence, Reason> {
-        let creds = Credentials::Anonymous;
+    async fn image(
+        &self,
+        image: &ImageRef,
+        creds: &Credentials,
+        every_platform: bool,
+        deadline: Instant,
+    ) -> Result<ImageEvidence, Reason> {
         let identity = creds.fingerprint();
         let resolved = self
             .resolved
             .try_get_with((image.to_string(), identity.clone()), async {
-                self.registry.resolve(image, &creds, deadline).await.map(Arc::new)
+                self.registry.resolve(image, creds, deadline).await.map(Arc::new)
             })
             .await
             .map_err(|e| registry_reason(image, &e))?;
@@ -157,7 +164,6 @@ impl Gatherer {
             .collect();
         let wanted = std::iter::once(digest.clone()).chain(platforms.iter().filter(|_| every_platform).cloned());
         let fetches = wanted.map(|d| {
-            let creds = &creds;
             let identity = identity.clone();
             async move {
                 let key = (image.name(), d.clone(), identity);

@@ -184,6 +184,11 @@ impl PodKind {
     }
 }
 
+/// The pod spec inside an object of `kind`, if it has one.
+pub fn pod_spec(kind: PodKind, object: &Value) -> Option<&Value> {
+    kind.spec_path().iter().try_fold(object, |at, key| at.get(key))
+}
+
 /// One image field of an object: where it is, what it says, and whether that parses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageField {

@@ -7,6 +7,7 @@ pub mod artifact;
 pub mod audit;
 pub mod certs;
 pub mod config;
+pub mod credentials;
 pub mod decide;
 pub mod engine;
 pub mod evidence;
