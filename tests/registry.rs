@@ -488,3 +488,51 @@ async fn oversized_blobs_and_manifests_are_refused_at_the_cap() {
     let (err, _s, _) = fault(routes, |c| c.max_manifest_bytes = 64, 5).await;
     assert_eq!(err.code(), "registry_too_large", "{err}");
 }
+
+#[tokio::test]
+async fn blob_redirects_are_followed_but_bounded() {
+    let l = Layout::new();
+    let subject = l.image("redirected", "amd64");
+    let payload = b"redirected payload".to_vec();
+    let sig = l.cosign_manifest(&[(SIMPLE_SIGNING, payload.clone(), json!({}))]);
+    let layer = l.blob(SIMPLE_SIGNING, &payload);
+    let blob_target = format!("/v2/team/app/blobs/{}", layer.digest);
+    let sig_target = format!("/v2/team/app/manifests/sha256-{}.sig", subject.hex());
+    let img = |s: &CannedServer| image(&format!("{}/team/app:v1", s.addr));
+
+    // A registry that sends blobs to a CDN: followed, and the bytes still checked.
+    let mut routes = serve("team/app", &[], &[]);
+    routes.insert(sig_target.clone(), Canned::ok(OCI_MANIFEST, sig.bytes.clone()));
+    routes.insert(blob_target.clone(), Canned::status(307).header("Location", "/cdn/payload"));
+    routes.insert("/cdn/payload".to_owned(), Canned::ok("application/octet-stream", payload.clone()));
+    let server = CannedServer::start(routes);
+    let r = client(&[(&server.addr, server.host_config())], |_| {});
+    let art = r.artifacts(&img(&server), &digest(&subject), &Credentials::Anonymous, soon(5)).await.unwrap();
+    assert_eq!(art.signatures.len(), 1);
+    assert_eq!(art.signatures[0].data, payload);
+    assert_eq!(server.hits("/cdn/payload"), 1);
+
+    // A redirect loop stops after the configured number of hops.
+    let mut routes = serve("team/app", &[], &[]);
+    routes.insert(sig_target.clone(), Canned::ok(OCI_MANIFEST, sig.bytes.clone()));
+    routes.insert(blob_target.clone(), Canned::status(307).header("Location", &blob_target));
+    let server = CannedServer::start(routes);
+    let r = client(&[(&server.addr, server.host_config())], |c| c.max_redirects = 3);
+    let err = r.artifacts(&img(&server), &digest(&subject), &Credentials::Anonymous, soon(5)).await.unwrap_err();
+    assert_eq!(err.code(), "registry_unreachable", "{err}");
+    assert!(err.to_string().contains("redirect"), "{err}");
+    assert_eq!(server.hits(&blob_target), 4, "the first request and three redirects");
+}
+
+#[test]
+fn unreadable_or_invalid_ca_bundles_fail_at_setup() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.pem");
+    std::fs::write(&bad, "not a certificate").unwrap();
+    for path in [bad, dir.path().join("missing.pem")] {
+        let mut cfg = RegistryConfig::default();
+        cfg.hosts.insert("r.example".into(), HostConfig { ca_bundle: Some(path.clone()), ..HostConfig::default() });
+        let err = RegistryClient::new(cfg).err().unwrap_or_else(|| panic!("{} accepted", path.display()));
+        assert!(err.to_string().contains("caBundle"), "{err}");
+    }
+}

@@ -113,11 +113,19 @@ impl RegistryClient {
         let mut defaults = Keychain::default();
         for (host, hc) in &config.hosts {
             let ca_pem = match &hc.ca_bundle {
-                Some(path) => Some(read(path).map_err(|detail| SetupError::CaBundle {
-                    host: host.clone(),
-                    path: path.display().to_string(),
-                    detail,
-                })?),
+                Some(path) => {
+                    let err = |detail: String| SetupError::CaBundle {
+                        host: host.clone(),
+                        path: path.display().to_string(),
+                        detail,
+                    };
+                    let pem = read(path).map_err(err)?;
+                    match reqwest::Certificate::from_pem_bundle(&pem) {
+                        Ok(certs) if !certs.is_empty() => Some(pem),
+                        Ok(_) => return Err(err("no PEM certificate in the file".to_owned())),
+                        Err(e) => return Err(err(e.to_string())),
+                    }
+                }
                 None => None,
             };
             if let Some(path) = &hc.docker_config_json {
@@ -166,6 +174,7 @@ impl RegistryClient {
 
 #[async_trait::async_trait]
 impl Registry for RegistryClient {
+    #[tracing::instrument(skip_all, fields(image = %image))]
     async fn resolve(
         &self,
         image: &ImageRef,
@@ -203,6 +212,7 @@ impl Registry for RegistryClient {
         resolved(&s, Digest::sha256_of(&reply.body), &reply, &what)
     }
 
+    #[tracing::instrument(skip_all, fields(image = %image, %digest))]
     async fn artifacts(
         &self,
         image: &ImageRef,
