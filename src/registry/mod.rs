@@ -1,5 +1,4 @@
-//! OCI registry access: tag → digest, platform listing, cosign `.sig`/`.att` tags and OCI 1.1 referrers, with auth,
-//! size caps and deadlines. The only module that imports `oci_client`.
+//! OCI registry access (tag → digest, platforms, cosign tags, referrers); the only module that imports `oci_client`.
 
 mod artifacts;
 mod auth;

@@ -1,5 +1,4 @@
-//! HTTP to one registry as one identity: auth through oci-client's token flow, per-call timeouts under the deadline,
-//! bounded retries on 429/5xx, size-capped streaming reads and digest checks.
+//! HTTP to one registry as one identity: auth, per-call timeouts, bounded retries, size-capped reads, digest checks.
 
 use std::collections::HashMap;
 use std::sync::Mutex;

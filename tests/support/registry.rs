@@ -1,6 +1,8 @@
-//! Registry harness: Debian docker-registry (plain HTTP, TLS + Basic, TLS + Bearer tokens from a token server here),
-//! ferro-oci-server (referrers API), OCI layouts built in Rust and pushed with skopeo, and a canned-answer HTTP server
-//! for faults and pagination. Every process is killed on drop; everything listens on loopback; every wait is bounded.
+//! Registry harness: docker-registry, ferro-oci-server, a token server, OCI layouts pushed by skopeo, canned answers.
+//!
+//! docker-registry runs plain HTTP, TLS + Basic, or TLS + Bearer tokens (the token server here signs ES256 JWTs);
+//! ferro-oci-server has the referrers API; a canned-answer server stands in for faults and pagination. Every process
+//! is killed on drop; everything listens on loopback; every wait is bounded.
 
 use std::collections::HashMap;
 use std::io::{Read as _, Write as _};
