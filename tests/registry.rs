@@ -302,6 +302,14 @@ async fn tls_with_basic_auth_and_credentials_from_dockerconfigjson() {
     let with_file = client(&[(&a, HostConfig { docker_config_json: Some(path), ..reg.host_config() })], |_| {});
     assert_eq!(with_file.resolve(&img, &Credentials::Anonymous, soon(10)).await.unwrap().digest, digest(&f.single));
 
+    // A dockerconfigjson without an entry for the host is a setup error, not silent anonymity.
+    let other = dir.path().join("other.json");
+    std::fs::write(&other, docker_config("elsewhere.example", "alice", "wonderland")).unwrap();
+    let mut cfg = RegistryConfig::default();
+    cfg.hosts.insert(a.clone(), HostConfig { docker_config_json: Some(other), ..reg.host_config() });
+    let err = RegistryClient::new(cfg).err().unwrap();
+    assert!(err.to_string().contains("has no entry"), "{err}");
+
     // Without the CA bundle the registry's certificate is not trusted.
     let no_ca = client(&[], |_| {});
     let err = no_ca.resolve(&img, &alice, soon(10)).await.unwrap_err();
@@ -324,7 +332,19 @@ async fn tls_with_bearer_tokens_keeps_credentials_per_identity() {
     let bob = Credentials::basic("bob", "builder");
 
     assert_eq!(r.resolve(&img, &alice, soon(10)).await.unwrap().digest, digest(&f.single));
-    // Bob may not read team/app: alice's token, cached on the same client, must not serve him.
+    // Bob may not read team/app: alice's token, cached on the same client, must not serve him, even when both ask
+    // at the same time.
+    let d = digest(&f.single);
+    let (a1, b1, a2, b2) = futures::join!(
+        r.resolve(&img, &alice, soon(10)),
+        r.resolve(&img, &bob, soon(10)),
+        r.artifacts(&img, &d, &alice, soon(10)),
+        r.artifacts(&img, &d, &bob, soon(10)),
+    );
+    assert_eq!(a1.unwrap().digest, digest(&f.single));
+    assert_eq!(a2.unwrap().attestations.len(), 1);
+    assert_eq!(b1.unwrap_err().code(), "registry_unauthorized");
+    assert_eq!(b2.unwrap_err().code(), "registry_unauthorized");
     let err = r.resolve(&img, &bob, soon(10)).await.unwrap_err();
     assert_eq!(err.code(), "registry_unauthorized", "{err}");
     let err = r.resolve(&img, &Credentials::Anonymous, soon(10)).await.unwrap_err();
@@ -377,6 +397,11 @@ async fn a_stalled_registry_times_out_at_the_deadline() {
     let (err, _server, took) = fault(routes, |_| {}, 1).await;
     assert_eq!(err.code(), "registry_timed_out", "{err}");
     assert!(took >= Duration::from_millis(900) && took < Duration::from_millis(1800), "{took:?}");
+    // The per-call timeout cuts a call short well before a distant deadline.
+    let routes = with_v2(HashMap::from([("/v2/team/app/manifests/v1".to_owned(), Canned::stall())]));
+    let (err, _server, took) = fault(routes, |c| c.call_timeout = Duration::from_millis(400), 30).await;
+    assert_eq!(err.code(), "registry_timed_out", "{err}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
 }
 
 #[tokio::test]

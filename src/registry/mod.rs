@@ -135,7 +135,10 @@ impl RegistryClient {
                 };
                 let keychain =
                     Keychain::from_docker_config(&read(path).map_err(err)?).map_err(|e| err(e.to_string()))?;
-                defaults.insert(host, keychain.for_host(host));
+                match keychain.for_host(host) {
+                    Credentials::Anonymous => return Err(err(format!("has no entry for {host}"))),
+                    creds => defaults.insert(host, creds),
+                }
             }
             hosts.insert(auth::normalise_host(host), HostTransport { insecure: hc.insecure, ca_pem });
         }
