@@ -36,7 +36,8 @@ pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
     application/vnd.docker.distribution.manifest.v2+json";
 
 /// What a reference points at.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Resolved {
     /// The digest of the manifest the reference names (for a multi-arch tag: the index).
     pub digest: Digest,
@@ -53,13 +54,15 @@ impl Resolved {
 }
 
 /// One entry of an index.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct PlatformManifest {
     pub digest: Digest,
     pub media_type: String,
     /// `unknown` when the entry names no platform (e.g. BuildKit attestation manifests).
     pub os: String,
     pub architecture: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
 }
 
