@@ -239,17 +239,26 @@ async fn referrers_pages_are_followed_through_link_headers() {
     let layer1 = l.blob(BUNDLE, &b1);
     let layer2 = l.blob(BUNDLE, &b2);
     let empty = l.blob(OCI_EMPTY, b"{}");
-    let mut routes = serve("team/app", &[&r1, &r2], &[&layer1, &layer2, &empty]);
-    let page = |d: &Desc| {
-        serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [d.json()]})).unwrap()
+    // A listed referrer whose own subject is another image is not this image's.
+    let stranger = l.image("stranger", "amd64");
+    let b3 = bundle("someone else's");
+    let r3 = l.referrer(&stranger, BUNDLE, BUNDLE, &b3, "3");
+    let layer3 = l.blob(BUNDLE, &b3);
+    let mut routes = serve("team/app", &[&r1, &r2, &r3], &[&layer1, &layer2, &layer3, &empty]);
+    let page = |d: &[&Desc]| {
+        let manifests: Vec<_> = d.iter().map(|d| d.json()).collect();
+        serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests})).unwrap()
     };
     let first = format!("/v2/team/app/referrers/{}", subject.digest);
     let second = format!("{first}?n=1&last={}", r1.hex());
-    routes.insert(first.clone(), Canned::ok(OCI_INDEX, page(&r1)).header("Link", &format!("<{second}>; rel=\"next\"")));
-    routes.insert(second.clone(), Canned::ok(OCI_INDEX, page(&r2)));
+    routes.insert(
+        first.clone(),
+        Canned::ok(OCI_INDEX, page(&[&r1])).header("Link", &format!("<{second}>; rel=\"next\"")),
+    );
+    routes.insert(second.clone(), Canned::ok(OCI_INDEX, page(&[&r2, &r3])));
     // A page whose next link leaves the registry is refused.
     let evil = format!("/v2/team/evil/referrers/{}", subject.digest);
-    routes.insert(evil, Canned::ok(OCI_INDEX, page(&r1)).header("Link", "<http://127.0.0.2:9/steal>; rel=\"next\""));
+    routes.insert(evil, Canned::ok(OCI_INDEX, page(&[&r1])).header("Link", "<http://127.0.0.2:9/steal>; rel=\"next\""));
     let server = CannedServer::start(routes);
     let r = client(&[(&server.addr, server.host_config())], |_| {});
     let img = image(&format!("{}/team/app:v1", server.addr));
@@ -260,6 +269,7 @@ async fn referrers_pages_are_followed_through_link_headers() {
     want.sort();
     assert_eq!(got, want);
     assert_eq!(server.hits(&second), 1, "the second page was fetched once");
+    assert_eq!(server.hits(&format!("/v2/team/app/blobs/{}", layer3.digest)), 0, "the stranger's layer is not read");
     let evil_img = image(&format!("{}/team/evil:v1", server.addr));
     let err = r.artifacts(&evil_img, &digest(&subject), &Credentials::Anonymous, soon(10)).await.unwrap_err();
     assert_eq!(err.code(), "registry_malformed", "{err}");
@@ -462,6 +472,16 @@ async fn content_not_matching_its_digest_is_refused() {
         format!("/v2/team/app/blobs/{}", layer.digest),
         Canned::ok("application/octet-stream", b"tampered payload".to_vec()),
     );
+    let server = CannedServer::start(routes);
+    let r = client(&[(&server.addr, server.host_config())], |_| {});
+    let img = image(&format!("{}/team/app:v1", server.addr));
+    let err = r.artifacts(&img, &digest(&real), &Credentials::Anonymous, soon(5)).await.unwrap_err();
+    assert_eq!(err.code(), "registry_digest_mismatch", "{err}");
+
+    // A manifest fetched by tag whose stated digest does not match its bytes.
+    let mut routes = serve("team/app", &[], &[&layer]);
+    let lying = Canned::ok(OCI_MANIFEST, sig.bytes.clone()).header("Docker-Content-Digest", &other.digest);
+    routes.insert(format!("/v2/team/app/manifests/sha256-{}.sig", real.hex()), lying);
     let server = CannedServer::start(routes);
     let r = client(&[(&server.addr, server.host_config())], |_| {});
     let img = image(&format!("{}/team/app:v1", server.addr));
