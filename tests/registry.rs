@@ -239,17 +239,26 @@ async fn referrers_pages_are_followed_through_link_headers() {
     let layer1 = l.blob(BUNDLE, &b1);
     let layer2 = l.blob(BUNDLE, &b2);
     let empty = l.blob(OCI_EMPTY, b"{}");
-    let mut routes = serve("team/app", &[&r1, &r2], &[&layer1, &layer2, &empty]);
-    let page = |d: &Desc| {
-        serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [d.json()]})).unwrap()
+    // A listed referrer whose own subject is another image is not this image's.
+    let stranger = l.image("stranger", "amd64");
+    let b3 = bundle("someone else's");
+    let r3 = l.referrer(&stranger, BUNDLE, BUNDLE, &b3, "3");
+    let layer3 = l.blob(BUNDLE, &b3);
+    let mut routes = serve("team/app", &[&r1, &r2, &r3], &[&layer1, &layer2, &layer3, &empty]);
+    let page = |d: &[&Desc]| {
+        let manifests: Vec<_> = d.iter().map(|d| d.json()).collect();
+        serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests})).unwrap()
     };
     let first = format!("/v2/team/app/referrers/{}", subject.digest);
     let second = format!("{first}?n=1&last={}", r1.hex());
-    routes.insert(first.clone(), Canned::ok(OCI_INDEX, page(&r1)).header("Link", &format!("<{second}>; rel=\"next\"")));
-    routes.insert(second.clone(), Canned::ok(OCI_INDEX, page(&r2)));
+    routes.insert(
+        first.clone(),
+        Canned::ok(OCI_INDEX, page(&[&r1])).header("Link", &format!("<{second}>; rel=\"next\"")),
+    );
+    routes.insert(second.clone(), Canned::ok(OCI_INDEX, page(&[&r2, &r3])));
     // A page whose next link leaves the registry is refused.
     let evil = format!("/v2/team/evil/referrers/{}", subject.digest);
-    routes.insert(evil, Canned::ok(OCI_INDEX, page(&r1)).header("Link", "<http://127.0.0.2:9/steal>; rel=\"next\""));
+    routes.insert(evil, Canned::ok(OCI_INDEX, page(&[&r1])).header("Link", "<http://127.0.0.2:9/steal>; rel=\"next\""));
     let server = CannedServer::start(routes);
     let r = client(&[(&server.addr, server.host_config())], |_| {});
     let img = image(&format!("{}/team/app:v1", server.addr));
@@ -260,6 +269,7 @@ async fn referrers_pages_are_followed_through_link_headers() {
     want.sort();
     assert_eq!(got, want);
     assert_eq!(server.hits(&second), 1, "the second page was fetched once");
+    assert_eq!(server.hits(&format!("/v2/team/app/blobs/{}", layer3.digest)), 0, "the stranger's layer is not read");
     let evil_img = image(&format!("{}/team/evil:v1", server.addr));
     let err = r.artifacts(&evil_img, &digest(&subject), &Credentials::Anonymous, soon(10)).await.unwrap_err();
     assert_eq!(err.code(), "registry-malformed", "{err}");
@@ -302,6 +312,14 @@ async fn tls_with_basic_auth_and_credentials_from_dockerconfigjson() {
     let with_file = client(&[(&a, HostConfig { docker_config_json: Some(path), ..reg.host_config() })], |_| {});
     assert_eq!(with_file.resolve(&img, &Credentials::Anonymous, soon(10)).await.unwrap().digest, digest(&f.single));
 
+    // A dockerconfigjson without an entry for the host is a setup error, not silent anonymity.
+    let other = dir.path().join("other.json");
+    std::fs::write(&other, docker_config("elsewhere.example", "alice", "wonderland")).unwrap();
+    let mut cfg = RegistryConfig::default();
+    cfg.hosts.insert(a.clone(), HostConfig { docker_config_json: Some(other), ..reg.host_config() });
+    let err = RegistryClient::new(cfg).err().unwrap();
+    assert!(err.to_string().contains("has no entry"), "{err}");
+
     // Without the CA bundle the registry's certificate is not trusted.
     let no_ca = client(&[], |_| {});
     let err = no_ca.resolve(&img, &alice, soon(10)).await.unwrap_err();
@@ -324,7 +342,19 @@ async fn tls_with_bearer_tokens_keeps_credentials_per_identity() {
     let bob = Credentials::basic("bob", "builder");
 
     assert_eq!(r.resolve(&img, &alice, soon(10)).await.unwrap().digest, digest(&f.single));
-    // Bob may not read team/app: alice's token, cached on the same client, must not serve him.
+    // Bob may not read team/app: alice's token, cached on the same client, must not serve him, even when both ask
+    // at the same time.
+    let d = digest(&f.single);
+    let (a1, b1, a2, b2) = futures::join!(
+        r.resolve(&img, &alice, soon(10)),
+        r.resolve(&img, &bob, soon(10)),
+        r.artifacts(&img, &d, &alice, soon(10)),
+        r.artifacts(&img, &d, &bob, soon(10)),
+    );
+    assert_eq!(a1.unwrap().digest, digest(&f.single));
+    assert_eq!(a2.unwrap().attestations.len(), 1);
+    assert_eq!(b1.unwrap_err().code(), "registry-unauthorized");
+    assert_eq!(b2.unwrap_err().code(), "registry-unauthorized");
     let err = r.resolve(&img, &bob, soon(10)).await.unwrap_err();
     assert_eq!(err.code(), "registry-unauthorized", "{err}");
     let err = r.resolve(&img, &Credentials::Anonymous, soon(10)).await.unwrap_err();
@@ -377,6 +407,11 @@ async fn a_stalled_registry_times_out_at_the_deadline() {
     let (err, _server, took) = fault(routes, |_| {}, 1).await;
     assert_eq!(err.code(), "registry-timed-out", "{err}");
     assert!(took >= Duration::from_millis(900) && took < Duration::from_millis(1800), "{took:?}");
+    // The per-call timeout cuts a call short well before a distant deadline.
+    let routes = with_v2(HashMap::from([("/v2/team/app/manifests/v1".to_owned(), Canned::stall())]));
+    let (err, _server, took) = fault(routes, |c| c.call_timeout = Duration::from_millis(400), 30).await;
+    assert_eq!(err.code(), "registry-timed-out", "{err}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
 }
 
 #[tokio::test]
@@ -442,6 +477,16 @@ async fn content_not_matching_its_digest_is_refused() {
     let img = image(&format!("{}/team/app:v1", server.addr));
     let err = r.artifacts(&img, &digest(&real), &Credentials::Anonymous, soon(5)).await.unwrap_err();
     assert_eq!(err.code(), "registry-digest-mismatch", "{err}");
+
+    // A manifest fetched by tag whose stated digest does not match its bytes.
+    let mut routes = serve("team/app", &[], &[&layer]);
+    let lying = Canned::ok(OCI_MANIFEST, sig.bytes.clone()).header("Docker-Content-Digest", &other.digest);
+    routes.insert(format!("/v2/team/app/manifests/sha256-{}.sig", real.hex()), lying);
+    let server = CannedServer::start(routes);
+    let r = client(&[(&server.addr, server.host_config())], |_| {});
+    let img = image(&format!("{}/team/app:v1", server.addr));
+    let err = r.artifacts(&img, &digest(&real), &Credentials::Anonymous, soon(5)).await.unwrap_err();
+    assert_eq!(err.code(), "registry-digest-mismatch", "{err}");
 }
 
 #[tokio::test]
@@ -487,4 +532,52 @@ async fn oversized_blobs_and_manifests_are_refused_at_the_cap() {
     )]));
     let (err, _s, _) = fault(routes, |c| c.max_manifest_bytes = 64, 5).await;
     assert_eq!(err.code(), "registry-too-large", "{err}");
+}
+
+#[tokio::test]
+async fn blob_redirects_are_followed_but_bounded() {
+    let l = Layout::new();
+    let subject = l.image("redirected", "amd64");
+    let payload = b"redirected payload".to_vec();
+    let sig = l.cosign_manifest(&[(SIMPLE_SIGNING, payload.clone(), json!({}))]);
+    let layer = l.blob(SIMPLE_SIGNING, &payload);
+    let blob_target = format!("/v2/team/app/blobs/{}", layer.digest);
+    let sig_target = format!("/v2/team/app/manifests/sha256-{}.sig", subject.hex());
+    let img = |s: &CannedServer| image(&format!("{}/team/app:v1", s.addr));
+
+    // A registry that sends blobs to a CDN: followed, and the bytes still checked.
+    let mut routes = serve("team/app", &[], &[]);
+    routes.insert(sig_target.clone(), Canned::ok(OCI_MANIFEST, sig.bytes.clone()));
+    routes.insert(blob_target.clone(), Canned::status(307).header("Location", "/cdn/payload"));
+    routes.insert("/cdn/payload".to_owned(), Canned::ok("application/octet-stream", payload.clone()));
+    let server = CannedServer::start(routes);
+    let r = client(&[(&server.addr, server.host_config())], |_| {});
+    let art = r.artifacts(&img(&server), &digest(&subject), &Credentials::Anonymous, soon(5)).await.unwrap();
+    assert_eq!(art.signatures.len(), 1);
+    assert_eq!(art.signatures[0].data, payload);
+    assert_eq!(server.hits("/cdn/payload"), 1);
+
+    // A redirect loop stops after the configured number of hops.
+    let mut routes = serve("team/app", &[], &[]);
+    routes.insert(sig_target.clone(), Canned::ok(OCI_MANIFEST, sig.bytes.clone()));
+    routes.insert(blob_target.clone(), Canned::status(307).header("Location", &blob_target));
+    let server = CannedServer::start(routes);
+    let r = client(&[(&server.addr, server.host_config())], |c| c.max_redirects = 3);
+    let err = r.artifacts(&img(&server), &digest(&subject), &Credentials::Anonymous, soon(5)).await.unwrap_err();
+    assert_eq!(err.code(), "registry-unreachable", "{err}");
+    assert!(err.to_string().contains("redirect"), "{err}");
+    assert_eq!(server.hits(&blob_target), 4, "the first request and three redirects");
+}
+
+#[test]
+fn unreadable_or_invalid_ca_bundles_fail_at_setup() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.pem");
+    std::fs::write(&bad, "not a certificate").unwrap();
+    for path in [bad, dir.path().join("missing.pem")] {
+        let mut cfg = RegistryConfig::default();
+        cfg.hosts.insert("r.example".into(), HostConfig { ca_bundle: Some(path.clone()), ..HostConfig::default() });
+        let err = RegistryClient::new(cfg).err().unwrap_or_else(|| panic!("{} accepted", path.display()));
+        assert!(err.to_string().contains("caBundle"), "{err}");
+    }
 }

@@ -1,5 +1,4 @@
-//! Cosign artifacts of one digest: the `.sig`/`.att` tag manifests and OCI 1.1 referrers (API with `Link` pages, or
-//! the `sha256-<hex>` tag schema), keeping digest-checked layers whose media type the verifier understands.
+//! Cosign artifacts of one digest: `.sig`/`.att` tags and OCI 1.1 referrers (API with `Link` pages, or tag schema).
 
 use std::collections::BTreeMap;
 
@@ -303,4 +302,32 @@ pub(crate) fn parse_digest(s: &Session, digest: &str, what: &str) -> Result<Dige
         what: what.to_owned(),
         detail: e.to_string(),
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_are_kept_by_their_own_media_type() {
+        let table: &[(&str, Option<&str>)] = &[
+            (media_type::SIMPLE_SIGNING, Some("sig")),
+            (media_type::DSSE_ENVELOPE, Some("att")),
+            (media_type::BUNDLE_V03, Some("bundle")),
+            ("application/vnd.dev.sigstore.bundle+json;version=0.2", Some("bundle")),
+            ("application/vnd.dev.sigstore.bundle+json;version=0.3", Some("bundle")),
+            ("application/vnd.oci.empty.v1+json", None),
+            ("application/spdx+json", None),
+            ("application/vnd.oci.image.layer.v1.tar+gzip", None),
+        ];
+        for (mt, want) in table {
+            let got = kind(mt).map(|k| match k {
+                Kind::Signature => "sig",
+                Kind::Attestation => "att",
+                Kind::Bundle => "bundle",
+            });
+            assert_eq!(got, *want, "{mt}");
+        }
+    }
 }

@@ -1,5 +1,4 @@
-//! OCI registry access: tag → digest, platform listing, cosign `.sig`/`.att` tags and OCI 1.1 referrers, with auth,
-//! size caps and deadlines. The only module that imports `oci_client`.
+//! OCI registry access (tag → digest, platforms, cosign tags, referrers); the only module that imports `oci_client`.
 
 mod artifacts;
 mod auth;
@@ -37,7 +36,8 @@ pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
     application/vnd.docker.distribution.manifest.v2+json";
 
 /// What a reference points at.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Resolved {
     /// The digest of the manifest the reference names (for a multi-arch tag: the index).
     pub digest: Digest,
@@ -54,13 +54,15 @@ impl Resolved {
 }
 
 /// One entry of an index.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct PlatformManifest {
     pub digest: Digest,
     pub media_type: String,
     /// `unknown` when the entry names no platform (e.g. BuildKit attestation manifests).
     pub os: String,
     pub architecture: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
 }
 
@@ -113,11 +115,19 @@ impl RegistryClient {
         let mut defaults = Keychain::default();
         for (host, hc) in &config.hosts {
             let ca_pem = match &hc.ca_bundle {
-                Some(path) => Some(read(path).map_err(|detail| SetupError::CaBundle {
-                    host: host.clone(),
-                    path: path.display().to_string(),
-                    detail,
-                })?),
+                Some(path) => {
+                    let err = |detail: String| SetupError::CaBundle {
+                        host: host.clone(),
+                        path: path.display().to_string(),
+                        detail,
+                    };
+                    let pem = read(path).map_err(err)?;
+                    match reqwest::Certificate::from_pem_bundle(&pem) {
+                        Ok(certs) if !certs.is_empty() => Some(pem),
+                        Ok(_) => return Err(err("no PEM certificate in the file".to_owned())),
+                        Err(e) => return Err(err(e.to_string())),
+                    }
+                }
                 None => None,
             };
             if let Some(path) = &hc.docker_config_json {
@@ -128,7 +138,10 @@ impl RegistryClient {
                 };
                 let keychain =
                     Keychain::from_docker_config(&read(path).map_err(err)?).map_err(|e| err(e.to_string()))?;
-                defaults.insert(host, keychain.for_host(host));
+                match keychain.for_host(host) {
+                    Credentials::Anonymous => return Err(err(format!("has no entry for {host}"))),
+                    creds => defaults.insert(host, creds),
+                }
             }
             hosts.insert(auth::normalise_host(host), HostTransport { insecure: hc.insecure, ca_pem });
         }
@@ -166,6 +179,7 @@ impl RegistryClient {
 
 #[async_trait::async_trait]
 impl Registry for RegistryClient {
+    #[tracing::instrument(skip_all, fields(image = %image))]
     async fn resolve(
         &self,
         image: &ImageRef,
@@ -203,6 +217,7 @@ impl Registry for RegistryClient {
         resolved(&s, Digest::sha256_of(&reply.body), &reply, &what)
     }
 
+    #[tracing::instrument(skip_all, fields(image = %image, %digest))]
     async fn artifacts(
         &self,
         image: &ImageRef,

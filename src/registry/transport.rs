@@ -1,5 +1,4 @@
-//! HTTP to one registry as one identity: auth through oci-client's token flow, per-call timeouts under the deadline,
-//! bounded retries on 429/5xx, size-capped streaming reads and digest checks.
+//! HTTP to one registry as one identity: auth, per-call timeouts, bounded retries, size-capped reads, digest checks.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -164,13 +163,10 @@ impl Session {
             if !transient {
                 return Ok(reply);
             }
-            let retry_after = reply.header(header::RETRY_AFTER).and_then(|v| v.trim().parse::<u64>().ok());
+            let retry_after = reply.header(header::RETRY_AFTER).and_then(retry_after);
             let failure = || {
                 if status == StatusCode::TOO_MANY_REQUESTS {
-                    RegistryError::RateLimited {
-                        registry: self.host.clone(),
-                        retry_after: retry_after.map(Duration::from_secs),
-                    }
+                    RegistryError::RateLimited { registry: self.host.clone(), retry_after }
                 } else {
                     RegistryError::ServerError {
                         registry: self.host.clone(),
@@ -183,7 +179,7 @@ impl Session {
             if attempt >= self.retries {
                 return Err(failure());
             }
-            let wait = retry_after.map(Duration::from_secs).unwrap_or(BACKOFF * 2u32.saturating_pow(attempt));
+            let wait = retry_after.unwrap_or(BACKOFF * 2u32.saturating_pow(attempt));
             if Instant::now() + wait >= deadline {
                 return Err(failure());
             }
@@ -320,6 +316,16 @@ impl Session {
     }
 }
 
+/// A `Retry-After` value: delay seconds, or an HTTP date (a date in the past means now).
+fn retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    Some((at.with_timezone(&chrono::Utc) - chrono::Utc::now()).to_std().unwrap_or_default())
+}
+
 /// Checks that `body` hashes to `expected` (sha256, sha384 or sha512 of the exact bytes).
 pub(crate) fn check_digest(registry: &str, what: &str, expected: &Digest, body: &[u8]) -> Result<(), RegistryError> {
     use sha2::Digest as _;
@@ -364,5 +370,32 @@ fn truncate(s: &str, max: usize) -> String {
     match s.char_indices().nth(max) {
         Some((i, _)) => format!("{}…", &s[..i]),
         None => s.to_owned(),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_takes_seconds_or_http_dates() {
+        assert_eq!(retry_after("7"), Some(Duration::from_secs(7)));
+        assert_eq!(retry_after(" 0 "), Some(Duration::ZERO));
+        assert_eq!(retry_after("Sun, 06 Nov 1994 08:49:37 GMT"), Some(Duration::ZERO), "past dates mean now");
+        let later = (chrono::Utc::now() + chrono::Duration::seconds(120)).to_rfc2822();
+        let got = retry_after(&later).unwrap();
+        assert!(got > Duration::from_secs(100) && got <= Duration::from_secs(120), "{got:?}");
+        assert_eq!(retry_after("soon"), None);
+    }
+
+    #[test]
+    fn digests_are_checked_over_the_exact_bytes() {
+        let d = Digest::sha256_of(b"abc");
+        assert!(check_digest("r", "blob", &d, b"abc").is_ok());
+        let err = check_digest("r", "blob", &d, b"abd").unwrap_err();
+        assert_eq!(err.code(), "registry_digest_mismatch");
+        let d512 = Digest::parse(&format!("sha512:{}", "0".repeat(128))).unwrap();
+        assert!(check_digest("r", "blob", &d512, b"abc").is_err());
     }
 }
