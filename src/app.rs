@@ -43,8 +43,14 @@ impl Running {
     }
 }
 
-/// Loads policies, TLS and the audit log, binds both ports and serves in the background.
+/// Loads policies, TLS and the audit log, binds both ports and serves in the background, using the Kubernetes
+/// API of the cluster (or kubeconfig) if one answers.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
+    start_with(config, kube_client().await).await
+}
+
+/// [`start`] with a given Kubernetes client (None: no cluster).
+pub async fn start_with(config: Config, kube: Option<kube::Client>) -> anyhow::Result<Running> {
     let policies = Arc::new(PolicyStore::default());
     match policies.reload(&config.policies) {
         Ok(set) => {
@@ -65,7 +71,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let audit = AuditLog::open(config.audit.log.as_deref())
         .await
         .with_context(|| format!("audit log {:?}", config.audit.log))?;
-    let kube = kube_client().await;
     let keys = KeyStore::new(kube.clone().map(SecretWatch::new));
     for r in secret_refs(&policies) {
         if let Some(error) = keys_watch(&keys, &r).await {

@@ -60,7 +60,9 @@ pub struct Plan {
 impl Plan {
     /// Whether any governing policy needs registry evidence.
     pub fn needs_evidence(&self) -> bool {
-        self.images.iter().any(|i| matches!(&i.step, Step::Judge { policies, .. } if policies.iter().any(|p| p.needs_evidence())))
+        self.images
+            .iter()
+            .any(|i| matches!(&i.step, Step::Judge { policies, .. } if policies.iter().any(|p| p.needs_evidence())))
     }
 }
 

@@ -5,14 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::admission::review::{Operation, Request};
-use crate::decide::{self, Decision, NoMatch};
 use crate::credentials::PullSecrets;
+use crate::decide::{self, Decision, NoMatch};
 use crate::evidence::Gatherer;
-use crate::registry::Keychain;
 use crate::images::{self, PodKind};
 use crate::policy::PolicyStore;
 use crate::policy::judge::ReviewContext;
 use crate::reason::Reason;
+use crate::registry::Keychain;
 
 pub struct Engine {
     pub policies: Arc<PolicyStore>,

@@ -8,55 +8,10 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use serde_json::{Value, json};
-use support::registry::{Auth, Canned, CannedServer, DSSE, Desc, DockerRegistry, Layout, SIMPLE_SIGNING, tool};
+use support::registry::{Auth, Canned, CannedServer, DSSE, DockerRegistry, Layout, SIMPLE_SIGNING};
+use support::signing::{SIG_ANNOTATION, attach, seed, sign, sign_as};
 use support::webhook::{Webhook, review};
-
-const SIG_ANNOTATION: &str = "dev.cosignproject.cosign/signature";
-
-fn seed(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/seeds").join(name)
-}
-
-/// What the independent signer produced for one digest.
-struct Signed {
-    payload: Vec<u8>,
-    signature: String,
-    envelope: Vec<u8>,
-}
-
-fn sign(keydir: &Path, key: &str, digest_hex: &str, statement: &Path) -> Signed {
-    sign_as(keydir, key, digest_hex, statement, "application/vnd.in-toto+json")
-}
-
-fn sign_as(keydir: &Path, key: &str, digest_hex: &str, statement: &Path, payload_type: &str) -> Signed {
-    let python = tool(
-        "PROVGATE_TEST_PYTHON",
-        "python3",
-        "run ./scripts/test, which creates a venv with PyPI cryptography and securesystemslib",
-    );
-    let out = keydir.join(format!("{key}-{}-{}.json", &digest_hex[..12], payload_type.len()));
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/signers/e2e_sign.py");
-    let status = std::process::Command::new(python)
-        .arg(script)
-        .arg(keydir)
-        .arg(key)
-        .arg(digest_hex)
-        .arg(statement)
-        .arg(&out)
-        .arg(payload_type)
-        .output()
-        .unwrap();
-    assert!(status.status.success(), "e2e_sign.py: {}", String::from_utf8_lossy(&status.stderr));
-    let v: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
-    let b64 = base64::engine::general_purpose::STANDARD;
-    Signed {
-        payload: b64.decode(v["payload"].as_str().unwrap()).unwrap(),
-        signature: v["signature"].as_str().unwrap().to_owned(),
-        envelope: serde_json::to_vec(&v["envelope"]).unwrap(),
-    }
-}
 
 /// The registry, its images and the keys: built once per test.
 struct World {
@@ -73,11 +28,6 @@ impl World {
     fn image(&self, tag: &str) -> String {
         format!("{}/team/app:{tag}", self.registry.addr)
     }
-}
-
-fn attach(layout: &mut Layout, image: &Desc, suffix: &str, layer: (&str, Vec<u8>, Value)) {
-    let manifest = layout.cosign_manifest(&[layer]);
-    layout.tag(&format!("sha256-{}.{suffix}", image.hex()), &manifest);
 }
 
 fn world() -> World {
@@ -267,4 +217,47 @@ async fn an_unreachable_registry_is_a_denial_naming_it() {
     assert_eq!(response["allowed"], false);
     assert_eq!(response["auditAnnotations"]["reasons"], "registry-unreachable");
     assert!(response["status"]["message"].as_str().unwrap().contains(&addr), "{response}");
+}
+
+#[test]
+fn verify_reports_digest_platforms_and_artifacts_as_json() {
+    let registry = DockerRegistry::start(Auth::None);
+    let keys = tempfile::tempdir().unwrap();
+    let mut layout = Layout::new();
+    let (index, amd, arm) = layout.index("multi");
+    layout.tag("multi", &index);
+    let signed = sign(keys.path(), "chains", index.hex(), &seed("chains-kaniko-slsa-v0.2-statement.json"));
+    attach(&mut layout, &index, "sig", (SIMPLE_SIGNING, signed.payload, json!({SIG_ANNOTATION: signed.signature})));
+    for tag in layout_tags(&layout) {
+        registry.push(&layout, &tag, "team/multi", &tag);
+    }
+    let config = keys.path().join("provgate.yaml");
+    std::fs::write(&config, format!("registries:\n  hosts:\n    \"{}\": {{insecure: true}}\n", registry.addr)).unwrap();
+    let run = |key: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_provgate"))
+            .args(["verify", "--output", "json", "--config"])
+            .arg(&config)
+            .arg("--key")
+            .arg(key)
+            .arg(format!("{}/team/multi:multi", registry.addr))
+            .output()
+            .unwrap()
+    };
+    let out = run(&keys.path().join("chains.pub"));
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let image = &report["images"][0];
+    assert_eq!(report["decision"], "allow");
+    assert_eq!(image["digest"], index.digest, "a multi-arch tag resolves to the index digest");
+    assert_eq!(image["platforms"], json!([amd.digest, arm.digest]));
+    let artifacts = image["artifacts"].as_array().unwrap();
+    assert_eq!(artifacts.len(), 1, "{artifacts:?}");
+    assert_eq!((artifacts[0]["kind"].as_str(), artifacts[0]["source"].as_str()), (Some("signature"), Some("sig-tag")));
+
+    sign(keys.path(), "stranger", index.hex(), &seed("chains-kaniko-slsa-v0.2-statement.json"));
+    let denied = run(&keys.path().join("stranger.pub"));
+    assert_eq!(denied.status.code(), Some(1));
+    let report: Value = serde_json::from_slice(&denied.stdout).unwrap();
+    assert_eq!(report["images"][0]["reasons"], json!(["wrong-key"]));
+    assert_eq!(report["images"][0]["digest"], index.digest, "the registry data is reported on denial too");
 }

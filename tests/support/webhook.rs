@@ -46,6 +46,15 @@ pub fn https_client(ca_pem: &[u8]) -> reqwest::Client {
 impl Webhook {
     /// Serves `policies` (file name, YAML) with the config `tweak` leaves, on ephemeral loopback ports.
     pub async fn start(policies: &[(&str, String)], tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::start_with(policies, None, tweak).await
+    }
+
+    /// [`Webhook::start`] with a Kubernetes API client.
+    pub async fn start_with(
+        policies: &[(&str, String)],
+        kube: Option<kube::Client>,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Self {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let dir = tempfile::tempdir().unwrap();
         let policy_dir = dir.path().join("policies");
@@ -66,7 +75,7 @@ impl Webhook {
         config.tls.key_file = Some(key);
         config.audit.log = Some(dir.path().join("audit.jsonl"));
         tweak(&mut config);
-        let running = provgate::app::start(config).await.unwrap();
+        let running = provgate::app::start_with(config, kube).await.unwrap();
         let url = format!("https://localhost:{}/validate", running.https.port());
         Self { running, client: https_client(generated.ca_pem.as_bytes()), url, dir }
     }
