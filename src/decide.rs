@@ -182,8 +182,18 @@ impl Decision {
     }
 
     /// Warnings for admitted images that failed a warn-mode policy (or `noMatch: warn`).
+    /// and for admitted images verified by tag, whose tag can move after the check.
     pub fn warnings(&self) -> Vec<String> {
-        self.images.iter().filter(|i| i.outcome == Outcome::Warned).map(ImageDecision::explain).collect()
+        let failed = self.images.iter().filter(|i| i.outcome == Outcome::Warned).map(ImageDecision::explain);
+        let movable = self.images.iter().filter(|i| i.outcome != Outcome::Denied).filter_map(|i| {
+            let verified = i.image.as_ref()?.digest()?;
+            let written = ImageRef::parse(&i.raw).ok()?;
+            written
+                .digest()
+                .is_none()
+                .then(|| format!("{}: the tag can move after verification; pin it as @{verified}", i.field))
+        });
+        failed.chain(movable).collect()
     }
 
     /// The distinct reason codes of all failures, in first-seen order.
@@ -385,6 +395,22 @@ mod tests {
         let d = run(&["nginx"], &[], "team-a", NoMatch::Warn);
         assert_eq!(d.warnings().len(), 1);
         assert!(d.warnings()[0].contains("noMatch: warn"));
+    }
+
+    #[test]
+    fn a_tag_verified_to_a_digest_warns_that_it_can_move() {
+        let mut d = run(&["registry.example.com/team/app:1"], &[], "team-a", NoMatch::Deny);
+        assert!(d.warnings().is_empty(), "no digest was verified, nothing to pin");
+        let digest = crate::images::Digest::sha256_of(b"image");
+        d.images[0].image = d.images[0].image.as_ref().map(|i| i.with_digest(digest.clone()));
+        assert_eq!(
+            d.warnings(),
+            vec![format!("spec.containers[0].image: the tag can move after verification; pin it as @{digest}")]
+        );
+        let pinned = format!("registry.example.com/team/app@{digest}");
+        let mut p = run(&[pinned.as_str()], &[], "team-a", NoMatch::Deny);
+        p.images[0].image = p.images[0].image.as_ref().map(|i| i.with_digest(digest.clone()));
+        assert!(p.warnings().is_empty(), "a digest reference cannot move");
     }
 
     #[test]

@@ -135,6 +135,8 @@ async fn signed_and_attested_images_pass_and_every_tampered_twin_fails() {
     assert_eq!(response["allowed"], true, "{response}");
     let record = hook.audit_records().pop().unwrap();
     assert_eq!(record["images"][0]["digest"], world.digests["signed"], "the audit names the verified digest");
+    let warning = format!("the tag can move after verification; pin it as @{}", world.digests["signed"]);
+    assert!(response["warnings"][0].as_str().unwrap().ends_with(&warning), "{response}");
 
     let table = [
         ("unsigned", "unsigned", "no signatures found for"),
@@ -173,7 +175,9 @@ async fn digest_references_and_a_missing_key_file() {
     let world = world();
     let hook = hook_for(&world, chains_policy(&world.key("chains"), "https://tekton.dev/chains/v2")).await;
     let pinned = format!("{}/team/app@{}", world.registry.addr, world.digests["signed"]);
-    assert_eq!(hook.review(&pod(&pinned)).await["allowed"], true);
+    let response = hook.review(&pod(&pinned)).await;
+    assert_eq!(response["allowed"], true);
+    assert!(response.get("warnings").is_none(), "a digest reference cannot move: {response}");
     let wrong_digest = format!("{}/team/app@{}", world.registry.addr, world.digests["unsigned"]);
     assert_eq!(hook.review(&pod(&wrong_digest)).await["allowed"], false);
 
