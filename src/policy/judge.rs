@@ -139,5 +139,10 @@ fn validate(
         Err(e) => return Some(Reason::Unmet { code: "evidence-too-large", message: e.to_string() }),
     };
     let outcome = activation.evaluate(&policy.name, &policy.validations);
-    outcome.explain().map(|message| Reason::Unmet { code: "validation-failed", message })
+    // The failure is reported under the policy's name already; keep only what failed.
+    let prefix = format!("policy {}: ", policy.name);
+    outcome.explain().map(|message| Reason::Unmet {
+        code: "validation-failed",
+        message: message.strip_prefix(&prefix).map(str::to_owned).unwrap_or(message),
+    })
 }
