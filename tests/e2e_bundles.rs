@@ -18,6 +18,7 @@ use support::webhook::{Webhook, review};
 
 const BUILDER: &str = "https://tekton.dev/chains/v2";
 const ISSUER: &str = "https://token.actions.githubusercontent.com";
+const UNTRUSTED: &str = "certificate is not trusted: not issued by any certificate authority in the trusted root";
 
 fn signers_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/signers")
@@ -180,8 +181,9 @@ async fn admitted(hook: &Webhook, image: &str) -> Value {
     response
 }
 
-/// Asserts a 403 denial whose first reason is `code` and whose message names the policy and contains `needle`.
-async fn denied(hook: &Webhook, image: &str, code: &str, needle: &str) {
+/// Asserts a 403 denial whose first reason is `code` and whose message names the policy and contains `needle`;
+/// returns the message.
+async fn denied(hook: &Webhook, image: &str, code: &str, needle: &str) -> String {
     let response = hook.review(&pod(image)).await;
     assert_eq!(response["allowed"], false, "{image} should be denied: {response}");
     assert_eq!(response["status"]["code"], 403, "{response}");
@@ -191,6 +193,7 @@ async fn denied(hook: &Webhook, image: &str, code: &str, needle: &str) {
     assert!(message.contains(needle), "{image}: {message:?} should contain {needle:?}");
     let reasons = response["auditAnnotations"]["reasons"].as_str().unwrap();
     assert_eq!(reasons.split(',').next(), Some(code), "{image}: {message}");
+    message.to_owned()
 }
 
 /// Key-signed bundles (a cosign/sign/v1 signature and a SLSA v1 provenance attestation) on `registry`:
@@ -257,16 +260,24 @@ async fn key_signed_bundles_through(registry: Registry) {
     let record = hook1.audit_records().pop().unwrap();
     assert_eq!(record["images"][0]["digest"], signed.digest, "the audit names the verified digest: {record}");
     admitted(&hook1, &format!("{a}/team/app@{}", signed.digest)).await;
-    denied(&hook1, &format!("{a}/team/app:unsigned"), "unsigned", "no signatures found for").await;
-    denied(&hook1, &format!("{a}/team/tampered:signed"), "wrong-key", "does not verify").await;
-    denied(&hook1, &format!("{a}/team/replayed:v1"), "subject-mismatch", "subject digest does not match").await;
+    let none = format!("no signatures found for {}", unsigned.digest);
+    denied(&hook1, &format!("{a}/team/app:unsigned"), "unsigned", &none).await;
+    // Only the provenance bundle was changed: the signature bundle still verifies, the attestation does not.
+    let message = denied(&hook1, &format!("{a}/team/tampered:signed"), "wrong-key", "signature does not verify").await;
+    assert!(message.contains(r#"attestation "provenance" (slsa) not satisfied"#), "{message}");
+    assert!(!message.contains("no valid signature"), "the signature bundle is intact: {message}");
+    let replayed = format!("subject digest does not match image (subjects: {})", signed.digest);
+    denied(&hook1, &format!("{a}/team/replayed:v1"), "subject-mismatch", &replayed).await;
 
     let hook2 = hook(&registry, key_policy(&index_bundles.path("key.pub.pem"))).await;
     admitted(&hook2, &format!("{a}/team/multi:v1")).await;
+    let record = hook2.audit_records().pop().unwrap();
+    assert_eq!(record["images"][0]["digest"], index.digest, "a multi-arch tag is verified at its index digest");
     // A platform manifest pinned by digest has no bundle of its own.
-    denied(&hook2, &format!("{a}/team/multi@{}", amd.digest), "unsigned", "no signatures found for").await;
-    // The key of the single image's bundles is not the index's.
-    denied(&hook1, &format!("{a}/team/multi:v1"), "wrong-key", "does not verify").await;
+    let none = format!("no signatures found for {}", amd.digest);
+    denied(&hook2, &format!("{a}/team/multi@{}", amd.digest), "unsigned", &none).await;
+    // The index's bundles under the single image's key (another bundles.js run): not verified.
+    denied(&hook1, &format!("{a}/team/multi:v1"), "wrong-key", "signature does not verify with key").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -300,15 +311,20 @@ async fn keyless_bundles_need_the_identity_and_the_trusted_root() {
 
     let right = hook(&registry, keyless_policy(&root, r"^https://github\.com/acme/app/.*$")).await;
     admitted(&right, &reference).await;
+    let record = right.audit_records().pop().unwrap();
+    assert_eq!(record["images"][0]["digest"], image.digest, "{record}");
 
     let wrong = hook(&registry, keyless_policy(&root, r"^https://github\.com/evil/.*$")).await;
-    denied(&wrong, &reference, "identity-mismatch", "github.com/acme/app").await;
+    let message = denied(&wrong, &reference, "identity-mismatch", "matches none of the allowed identities").await;
+    let identity =
+        r#"certificate identity "https://github.com/acme/app/.github/workflows/release.yml@refs/heads/main""#;
+    assert!(message.contains(identity), "the denial names the certificate's identity: {message}");
 
     let public_good =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/vectors/sigstore-public-good/trusted_root.json");
     let public = hook(&registry, keyless_policy(&public_good, ".*")).await;
-    denied(&public, &reference, "untrusted-certificate", "certificate").await;
+    denied(&public, &reference, "untrusted-certificate", UNTRUSTED).await;
 
     let other = hook(&registry, keyless_policy(&bundles.path("other.trusted_root.json"), ".*")).await;
-    denied(&other, &reference, "untrusted-certificate", "certificate").await;
+    denied(&other, &reference, "untrusted-certificate", UNTRUSTED).await;
 }

@@ -1,4 +1,4 @@
-# Signing tools we did not write, for tests/verify_signers.rs: PyPI cryptography + securesystemslib in a venv,
+# Signing tools we did not write, for tests/verify_signers.rs and tests/e2e_bundles.rs: PyPI cryptography + securesystemslib in a venv,
 # npm @sigstore/{sign,oci,mock,verify}. Cached under $PROVGATE_CACHE; exports PROVGATE_TEST_PYTHON and
 # PROVGATE_TEST_NODE_MODULES.
 need python3 "apt-get install python3 python3-venv"
