@@ -394,7 +394,7 @@ mod tests {
         let d = Digest::sha256_of(b"abc");
         assert!(check_digest("r", "blob", &d, b"abc").is_ok());
         let err = check_digest("r", "blob", &d, b"abd").unwrap_err();
-        assert_eq!(err.code(), "registry_digest_mismatch");
+        assert_eq!(err.code(), "registry-digest-mismatch");
         let d512 = Digest::parse(&format!("sha512:{}", "0".repeat(128))).unwrap();
         assert!(check_digest("r", "blob", &d512, b"abc").is_err());
     }

@@ -1,0 +1,113 @@
+//! The manifests in `deploy/`: every document parses, the shipped config and policies load with provgate's own
+//! loaders, and the webhook keeps the safety properties DESIGN.md asks for (fail closed, bounded, self-excluded).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+fn deploy() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy")
+}
+
+/// Every YAML document of every file the kustomization lists, by kind.
+fn documents() -> Vec<Value> {
+    let kustomization: Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(deploy().join("kustomization.yaml")).unwrap()).unwrap();
+    let mut docs = Vec::new();
+    for file in kustomization["resources"].as_array().unwrap() {
+        let text = std::fs::read_to_string(deploy().join(file.as_str().unwrap())).unwrap();
+        for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+            docs.push(Value::deserialize(doc).unwrap());
+        }
+    }
+    docs
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
+    docs.iter().find(|d| d["kind"] == kind).unwrap_or_else(|| panic!("no {kind} in deploy/"))
+}
+
+#[test]
+fn the_webhook_fails_closed_within_its_timeout_and_excludes_itself() {
+    let docs = documents();
+    let webhook = &find(&docs, "ValidatingWebhookConfiguration")["webhooks"][0];
+    assert_eq!(webhook["failurePolicy"], "Fail");
+    assert_eq!(webhook["sideEffects"], "None");
+    assert_eq!(webhook["admissionReviewVersions"], json!(["v1"]));
+    assert_eq!(webhook["clientConfig"]["service"]["path"], "/validate");
+    let expr = &webhook["namespaceSelector"]["matchExpressions"][0];
+    assert_eq!((expr["key"].as_str(), expr["operator"].as_str()), (Some("kubernetes.io/metadata.name"), Some("NotIn")));
+    for ns in ["kube-system", "provgate-system"] {
+        assert!(expr["values"].as_array().unwrap().contains(&json!(ns)), "{ns} must be excluded");
+    }
+    let resources: Vec<&str> = webhook["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r["resources"].as_array().unwrap().iter().map(|x| x.as_str().unwrap()))
+        .collect();
+    for r in [
+        "pods",
+        "pods/ephemeralcontainers",
+        "deployments",
+        "replicasets",
+        "statefulsets",
+        "daemonsets",
+        "jobs",
+        "cronjobs",
+    ] {
+        assert!(resources.contains(&r), "{r} is not sent to provgate");
+    }
+    for rule in webhook["rules"].as_array().unwrap() {
+        assert_eq!(rule["operations"], json!(["CREATE", "UPDATE"]));
+    }
+
+    let config = provgate::config::Config::from_yaml(
+        &std::fs::read_to_string(deploy().join("provgate.yaml")).unwrap(),
+        Path::new("deploy/provgate.yaml"),
+    )
+    .unwrap();
+    let timeout = webhook["timeoutSeconds"].as_u64().unwrap();
+    assert!(config.deadline.as_secs() < timeout, "the internal deadline must end before the apiserver gives up");
+}
+
+#[test]
+fn the_deployment_is_redundant_unprivileged_and_ready_only_when_policies_load() {
+    let docs = documents();
+    let deployment = find(&docs, "Deployment");
+    assert!(deployment["spec"]["replicas"].as_u64().unwrap() >= 2);
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert!(pod["affinity"]["podAntiAffinity"].is_object());
+    let container = &pod["containers"][0];
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(container["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(find(&docs, "PodDisruptionBudget")["spec"]["minAvailable"], 1);
+    let args: Vec<&str> = container["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    assert_eq!(args, ["serve", "--config", "/etc/provgate/provgate.yaml"]);
+    let mounts: Vec<&str> =
+        container["volumeMounts"].as_array().unwrap().iter().map(|m| m["mountPath"].as_str().unwrap()).collect();
+    let config: Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(deploy().join("provgate.yaml")).unwrap()).unwrap();
+    for path in [config["tls"]["certFile"].as_str().unwrap(), config["policies"].as_str().unwrap()] {
+        assert!(mounts.iter().any(|m| path.starts_with(m)), "{path} is not mounted");
+    }
+}
+
+#[test]
+fn rbac_reads_secrets_in_its_own_namespace_only_by_default() {
+    let docs = documents();
+    let role = find(&docs, "Role");
+    assert_eq!(role["metadata"]["namespace"], "provgate-system");
+    assert!(docs.iter().all(|d| d["kind"] != "ClusterRole"), "cluster-wide reads are opt-in (deploy/optional)");
+}
+
+#[test]
+fn the_shipped_policies_load() {
+    let set = provgate::policy::load(&deploy().join("policies")).unwrap();
+    assert_eq!(set.policies().len(), 1);
+    assert!(set.policies()[0].needs_evidence());
+}
