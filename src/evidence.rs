@@ -135,11 +135,6 @@ impl Gatherer {
         }
     }
 
-    /// The key store, to start watches for the Secrets policies name.
-    pub fn keys(&self) -> &KeyStore {
-        &self.keys
-    }
-
     async fn image(
         &self,
         image: &ImageRef,

@@ -59,6 +59,24 @@ pub(crate) async fn gather(
     Ok(out)
 }
 
+/// The manifest a tag names, or None when the tag does not exist (404 is "nothing stored here", not an error).
+async fn tagged_manifest(
+    s: &Session,
+    repo: &str,
+    tag: &str,
+    what: &str,
+    deadline: Instant,
+) -> Result<Option<Reply>, RegistryError> {
+    let url = s.url(repo, &format!("manifests/{tag}"));
+    let reply = s.request(Want::Manifest, repo, &url, what, deadline).await?;
+    if reply.status == StatusCode::NOT_FOUND {
+        return Ok(None);
+    }
+    expect_ok(s, &reply, what)?;
+    check_header_digest(s, &reply, what)?;
+    Ok(Some(reply))
+}
+
 /// The layers of the cosign manifest at `tag`; none when the tag does not exist.
 async fn tagged(
     s: &Session,
@@ -69,13 +87,7 @@ async fn tagged(
     deadline: Instant,
 ) -> Result<Vec<Layer>, RegistryError> {
     let what = format!("manifest {repo}:{tag}");
-    let url = s.url(repo, &format!("manifests/{tag}"));
-    let reply = s.request(Want::Manifest, repo, &url, &what, deadline).await?;
-    if reply.status == StatusCode::NOT_FOUND {
-        return Ok(Vec::new());
-    }
-    expect_ok(s, &reply, &what)?;
-    check_header_digest(s, &reply, &what)?;
+    let Some(reply) = tagged_manifest(s, repo, tag, &what, deadline).await? else { return Ok(Vec::new()) };
     let manifest: OciImageManifest = parse(s, &reply.body, &what)?;
     layers(s, cfg, repo, &manifest, &BTreeMap::new(), origin, deadline).await
 }
@@ -231,13 +243,7 @@ async fn referrers_tag(
 ) -> Result<Vec<oci_client::manifest::ImageIndexEntry>, RegistryError> {
     let tag = digest.tag_form();
     let what = format!("referrers index {repo}:{tag}");
-    let url = s.url(repo, &format!("manifests/{tag}"));
-    let reply = s.request(Want::Manifest, repo, &url, &what, deadline).await?;
-    if reply.status == StatusCode::NOT_FOUND {
-        return Ok(Vec::new());
-    }
-    expect_ok(s, &reply, &what)?;
-    check_header_digest(s, &reply, &what)?;
+    let Some(reply) = tagged_manifest(s, repo, &tag, &what, deadline).await? else { return Ok(Vec::new()) };
     if !super::media_type_of(&reply).is_some_and(|mt| INDEX_TYPES.contains(&mt.as_str())) {
         return Ok(Vec::new());
     }
