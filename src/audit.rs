@@ -41,6 +41,9 @@ pub struct ImageRecord {
     pub outcome: String,
     pub reason: Option<String>,
     pub message: Option<String>,
+    /// What verified, by which authority and key or identity.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub verified: Vec<String>,
 }
 
 fn label<T: Serialize>(value: &T) -> String {
@@ -60,6 +63,7 @@ pub fn record(uid: &str, request: Option<&Request>, decision: &Decision, latency
             outcome: label(&i.outcome),
             reason: i.failures.first().map(|f| f.reason.code().to_owned()),
             message: (i.outcome != Outcome::Allowed && i.outcome != Outcome::Unchanged).then(|| i.explain()),
+            verified: i.verified.clone(),
         })
         .collect();
     Record {

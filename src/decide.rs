@@ -132,6 +132,8 @@ pub struct ImageDecision {
     pub policies: Vec<String>,
     pub outcome: Outcome,
     pub failures: Vec<Failure>,
+    /// What verified, by which authority (see [`crate::policy::judge::Judgement::verified`]).
+    pub verified: Vec<String>,
 }
 
 impl ImageDecision {
@@ -240,6 +242,7 @@ fn judge_image(
         policies: Vec::new(),
         outcome: Outcome::Allowed,
         failures: Vec::new(),
+        verified: Vec::new(),
     };
     match &planned.step {
         Step::Unchanged => decision.outcome = Outcome::Unchanged,
@@ -270,8 +273,14 @@ fn judge_image(
             }
             for policy in policies {
                 decision.policies.push(policy.name.clone());
-                for reason in judge(policy, image, evidence, &gathered.authorities, context) {
+                let judgement = judge(policy, image, evidence, &gathered.authorities, context);
+                for reason in judgement.unmet {
                     decision.failures.push(Failure { policy: Some(policy.name.clone()), mode: policy.mode, reason });
+                }
+                for item in judgement.verified {
+                    if !decision.verified.contains(&item) {
+                        decision.verified.push(item);
+                    }
                 }
             }
         }

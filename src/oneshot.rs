@@ -28,6 +28,8 @@ pub struct ImageReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub registry_error: Option<String>,
     pub policies: Vec<String>,
+    /// What verified, by which authority and key or identity.
+    pub verified: Vec<String>,
     pub outcome: String,
     pub reasons: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -77,6 +79,9 @@ impl Report {
             }
             if !i.policies.is_empty() {
                 out.push_str(&format!("  policies   {}\n", i.policies.join(", ")));
+            }
+            for v in &i.verified {
+                out.push_str(&format!("  verified   {v}\n"));
             }
             if let Some(m) = &i.message {
                 out.push_str(&format!("  why        {m}\n"));
@@ -136,6 +141,7 @@ fn report(
         artifacts: vec![],
         registry_error: None,
         policies: judged.map(|j| j.policies.clone()).unwrap_or_default(),
+        verified: judged.map(|j| j.verified.clone()).unwrap_or_default(),
         outcome: judged
             .map_or_else(|| "denied".to_owned(), |j| json!(j.outcome).as_str().unwrap_or_default().to_owned()),
         reasons: judged.map(|j| j.failures.iter().map(|f| f.reason.code().to_owned()).collect()).unwrap_or_default(),

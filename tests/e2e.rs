@@ -37,7 +37,9 @@ fn world() -> World {
     let chains = seed("chains-kaniko-slsa-v0.2-statement.json");
     let mut digests = std::collections::HashMap::new();
     let mut tags = Vec::new();
-    for tag in ["signed", "unsigned", "wrongkey", "replayed", "subject", "tampered", "payloadtype"] {
+    for tag in
+        ["signed", "unsigned", "wrongkey", "replayed", "subject", "tampered", "payloadtype", "truncated", "nonbase64"]
+    {
         let image = layout.image(tag, "amd64");
         layout.tag(tag, &image);
         digests.insert(tag, image.digest.clone());
@@ -64,6 +66,12 @@ fn world() -> World {
             "subject" => sign(keys.path(), "chains", &good_hex, &chains).envelope,
             // Properly signed, but not as an in-toto statement.
             "payloadtype" => sign_as(keys.path(), "chains", image.hex(), &chains, "application/json").envelope,
+            "truncated" => signed.envelope[..signed.envelope.len() / 2].to_vec(),
+            "nonbase64" => {
+                let mut e: Value = serde_json::from_slice(&signed.envelope).unwrap();
+                e["payload"] = json!("not base64 at all!");
+                serde_json::to_vec(&e).unwrap()
+            }
             _ => signed.envelope,
         };
         attach(&mut layout, image, "att", (DSSE, envelope, json!({SIG_ANNOTATION: ""})));
@@ -135,6 +143,14 @@ async fn signed_and_attested_images_pass_and_every_tampered_twin_fails() {
     assert_eq!(response["allowed"], true, "{response}");
     let record = hook.audit_records().pop().unwrap();
     assert_eq!(record["images"][0]["digest"], world.digests["signed"], "the audit names the verified digest");
+    let verified: Vec<&str> =
+        record["images"][0]["verified"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert_eq!(verified.len(), 2, "{verified:?}");
+    assert!(verified[0].starts_with("signature by chains (key sha256:"), "{verified:?}");
+    assert!(
+        verified[1].starts_with("attestation provenance (https://slsa.dev/provenance/v0.2) by chains (key sha256:"),
+        "{verified:?}"
+    );
     let warning = format!("the tag can move after verification; pin it as @{}", world.digests["signed"]);
     assert!(response["warnings"][0].as_str().unwrap().ends_with(&warning), "{response}");
 
@@ -145,6 +161,8 @@ async fn signed_and_attested_images_pass_and_every_tampered_twin_fails() {
         ("tampered", "wrong-key", "signature does not verify"),
         ("subject", "subject-mismatch", "subject digest does not match"),
         ("payloadtype", "wrong-payload-type", "payloadType"),
+        ("truncated", "malformed-envelope", "malformed DSSE envelope"),
+        ("nonbase64", "malformed-envelope", "malformed DSSE envelope"),
     ];
     for (tag, code, needle) in table {
         let response = hook.review(&pod(&world.image(tag))).await;
@@ -257,6 +275,7 @@ fn verify_reports_digest_platforms_and_artifacts_as_json() {
     let artifacts = image["artifacts"].as_array().unwrap();
     assert_eq!(artifacts.len(), 1, "{artifacts:?}");
     assert_eq!((artifacts[0]["kind"].as_str(), artifacts[0]["source"].as_str()), (Some("signature"), Some("sig-tag")));
+    assert!(image["verified"][0].as_str().unwrap().starts_with("signature by key (key sha256:"), "{image}");
 
     sign(keys.path(), "stranger", index.hex(), &seed("chains-kaniko-slsa-v0.2-statement.json"));
     let denied = run(&keys.path().join("stranger.pub"));

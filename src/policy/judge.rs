@@ -25,13 +25,43 @@ pub struct ReviewContext {
     pub now: DateTime<Utc>,
 }
 
-/// Every way `image` fails `policy`; empty when it passes.
+/// What one policy made of one image.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Judgement {
+    /// Every way the image fails the policy; empty when it passes.
+    pub unmet: Vec<Reason>,
+    /// What verified, and by which authority and key or identity, e.g.
+    /// `signature by chains (key sha256:ab12…)`.
+    pub verified: Vec<String>,
+}
+
+/// Judges `image` against `policy` over the gathered evidence.
 pub fn judge(
     policy: &Policy,
     image: &ImageRef,
     evidence: Option<&Result<Arc<ImageEvidence>, Reason>>,
     authorities: &Authorities,
     context: &ReviewContext,
+) -> Judgement {
+    let mut verified = Vec::new();
+    let unmet = unmet(policy, image, evidence, authorities, context, &mut verified);
+    Judgement { unmet, verified }
+}
+
+fn signer(s: &verify::Signer) -> String {
+    match s {
+        verify::Signer::Key { fingerprint, .. } => format!("key {fingerprint}"),
+        verify::Signer::Certificate { subject, issuer } => format!("certificate {subject} from {issuer}"),
+    }
+}
+
+fn unmet(
+    policy: &Policy,
+    image: &ImageRef,
+    evidence: Option<&Result<Arc<ImageEvidence>, Reason>>,
+    authorities: &Authorities,
+    context: &ReviewContext,
+    verified: &mut Vec<String>,
 ) -> Vec<Reason> {
     let mut unmet = Vec::new();
     if policy.requirements.digest && image.digest().is_none() {
@@ -69,6 +99,8 @@ pub fn judge(
     }
     let image = image.with_digest(evidence.digest.clone());
     let signatures = verify::signatures(&evidence.artifacts, &evidence.digest, &resolved);
+    verified
+        .extend(signatures.verified.iter().map(|s| format!("signature by {} ({})", s.authority(), signer(&s.signer))));
     if let Some(need) = &policy.requirements.signature {
         unmet.extend(check_signature(need, &signatures, &resolved).map(unmet_reason));
         for (digest, artifacts) in &evidence.platform_artifacts {
@@ -85,8 +117,17 @@ pub fn judge(
     let mut named: BTreeMap<String, Vec<Value>> = BTreeMap::new();
     for need in &policy.requirements.attestations {
         match check_attestation(need, &statements, &resolved) {
-            Ok(verified) => {
-                let views = verified
+            Ok(statements) => {
+                verified.extend(statements.iter().map(|s| {
+                    format!(
+                        "attestation {} ({}) by {} ({})",
+                        need.name,
+                        s.predicate_type,
+                        s.authority(),
+                        signer(&s.signer)
+                    )
+                }));
+                let views = statements
                     .iter()
                     .map(|s| json!({"predicateType": s.predicate_type, "subject": s.subject, "predicate": s.predicate}))
                     .collect();
