@@ -107,10 +107,20 @@ pub async fn start_with(config: Config, kube: Option<kube::Client>) -> anyhow::R
     Ok(Running { https, admin, policies, handle, tasks })
 }
 
-/// The review engine over `policies`, with the registry client and caches the config describes, and keys from
-/// files and inline PEM only.
-pub fn engine(config: &Config, policies: Arc<PolicyStore>) -> anyhow::Result<Engine> {
-    engine_with(config, policies, KeyStore::default(), None)
+/// The engine for one-shot commands (`provgate verify`): like `serve`'s, reading Secrets through the cluster's API
+/// only when the policies name `k8s://` keys or the config names pull secrets.
+pub async fn oneshot_engine(config: &Config, policies: Arc<PolicyStore>) -> anyhow::Result<Engine> {
+    let refs = secret_refs(&policies);
+    let wants_cluster =
+        !refs.is_empty() || config.credentials.image_pull_secrets || !config.credentials.secrets.is_empty();
+    let kube = if wants_cluster { kube_client().await } else { None };
+    let keys = KeyStore::new(kube.clone().map(SecretWatch::new));
+    for r in refs {
+        if let Some(error) = keys_watch(&keys, &r).await {
+            tracing::warn!(secret = %r, %error, "key not available");
+        }
+    }
+    engine_with(config, policies, keys, kube)
 }
 
 /// The engine with keys from `keys` and pull secrets read through `kube` (when there is a cluster).

@@ -61,11 +61,18 @@ pub struct CacheConfig {
     /// How long the artifacts found for a digest are reused.
     #[serde(with = "humantime_serde")]
     pub artifacts_ttl: Duration,
+    /// Images fetched at once across all reviews; more wait their turn (within their deadline).
+    pub max_concurrent_fetches: usize,
 }
 
 impl Default for CacheConfig {
     fn default() -> Self {
-        Self { max_entries: 10_000, tag_ttl: Duration::from_secs(60), artifacts_ttl: Duration::from_secs(300) }
+        Self {
+            max_entries: 10_000,
+            tag_ttl: Duration::from_secs(60),
+            artifacts_ttl: Duration::from_secs(300),
+            max_concurrent_fetches: 64,
+        }
     }
 }
 
@@ -76,6 +83,8 @@ pub struct Gatherer {
     resolved: moka::future::Cache<(String, String), Arc<Resolved>>,
     /// (repository, digest, credentials identity) -> its artifacts.
     artifacts: moka::future::Cache<(String, Digest, String), Arc<Artifacts>>,
+    /// Bounds the images being fetched at once, so a burst of reviews cannot open unbounded connections.
+    fetching: tokio::sync::Semaphore,
 }
 
 impl Gatherer {
@@ -84,7 +93,8 @@ impl Gatherer {
             moka::future::Cache::builder().max_capacity(cache.max_entries).time_to_live(cache.tag_ttl).build();
         let artifacts =
             moka::future::Cache::builder().max_capacity(cache.max_entries).time_to_live(cache.artifacts_ttl).build();
-        Self { registry, keys, resolved, artifacts }
+        let fetching = tokio::sync::Semaphore::new(cache.max_concurrent_fetches.max(1));
+        Self { registry, keys, resolved, artifacts, fetching }
     }
 
     /// Gathers evidence for every image a policy needs it for, all at once, within `deadline`.
@@ -142,6 +152,11 @@ impl Gatherer {
         every_platform: bool,
         deadline: Instant,
     ) -> Result<ImageEvidence, Reason> {
+        let _permit = self
+            .fetching
+            .acquire()
+            .await
+            .map_err(|_| Reason::Unmet { code: "shutting-down", message: "provgate is shutting down; retry".into() })?;
         let identity = creds.fingerprint();
         let resolved = self
             .resolved

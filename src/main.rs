@@ -220,7 +220,9 @@ fn verify_report(args: &VerifyArgs) -> anyhow::Result<provgate::oneshot::Report>
     };
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
-        let engine = provgate::app::engine(&config, std::sync::Arc::new(provgate::policy::PolicyStore::with(set)))?;
+        let engine =
+            provgate::app::oneshot_engine(&config, std::sync::Arc::new(provgate::policy::PolicyStore::with(set)))
+                .await?;
         let gatherer = engine.gatherer.clone();
         Ok(provgate::oneshot::verify(&engine, &gatherer, &args.images, &args.namespace).await)
     })
