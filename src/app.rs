@@ -71,12 +71,7 @@ pub async fn start_with(config: Config, kube: Option<kube::Client>) -> anyhow::R
     let audit = AuditLog::open(config.audit.log.as_deref())
         .await
         .with_context(|| format!("audit log {:?}", config.audit.log))?;
-    let keys = KeyStore::new(kube.clone().map(SecretWatch::new));
-    for r in secret_refs(&policies) {
-        if let Some(error) = keys_watch(&keys, &r).await {
-            tracing::warn!(secret = %r, %error, "key not available; images it must verify are denied until it is");
-        }
-    }
+    let keys = key_store(&policies, kube.clone()).await;
     tasks.push(tokio::spawn(track_secrets(policies.clone(), keys.clone(), config.policy_poll)));
     let engine = engine_with(&config, policies.clone(), keys, kube)?;
     let webhook = Arc::new(Webhook { engine, audit, metrics: metrics.clone(), max_body: config.max_request_bytes });
@@ -114,12 +109,7 @@ pub async fn oneshot_engine(config: &Config, policies: Arc<PolicyStore>) -> anyh
     let wants_cluster =
         !refs.is_empty() || config.credentials.image_pull_secrets || !config.credentials.secrets.is_empty();
     let kube = if wants_cluster { kube_client().await } else { None };
-    let keys = KeyStore::new(kube.clone().map(SecretWatch::new));
-    for r in refs {
-        if let Some(error) = keys_watch(&keys, &r).await {
-            tracing::warn!(secret = %r, %error, "key not available");
-        }
-    }
+    let keys = key_store(&policies, kube.clone()).await;
     engine_with(config, policies, keys, kube)
 }
 
@@ -166,6 +156,18 @@ fn secret_refs(policies: &PolicyStore) -> Vec<SecretRef> {
     refs.sort();
     refs.dedup();
     refs
+}
+
+/// A key store watching every Secret the active policies name, each loaded (or failed) before this returns, so
+/// the first review does not meet a key that is still loading.
+async fn key_store(policies: &PolicyStore, kube: Option<kube::Client>) -> KeyStore {
+    let keys = KeyStore::new(kube.map(SecretWatch::new));
+    for r in secret_refs(policies) {
+        if let Some(error) = keys_watch(&keys, &r).await {
+            tracing::warn!(secret = %r, %error, "key not available; images it must verify are denied until it is");
+        }
+    }
+    keys
 }
 
 /// Starts the watch for `r` and waits up to 10 s for its first answer; returns the error if it has no key.

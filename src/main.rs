@@ -209,13 +209,7 @@ fn verify_report(args: &VerifyArgs) -> anyhow::Result<provgate::oneshot::Report>
         None => Config::default(),
     };
     let set = match (&args.key, &args.policy) {
-        (Some(key), _) => {
-            let text = format!(
-                "apiVersion: provgate.dev/v1alpha1\nkind: ImagePolicy\nmetadata: {{name: key}}\nspec:\n  match: {{images: [\"**\"]}}\n  authorities: [{{name: key, key: {}}}]\n  require: {{signature: true}}\n",
-                serde_json::Value::String(key.clone())
-            );
-            provgate::policy::load_sources(&[(PathBuf::from("--key"), text)])?
-        }
+        (Some(key), _) => provgate::oneshot::key_policy(key)?,
         (None, policy) => provgate::policy::load(policy.as_ref().unwrap_or(&config.policies))?,
     };
     let runtime = tokio::runtime::Runtime::new()?;

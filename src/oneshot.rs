@@ -13,6 +13,7 @@ use crate::decide::{Decision, ImageDecision, Verdict};
 use crate::engine::Engine;
 use crate::evidence::{Gatherer, ImageEvidence};
 use crate::images::ImageRef;
+use crate::policy::{LoadErrors, PolicySet, load_sources};
 
 /// What `verify --output json` prints for one image.
 #[derive(Debug, Serialize)]
@@ -90,6 +91,15 @@ impl Report {
         out.push_str(&format!("decision: {}\n", json!(self.decision).as_str().unwrap_or_default()));
         out
     }
+}
+
+/// The policy `verify --key REF` stands for: every image must carry a signature by that key.
+pub fn key_policy(key: &str) -> Result<PolicySet, LoadErrors> {
+    let text = format!(
+        "apiVersion: provgate.dev/v1alpha1\nkind: ImagePolicy\nmetadata: {{name: key}}\nspec:\n  match: {{images: [\"**\"]}}\n  authorities: [{{name: key, key: {}}}]\n  require: {{signature: true}}\n",
+        serde_json::Value::String(key.to_owned())
+    );
+    load_sources(&[(std::path::PathBuf::from("--key"), text)])
 }
 
 /// Judges `images` in `namespace` and inspects each image's registry data for the report.
@@ -182,4 +192,25 @@ fn artifact_reports(artifacts: &Artifacts, for_digest: &str) -> Vec<ArtifactRepo
     let attestations = artifacts.attestations.iter().map(|l| one("attestation", l));
     let bundles = artifacts.bundles.iter().map(|l| one("bundle", l));
     signatures.chain(attestations).chain(bundles).collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_policy_requires_a_signature_by_that_key() {
+        let set = key_policy("k8s://provgate-system/chains-public-key").unwrap();
+        let policy = &set.policies()[0];
+        assert!(policy.requirements.signature.is_some());
+        assert_eq!(policy.authorities.len(), 1);
+        let pem = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/vectors/tekton-chains/cosign.pub"
+        ))
+        .unwrap();
+        assert!(key_policy(&pem).is_ok(), "inline PEM, newlines and all");
+        assert!(key_policy("/nonexistent/cosign.pub").unwrap_err().to_string().contains("/nonexistent/cosign.pub"));
+    }
 }
