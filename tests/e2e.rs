@@ -209,7 +209,7 @@ async fn a_stalled_registry_is_a_denial_within_the_deadline() {
     let stall = CannedServer::start([("/v2/".to_owned(), Canned::stall())].into_iter().collect());
     let host = stall.addr.clone();
     let config = stall.host_config();
-    let key = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/vectors/tekton-chains/cosign.pub");
+    let key = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vectors/tekton-chains/cosign.pub");
     let hook = Webhook::start(&[("chains.yaml", chains_policy(&key, "x"))], move |c| {
         c.deadline = Duration::from_millis(1500);
         c.registries.hosts.insert(host, config);
@@ -229,7 +229,7 @@ async fn an_unreachable_registry_is_a_denial_naming_it() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = closed.local_addr().unwrap().to_string();
     drop(closed);
-    let key = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/vectors/tekton-chains/cosign.pub");
+    let key = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vectors/tekton-chains/cosign.pub");
     let host = addr.clone();
     let hook = Webhook::start(&[("chains.yaml", chains_policy(&key, "x"))], move |c| {
         c.registries.hosts.insert(host, provgate::registry::HostConfig { insecure: true, ..Default::default() });

@@ -321,7 +321,7 @@ async fn keyless_bundles_need_the_identity_and_the_trusted_root() {
     assert!(message.contains(identity), "the denial names the certificate's identity: {message}");
 
     let public_good =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/vectors/sigstore-public-good/trusted_root.json");
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vectors/sigstore-public-good/trusted_root.json");
     let public = hook(&registry, keyless_policy(&public_good, ".*")).await;
     denied(&public, &reference, "untrusted-certificate", UNTRUSTED).await;
 

@@ -109,7 +109,7 @@ mod tests {
     fn pem_files_and_inline_keys_parse_at_load() {
         let chains = std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../shared/fixtures/vectors/tekton-chains/cosign.pub"
+            "/tests/fixtures/vectors/tekton-chains/cosign.pub"
         ))
         .unwrap();
         let spec = AuthoritySpec { name: "chains".into(), key: Some(chains.clone()), keyless: None };

@@ -11,7 +11,7 @@ use super::registry::{Desc, Layout, tool};
 pub const SIG_ANNOTATION: &str = "dev.cosignproject.cosign/signature";
 
 pub fn seed(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/seeds").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/seeds").join(name)
 }
 
 /// What the independent signer produced for one digest.
