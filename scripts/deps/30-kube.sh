@@ -1,18 +1,20 @@
 # A real Kubernetes API server for tests/kube_e2e.rs: Debian etcd-server, and kube-apiserver built ONCE from
 # Debian's `kubernetes` source package (1.20, vendored, offline with Debian's Go) and cached under
-# $PROVGATE_CACHE/kube (the build's scratch tree too; nothing lands in the repo). Later runs only check the binary.
+# $PROVGATE_CACHE/kube/bin (scratch tree in $PROVGATE_CACHE/kube/src, removed after; nothing lands in the repo).
+# Later runs only check that the cached binary runs `--version`.
 apt_ensure etcd-server
 need etcd "apt-get install etcd-server"
 kube_dir="$PROVGATE_CACHE/kube"
 kube_apiserver="$kube_dir/bin/kube-apiserver"
 if ! "$kube_apiserver" --version >/dev/null 2>&1; then
-  echo "scripts/test: building kube-apiserver from Debian's kubernetes source package into $kube_dir (once, ~10 min)" >&2
-  # Source packages need a deb-src entry for bookworm main; add one (deb822) unless one exists.
-  if ! grep -rqsE '^(Types:.*deb-src|deb-src )' /etc/apt/sources.list /etc/apt/sources.list.d/; then
-    echo "scripts/test: adding a deb-src entry for bookworm main (/etc/apt/sources.list.d/provgate-deb-src.sources)" >&2
+  echo "scripts/test: building kube-apiserver from Debian's kubernetes source package into $kube_dir (once, 5-10 min)" >&2
+  # Source packages need a deb-src entry. The package is bookworm's (1.20.5+really1.20.2, vendored) and builds
+  # with bookworm's Go 1.19; add the entry (deb822) unless apt already knows the source package.
+  if ! apt-cache showsrc kubernetes >/dev/null 2>&1; then
+    src_list=/etc/apt/sources.list.d/provgate-deb-src.sources
+    echo "scripts/test: adding a deb-src entry for bookworm main ($src_list)" >&2
     printf '%s\n' 'Types: deb-src' 'URIs: http://deb.debian.org/debian' 'Suites: bookworm' 'Components: main' \
-      'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg' |
-      as_root tee /etc/apt/sources.list.d/provgate-deb-src.sources >/dev/null
+      'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg' | as_root tee "$src_list" >/dev/null
     as_root apt-get update -qq
   fi
   apt_ensure golang-go dpkg-dev rsync make

@@ -57,9 +57,11 @@ impl Cluster {
         etcd.wait_listening(client.trim_start_matches("http://"));
 
         let tls = Tls::new(d);
-        // Service-account tokens: an ECDSA key made now, private for signing, the same file for verifying.
-        let sa_key = d.join("sa.key");
-        std::fs::write(&sa_key, rcgen::KeyPair::generate().unwrap().serialize_pem()).unwrap();
+        // Service-account tokens: an ECDSA key made now, the private half signs, the public half verifies.
+        let (sa_key, sa_pub) = (d.join("sa.key"), d.join("sa.pub"));
+        let key = rcgen::KeyPair::generate().unwrap();
+        std::fs::write(&sa_key, key.serialize_pem()).unwrap();
+        std::fs::write(&sa_pub, key.public_key_pem()).unwrap();
         let tokens = d.join("tokens.csv");
         std::fs::write(&tokens, format!("{ADMIN_TOKEN},admin,admin-uid,\"system:masters\"\n")).unwrap();
         let port = free_port();
@@ -76,7 +78,7 @@ impl Cluster {
             .arg(format!("--client-ca-file={}", tls.ca_pem.display()))
             .arg(format!("--token-auth-file={}", tokens.display()))
             .arg("--authorization-mode=Node,RBAC")
-            .arg(format!("--service-account-key-file={}", sa_key.display()))
+            .arg(format!("--service-account-key-file={}", sa_pub.display()))
             .arg(format!("--service-account-signing-key-file={}", sa_key.display()))
             .arg("--service-account-issuer=https://kubernetes.default.svc")
             .arg("--api-audiences=https://kubernetes.default.svc")
@@ -84,7 +86,7 @@ impl Cluster {
             .arg("--endpoint-reconciler-type=none")
             .arg("--profiling=false")
             .arg("--logtostderr=true")
-            .arg("--v=1");
+            .arg("--v=0");
         let apiserver = Proc::spawn(cmd, d.join("kube-apiserver.log"));
         let mut cluster = Self { url, tls, apiserver, _etcd: etcd, dir };
         cluster.wait_healthy().await;
