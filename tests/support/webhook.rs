@@ -11,6 +11,8 @@ pub struct Webhook {
     pub client: reqwest::Client,
     pub url: String,
     pub dir: tempfile::TempDir,
+    /// The PEM of the CA that issued the serving certificate (a webhook configuration's `caBundle`).
+    pub ca_pem: String,
 }
 
 pub fn fixtures_dir() -> PathBuf {
@@ -77,7 +79,7 @@ impl Webhook {
         tweak(&mut config);
         let running = provgate::app::start_with(config, kube).await.unwrap();
         let url = format!("https://localhost:{}/validate", running.https.port());
-        Self { running, client: https_client(generated.ca_pem.as_bytes()), url, dir }
+        Self { running, client: https_client(generated.ca_pem.as_bytes()), url, dir, ca_pem: generated.ca_pem }
     }
 
     /// Posts raw bytes; returns the HTTP status and body.

@@ -72,15 +72,27 @@ pub struct Proc {
 }
 
 impl Proc {
-    fn spawn(mut cmd: Command, log: PathBuf) -> Self {
+    pub fn spawn(mut cmd: Command, log: PathBuf) -> Self {
         let out = std::fs::File::create(&log).unwrap();
         let err = out.try_clone().unwrap();
         let child = cmd.stdin(Stdio::null()).stdout(out).stderr(err).spawn().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
         Self { child, log }
     }
 
+    /// Panics with the process's log when it has exited.
+    pub fn assert_running(&mut self, what: &str) {
+        if let Some(status) = self.child.try_wait().unwrap() {
+            panic!("{what} exited with {status}: {}", self.log_text());
+        }
+    }
+
+    /// What the process wrote to stdout and stderr so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// Waits (at most 15 s) until `addr` accepts TCP connections.
-    fn wait_listening(&mut self, addr: &str) {
+    pub fn wait_listening(&mut self, addr: &str) {
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(15) {
             if let Some(status) = self.child.try_wait().unwrap() {

@@ -1,0 +1,284 @@
+//! End to end through a real Kubernetes API server: etcd and kube-apiserver (1.20, built from Debian's source
+//! package by scripts/deps/30-kube.sh) on loopback call the real provgate webhook through a
+//! ValidatingWebhookConfiguration, for Pods and Deployments created with kube-rs. Images are signed at test time
+//! and served by a real docker-registry. What the API returns to the client is what is asserted.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
+use kube::Api;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::core::Status;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use support::kube::Cluster;
+use support::registry::{Auth, DockerRegistry, Layout, SIMPLE_SIGNING};
+use support::signing::{SIG_ANNOTATION, attach, seed, sign};
+use support::webhook::Webhook;
+
+const WEBHOOK: &str = "images.provgate.dev";
+/// Namespaces with this label are not sent to the webhook (1.20 does not set `kubernetes.io/metadata.name`).
+const EXEMPT: &str = "provgate.dev/exempt";
+const NS: &str = "team-a";
+
+/// A docker-registry holding `team/app:signed` (signed by the `chains` key) and `team/app:unsigned`.
+struct Images {
+    registry: DockerRegistry,
+    keys: tempfile::TempDir,
+    signed_digest: String,
+}
+
+impl Images {
+    fn start() -> Self {
+        let registry = DockerRegistry::start(Auth::None);
+        let keys = tempfile::tempdir().unwrap();
+        let mut layout = Layout::new();
+        let signed = layout.image("signed", "amd64");
+        layout.tag("signed", &signed);
+        let unsigned = layout.image("unsigned", "amd64");
+        layout.tag("unsigned", &unsigned);
+        let s = sign(keys.path(), "chains", signed.hex(), &seed("chains-kaniko-slsa-v0.2-statement.json"));
+        attach(&mut layout, &signed, "sig", (SIMPLE_SIGNING, s.payload, json!({SIG_ANNOTATION: s.signature})));
+        for tag in ["signed".to_owned(), "unsigned".to_owned(), format!("sha256-{}.sig", signed.hex())] {
+            registry.push(&layout, &tag, "team/app", &tag);
+        }
+        Self { registry, keys, signed_digest: signed.digest.clone() }
+    }
+
+    fn image(&self, tag: &str) -> String {
+        format!("{}/team/app:{tag}", self.registry.addr)
+    }
+
+    async fn webhook(&self, key: &str, kube: Option<kube::Client>) -> Webhook {
+        let policy = format!(
+            "apiVersion: provgate.dev/v1alpha1\nkind: ImagePolicy\nmetadata: {{name: signed}}\nspec:\n  match: {{images: [\"**\"]}}\n  authorities: [{{name: chains, key: \"{key}\"}}]\n  require: {{signature: true}}\n"
+        );
+        let (host, config) = (self.registry.addr.clone(), self.registry.host_config());
+        Webhook::start_with(&[("signed.yaml", policy)], kube, move |c| {
+            c.registries.hosts.insert(host, config);
+        })
+        .await
+    }
+}
+
+fn object<T: DeserializeOwned>(value: Value) -> T {
+    serde_json::from_value(value).unwrap()
+}
+
+fn pod(name: &str, image: &str) -> Pod {
+    object(json!({"metadata": {"name": name}, "spec": {
+        "automountServiceAccountToken": false,
+        "containers": [{"name": "app", "image": image}]}}))
+}
+
+fn deployment(name: &str, image: &str) -> Deployment {
+    object(json!({"metadata": {"name": name}, "spec": {
+        "selector": {"matchLabels": {"app": name}},
+        "template": {"metadata": {"labels": {"app": name}}, "spec": {
+            "automountServiceAccountToken": false,
+            "containers": [{"name": "app", "image": image}]}}}}))
+}
+
+/// The webhook configuration sending pods and workloads (outside exempt namespaces) to `hook`.
+fn webhook_configuration(hook: &Webhook) -> ValidatingWebhookConfiguration {
+    use base64::Engine as _;
+    let ops = ["CREATE", "UPDATE"];
+    object(json!({
+        "metadata": {"name": WEBHOOK},
+        "webhooks": [{
+            "name": WEBHOOK,
+            "admissionReviewVersions": ["v1"],
+            "sideEffects": "None",
+            "failurePolicy": "Fail",
+            "timeoutSeconds": 10,
+            "clientConfig": {
+                "url": format!("https://127.0.0.1:{}/validate", hook.running.https.port()),
+                "caBundle": base64::engine::general_purpose::STANDARD.encode(&hook.ca_pem),
+            },
+            "rules": [
+                {"apiGroups": [""], "apiVersions": ["v1"], "operations": ops,
+                 "resources": ["pods", "pods/ephemeralcontainers"], "scope": "Namespaced"},
+                {"apiGroups": ["apps"], "apiVersions": ["v1"], "operations": ops,
+                 "resources": ["deployments", "replicasets", "statefulsets", "daemonsets"], "scope": "Namespaced"},
+                {"apiGroups": ["batch"], "apiVersions": ["*"], "operations": ops,
+                 "resources": ["jobs", "cronjobs"], "scope": "Namespaced"},
+            ],
+            "namespaceSelector": {"matchExpressions": [{"key": EXEMPT, "operator": "DoesNotExist"}]},
+        }]
+    }))
+}
+
+/// The API's error for a request that must fail.
+fn api_error<T: std::fmt::Debug>(result: Result<T, kube::Error>) -> Box<Status> {
+    match result {
+        Err(kube::Error::Api(status)) => status,
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+/// Creates a namespace (with the exemption label when `exempt`) and its `default` ServiceAccount, which the
+/// ServiceAccount admission plugin requires and no controller-manager creates here.
+async fn namespace(client: &kube::Client, name: &str, exempt: bool) {
+    let labels = if exempt { json!({EXEMPT: "true"}) } else { json!({}) };
+    let ns: Namespace = object(json!({"metadata": {"name": name, "labels": labels}}));
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    if namespaces.get_opt(name).await.unwrap().is_some() {
+        namespaces.patch(name, &PatchParams::default(), &Patch::Merge(&ns)).await.unwrap();
+    } else {
+        namespaces.create(&PostParams::default(), &ns).await.unwrap();
+    }
+    let sa: ServiceAccount = object(json!({"metadata": {"name": "default"}}));
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), name);
+    if accounts.get_opt("default").await.unwrap().is_none() {
+        accounts.create(&PostParams::default(), &sa).await.unwrap();
+    }
+}
+
+/// Points the webhook configuration at `hook` and waits (at most 30 s) until the apiserver really calls it.
+async fn register(client: &kube::Client, hook: &Webhook, image: &str) {
+    let configs: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
+    let config = webhook_configuration(hook);
+    if configs.get_opt(WEBHOOK).await.unwrap().is_some() {
+        configs.patch(WEBHOOK, &PatchParams::default(), &Patch::Merge(&config)).await.unwrap();
+    } else {
+        configs.create(&PostParams::default(), &config).await.unwrap();
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let dry = PostParams { dry_run: true, ..PostParams::default() };
+    let start = Instant::now();
+    while hook.audit_records().is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(30), "the apiserver did not call the webhook in 30 s");
+        // Admitted without the webhook until the apiserver has seen the configuration; never stored (dry run).
+        let _ = pods.create(&dry, &pod("probe", image)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn assert_denied(status: &Status, needles: &[&str]) {
+    assert_eq!(status.code, 403, "{status:?}");
+    let prefix = format!("admission webhook \"{WEBHOOK}\" denied the request: ");
+    assert!(status.message.starts_with(&prefix), "{}", status.message);
+    for needle in needles {
+        assert!(status.message.contains(needle), "{:?} should contain {needle:?}", status.message);
+    }
+}
+
+#[tokio::test]
+async fn the_apiserver_admits_only_signed_images_through_the_webhook() {
+    let images = Images::start();
+    let cluster = Cluster::start().await;
+    let client = cluster.client();
+    namespace(&client, NS, false).await;
+    namespace(&client, "kube-system", true).await;
+    let hook = images.webhook(&images.keys.path().join("chains.pub").display().to_string(), None).await;
+    register(&client, &hook, &images.image("signed")).await;
+    let probe = hook.audit_records().pop().unwrap();
+    assert_eq!((probe["kind"].as_str(), probe["dryRun"].as_bool()), (Some("Pod"), Some(true)), "{probe}");
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let (signed, unsigned) = (images.image("signed"), images.image("unsigned"));
+
+    // A signed image: stored, after the webhook verified the digest the tag points at.
+    let created = pods.create(&PostParams::default(), &pod("signed", &signed)).await.unwrap();
+    assert_eq!(created.spec.unwrap().containers[0].image.as_deref(), Some(signed.as_str()));
+    let record = hook.audit_records().pop().unwrap();
+    assert_eq!((record["name"].as_str(), record["decision"].as_str()), (Some("signed"), Some("allow")), "{record}");
+    assert_eq!(record["images"][0]["digest"], images.signed_digest.as_str(), "{record}");
+    assert!(pods.get_opt("signed").await.unwrap().is_some());
+
+    // An unsigned image: the apiserver relays provgate's denial with its code, and stores nothing.
+    let status = api_error(pods.create(&PostParams::default(), &pod("unsigned", &unsigned)).await);
+    assert_denied(&status, &["spec.containers[0].image", &unsigned, "policy \"signed\"", "no signatures found"]);
+    assert!(pods.get_opt("unsigned").await.unwrap().is_none(), "a denied Pod is not stored");
+
+    // UPDATE is judged too: the signed Pod's image swapped for the unsigned one.
+    let swap = json!({"spec": {"containers": [{"name": "app", "image": unsigned}]}});
+    let status = api_error(pods.patch("signed", &PatchParams::default(), &Patch::Strategic(&swap)).await);
+    assert_denied(&status, &["spec.containers[0].image", "no signatures found"]);
+    let kept = pods.get("signed").await.unwrap();
+    assert_eq!(kept.spec.unwrap().containers[0].image.as_deref(), Some(signed.as_str()), "the update was refused");
+
+    // A Deployment: judged by its Pod template, the denial names the template's field path.
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), NS);
+    let status = api_error(deployments.create(&PostParams::default(), &deployment("web", &unsigned)).await);
+    assert_denied(&status, &["spec.template.spec.containers[0].image", "no signatures found"]);
+    assert!(deployments.get_opt("web").await.unwrap().is_none());
+    deployments.create(&PostParams::default(), &deployment("web", &signed)).await.unwrap();
+
+    // Dry runs (dryRun=All) are judged the same, and nothing is stored either way.
+    let dry = PostParams { dry_run: true, ..PostParams::default() };
+    let status = api_error(pods.create(&dry, &pod("dry-unsigned", &unsigned)).await);
+    assert_denied(&status, &["spec.containers[0].image", "no signatures found"]);
+    let record = hook.audit_records().pop().unwrap();
+    assert_eq!((record["dryRun"].as_bool(), record["decision"].as_str()), (Some(true), Some("deny")), "{record}");
+    pods.create(&dry, &pod("dry-signed", &signed)).await.unwrap();
+    assert!(pods.get_opt("dry-signed").await.unwrap().is_none(), "a dry run stores nothing");
+
+    // The namespaceSelector leaves exempt namespaces alone: the webhook is not even asked.
+    let calls = hook.audit_records().len();
+    let system: Api<Pod> = Api::namespaced(client.clone(), "kube-system");
+    system.create(&PostParams::default(), &pod("exempt", &unsigned)).await.unwrap();
+    assert_eq!(hook.audit_records().len(), calls, "kube-system is not sent to the webhook");
+
+    let Webhook { running, .. } = hook;
+    running.shutdown().await;
+
+    // Verification keys held in a Kubernetes Secret, read by the webhook through this same apiserver. Leaves the
+    // configuration pointing at that webhook, stopped.
+    let port = secret_key_cases(&client, &images, &signed).await;
+
+    // With the webhook gone, failurePolicy: Fail refuses the request: nothing is admitted by accident.
+    wait_closed(port).await;
+    let status = api_error(pods.create(&PostParams::default(), &pod("webhook-down", &signed)).await);
+    assert_eq!((status.code, status.reason.as_str()), (500, "InternalError"), "{status:?}");
+    assert!(status.message.contains(&format!("failed calling webhook \"{WEBHOOK}\"")), "{}", status.message);
+    assert!(pods.get_opt("webhook-down").await.unwrap().is_none(), "nothing admitted while the webhook is down");
+}
+
+/// Waits (at most 15 s) until nothing accepts connections on the loopback `port`.
+async fn wait_closed(port: u16) {
+    let start = Instant::now();
+    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+        assert!(start.elapsed() < Duration::from_secs(15), "the webhook still listens on {port}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `k8s://provgate-system/chains-public-key`: a signed image is admitted while the Secret holds the key; once the
+/// Secret is deleted, the denial names it. Returns the port of that webhook, stopped.
+async fn secret_key_cases(client: &kube::Client, images: &Images, signed: &str) -> u16 {
+    namespace(client, "provgate-system", true).await;
+    let pem = std::fs::read_to_string(images.keys.path().join("chains.pub")).unwrap();
+    let secret: Secret = object(json!({"metadata": {"name": "chains-public-key"}, "stringData": {"cosign.pub": pem}}));
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "provgate-system");
+    secrets.create(&PostParams::default(), &secret).await.unwrap();
+    let hook = images.webhook("k8s://provgate-system/chains-public-key", Some(client.clone())).await;
+    register(client, &hook, signed).await;
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let created = pods.create(&PostParams::default(), &pod("secret-key", signed)).await;
+    assert!(created.is_ok(), "the key from the Secret verifies the signature: {created:?}");
+
+    secrets.delete("chains-public-key", &DeleteParams::default()).await.unwrap();
+    // The webhook watches the Secret; the deletion reaches it within moments.
+    let start = Instant::now();
+    let status = loop {
+        match pods.create(&PostParams { dry_run: true, ..PostParams::default() }, &pod("secret-gone", signed)).await {
+            Err(kube::Error::Api(status)) => break status,
+            other => {
+                assert!(start.elapsed() < Duration::from_secs(30), "still admitted 30 s after the delete: {other:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    assert_denied(&status, &["Secret provgate-system/chains-public-key not found"]);
+    let port = hook.running.https.port();
+    let Webhook { running, .. } = hook;
+    running.shutdown().await;
+    port
+}
