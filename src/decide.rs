@@ -134,6 +134,8 @@ pub struct ImageDecision {
     pub failures: Vec<Failure>,
     /// What verified, by which authority (see [`crate::policy::judge::Judgement::verified`]).
     pub verified: Vec<String>,
+    /// Whether the object named the image by digest (a tag can move after verification).
+    pub written_with_digest: bool,
 }
 
 impl ImageDecision {
@@ -243,6 +245,7 @@ fn judge_image(
         outcome: Outcome::Allowed,
         failures: Vec::new(),
         verified: Vec::new(),
+        written_with_digest: planned.field.image.as_ref().is_ok_and(|i| i.digest().is_some()),
     };
     match &planned.step {
         Step::Unchanged => decision.outcome = Outcome::Unchanged,
