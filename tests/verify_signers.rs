@@ -150,15 +150,25 @@ fn keyless_authority(root: &[u8], subject: &str) -> Authority {
     Authority::new("github", Trust::Keyless(Keyless::new(root, vec![id]).unwrap()))
 }
 
-#[test]
-fn sigstore_js_bundles_verify_key_signed_and_keyless_and_twins_fail() {
-    let modules = tool("PROVGATE_TEST_NODE_MODULES", "npm @sigstore/sign @sigstore/mock (node_modules directory)");
+fn node_modules() -> PathBuf {
+    tool("PROVGATE_TEST_NODE_MODULES", "npm @sigstore/sign @sigstore/mock (node_modules directory)")
+}
+
+/// Key-signed and keyless bundles for [`IMAGE_HEX`], made now by npm @sigstore/sign and @sigstore/mock.
+fn bundles() -> tempfile::TempDir {
+    let modules = node_modules();
     let dir = tempfile::tempdir().unwrap();
     run(Command::new("node")
         .arg(signers_dir().join("bundles.js"))
         .arg(dir.path())
         .arg(IMAGE_HEX)
         .env("NODE_PATH", &modules));
+    dir
+}
+
+#[test]
+fn sigstore_js_bundles_verify_key_signed_and_keyless_and_twins_fail() {
+    let dir = bundles();
     let read = |name: &str| std::fs::read(dir.path().join(name)).unwrap();
     let img = [image()];
 
@@ -233,7 +243,7 @@ fn sigstore_js_bundles_verify_key_signed_and_keyless_and_twins_fail() {
         .arg(dir.path().join("keyless.trusted_root.json"))
         .arg(dir.path().join("key.pub.pem"))
         .args(files.iter().map(|f| dir.path().join(f)))
-        .env("NODE_PATH", &modules)
+        .env("NODE_PATH", node_modules())
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -276,13 +286,7 @@ fn legacy_att_from_bundle(bundle: &[u8]) -> Artifacts {
 
 #[test]
 fn legacy_keyless_att_layer_verifies_and_its_twin_fails() {
-    let modules = tool("PROVGATE_TEST_NODE_MODULES", "npm @sigstore/sign @sigstore/mock (node_modules directory)");
-    let dir = tempfile::tempdir().unwrap();
-    run(Command::new("node")
-        .arg(signers_dir().join("bundles.js"))
-        .arg(dir.path())
-        .arg(IMAGE_HEX)
-        .env("NODE_PATH", &modules));
+    let dir = bundles();
     let read = |name: &str| std::fs::read(dir.path().join(name)).unwrap();
     let auth = keyless_authority(&read("keyless.trusted_root.json"), r"https://github\.com/acme/app/.*");
     let bundle = read("keyless-attestation.bundle.json");
