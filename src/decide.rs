@@ -35,7 +35,9 @@ impl NoMatch {
 /// What must be done for one image field.
 #[derive(Debug, Clone)]
 pub enum Step {
-    /// On UPDATE, the same reference was already in the old object, so it was judged when that was admitted.
+    /// On UPDATE, the same field of the old object held the same digest reference, so it was judged when that was
+    /// admitted. A tag gets no such credit: it may name another image now, and the old object may have been
+    /// admitted with a warn- or audit-mode failure.
     Unchanged,
     /// The reference does not parse.
     Invalid(RefError),
@@ -66,13 +68,18 @@ impl Plan {
     }
 }
 
-/// Matches every field against the policy set. `previous` holds the image fields of the old object on UPDATE.
+/// Matches every field against the policy set. `previous` holds the image fields of the old object on UPDATE: a
+/// field keeps its credit only when the same path held the same digest reference.
 pub fn plan(fields: Vec<ImageField>, previous: &[ImageField], policies: &PolicySet, namespace: &str) -> Plan {
-    let before: HashSet<&str> = previous.iter().map(|f| f.raw.as_str()).collect();
+    let before: HashSet<(&str, &str)> = previous
+        .iter()
+        .filter(|f| f.image.as_ref().is_ok_and(|i| i.digest().is_some()))
+        .map(|f| (f.path.as_str(), f.raw.as_str()))
+        .collect();
     let images = fields
         .into_iter()
         .map(|field| {
-            let step = if before.contains(field.raw.as_str()) {
+            let step = if before.contains(&(field.path.as_str(), field.raw.as_str())) {
                 Step::Unchanged
             } else {
                 match &field.image {
@@ -352,6 +359,7 @@ mod tests {
         let (nd, nw, na) = (NoMatch::Deny, NoMatch::Warn, NoMatch::Allow);
         let (allow, warn, deny) = (Verdict::Allow, Verdict::Warn, Verdict::Deny);
         let t = "registry.example.com/team/app:1";
+        let n_at_d = "nginx@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
         type Row<'a> = (&'a [&'a str], &'a [&'a str], &'a str, NoMatch, Verdict, &'a [Outcome]);
         let table: &[Row] = &[
             (&[t], &[], "team-a", nd, allow, &[Allowed]),
@@ -362,8 +370,12 @@ mod tests {
             (&[t], &[], "other-ns", nd, deny, &[Denied]),
             (&["Bad Ref"], &[], "team-a", na, deny, &[Denied]),
             (&[""], &[], "team-a", na, deny, &[Denied]),
-            (&["nginx"], &["nginx"], "team-a", nd, allow, &[Unchanged]),
-            (&["nginx", "busybox"], &["nginx"], "team-a", nd, deny, &[Unchanged, Denied]),
+            // UPDATE credit: only the same field holding the same digest reference.
+            (&[n_at_d], &[n_at_d], "team-a", nd, allow, &[Unchanged]),
+            (&[n_at_d, "busybox"], &[n_at_d], "team-a", nd, deny, &[Unchanged, Denied]),
+            (&["busybox", n_at_d], &[n_at_d], "team-a", nd, deny, &[Denied, Denied]),
+            (&["nginx"], &["nginx"], "team-a", nd, deny, &[Denied]),
+            (&["nginx"], &["nginx"], "team-a", nw, warn, &[Warned]),
             (&[], &[], "team-a", nd, allow, &[]),
         ];
         for (images, previous, ns, no_match, verdict, outcomes) in table {

@@ -73,6 +73,23 @@ pub enum RefError {
     Digest(String),
 }
 
+/// The canonical name of Docker Hub.
+pub const DOCKER_HUB: &str = "docker.io";
+
+/// A registry host the way the container runtime reaches it, so that aliases of one registry are one name: DNS
+/// names are case-insensitive (`LOCALHOST:5000` is `localhost:5000`), `:443` is the HTTPS default port
+/// (`host:443` is `host`), and Docker Hub answers under several names (`index.docker.io`, `registry-1.docker.io`,
+/// `registry.hub.docker.com` are `docker.io`). Policies match, and credentials and host settings are looked up,
+/// under this name only.
+pub fn canonical_host(host: &str) -> String {
+    let lower = host.to_ascii_lowercase();
+    let host = lower.strip_suffix(":443").unwrap_or(&lower);
+    match host {
+        "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => DOCKER_HUB.to_owned(),
+        other => other.to_owned(),
+    }
+}
+
 /// A normalised image reference: `docker.io/library/` added, `latest` when neither tag nor digest is given, and the
 /// digest, when present, is what identifies the image (the tag is kept only for display).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -94,12 +111,12 @@ impl ImageRef {
         let parsed: oci_spec::distribution::Reference =
             s.parse().map_err(|e: oci_spec::distribution::ParseError| RefError::Syntax(s.to_owned(), e.to_string()))?;
         let digest = parsed.digest().map(Digest::parse).transpose()?;
-        Ok(Self {
-            registry: parsed.registry().to_owned(),
-            repository: parsed.repository().to_owned(),
-            tag: parsed.tag().map(str::to_owned),
-            digest,
-        })
+        let registry = canonical_host(parsed.registry());
+        let mut repository = parsed.repository().to_owned();
+        if registry == DOCKER_HUB && !repository.contains('/') {
+            repository = format!("library/{repository}");
+        }
+        Ok(Self { registry, repository, tag: parsed.tag().map(str::to_owned), digest })
     }
 
     /// Registry host (and port), `docker.io` for Docker Hub.
@@ -286,6 +303,17 @@ mod tests {
             ("127.0.0.1:5000/team/app", "127.0.0.1:5000/team/app:latest"),
             ("registry.example.com/team/app", "registry.example.com/team/app:latest"),
             ("foo_bar.com:8080", "docker.io/library/foo_bar.com:8080"),
+            // Aliases of one registry are one name (the runtime reaches the same server under each).
+            ("LOCALHOST:5000/x", "localhost:5000/x:latest"),
+            ("Registry.Example.com/team/app", "registry.example.com/team/app:latest"),
+            ("registry.example.com:443/team/app:1", "registry.example.com/team/app:1"),
+            ("registry-1.docker.io/library/x", "docker.io/library/x:latest"),
+            ("registry-1.docker.io/x", "docker.io/library/x:latest"),
+            ("index.docker.io/x:1", "docker.io/library/x:1"),
+            ("registry.hub.docker.com/acme/app", "docker.io/acme/app:latest"),
+            ("Docker.IO/x", "docker.io/library/x:latest"),
+            ("docker.io:443/x", "docker.io/library/x:latest"),
+            ("registry.example.com:4443/team/app", "registry.example.com:4443/team/app:latest"),
         ];
         for (input, want) in table {
             let got = ImageRef::parse(input).unwrap_or_else(|e| panic!("{input}: {e}"));

@@ -35,13 +35,14 @@ pub fn check(path: &Path) -> Report {
             let mut text = String::new();
             for p in set.policies() {
                 text.push_str(&format!(
-                    "ok  {} ({}:{}, mode {}, {} authorities, {} validations)\n",
+                    "ok  {} ({}:{}, mode {}, {} authorities, {} validations; requires {})\n",
                     p.name,
                     p.file.display(),
                     p.line,
                     serde_json::to_value(p.mode).ok().and_then(|m| m.as_str().map(str::to_owned)).unwrap_or_default(),
                     p.authorities.len(),
-                    p.validations.len()
+                    p.validations.len(),
+                    p.requirements.describe()
                 ));
             }
             text.push_str(&format!(
@@ -403,7 +404,8 @@ spec:
         let lines: Vec<&str> = ok.text.lines().collect();
         assert_eq!(lines.len(), 2, "{}", ok.text);
         assert!(
-            lines[0].starts_with("ok  t (") && lines[0].ends_with(":1, mode enforce, 0 authorities, 2 validations)"),
+            lines[0].starts_with("ok  t (")
+                && lines[0].ends_with(":1, mode enforce, 0 authorities, 2 validations; requires no verification)"),
             "{}",
             ok.text
         );

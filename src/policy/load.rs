@@ -170,7 +170,8 @@ fn compile_doc(file: &Path, doc: &Document) -> Result<Policy, LoadError> {
         authorities.push(authority::compile(spec, base).map_err(|m| err(line, m))?);
     }
     let names: Vec<String> = authorities.iter().map(|a| a.name().to_owned()).collect();
-    let requirements = Requirements::compile(&parsed.spec.require, &names).map_err(|m| err(line_of("require"), m))?;
+    let requirements =
+        Requirements::compile(parsed.spec.require.as_ref(), &names).map_err(|m| err(line_of("require"), m))?;
     Ok(Policy {
         name,
         file: file.to_path_buf(),

@@ -18,7 +18,8 @@ impl Matcher {
             return Err("match.images must list at least one glob (use \"**\" for every image)".into());
         }
         let mut set = GlobSetBuilder::new();
-        for glob in images {
+        for written in images {
+            let glob = &canonical_glob(written);
             let compiled = GlobBuilder::new(glob)
                 .literal_separator(true)
                 .build()
@@ -42,6 +43,20 @@ impl Matcher {
     pub fn matches(&self, image: &ImageRef, namespace: &str) -> bool {
         let namespace_ok = self.namespaces.as_ref().is_none_or(|set| set.is_match(namespace));
         namespace_ok && candidates(image).iter().any(|c| self.images.is_match(c))
+    }
+}
+
+/// A glob whose registry part is written literally names that registry canonically (see
+/// [`crate::images::canonical_host`]), so `Registry.Example.com:443/team/**` governs what the runtime pulls from
+/// `registry.example.com/team/...`.
+fn canonical_glob(glob: &str) -> String {
+    match glob.split_once('/') {
+        Some((host, rest))
+            if !host.contains(['*', '?', '[', '{']) && (host.contains(['.', ':']) || host == "localhost") =>
+        {
+            format!("{}/{rest}", crate::images::canonical_host(host))
+        }
+        _ => glob.to_owned(),
     }
 }
 
@@ -95,6 +110,57 @@ mod tests {
         ];
         for (globs, image, want) in table {
             assert_eq!(m(globs, &[]).matches(&img(image), "default"), *want, "{globs:?} vs {image}");
+        }
+    }
+
+    #[test]
+    fn globs_name_registries_canonically() {
+        let table: &[(&str, &str, bool)] = &[
+            ("Registry.Example.com:443/team/**", "registry.example.com/team/app:1", true),
+            ("index.docker.io/library/*", "nginx", true),
+            ("registry.example.com/team/**", "REGISTRY.example.com:443/team/app", true),
+            ("localhost:5000/**", "LOCALHOST:5000/x", true),
+            ("registry.example.com:4443/**", "registry.example.com/team/app", false),
+        ];
+        for (glob, image, want) in table {
+            assert_eq!(m(&[glob], &[]).matches(&img(image), "default"), *want, "{glob} vs {image}");
+        }
+    }
+
+    proptest::proptest! {
+        /// References that make the runtime pull the same thing are governed by the same policies.
+        #[test]
+        fn aliases_of_one_image_match_the_same_policies(
+            host in proptest::sample::select(vec!["docker.io", "index.docker.io", "registry-1.docker.io",
+                "registry.hub.docker.com", "registry.example.com", "localhost:5000"]),
+            upper in proptest::collection::vec(proptest::bool::ANY, 24),
+            port in proptest::bool::ANY,
+            library in proptest::bool::ANY,
+            repo in "[a-z][a-z0-9]{0,6}(/[a-z][a-z0-9]{0,6}){0,2}",
+            tag in proptest::option::of("[a-zA-Z0-9_][a-zA-Z0-9_.-]{0,8}"),
+        ) {
+            let hub = host.ends_with("docker.io") || host.ends_with("docker.com");
+            let canonical_host = if hub { "docker.io" } else { host };
+            let path = if hub && !repo.contains('/') { format!("library/{repo}") } else { repo.clone() };
+            let suffix = tag.as_ref().map(|t| format!(":{t}")).unwrap_or_default();
+            let canonical = format!("{canonical_host}/{path}{suffix}");
+            // The same image written another way: host case, the HTTPS default port, Hub's aliases and `library/`.
+            let cased: String = host
+                .chars()
+                .zip(upper.iter().cycle())
+                .map(|(c, up)| if *up { c.to_ascii_uppercase() } else { c })
+                .collect();
+            let with_port = if port && !host.contains(':') { format!("{cased}:443") } else { cased };
+            let written_path = if hub && library && !repo.contains('/') { path.clone() } else { repo.clone() };
+            let alias = format!("{with_port}/{written_path}{suffix}");
+            let (a, b) = (img(&canonical), img(&alias));
+            proptest::prop_assert_eq!(a.to_string(), b.to_string());
+            let globs = ["docker.io/library/**", "docker.io/*/*", "registry.example.com/**", "localhost:5000/*",
+                "**/app*", "*.io/**", "registry.example.com/a/**:v*"];
+            for g in globs {
+                let matcher = m(&[g], &[]);
+                proptest::prop_assert_eq!(matcher.matches(&a, "ns"), matcher.matches(&b, "ns"), "{} vs {} under {}", canonical, alias, g);
+            }
         }
     }
 

@@ -35,9 +35,10 @@ pub struct Spec {
     /// Who may vouch for an image: keys or keyless identities.
     #[serde(default)]
     pub authorities: Vec<super::authority::AuthoritySpec>,
-    /// What must be verified: signature, attestations, digest pinning.
+    /// What must be verified: signature, attestations, digest pinning. Absent with authorities: a signature from
+    /// any of them.
     #[serde(default)]
-    pub require: super::require::RequireSpec,
+    pub require: Option<super::require::RequireSpec>,
     /// CEL validations, like ValidatingAdmissionPolicy's; compiled at load.
     #[serde(default)]
     pub validations: Vec<super::eval::Validation>,

@@ -129,9 +129,14 @@ impl Need {
         if all.is_empty() {
             return Err(format!("{what} needs authorities: list at least one under spec.authorities"));
         }
-        for name in &spec.authorities {
+        for (i, name) in spec.authorities.iter().enumerate() {
             if !all.contains(name) {
                 return Err(format!("{what}: authority {name:?} is not in spec.authorities ({})", all.join(", ")));
+            }
+            if spec.authorities[..i].contains(name) {
+                return Err(format!(
+                    "{what}: authority {name:?} is listed twice, so one authority would count twice towards match"
+                ));
             }
         }
         let authorities = if spec.authorities.is_empty() { all.to_vec() } else { spec.authorities.clone() };
@@ -196,8 +201,14 @@ pub struct Requirements {
 }
 
 impl Requirements {
-    /// Checks names against the policy's authorities (`all`).
-    pub fn compile(spec: &RequireSpec, all: &[String]) -> Result<Self, String> {
+    /// Checks names against the policy's authorities (`all`). An absent `require` with authorities means a
+    /// signature from any of them; a `require` that asks nothing of listed authorities is an error, since it would
+    /// admit unsigned images while reading as if it checked them.
+    pub fn compile(spec: Option<&RequireSpec>, all: &[String]) -> Result<Self, String> {
+        let Some(spec) = spec else {
+            let signature = (!all.is_empty()).then(|| Need { authorities: all.to_vec(), combine: Combine::Any });
+            return Ok(Self { signature, ..Self::default() });
+        };
         let signature = spec.signature.as_ref().map(|s| Need::compile(s, all, "require.signature")).transpose()?;
         let mut attestations: Vec<AttestationNeed> = Vec::new();
         for (i, a) in spec.attestations.iter().enumerate() {
@@ -218,7 +229,34 @@ impl Requirements {
         if spec.platforms == Platforms::All && signature.is_none() {
             return Err("require.platforms: all needs require.signature".into());
         }
+        if !all.is_empty() && signature.is_none() && attestations.is_empty() {
+            return Err(format!(
+                "spec.authorities lists {} but require asks for neither a signature nor an attestation, so unsigned \
+                 images would be admitted: set require.signature: true (or remove require, which means the same), or \
+                 list require.attestations",
+                all.join(", ")
+            ));
+        }
         Ok(Self { digest: spec.digest, signature, attestations, platforms: spec.platforms })
+    }
+
+    /// What must hold, in words, e.g. `signature from authority chains; attestation provenance (slsa) from
+    /// authority chains; every platform signed`.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if self.digest {
+            parts.push("digest reference".to_owned());
+        }
+        if let Some(need) = &self.signature {
+            parts.push(format!("signature from {}", need.describe()));
+        }
+        for a in &self.attestations {
+            parts.push(format!("attestation {} ({}) from {}", a.name, a.predicate_type, a.need.describe()));
+        }
+        if self.platforms == Platforms::All {
+            parts.push("every platform manifest signed".to_owned());
+        }
+        if parts.is_empty() { "no verification".to_owned() } else { parts.join("; ") }
     }
 }
 
@@ -321,7 +359,7 @@ mod tests {
     #[test]
     fn compile_checks_authority_names_and_thresholds() {
         let all = names(&["chains", "release"]);
-        let r = Requirements::compile(&spec("signature: true"), &all).unwrap();
+        let r = Requirements::compile(Some(&spec("signature: true")), &all).unwrap();
         assert_eq!(r.signature.unwrap().authorities, all, "empty list means every authority");
         let table = [
             ("signature: true", vec![], "needs authorities"),
@@ -335,11 +373,37 @@ mod tests {
             ),
             ("attestations: [{name: p, predicateType: ''}]", all.clone(), "must not be empty"),
             ("platforms: all", all.clone(), "needs require.signature"),
+            ("signature: {authorities: [chains, chains], match: all}", all.clone(), "listed twice"),
+            ("signature: {authorities: [chains, release, chains], match: {atLeast: 2}}", all.clone(), "listed twice"),
+            (
+                "attestations: [{name: p, predicateType: slsa, authorities: [release, release]}]",
+                all.clone(),
+                "listed twice",
+            ),
+            ("{}", all.clone(), "asks for neither a signature nor an attestation"),
+            ("signature: false", all.clone(), "unsigned images would be admitted"),
+            ("digest: true", all.clone(), "asks for neither"),
         ];
         for (yaml, authorities, needle) in table {
-            let e = Requirements::compile(&spec(yaml), &authorities).unwrap_err();
+            let e = Requirements::compile(Some(&spec(yaml)), &authorities).unwrap_err();
             assert!(e.contains(needle), "{yaml}: {e}");
         }
+    }
+
+    #[test]
+    fn absent_require_means_a_signature_from_any_authority() {
+        let all = names(&["chains", "release"]);
+        let r = Requirements::compile(None, &all).unwrap();
+        assert_eq!(r.signature, Some(Need { authorities: all.clone(), combine: Combine::Any }));
+        assert_eq!(r.describe(), "signature from any of chains, release");
+        let none = Requirements::compile(None, &[]).unwrap();
+        assert_eq!((none.signature.clone(), none.describe()), (None, "no verification".to_owned()));
+        let r = Requirements::compile(
+            Some(&spec("{digest: true, attestations: [{name: p, predicateType: slsa, authorities: [chains]}]}")),
+            &all,
+        )
+        .unwrap();
+        assert_eq!(r.describe(), "digest reference; attestation p (slsa) from authority chains");
     }
 
     #[test]
