@@ -12,7 +12,7 @@ use crate::admission::{self, Webhook};
 use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::credentials::PullSecrets;
-use crate::engine::Engine;
+use crate::engine::{Engine, ReviewLimits};
 use crate::evidence::Gatherer;
 use crate::keys::{KeyRef, KeyStore, SecretRef, SecretWatch};
 use crate::metrics::Metrics;
@@ -123,7 +123,8 @@ pub fn engine_with(
     let registry = Arc::new(RegistryClient::new(config.registries.clone())?);
     let gatherer = Arc::new(Gatherer::new(registry, keys, config.cache));
     let pull_secrets = Arc::new(PullSecrets::new(kube, config.credentials.clone()));
-    Ok(Engine { policies, no_match: config.no_match, deadline: config.deadline, gatherer, pull_secrets })
+    let limits = ReviewLimits { max_images: config.max_images_per_review, max_object_bytes: config.max_object_bytes };
+    Ok(Engine::new(policies, config.no_match, config.deadline, gatherer, pull_secrets, limits))
 }
 
 /// A client for the cluster provgate runs in (or the kubeconfig's), if one answers; None without a cluster.

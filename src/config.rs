@@ -38,6 +38,10 @@ pub struct Config {
     pub cache: CacheConfig,
     /// Pull credentials from Kubernetes Secrets.
     pub credentials: CredentialsConfig,
+    /// Most image fields judged in one review; a larger object is denied.
+    pub max_images_per_review: usize,
+    /// Largest admitted object, as JSON, that a review judges; a larger one is denied.
+    pub max_object_bytes: usize,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -73,6 +77,8 @@ impl Default for Config {
             registries: RegistryConfig::default(),
             cache: CacheConfig::default(),
             credentials: CredentialsConfig::default(),
+            max_images_per_review: 256,
+            max_object_bytes: 3 << 20,
         }
     }
 }

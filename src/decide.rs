@@ -1,14 +1,15 @@
 //! The pure decision core: which policies govern each image, and the verdict for the whole request. No I/O, no
 //! clock, no async; deny is whatever is not positively permitted.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::evidence::Gathered;
 use crate::images::{ImageField, ImageRef, RefError};
-use crate::policy::judge::{ReviewContext, judge};
+use crate::policy::judge::{Judgement, ReviewContext, judge};
 use crate::policy::{Mode, Policy, PolicySet};
 use crate::reason::Reason;
 
@@ -222,10 +223,32 @@ impl Decision {
 }
 
 /// Judges every planned image over the gathered evidence and combines the outcomes: any enforced failure denies;
-/// otherwise any warn-mode failure warns.
-pub fn decide(plan: &Plan, gathered: &Gathered, context: &ReviewContext, no_match: NoMatch) -> Decision {
-    let images: Vec<ImageDecision> =
-        plan.images.iter().enumerate().map(|(i, p)| judge_image(p, i, gathered, context, no_match)).collect();
+/// otherwise any warn-mode failure warns. `interrupt` is asked before each image whether to stop (the review's
+/// deadline passed, or its client is gone); every image not judged then fails with the reason it gives.
+/// An image written several times (the same reference with the same evidence) is judged once.
+pub fn decide(
+    plan: &Plan,
+    gathered: &Gathered,
+    context: &ReviewContext,
+    no_match: NoMatch,
+    interrupt: &dyn Fn() -> Option<Reason>,
+) -> Decision {
+    let mut memo = Memo::new();
+    let mut stopped: Option<Reason> = None;
+    let images: Vec<ImageDecision> = plan
+        .images
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            if stopped.is_none() {
+                stopped = interrupt();
+            }
+            match &stopped {
+                Some(reason) => interrupted(p, reason.clone()),
+                None => judge_image(p, i, gathered, context, no_match, &mut memo),
+            }
+        })
+        .collect();
     let verdict = if images.iter().any(|i| i.outcome == Outcome::Denied) {
         Verdict::Deny
     } else if images.iter().any(|i| i.outcome == Outcome::Warned) {
@@ -236,12 +259,30 @@ pub fn decide(plan: &Plan, gathered: &Gathered, context: &ReviewContext, no_matc
     Decision { verdict, request_failure: None, images }
 }
 
+/// Judgements per (image, evidence digest or failure), so repeated references cost one judgement per review.
+type Memo = HashMap<(String, String), Rc<Vec<(String, Judgement)>>>;
+
+/// An image left unjudged because the review stopped.
+fn interrupted(planned: &PlannedImage, reason: Reason) -> ImageDecision {
+    ImageDecision {
+        field: planned.field.path.clone(),
+        raw: planned.field.raw.clone(),
+        image: planned.field.image.as_ref().ok().cloned(),
+        policies: Vec::new(),
+        outcome: Outcome::Denied,
+        failures: vec![Failure { policy: None, mode: Mode::Enforce, reason }],
+        verified: Vec::new(),
+        written_with_digest: planned.field.image.as_ref().is_ok_and(|i| i.digest().is_some()),
+    }
+}
+
 fn judge_image(
     planned: &PlannedImage,
     index: usize,
     gathered: &Gathered,
     context: &ReviewContext,
     no_match: NoMatch,
+    memo: &mut Memo,
 ) -> ImageDecision {
     let namespace = context.namespace.as_str();
     let mut decision = ImageDecision {
@@ -281,15 +322,30 @@ fn judge_image(
             if let Some(Ok(found)) = evidence {
                 decision.image = Some(image.with_digest(found.digest.clone()));
             }
-            for policy in policies {
-                decision.policies.push(policy.name.clone());
-                let judgement = judge(policy, image, evidence, &gathered.authorities, context);
-                for reason in judgement.unmet {
-                    decision.failures.push(Failure { policy: Some(policy.name.clone()), mode: policy.mode, reason });
+            let found = match evidence {
+                Some(Ok(found)) => found.digest.to_string(),
+                Some(Err(reason)) => format!("{}: {reason}", reason.code()),
+                None => String::new(),
+            };
+            let judgements = memo.entry((image.to_string(), found)).or_insert_with(|| {
+                let judged = policies
+                    .iter()
+                    .map(|p| (p.name.clone(), judge(p, image, evidence, &gathered.authorities, context)))
+                    .collect();
+                Rc::new(judged)
+            });
+            for (policy, (name, judgement)) in policies.iter().zip(judgements.iter()) {
+                decision.policies.push(name.clone());
+                for reason in &judgement.unmet {
+                    decision.failures.push(Failure {
+                        policy: Some(name.clone()),
+                        mode: policy.mode,
+                        reason: reason.clone(),
+                    });
                 }
-                for item in judgement.verified {
-                    if !decision.verified.contains(&item) {
-                        decision.verified.push(item);
+                for item in &judgement.verified {
+                    if !decision.verified.contains(item) {
+                        decision.verified.push(item.clone());
                     }
                 }
             }
@@ -344,13 +400,8 @@ mod tests {
             ("team", "enforce", "registry.example.com/team/**"),
             ("canary", "warn", "registry.example.com/canary/**"),
         ]);
-        let context = ReviewContext {
-            object: json!({}),
-            namespace: ns.to_owned(),
-            request: json!({}),
-            now: chrono::DateTime::UNIX_EPOCH,
-        };
-        decide(&plan(fields(images), &fields(previous), &set, ns), &Gathered::default(), &context, no_match)
+        let context = ReviewContext::new(&json!({}), ns, &json!({}), chrono::DateTime::UNIX_EPOCH);
+        decide(&plan(fields(images), &fields(previous), &set, ns), &Gathered::default(), &context, no_match, &|| None)
     }
 
     #[test]
@@ -443,6 +494,26 @@ mod tests {
         assert_eq!(d.verdict, Verdict::Deny);
         assert!(d.denial_message().unwrap().contains("no valid policy set"));
         assert_eq!(d.reason_codes(), vec!["policies-not-loaded"]);
+    }
+
+    #[test]
+    fn an_interrupted_review_denies_every_image_not_yet_judged() {
+        let set = policies(&[("team", "enforce", "registry.example.com/team/**")]);
+        let context = ReviewContext::new(&json!({}), "team-a", &json!({}), chrono::DateTime::UNIX_EPOCH);
+        let images =
+            ["registry.example.com/team/a:1", "registry.example.com/team/b:1", "registry.example.com/team/c:1"];
+        let plan = plan(fields(&images), &[], &set, "team-a");
+        let asked = std::cell::Cell::new(0);
+        let interrupt = || {
+            asked.set(asked.get() + 1);
+            (asked.get() > 1).then(|| Reason::DeadlineExceeded(std::time::Duration::from_secs(8)))
+        };
+        let d = decide(&plan, &Gathered::default(), &context, NoMatch::Allow, &interrupt);
+        let got: Vec<Outcome> = d.images.iter().map(|i| i.outcome).collect();
+        assert_eq!(got, vec![Outcome::Allowed, Outcome::Denied, Outcome::Denied]);
+        assert_eq!(d.verdict, Verdict::Deny);
+        assert_eq!(d.reason_codes(), vec!["deadline-exceeded"]);
+        assert_eq!(asked.get(), 2, "once stopped, the review is not asked again");
     }
 
     #[test]

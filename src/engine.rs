@@ -1,7 +1,12 @@
 //! One review from request to [`Decision`]: scope, extract images, plan against the policy snapshot, gather
 //! evidence under the deadline, decide. Shared by the webhook and `provgate verify`.
+//!
+//! Work is bounded per review: at most `maxImagesPerReview` image fields and a `maxObjectBytes` object; the CEL
+//! variables of the object are converted once per review; judging (signature checks and CEL) runs on blocking
+//! threads, at most one review per core at once, and stops at the deadline or when the review is abandoned.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::admission::review::{Operation, Request};
@@ -14,15 +19,39 @@ use crate::policy::judge::ReviewContext;
 use crate::reason::Reason;
 use crate::registry::Keychain;
 
+/// Caps on one review's work (config `maxImagesPerReview`, `maxObjectBytes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReviewLimits {
+    pub max_images: usize,
+    pub max_object_bytes: usize,
+}
+
 pub struct Engine {
     pub policies: Arc<PolicyStore>,
     pub no_match: NoMatch,
     pub deadline: Duration,
     pub gatherer: Arc<Gatherer>,
     pub pull_secrets: Arc<PullSecrets>,
+    pub limits: ReviewLimits,
+    /// Reviews being judged on blocking threads at once: one per core, so abandoned or huge reviews cannot take
+    /// every thread from the ones behind them.
+    judging: Arc<tokio::sync::Semaphore>,
 }
 
 impl Engine {
+    pub fn new(
+        policies: Arc<PolicyStore>,
+        no_match: NoMatch,
+        deadline: Duration,
+        gatherer: Arc<Gatherer>,
+        pull_secrets: Arc<PullSecrets>,
+        limits: ReviewLimits,
+    ) -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+        let judging = Arc::new(tokio::sync::Semaphore::new(cores));
+        Self { policies, no_match, deadline, gatherer, pull_secrets, limits, judging }
+    }
+
     /// Judges one admission request. Never fails: every problem is a denial with its reason.
     pub async fn judge(&self, request: &Request) -> Decision {
         if matches!(request.operation, Operation::Delete | Operation::Connect) {
@@ -43,12 +72,21 @@ impl Engine {
         let Some(object) = request.object.as_ref().filter(|o| o.is_object()) else {
             return Decision::deny_request(unreadable("the request carries no object".into()));
         };
+        let size = json_size(object, self.limits.max_object_bytes);
+        if size > self.limits.max_object_bytes {
+            let max = self.limits.max_object_bytes;
+            return Decision::deny_request(Reason::ObjectTooLarge { kind: kind_name.clone(), size, max });
+        }
         let fields = match images::extract(kind, object) {
             Ok(fields) => fields,
             Err(e) => return Decision::deny_request(unreadable(e.to_string())),
         };
-        // On UPDATE, images already present in the old object were judged when it was admitted. An old object
-        // that cannot be read gives no such credit.
+        if fields.len() > self.limits.max_images {
+            let (count, max) = (fields.len(), self.limits.max_images);
+            return Decision::deny_request(Reason::TooManyImages { kind: kind_name.clone(), count, max });
+        }
+        // On UPDATE, digests already in the same field of the old object were judged when it was admitted. An old
+        // object that cannot be read gives no such credit.
         let previous = match (request.operation, &request.old_object) {
             (Operation::Update, Some(old)) => images::extract(kind, old).unwrap_or_default(),
             _ => Vec::new(),
@@ -63,16 +101,71 @@ impl Engine {
             Keychain::default()
         };
         let gathered = self.gatherer.gather(&plan, &keychain, deadline, self.deadline).await;
-        let context = ReviewContext {
-            object: object.clone(),
-            namespace: namespace.to_owned(),
-            request: serde_json::json!({
-                "operation": request.operation,
-                "userInfo": {"username": request.user_info.username, "groups": request.user_info.groups},
-                "kind": {"group": request.kind.group, "version": request.kind.version, "kind": request.kind.kind},
-            }),
-            now: chrono::Utc::now(),
+        let late = Reason::DeadlineExceeded(self.deadline);
+        let Ok(Ok(permit)) = tokio::time::timeout_at(deadline, self.judging.clone().acquire_owned()).await else {
+            return Decision::deny_request(late);
         };
-        decide::decide(&plan, &gathered, &context, self.no_match)
+        let abandoned = Abandoned::default();
+        let stop = abandoned.flag();
+        let (object, namespace) = (object.clone(), namespace.to_owned());
+        let review = serde_json::json!({
+            "operation": request.operation,
+            "userInfo": {"username": request.user_info.username, "groups": request.user_info.groups},
+            "kind": {"group": request.kind.group, "version": request.kind.version, "kind": request.kind.kind},
+        });
+        let no_match = self.no_match;
+        let deadline = deadline.into_std();
+        let judging = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let interrupt =
+                || (stop.load(Ordering::Relaxed) || std::time::Instant::now() >= deadline).then(|| late.clone());
+            if let Some(reason) = interrupt() {
+                return Decision::deny_request(reason);
+            }
+            let context = ReviewContext::new(&object, &namespace, &review, chrono::Utc::now());
+            decide::decide(&plan, &gathered, &context, no_match, &interrupt)
+        });
+        let decision = match judging.await {
+            Ok(decision) => decision,
+            Err(e) => {
+                tracing::error!(error = %e, "judging a review failed");
+                Decision::deny_request(Reason::Internal(if e.is_panic() { "a panic" } else { "cancelled" }.into()))
+            }
+        };
+        drop(abandoned);
+        decision
     }
+}
+
+/// Set when the review's future is dropped (its client went away), so blocking work stops at the next image.
+#[derive(Default)]
+struct Abandoned(Arc<AtomicBool>);
+
+impl Abandoned {
+    fn flag(&self) -> Arc<AtomicBool> {
+        self.0.clone()
+    }
+}
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The size of `value` as JSON, counting no further than just past `max`.
+fn json_size(value: &serde_json::Value, max: usize) -> usize {
+    struct Count(usize, usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            if self.0 > self.1 { Err(std::io::Error::other("over")) } else { Ok(buf.len()) }
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0, max);
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
 }

@@ -35,6 +35,20 @@ pub enum Reason {
          kubelet pulls exactly what was verified"
     )]
     TagNotPinned { image: String },
+    #[error(
+        "the {kind} names {count} images, more than the {max} provgate judges in one review; split the workload or \
+         raise maxImagesPerReview"
+    )]
+    TooManyImages { kind: String, count: usize, max: usize },
+    #[error(
+        "the {kind} object is {size} bytes of JSON, more than the {max} provgate evaluates; raise maxObjectBytes if \
+         this is intended"
+    )]
+    ObjectTooLarge { kind: String, size: usize, max: usize },
+    #[error(
+        "provgate failed while judging this request ({0}); nothing was admitted. Retry, and report this if it persists"
+    )]
+    Internal(String),
     /// A requirement or validation the verified evidence does not meet.
     #[error("{message}")]
     Unmet { code: &'static str, message: String },
@@ -53,6 +67,9 @@ impl Reason {
             Self::Registry { code, .. } | Self::Unmet { code, .. } => code,
             Self::KeyUnavailable { .. } => "key-unavailable",
             Self::TagNotPinned { .. } => "tag-not-pinned",
+            Self::TooManyImages { .. } => "too-many-images",
+            Self::ObjectTooLarge { .. } => "object-too-large",
+            Self::Internal(_) => "internal-error",
         }
     }
 }

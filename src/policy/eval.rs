@@ -44,7 +44,7 @@ impl Engine {
     }
 
     /// Builds the CEL variables for one image once; every policy's validations then run against it.
-    pub fn activation(&self, evidence: &Evidence, limits: &Limits) -> Result<Activation, InputError> {
+    pub fn activation(&self, evidence: &Evidence, limits: &Limits) -> Result<Activation<'static>, InputError> {
         limits.check(evidence)?;
         let mut context = self.context();
         for (name, value) in variables(evidence) {
@@ -118,6 +118,26 @@ pub enum InputError {
 }
 
 impl Limits {
+    /// The limits on one image's signatures and statements (the object is checked once per review).
+    fn check_image(&self, input: &ImageInput) -> Result<(), InputError> {
+        let statements = input.attestations.values().map(Vec::len).sum::<usize>();
+        let count = statements + input.signatures.len();
+        if count > self.max_documents {
+            return Err(InputError::TooManyDocuments { count, max: self.max_documents });
+        }
+        let named = input
+            .attestations
+            .iter()
+            .flat_map(|(name, list)| list.iter().enumerate().map(move |(i, s)| (format!("attestation {name}[{i}]"), s)))
+            .chain(input.signatures.iter().enumerate().map(|(i, s)| (format!("signature {i}"), s)));
+        for (what, doc) in named {
+            if !fits(doc, self.max_document_bytes) {
+                return Err(InputError::TooLarge { what, max: self.max_document_bytes });
+            }
+        }
+        Ok(())
+    }
+
     fn check(&self, evidence: &Evidence) -> Result<(), InputError> {
         let statements = evidence.attestations.values().map(Vec::len).sum::<usize>();
         let count = statements + evidence.signatures.len();
@@ -163,9 +183,53 @@ pub fn provenance_of(attestations: &BTreeMap<String, Vec<serde_json::Value>>) ->
         .unwrap_or_else(Provenance::empty)
 }
 
-fn variables(e: &Evidence) -> Vec<(&'static str, Value)> {
-    let statements: serde_json::Map<String, serde_json::Value> = e
-        .attestations
+/// Every distinct provenance view among the statements, in an order fixed by their content (never by the order a
+/// registry listed them); one empty view when there is none, so validations still run.
+pub fn provenances_of(attestations: &BTreeMap<String, Vec<serde_json::Value>>) -> Vec<serde_json::Value> {
+    let mut views: Vec<(String, serde_json::Value)> = attestations
+        .values()
+        .flatten()
+        .filter_map(|s| Provenance::normalise(s.get("predicateType")?.as_str()?, s.get("predicate")?))
+        .map(|p| {
+            let json = p.to_json();
+            (json.to_string(), json)
+        })
+        .collect();
+    views.sort_by(|a, b| a.0.cmp(&b.0));
+    views.dedup_by(|a, b| a.0 == b.0);
+    if views.is_empty() {
+        return vec![Provenance::empty().to_json()];
+    }
+    views.into_iter().map(|(_, v)| v).collect()
+}
+
+/// The variables every image of one review shares: `object`, `namespace`, `request`, `now`.
+fn review_variables(
+    object: &serde_json::Value,
+    namespace: &str,
+    request: &serde_json::Value,
+    now: DateTime<Utc>,
+) -> Vec<(&'static str, Value)> {
+    // `namespace` is a reserved word in CEL, so policies read `request.namespace`.
+    let mut request = request.clone();
+    if let Some(map) = request.as_object_mut() {
+        map.entry("namespace").or_insert_with(|| namespace.to_owned().into());
+    }
+    vec![
+        ("object", json_to_value(object)),
+        ("namespace", Value::String(namespace.to_owned().into())),
+        ("request", json_to_value(&request)),
+        ("now", Value::Timestamp(now.fixed_offset())),
+    ]
+}
+
+/// The variables of one image: `image`, `signatures`, `attestations` (`provenance` is bound per statement).
+fn image_variables(
+    image: &ImageInfo,
+    signatures: &[serde_json::Value],
+    attestations: &BTreeMap<String, Vec<serde_json::Value>>,
+) -> Vec<(&'static str, Value)> {
+    let statements: serde_json::Map<String, serde_json::Value> = attestations
         .iter()
         .map(|(name, list)| {
             let views = list
@@ -175,21 +239,88 @@ fn variables(e: &Evidence) -> Vec<(&'static str, Value)> {
             (name.clone(), serde_json::Value::Array(views))
         })
         .collect();
-    // `namespace` is a reserved word in CEL, so policies read `request.namespace`.
-    let mut request = e.request.clone();
-    if let Some(map) = request.as_object_mut() {
-        map.entry("namespace").or_insert_with(|| e.namespace.clone().into());
-    }
     vec![
-        ("image", json_to_value(&serde_json::to_value(&e.image).unwrap_or_default())),
-        ("signatures", json_to_value(&serde_json::Value::Array(e.signatures.clone()))),
+        ("image", json_to_value(&serde_json::to_value(image).unwrap_or_default())),
+        ("signatures", json_to_value(&serde_json::Value::Array(signatures.to_vec()))),
         ("attestations", json_to_value(&serde_json::Value::Object(statements))),
-        ("provenance", json_to_value(&provenance_of(&e.attestations).to_json())),
-        ("object", json_to_value(&e.object)),
-        ("namespace", Value::String(e.namespace.clone().into())),
-        ("request", json_to_value(&request)),
-        ("now", Value::Timestamp(e.now.fixed_offset())),
     ]
+}
+
+fn variables(e: &Evidence) -> Vec<(&'static str, Value)> {
+    let mut all = image_variables(&e.image, &e.signatures, &e.attestations);
+    all.push(("provenance", json_to_value(&provenance_of(&e.attestations).to_json())));
+    all.extend(review_variables(&e.object, &e.namespace, &e.request, e.now));
+    all
+}
+
+/// What one review gives every image's evaluation: `object`, `namespace`, `request` and `now`, checked against the
+/// limits and converted to CEL once per review, however many images and policies there are.
+pub struct ReviewScope {
+    context: Context<'static, 'static>,
+}
+
+/// One image's verified evidence as CEL reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageInput {
+    pub image: ImageInfo,
+    /// Verified signature payloads, `{authority, dockerReference, annotations}`.
+    pub signatures: Vec<serde_json::Value>,
+    /// Attestation name to the verified statements.
+    pub attestations: BTreeMap<String, Vec<serde_json::Value>>,
+}
+
+impl Engine {
+    /// Converts the review's shared variables once.
+    pub fn review_scope(
+        &self,
+        object: &serde_json::Value,
+        namespace: &str,
+        request: &serde_json::Value,
+        now: DateTime<Utc>,
+        limits: &Limits,
+    ) -> Result<ReviewScope, InputError> {
+        if !fits(object, limits.max_document_bytes) {
+            return Err(InputError::TooLarge { what: "the admitted object".into(), max: limits.max_document_bytes });
+        }
+        let mut context = self.context();
+        for (name, value) in review_variables(object, namespace, request, now) {
+            context.add_variable_from_value(name, value);
+        }
+        Ok(ReviewScope { context })
+    }
+}
+
+impl ReviewScope {
+    /// Runs `validations` over one image, once per distinct verified provenance statement (see
+    /// [`provenances_of`]): the image passes only if every statement passes them all, so the answer never depends
+    /// on which statement a registry lists first. The outcome is the first failing statement's, in content order.
+    pub fn evaluate(
+        &self,
+        input: &ImageInput,
+        limits: &Limits,
+        policy: &str,
+        validations: &[CompiledValidation],
+    ) -> Result<PolicyOutcome, InputError> {
+        limits.check_image(input)?;
+        let mut image = self.context.new_inner_scope();
+        for (name, value) in image_variables(&input.image, &input.signatures, &input.attestations) {
+            image.add_variable_from_value(name, value);
+        }
+        let provenances = provenances_of(&input.attestations);
+        let count = provenances.len();
+        let mut passed = None;
+        for (i, provenance) in provenances.iter().enumerate() {
+            let mut context = image.new_inner_scope();
+            context.add_variable_from_value("provenance", json_to_value(provenance));
+            let mut outcome = Activation { context }.evaluate(policy, validations);
+            outcome.statement = Some((i, count));
+            if !outcome.passed() {
+                return Ok(outcome);
+            }
+            passed.get_or_insert(outcome);
+        }
+        Ok(passed.unwrap_or(PolicyOutcome { policy: policy.into(), validations: Vec::new(), statement: None }))
+    }
 }
 
 /// The sample image used at load to reject expressions that are not bool (or not string).
@@ -226,8 +357,8 @@ fn sample_variables() -> HashMap<&'static str, Value> {
 }
 
 /// The CEL variables of one image, ready to evaluate any number of validations.
-pub struct Activation {
-    context: Context<'static, 'static>,
+pub struct Activation<'a> {
+    context: Context<'a, 'static>,
 }
 
 /// The outcome of one validation.
@@ -264,7 +395,7 @@ impl Verdict {
     }
 }
 
-impl Activation {
+impl Activation<'_> {
     /// Evaluates one validation.
     pub fn check(&self, v: &CompiledValidation) -> Verdict {
         match v.expression.execute(&self.context) {
@@ -309,6 +440,8 @@ pub struct ValidationOutcome {
 pub struct PolicyOutcome {
     pub policy: String,
     pub validations: Vec<ValidationOutcome>,
+    /// Which provenance statement `provenance` was (index, count), when the image has more than one.
+    pub statement: Option<(usize, usize)>,
 }
 
 impl PolicyOutcome {
@@ -329,11 +462,15 @@ impl PolicyOutcome {
                 Verdict::Error { error } => Some(format!("validations[{}] could not be evaluated: {error}", v.index)),
             })
             .collect();
-        (!failures.is_empty()).then(|| format!("policy {}: {}", self.policy, failures.join("; ")))
+        let which = match self.statement {
+            Some((i, n)) if n > 1 => format!("provenance statement {} of {n}: ", i + 1),
+            _ => String::new(),
+        };
+        (!failures.is_empty()).then(|| format!("policy {}: {which}{}", self.policy, failures.join("; ")))
     }
 }
 
-impl Activation {
+impl Activation<'_> {
     /// Evaluates a policy's validations, all of them (no short-circuit), so a denial lists every failure.
     pub fn evaluate(&self, policy: &str, validations: &[CompiledValidation]) -> PolicyOutcome {
         let validations = validations
@@ -345,7 +482,7 @@ impl Activation {
                 verdict: self.check(v),
             })
             .collect();
-        PolicyOutcome { policy: policy.into(), validations }
+        PolicyOutcome { policy: policy.into(), validations, statement: None }
     }
 }
 

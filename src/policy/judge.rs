@@ -7,7 +7,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
-use super::eval::{Evidence, ImageInfo, Limits};
+use super::eval::{ImageInfo, ImageInput, Limits, ReviewScope};
 use super::require::{check_attestation, check_signature};
 use super::{Policy, engine};
 use crate::evidence::{Authorities, ImageEvidence};
@@ -15,14 +15,22 @@ use crate::images::ImageRef;
 use crate::reason::Reason;
 use crate::verify::{self, Authority};
 
-/// What CEL sees of the request, besides the image.
-#[derive(Debug, Clone)]
+/// What CEL sees of the request, besides the image: converted once per review, shared by every image and policy.
 pub struct ReviewContext {
-    pub object: Value,
     pub namespace: String,
-    /// `{operation, userInfo, kind}`.
-    pub request: Value,
-    pub now: DateTime<Utc>,
+    /// `object`, `namespace`, `request` and `now` as CEL values, or why they cannot be evaluated (e.g. the object
+    /// is larger than the evaluation limit; a denial for any policy with validations).
+    scope: Result<ReviewScope, String>,
+}
+
+impl ReviewContext {
+    /// `request` is `{operation, userInfo, kind}`.
+    pub fn new(object: &Value, namespace: &str, request: &Value, now: DateTime<Utc>) -> Self {
+        let scope = engine().map_err(|e| e.to_string()).and_then(|engine| {
+            engine.review_scope(object, namespace, request, now, &Limits::default()).map_err(|e| e.to_string())
+        });
+        Self { namespace: namespace.to_owned(), scope }
+    }
 }
 
 /// What one policy made of one image.
@@ -113,7 +121,12 @@ fn unmet(
             }
         }
     }
-    let statements = verify::attestations(&evidence.artifacts, &evidence.acceptable_digests(), &resolved);
+    // A statement about a platform manifest counts for the index only through a verified link: the index itself
+    // must carry a valid signature from one of this policy's authorities, so that its platform list is vouched
+    // for. Otherwise anyone could list a legitimately attested manifest in an index of their own.
+    let acceptable =
+        if signatures.verified.is_empty() { vec![evidence.digest.clone()] } else { evidence.acceptable_digests() };
+    let statements = verify::attestations(&evidence.artifacts, &acceptable, &resolved);
     let mut named: BTreeMap<String, Vec<Value>> = BTreeMap::new();
     for need in &policy.requirements.attestations {
         match check_attestation(need, &statements, &resolved) {
@@ -151,7 +164,7 @@ fn unmet_reason(u: super::require::Unmet) -> Reason {
     Reason::Unmet { code: u.code, message: u.message }
 }
 
-/// Runs the CEL validations over verified evidence.
+/// Runs the CEL validations over verified evidence, once per verified provenance statement.
 fn validate(
     policy: &Policy,
     image: &ImageRef,
@@ -162,24 +175,16 @@ fn validate(
     if policy.validations.is_empty() {
         return None;
     }
-    let engine = match engine() {
-        Ok(engine) => engine,
-        Err(e) => return Some(Reason::Unmet { code: "validation-error", message: e.to_string() }),
+    let too_large = |message: String| Reason::Unmet { code: "evidence-too-large", message };
+    let scope = match &context.scope {
+        Ok(scope) => scope,
+        Err(e) => return Some(too_large(e.clone())),
     };
-    let evidence = Evidence {
-        image: ImageInfo::from_ref(image),
-        signatures: signatures.to_vec(),
-        attestations,
-        object: context.object.clone(),
-        namespace: context.namespace.clone(),
-        request: context.request.clone(),
-        now: context.now,
+    let input = ImageInput { image: ImageInfo::from_ref(image), signatures: signatures.to_vec(), attestations };
+    let outcome = match scope.evaluate(&input, &Limits::default(), &policy.name, &policy.validations) {
+        Ok(outcome) => outcome,
+        Err(e) => return Some(too_large(e.to_string())),
     };
-    let activation = match engine.activation(&evidence, &Limits::default()) {
-        Ok(activation) => activation,
-        Err(e) => return Some(Reason::Unmet { code: "evidence-too-large", message: e.to_string() }),
-    };
-    let outcome = activation.evaluate(&policy.name, &policy.validations);
     // The failure is reported under the policy's name already; keep only what failed.
     let prefix = format!("policy {}: ", policy.name);
     outcome.explain().map(|message| Reason::Unmet {
