@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
+use futures::{StreamExt as _, TryStreamExt as _};
 use tokio::time::Instant;
 
 use crate::artifact::Artifacts;
@@ -14,10 +15,12 @@ use crate::decide::{Plan, Step};
 use crate::images::{Digest, ImageRef};
 use crate::keys::KeyStore;
 use crate::policy::Policy;
+use crate::flights::Flights;
 use crate::policy::authority::AuthoritySource;
+use crate::policy::require::Platforms;
 use crate::reason::Reason;
 use crate::registry::{Credentials, Keychain, Registry, RegistryError, Resolved};
-use crate::verify::Authority;
+use crate::verify::{self, Authority};
 
 /// What the registry holds for one image.
 #[derive(Debug, Clone)]
@@ -27,7 +30,8 @@ pub struct ImageEvidence {
     /// Platform manifest digests of an index (BuildKit attestation manifests excluded).
     pub platforms: Vec<Digest>,
     pub artifacts: Arc<Artifacts>,
-    /// Artifacts of each platform manifest, fetched only when a policy requires every platform to be covered.
+    /// Artifacts of each platform manifest, fetched only when a policy requires every platform to be covered and
+    /// the index verified under one of its authorities; empty otherwise.
     pub platform_artifacts: Vec<(Digest, Arc<Artifacts>)>,
 }
 
@@ -53,34 +57,43 @@ pub struct Gathered {
 #[derive(Debug, Clone, Copy, serde::Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct CacheConfig {
-    /// Entries per cache (resolved references; artifact sets).
+    /// Entries per cache (manifests by digest; artifact sets).
     pub max_entries: u64,
-    /// How long a tag stays resolved to a digest.
-    #[serde(with = "humantime_serde")]
-    pub tag_ttl: Duration,
     /// How long the artifacts found for a digest are reused.
     #[serde(with = "humantime_serde")]
     pub artifacts_ttl: Duration,
     /// Images fetched at once across all reviews; more wait their turn (within their deadline).
     pub max_concurrent_fetches: usize,
+    /// Images of one review fetched at once, so one review cannot take every fetch slot.
+    pub max_review_fetches: usize,
+    /// Most platform manifests fetched for one image under `platforms: all`; an index with more is denied.
+    pub max_platforms: usize,
 }
 
 impl Default for CacheConfig {
     fn default() -> Self {
         Self {
             max_entries: 10_000,
-            tag_ttl: Duration::from_secs(60),
             artifacts_ttl: Duration::from_secs(300),
             max_concurrent_fetches: 64,
+            max_review_fetches: 16,
+            max_platforms: 32,
         }
     }
 }
 
+/// Platform manifests of one image fetched at once.
+const PLATFORMS_AT_ONCE: usize = 4;
+
 pub struct Gatherer {
     registry: Arc<dyn Registry>,
     keys: KeyStore,
-    /// (reference, credentials identity) -> what it resolved to.
-    resolved: moka::future::Cache<(String, String), Arc<Resolved>>,
+    config: CacheConfig,
+    /// (reference with digest, credentials identity) -> what it names. Content-addressed, so it cannot go stale.
+    manifests: moka::future::Cache<(String, String), Arc<Resolved>>,
+    /// Tags in flight: a tag is resolved at every review (it may point elsewhere now), concurrent reviews of the
+    /// same tag sharing one request.
+    tags: Flights<(String, String), Result<Arc<Resolved>, RegistryError>>,
     /// (repository, digest, credentials identity) -> its artifacts.
     artifacts: moka::future::Cache<(String, Digest, String), Arc<Artifacts>>,
     /// Bounds the images being fetched at once, so a burst of reviews cannot open unbounded connections.
@@ -89,33 +102,17 @@ pub struct Gatherer {
 
 impl Gatherer {
     pub fn new(registry: Arc<dyn Registry>, keys: KeyStore, cache: CacheConfig) -> Self {
-        let resolved =
-            moka::future::Cache::builder().max_capacity(cache.max_entries).time_to_live(cache.tag_ttl).build();
+        let manifests = moka::future::Cache::builder().max_capacity(cache.max_entries).build();
         let artifacts =
             moka::future::Cache::builder().max_capacity(cache.max_entries).time_to_live(cache.artifacts_ttl).build();
         let fetching = tokio::sync::Semaphore::new(cache.max_concurrent_fetches.max(1));
-        Self { registry, keys, resolved, artifacts, fetching }
+        Self { registry, keys, config: cache, manifests, tags: Flights::default(), artifacts, fetching }
     }
 
     /// Gathers evidence for every image a policy needs it for, all at once, within `deadline`.
     /// `keychain` holds the review's pull credentials; hosts it does not name use the config's.
     pub async fn gather(&self, plan: &Plan, keychain: &Keychain, deadline: Instant, budget: Duration) -> Gathered {
         let mut authorities = Authorities::new();
-        let jobs = plan.images.iter().map(|planned| async {
-            let Step::Judge { image, policies } = &planned.step else { return None };
-            let needing: Vec<&Arc<Policy>> = policies.iter().filter(|p| p.needs_evidence()).collect();
-            if needing.is_empty() {
-                return None;
-            }
-            let every_platform =
-                needing.iter().any(|p| p.requirements.platforms == crate::policy::require::Platforms::All);
-            let creds = keychain.for_host(image.registry());
-            let work = self.image(image, &creds, every_platform, deadline);
-            Some(match tokio::time::timeout_at(deadline, work).await {
-                Ok(result) => result.map(Arc::new),
-                Err(_) => Err(Reason::DeadlineExceeded(budget)),
-            })
-        });
         for planned in &plan.images {
             if let Step::Judge { policies, .. } = &planned.step {
                 for policy in policies {
@@ -126,12 +123,38 @@ impl Gatherer {
                 }
             }
         }
-        Gathered { images: join_all(jobs).await, authorities }
+        let review = tokio::sync::Semaphore::new(self.config.max_review_fetches.max(1));
+        let jobs = plan.images.iter().map(|planned| async {
+            let Step::Judge { image, policies } = &planned.step else { return None };
+            let needing: Vec<&Arc<Policy>> = policies.iter().filter(|p| p.needs_evidence()).collect();
+            if needing.is_empty() {
+                return None;
+            }
+            // The authorities of the policies that require every platform: the index must verify under one of
+            // them before its platforms are fetched.
+            let every_platform: Vec<Authority> = needing
+                .iter()
+                .filter(|p| p.requirements.platforms == Platforms::All)
+                .flat_map(|p| p.authorities.iter().map(|a| (p.name.clone(), a.name().to_owned())))
+                .filter_map(|key| authorities.get(&key)?.as_ref().ok().map(|a| Authority::clone(a)))
+                .collect();
+            let creds = keychain.for_host(image.registry());
+            let work = async {
+                let _slot = review.acquire().await.map_err(|_| shutting_down())?;
+                self.image(image, &creds, &every_platform, deadline).await
+            };
+            Some(match tokio::time::timeout_at(deadline, work).await {
+                Ok(result) => result.map(Arc::new),
+                Err(_) => Err(Reason::DeadlineExceeded(budget)),
+            })
+        });
+        let images = join_all(jobs).await;
+        Gathered { images, authorities }
     }
 
     /// The registry data of one image (digest, platforms, artifacts), as `gather` would fetch it (cached).
     pub async fn inspect(&self, image: &ImageRef, deadline: Instant) -> Result<Arc<ImageEvidence>, Reason> {
-        self.image(image, &Credentials::Anonymous, false, deadline).await.map(Arc::new)
+        self.image(image, &Credentials::Anonymous, &[], deadline).await.map(Arc::new)
     }
 
     fn authority(&self, source: &AuthoritySource) -> Result<Arc<Authority>, Reason> {
@@ -145,26 +168,46 @@ impl Gatherer {
         }
     }
 
+    /// What `image` names now: a digest reference from the cache (content never changes), a tag from the registry
+    /// at every review.
+    async fn resolve(&self, image: &ImageRef, creds: &Credentials, deadline: Instant) -> Result<Arc<Resolved>, Reason> {
+        let key = (image.to_string(), creds.fingerprint());
+        let registry = self.registry.clone();
+        let (owned, creds) = (image.clone(), creds.clone());
+        let fetch = async move { registry.resolve(&owned, &creds, deadline).await.map(Arc::new) };
+        let answer = if image.digest().is_some() {
+            self.manifests.try_get_with(key, fetch).await.map_err(|e| RegistryError::clone(&e))
+        } else {
+            self.tags.run(key, deadline, || fetch).await
+        };
+        answer.map_err(|e| registry_reason(image, &e))
+    }
+
+    async fn artifacts_of(
+        &self,
+        image: &ImageRef,
+        digest: &Digest,
+        creds: &Credentials,
+        deadline: Instant,
+    ) -> Result<Arc<Artifacts>, Reason> {
+        let key = (image.name(), digest.clone(), creds.fingerprint());
+        self.artifacts
+            .try_get_with(key, async { self.registry.artifacts(image, digest, creds, deadline).await.map(Arc::new) })
+            .await
+            .map_err(|e| registry_reason(image, &e))
+    }
+
+    /// Resolves `image` and fetches its artifacts; under `every_platform` authorities, also those of each platform
+    /// manifest, but only once the index verified under one of them, and for at most `maxPlatforms` platforms.
     async fn image(
         &self,
         image: &ImageRef,
         creds: &Credentials,
-        every_platform: bool,
+        every_platform: &[Authority],
         deadline: Instant,
     ) -> Result<ImageEvidence, Reason> {
-        let _permit = self
-            .fetching
-            .acquire()
-            .await
-            .map_err(|_| Reason::Unmet { code: "shutting-down", message: "provgate is shutting down; retry".into() })?;
-        let identity = creds.fingerprint();
-        let resolved = self
-            .resolved
-            .try_get_with((image.to_string(), identity.clone()), async {
-                self.registry.resolve(image, creds, deadline).await.map(Arc::new)
-            })
-            .await
-            .map_err(|e| registry_reason(image, &e))?;
+        let _permit = self.fetching.acquire().await.map_err(|_| shutting_down())?;
+        let resolved = self.resolve(image, creds, deadline).await?;
         let digest = resolved.digest.clone();
         let platforms: Vec<Digest> = resolved
             .platforms
@@ -172,25 +215,26 @@ impl Gatherer {
             .filter(|p| p.os != "unknown" && p.architecture != "unknown")
             .map(|p| p.digest.clone())
             .collect();
-        let wanted = std::iter::once(digest.clone()).chain(platforms.iter().filter(|_| every_platform).cloned());
-        let fetches = wanted.map(|d| {
-            let identity = identity.clone();
-            async move {
-                let key = (image.name(), d.clone(), identity);
-                let found = self
-                    .artifacts
-                    .try_get_with(key, async {
-                        self.registry.artifacts(image, &d, creds, deadline).await.map(Arc::new)
-                    })
-                    .await
-                    .map_err(|e| registry_reason(image, &e))?;
-                Ok::<_, Reason>((d, found))
+        let artifacts = self.artifacts_of(image, &digest, creds, deadline).await?;
+        let mut platform_artifacts = Vec::new();
+        let index_vouched = || !verify::signatures(&artifacts, &digest, every_platform).verified.is_empty();
+        if !every_platform.is_empty() && !platforms.is_empty() && index_vouched() {
+            if platforms.len() > self.config.max_platforms {
+                let (count, max) = (platforms.len(), self.config.max_platforms);
+                return Err(Reason::TooManyPlatforms { image: image.to_string(), count, max });
             }
-        });
-        let mut fetched = futures::future::try_join_all(fetches).await?.into_iter();
-        let artifacts = fetched.next().map(|(_, a)| a).unwrap_or_default();
-        Ok(ImageEvidence { digest, platforms, artifacts, platform_artifacts: fetched.collect() })
+            let fetches = platforms.iter().cloned().map(|d| async move {
+                let found = self.artifacts_of(image, &d, creds, deadline).await?;
+                Ok::<_, Reason>((d, found))
+            });
+            platform_artifacts = futures::stream::iter(fetches).buffered(PLATFORMS_AT_ONCE).try_collect().await?;
+        }
+        Ok(ImageEvidence { digest, platforms, artifacts, platform_artifacts })
     }
+}
+
+fn shutting_down() -> Reason {
+    Reason::Unmet { code: "shutting-down", message: "provgate is shutting down; retry".into() }
 }
 
 fn registry_reason(image: &ImageRef, error: &RegistryError) -> Reason {

@@ -11,6 +11,7 @@ pub mod credentials;
 pub mod decide;
 pub mod engine;
 pub mod evidence;
+pub mod flights;
 pub mod images;
 pub mod keys;
 pub mod metrics;

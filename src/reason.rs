@@ -46,6 +46,11 @@ pub enum Reason {
     )]
     ObjectTooLarge { kind: String, size: usize, max: usize },
     #[error(
+        "{image} is an index of {count} platform manifests, more than the {max} provgate checks one by one under \
+         require.platforms: all; use platforms: index, or raise cache.maxPlatforms"
+    )]
+    TooManyPlatforms { image: String, count: usize, max: usize },
+    #[error(
         "provgate failed while judging this request ({0}); nothing was admitted. Retry, and report this if it persists"
     )]
     Internal(String),
@@ -70,6 +75,7 @@ impl Reason {
             Self::TooManyImages { .. } => "too-many-images",
             Self::ObjectTooLarge { .. } => "object-too-large",
             Self::Internal(_) => "internal-error",
+            Self::TooManyPlatforms { .. } => "too-many-platforms",
         }
     }
 }

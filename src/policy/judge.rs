@@ -111,7 +111,19 @@ fn unmet(
         .extend(signatures.verified.iter().map(|s| format!("signature by {} ({})", s.authority(), signer(&s.signer))));
     if let Some(need) = &policy.requirements.signature {
         unmet.extend(check_signature(need, &signatures, &resolved).map(unmet_reason));
-        for (digest, artifacts) in &evidence.platform_artifacts {
+        let every_platform = policy.requirements.platforms == super::require::Platforms::All;
+        if every_platform && evidence.platform_artifacts.len() != evidence.platforms.len() {
+            unmet.push(Reason::Unmet {
+                code: "platforms-unchecked",
+                message: format!(
+                    "the platform manifests of {} were not checked: its index carries no valid signature from {}, \
+                     and every platform must be signed",
+                    evidence.digest,
+                    need.describe()
+                ),
+            });
+        }
+        for (digest, artifacts) in evidence.platform_artifacts.iter().filter(|_| every_platform) {
             let platform = verify::signatures(artifacts, digest, &resolved);
             if let Some(u) = check_signature(need, &platform, &resolved) {
                 unmet.push(Reason::Unmet {
