@@ -1,16 +1,16 @@
 //! The pure decision core: which policies govern each image, and the verdict for the whole request. No I/O, no
 //! clock, no async; deny is whatever is not positively permitted.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::rc::Rc;
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::evidence::Gathered;
-use crate::images::{ImageField, ImageRef, RefError};
+use crate::images::ImageRef;
+use crate::plan::{Plan, PlannedImage, Step};
+use crate::policy::Mode;
 use crate::policy::judge::{Judgement, ReviewContext, judge};
-use crate::policy::{Mode, Policy, PolicySet};
 use crate::reason::Reason;
 
 /// What happens to an image that no policy matches.
@@ -31,74 +31,6 @@ impl NoMatch {
             Self::Allow => "allow",
         }
     }
-}
-
-/// What must be done for one image field.
-#[derive(Debug, Clone)]
-pub enum Step {
-    /// On UPDATE, the same field of the old object held the same digest reference, so it was judged when that was
-    /// admitted. A tag gets no such credit: it may name another image now, and the old object may have been
-    /// admitted with a warn- or audit-mode failure.
-    Unchanged,
-    /// The reference does not parse.
-    Invalid(RefError),
-    /// No policy governs the image; `noMatch` decides.
-    Unmatched(ImageRef),
-    /// These policies govern the image and must all pass.
-    Judge { image: ImageRef, policies: Vec<Arc<Policy>> },
-}
-
-#[derive(Debug, Clone)]
-pub struct PlannedImage {
-    pub field: ImageField,
-    pub step: Step,
-}
-
-/// The work for one request, decided before any I/O.
-#[derive(Debug, Clone, Default)]
-pub struct Plan {
-    pub images: Vec<PlannedImage>,
-}
-
-impl Plan {
-    /// Whether any governing policy needs registry evidence.
-    pub fn needs_evidence(&self) -> bool {
-        self.images
-            .iter()
-            .any(|i| matches!(&i.step, Step::Judge { policies, .. } if policies.iter().any(|p| p.needs_evidence())))
-    }
-}
-
-/// Matches every field against the policy set. `previous` holds the image fields of the old object on UPDATE: a
-/// field keeps its credit only when the same path held the same digest reference.
-pub fn plan(fields: Vec<ImageField>, previous: &[ImageField], policies: &PolicySet, namespace: &str) -> Plan {
-    let before: HashSet<(&str, &str)> = previous
-        .iter()
-        .filter(|f| f.image.as_ref().is_ok_and(|i| i.digest().is_some()))
-        .map(|f| (f.path.as_str(), f.raw.as_str()))
-        .collect();
-    let images = fields
-        .into_iter()
-        .map(|field| {
-            let step = if before.contains(&(field.path.as_str(), field.raw.as_str())) {
-                Step::Unchanged
-            } else {
-                match &field.image {
-                    Err(e) => Step::Invalid(e.clone()),
-                    Ok(image) => {
-                        let matching = policies.matching(image, namespace);
-                        if matching.is_empty() {
-                            Step::Unmatched(image.clone())
-                        } else {
-                            Step::Judge { image: image.clone(), policies: matching }
-                        }
-                    }
-                }
-            };
-            PlannedImage { field, step }
-        })
-        .collect();
-    Plan { images }
 }
 
 /// The verdict for the whole request.
@@ -238,14 +170,13 @@ pub fn decide(
     let images: Vec<ImageDecision> = plan
         .images
         .iter()
-        .enumerate()
-        .map(|(i, p)| {
+        .map(|p| {
             if stopped.is_none() {
                 stopped = interrupt();
             }
             match &stopped {
                 Some(reason) => interrupted(p, reason.clone()),
-                None => judge_image(p, i, gathered, context, no_match, &mut memo),
+                None => judge_image(p, gathered, context, no_match, &mut memo),
             }
         })
         .collect();
@@ -278,7 +209,6 @@ fn interrupted(planned: &PlannedImage, reason: Reason) -> ImageDecision {
 
 fn judge_image(
     planned: &PlannedImage,
-    index: usize,
     gathered: &Gathered,
     context: &ReviewContext,
     no_match: NoMatch,
@@ -318,7 +248,7 @@ fn judge_image(
             decision.failures.push(Failure { policy: None, mode, reason });
         }
         Step::Judge { image, policies } => {
-            let evidence = gathered.images.get(index).and_then(Option::as_ref);
+            let evidence = gathered.images.get(image);
             if let Some(Ok(found)) = evidence {
                 decision.image = Some(image.with_digest(found.digest.clone()));
             }
@@ -373,7 +303,9 @@ fn combine(failures: &[Failure]) -> Option<Outcome> {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
-    use crate::images::{PodKind, extract};
+    use crate::images::{ImageField, PodKind, extract};
+    use crate::plan::plan;
+    use crate::policy::PolicySet;
     use crate::policy::load_sources;
     use serde_json::json;
     use std::path::PathBuf;

@@ -92,7 +92,7 @@ impl Engine {
             _ => Vec::new(),
         };
         let namespace = request.namespace();
-        let plan = decide::plan(fields, &previous, &policies, namespace);
+        let plan = crate::plan::plan(fields, &previous, &policies, namespace);
         let deadline = tokio::time::Instant::now() + self.deadline;
         let keychain = if plan.needs_evidence() {
             let lookup = self.pull_secrets.keychain(namespace, images::pod_spec(kind, object));

@@ -1,6 +1,8 @@
-//! Gathers what the policies need for each image, concurrently under one deadline: the digest a tag names, the
-//! signature and attestation layers stored beside it (bounded TTL caches, one fetch in flight per key), and the
-//! keys of the authorities that judge it. All I/O of a review happens here; judging happens in `decide`.
+//! Gathers what the policies need for each image, concurrently under one deadline, and verifies it: the digest a
+//! tag names now, the signature and attestation layers stored beside it, and what each authority's keys or
+//! identities verify of them, once per (digest, authority) and cached. All I/O of a review, and every signature
+//! check, happens here; `decide` judges only [`Verification`]s, which hold nothing but `Verified` items and the
+//! reasons layers were rejected.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,45 +13,71 @@ use futures::{StreamExt as _, TryStreamExt as _};
 use tokio::time::Instant;
 
 use crate::artifact::Artifacts;
-use crate::decide::{Plan, Step};
+use crate::flights::Flights;
 use crate::images::{Digest, ImageRef};
 use crate::keys::KeyStore;
+use crate::plan::{Plan, Step};
 use crate::policy::Policy;
-use crate::flights::Flights;
 use crate::policy::authority::AuthoritySource;
 use crate::policy::require::Platforms;
 use crate::reason::Reason;
 use crate::registry::{Credentials, Keychain, Registry, RegistryError, Resolved};
-use crate::verify::{self, Authority};
+use crate::verify::{self, AttestationCheck, Authority, SignatureCheck};
 
-/// What the registry holds for one image.
+/// What one authority verified of one manifest digest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verification {
+    pub signatures: SignatureCheck,
+    /// Statements whose subject is the digest or, for an index, one of its platform manifests (each statement's
+    /// `matched` says which; `decide` counts the latter only when the index itself verified).
+    pub attestations: AttestationCheck,
+}
+
+impl Verification {
+    /// Verifies `artifacts` of `digest` (whose platform manifests, for an index, are `platforms`) under `authority`.
+    pub fn of(artifacts: &Artifacts, digest: &Digest, platforms: &[Digest], authority: &Authority) -> Self {
+        let authorities = std::slice::from_ref(authority);
+        let acceptable: Vec<Digest> = std::iter::once(digest.clone()).chain(platforms.iter().cloned()).collect();
+        Self {
+            signatures: verify::signatures(artifacts, digest, authorities),
+            attestations: verify::attestations(artifacts, &acceptable, authorities),
+        }
+    }
+}
+
+/// Verifications of one digest, by authority [`Authority::cache_key`].
+pub type Verifications = HashMap<String, Arc<Verification>>;
+
+/// What was verified for one image.
 #[derive(Debug, Clone)]
 pub struct ImageEvidence {
     /// The digest that was verified (for a multi-arch tag: the index).
     pub digest: Digest,
     /// Platform manifest digests of an index (BuildKit attestation manifests excluded).
     pub platforms: Vec<Digest>,
-    pub artifacts: Arc<Artifacts>,
-    /// Artifacts of each platform manifest, fetched only when a policy requires every platform to be covered and
-    /// the index verified under one of its authorities; empty otherwise.
-    pub platform_artifacts: Vec<(Digest, Arc<Artifacts>)>,
+    /// What each authority of the governing policies verified of `digest`.
+    pub verified: Verifications,
+    /// What each authority verified of each platform manifest: present only when a policy requires every platform
+    /// and the index verified under one of its authorities.
+    pub platforms_verified: Option<Vec<(Digest, Verifications)>>,
 }
 
-impl ImageEvidence {
-    /// Digests an attestation subject may name: the image's own, then its platform manifests'.
-    pub fn acceptable_digests(&self) -> Vec<Digest> {
-        std::iter::once(self.digest.clone()).chain(self.platforms.iter().cloned()).collect()
-    }
+/// What the registry holds for one image, for reports (`provgate verify`).
+#[derive(Debug, Clone)]
+pub struct Inspected {
+    pub digest: Digest,
+    pub platforms: Vec<Digest>,
+    pub artifacts: Arc<Artifacts>,
 }
 
 /// Authorities resolved for one review, by (policy, authority) name.
 pub type Authorities = HashMap<(String, String), Result<Arc<Authority>, Reason>>;
 
-/// Everything gathered for one plan; `images[i]` belongs to `plan.images[i]` and is None where no evidence was
-/// needed.
+/// Everything gathered for one plan: evidence per image reference (an image written in several fields is gathered
+/// once), and the authorities of the governing policies.
 #[derive(Debug, Default)]
 pub struct Gathered {
-    pub images: Vec<Option<Result<Arc<ImageEvidence>, Reason>>>,
+    pub images: HashMap<ImageRef, Result<Arc<ImageEvidence>, Reason>>,
     pub authorities: Authorities,
 }
 
@@ -96,6 +124,8 @@ pub struct Gatherer {
     tags: Flights<(String, String), Result<Arc<Resolved>, RegistryError>>,
     /// (repository, digest, credentials identity) -> its artifacts.
     artifacts: moka::future::Cache<(String, Digest, String), Arc<Artifacts>>,
+    /// (repository, digest, credentials identity, authority cache key) -> what that authority verified of them.
+    verifications: moka::future::Cache<(String, Digest, String, String), Arc<Verification>>,
     /// Bounds the images being fetched at once, so a burst of reviews cannot open unbounded connections.
     fetching: tokio::sync::Semaphore,
 }
@@ -105,8 +135,11 @@ impl Gatherer {
         let manifests = moka::future::Cache::builder().max_capacity(cache.max_entries).build();
         let artifacts =
             moka::future::Cache::builder().max_capacity(cache.max_entries).time_to_live(cache.artifacts_ttl).build();
+        let verifications =
+            moka::future::Cache::builder().max_capacity(cache.max_entries).time_to_live(cache.artifacts_ttl).build();
         let fetching = tokio::sync::Semaphore::new(cache.max_concurrent_fetches.max(1));
-        Self { registry, keys, config: cache, manifests, tags: Flights::default(), artifacts, fetching }
+        let tags = Flights::default();
+        Self { registry, keys, config: cache, manifests, tags, artifacts, verifications, fetching }
     }
 
     /// Gathers evidence for every image a policy needs it for, all at once, within `deadline`.
@@ -124,37 +157,52 @@ impl Gatherer {
             }
         }
         let review = tokio::sync::Semaphore::new(self.config.max_review_fetches.max(1));
-        let jobs = plan.images.iter().map(|planned| async {
-            let Step::Judge { image, policies } = &planned.step else { return None };
-            let needing: Vec<&Arc<Policy>> = policies.iter().filter(|p| p.needs_evidence()).collect();
-            if needing.is_empty() {
-                return None;
+        let jobs = plan.to_gather().into_iter().map(|(image, needing)| {
+            let of = |p: &&Arc<Policy>| -> Vec<Authority> {
+                p.authorities
+                    .iter()
+                    .filter_map(|a| authorities.get(&(p.name.clone(), a.name().to_owned()))?.as_ref().ok())
+                    .map(|a| Authority::clone(a))
+                    .collect()
+            };
+            let mut all: Vec<Authority> = Vec::new();
+            for a in needing.iter().flat_map(of) {
+                if !all.iter().any(|known| known.cache_key() == a.cache_key()) {
+                    all.push(a);
+                }
             }
             // The authorities of the policies that require every platform: the index must verify under one of
             // them before its platforms are fetched.
-            let every_platform: Vec<Authority> = needing
+            let every_platform: Vec<String> = needing
                 .iter()
                 .filter(|p| p.requirements.platforms == Platforms::All)
-                .flat_map(|p| p.authorities.iter().map(|a| (p.name.clone(), a.name().to_owned())))
-                .filter_map(|key| authorities.get(&key)?.as_ref().ok().map(|a| Authority::clone(a)))
+                .flat_map(of)
+                .map(|a| a.cache_key())
                 .collect();
             let creds = keychain.for_host(image.registry());
-            let work = async {
-                let _slot = review.acquire().await.map_err(|_| shutting_down())?;
-                self.image(image, &creds, &every_platform, deadline).await
-            };
-            Some(match tokio::time::timeout_at(deadline, work).await {
-                Ok(result) => result.map(Arc::new),
-                Err(_) => Err(Reason::DeadlineExceeded(budget)),
-            })
+            let review = &review;
+            async move {
+                let work = async {
+                    let _slot = review.acquire().await.map_err(|_| shutting_down())?;
+                    self.image(image, &creds, &all, &every_platform, deadline).await
+                };
+                let result = match tokio::time::timeout_at(deadline, work).await {
+                    Ok(result) => result.map(Arc::new),
+                    Err(_) => Err(Reason::DeadlineExceeded(budget)),
+                };
+                (image.clone(), result)
+            }
         });
-        let images = join_all(jobs).await;
+        let images = join_all(jobs).await.into_iter().collect();
         Gathered { images, authorities }
     }
 
     /// The registry data of one image (digest, platforms, artifacts), as `gather` would fetch it (cached).
-    pub async fn inspect(&self, image: &ImageRef, deadline: Instant) -> Result<Arc<ImageEvidence>, Reason> {
-        self.image(image, &Credentials::Anonymous, &[], deadline).await.map(Arc::new)
+    pub async fn inspect(&self, image: &ImageRef, deadline: Instant) -> Result<Inspected, Reason> {
+        let creds = Credentials::Anonymous;
+        let resolved = self.resolve(image, &creds, deadline).await?;
+        let artifacts = self.artifacts_of(image, &resolved.digest, &creds, deadline).await?;
+        Ok(Inspected { digest: resolved.digest.clone(), platforms: platforms_of(&resolved), artifacts })
     }
 
     fn authority(&self, source: &AuthoritySource) -> Result<Arc<Authority>, Reason> {
@@ -197,40 +245,92 @@ impl Gatherer {
             .map_err(|e| registry_reason(image, &e))
     }
 
-    /// Resolves `image` and fetches its artifacts; under `every_platform` authorities, also those of each platform
-    /// manifest, but only once the index verified under one of them, and for at most `maxPlatforms` platforms.
+    /// What `authority` verifies of `digest`'s artifacts: computed once per (digest, authority, credentials) on a
+    /// blocking thread, and cached.
+    async fn verification(
+        &self,
+        image: &ImageRef,
+        digest: &Digest,
+        platforms: &[Digest],
+        artifacts: &Arc<Artifacts>,
+        creds: &Credentials,
+        authority: &Authority,
+    ) -> Result<Arc<Verification>, Reason> {
+        let key = (image.name(), digest.clone(), creds.fingerprint(), authority.cache_key());
+        let (artifacts, digest, platforms, authority) =
+            (artifacts.clone(), digest.clone(), platforms.to_vec(), authority.clone());
+        self.verifications
+            .try_get_with(key, async move {
+                tokio::task::spawn_blocking(move || {
+                    Arc::new(Verification::of(&artifacts, &digest, &platforms, &authority))
+                })
+                .await
+            })
+            .await
+            .map_err(|e| Reason::Internal(format!("verification failed: {e}")))
+    }
+
+    /// Every authority's verification of `digest`.
+    async fn verify_all(
+        &self,
+        image: &ImageRef,
+        digest: &Digest,
+        platforms: &[Digest],
+        artifacts: &Arc<Artifacts>,
+        creds: &Credentials,
+        authorities: &[Authority],
+    ) -> Result<Verifications, Reason> {
+        let checks = authorities.iter().map(|a| async move {
+            let v = self.verification(image, digest, platforms, artifacts, creds, a).await?;
+            Ok::<_, Reason>((a.cache_key(), v))
+        });
+        futures::future::try_join_all(checks).await.map(|v| v.into_iter().collect())
+    }
+
+    /// Resolves `image`, fetches its artifacts and verifies them under each of `authorities`. When some of them
+    /// (`every_platform`, by cache key) govern a policy that requires every platform, and the index verified under
+    /// one of those, the platform manifests are fetched and verified too, at most `maxPlatforms` of them.
     async fn image(
         &self,
         image: &ImageRef,
         creds: &Credentials,
-        every_platform: &[Authority],
+        authorities: &[Authority],
+        every_platform: &[String],
         deadline: Instant,
     ) -> Result<ImageEvidence, Reason> {
         let _permit = self.fetching.acquire().await.map_err(|_| shutting_down())?;
         let resolved = self.resolve(image, creds, deadline).await?;
         let digest = resolved.digest.clone();
-        let platforms: Vec<Digest> = resolved
-            .platforms
-            .iter()
-            .filter(|p| p.os != "unknown" && p.architecture != "unknown")
-            .map(|p| p.digest.clone())
-            .collect();
+        let platforms = platforms_of(&resolved);
         let artifacts = self.artifacts_of(image, &digest, creds, deadline).await?;
-        let mut platform_artifacts = Vec::new();
-        let index_vouched = || !verify::signatures(&artifacts, &digest, every_platform).verified.is_empty();
-        if !every_platform.is_empty() && !platforms.is_empty() && index_vouched() {
+        let verified = self.verify_all(image, &digest, &platforms, &artifacts, creds, authorities).await?;
+        let index_vouched =
+            every_platform.iter().any(|key| verified.get(key).is_some_and(|v| !v.signatures.verified.is_empty()));
+        let mut platforms_verified = None;
+        if index_vouched && !platforms.is_empty() {
             if platforms.len() > self.config.max_platforms {
                 let (count, max) = (platforms.len(), self.config.max_platforms);
                 return Err(Reason::TooManyPlatforms { image: image.to_string(), count, max });
             }
             let fetches = platforms.iter().cloned().map(|d| async move {
                 let found = self.artifacts_of(image, &d, creds, deadline).await?;
-                Ok::<_, Reason>((d, found))
+                let checks = self.verify_all(image, &d, &[], &found, creds, authorities).await?;
+                Ok::<_, Reason>((d, checks))
             });
-            platform_artifacts = futures::stream::iter(fetches).buffered(PLATFORMS_AT_ONCE).try_collect().await?;
+            platforms_verified = Some(futures::stream::iter(fetches).buffered(PLATFORMS_AT_ONCE).try_collect().await?);
         }
-        Ok(ImageEvidence { digest, platforms, artifacts, platform_artifacts })
+        Ok(ImageEvidence { digest, platforms, verified, platforms_verified })
     }
+}
+
+/// Platform manifests of an index, without BuildKit's attestation manifests (platform `unknown/unknown`).
+fn platforms_of(resolved: &Resolved) -> Vec<Digest> {
+    resolved
+        .platforms
+        .iter()
+        .filter(|p| p.os != "unknown" && p.architecture != "unknown")
+        .map(|p| p.digest.clone())
+        .collect()
 }
 
 fn shutting_down() -> Reason {

@@ -16,6 +16,7 @@ pub mod images;
 pub mod keys;
 pub mod metrics;
 pub mod oneshot;
+pub mod plan;
 pub mod policy;
 pub mod reason;
 pub mod registry;

@@ -1,7 +1,6 @@
 //! `provgate verify IMAGE...`: the webhook's engine, once, from a terminal or CI. The images are judged as the
 //! containers of a Pod in the given namespace, so the answer is exactly what admission would say.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -11,7 +10,7 @@ use crate::admission::review::{GroupVersionKind, Operation, Request, UserInfo};
 use crate::artifact::{Artifacts, Layer, Origin};
 use crate::decide::{Decision, ImageDecision, Verdict};
 use crate::engine::Engine;
-use crate::evidence::{Gatherer, ImageEvidence};
+use crate::evidence::{Gatherer, Inspected};
 use crate::images::ImageRef;
 use crate::policy::{LoadErrors, PolicySet, load_sources};
 
@@ -134,13 +133,13 @@ pub async fn verify(engine: &Engine, gatherer: &Gatherer, images: &[String], nam
     Report { decision: decision.verdict, images: reports }
 }
 
-type Inspected = Result<Result<Arc<ImageEvidence>, crate::reason::Reason>, tokio::time::error::Elapsed>;
+type Inspection = Result<Result<Inspected, crate::reason::Reason>, tokio::time::error::Elapsed>;
 
 fn report(
     image: &str,
     judged: Option<&ImageDecision>,
     decision: &Decision,
-    inspected: Option<Inspected>,
+    inspected: Option<Inspection>,
     budget: Duration,
 ) -> ImageReport {
     let mut r = ImageReport {
@@ -165,9 +164,6 @@ fn report(
             r.digest = Some(evidence.digest.to_string());
             r.platforms = evidence.platforms.iter().map(ToString::to_string).collect();
             r.artifacts = artifact_reports(&evidence.artifacts, &evidence.digest.to_string());
-            for (digest, artifacts) in &evidence.platform_artifacts {
-                r.artifacts.extend(artifact_reports(artifacts, &digest.to_string()));
-            }
         }
         Some(Ok(Err(reason))) => r.registry_error = Some(reason.to_string()),
         Some(Err(_)) => r.registry_error = Some(crate::reason::Reason::DeadlineExceeded(budget).to_string()),

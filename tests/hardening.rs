@@ -248,7 +248,8 @@ fn big_index(n: usize) -> (Vec<u8>, String) {
                    "platform": {"os": "linux", "architecture": "amd64", "variant": format!("v{i}")}})
         })
         .collect();
-    let bytes = serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests})).unwrap();
+    let bytes =
+        serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests})).unwrap();
     let digest = format!("sha256:{}", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)));
     (bytes, digest)
 }
@@ -337,7 +338,11 @@ async fn update_credit_needs_the_same_field_and_a_digest() {
     let tag = "quay.io/evil/miner:1";
     let table = [
         // The same tag in the same field: the tag may name another image now.
-        (json!({"containers": [{"name": "a", "image": tag}]}), json!({"containers": [{"name": "a", "image": tag}]}), false),
+        (
+            json!({"containers": [{"name": "a", "image": tag}]}),
+            json!({"containers": [{"name": "a", "image": tag}]}),
+            false,
+        ),
         // A tag from an init container moved to a container.
         (
             json!({"initContainers": [{"name": "a", "image": tag}], "containers": [{"name": "b", "image": "registry.example.com/team/app:1"}]}),
@@ -351,7 +356,11 @@ async fn update_credit_needs_the_same_field_and_a_digest() {
             false,
         ),
         // The same digest in the same field keeps its credit.
-        (json!({"containers": [{"name": "a", "image": pinned}]}), json!({"containers": [{"name": "a", "image": pinned}]}), true),
+        (
+            json!({"containers": [{"name": "a", "image": pinned}]}),
+            json!({"containers": [{"name": "a", "image": pinned}]}),
+            true,
+        ),
     ];
     for (old, new, allowed) in table {
         let response = hook.review(&update(old.clone(), new.clone())).await;
@@ -387,7 +396,8 @@ async fn every_verified_statement_is_validated_and_the_docker_reference_can_be_b
     push_all(&registry, &layout, "team/app", &["two"]);
     push_cosign_tags(&registry, &layout, "team/app", &[&image]);
 
-    let require = "  require:\n    signature: true\n    attestations:\n      - name: provenance\n        predicateType: slsa\n";
+    let require =
+        "  require:\n    signature: true\n    attestations:\n      - name: provenance\n        predicateType: slsa\n";
     let key = keys.path().join("chains.pub");
     let validations = |expr: &str| format!("  validations:\n    - expression: '{expr}'\n");
     let builder = validations(r#"provenance.builder.id == "https://tekton.dev/chains/v2""#);
@@ -398,9 +408,8 @@ async fn every_verified_statement_is_validated_and_the_docker_reference_can_be_b
     assert!(message(&response).contains("provenance statement"), "{response}");
 
     for (reference, allowed) in [("index.docker.io/acme/app", true), ("index.docker.io/acme/other", false)] {
-        let bind = validations(&format!(
-            r#"size(signatures) > 0 && signatures.all(s, s.dockerReference == "{reference}")"#
-        ));
+        let bind =
+            validations(&format!(r#"size(signatures) > 0 && signatures.all(s, s.dockerReference == "{reference}")"#));
         let require = "  require:\n    signature: true\n";
         let hook = hook_for(&registry, keyed_policy(&key, require, &bind)).await;
         let response = hook.review(&pod(&[&format!("{}/team/app:two", registry.addr)])).await;

@@ -10,10 +10,10 @@ use serde_json::{Value, json};
 use super::eval::{ImageInfo, ImageInput, Limits, ReviewScope};
 use super::require::{check_attestation, check_signature};
 use super::{Policy, engine};
-use crate::evidence::{Authorities, ImageEvidence};
+use crate::evidence::{Authorities, ImageEvidence, Verification, Verifications};
 use crate::images::ImageRef;
 use crate::reason::Reason;
-use crate::verify::{self, Authority};
+use crate::verify::{self, AttestationCheck, Authority, SignatureCheck};
 
 /// What CEL sees of the request, besides the image: converted once per review, shared by every image and policy.
 pub struct ReviewContext {
@@ -91,10 +91,10 @@ fn unmet(
             return unmet;
         }
     };
-    let mut resolved: Vec<Authority> = Vec::new();
+    let mut resolved: Vec<Arc<Authority>> = Vec::new();
     for source in &policy.authorities {
         match authorities.get(&(policy.name.clone(), source.name().to_owned())) {
-            Some(Ok(authority)) => resolved.push(Authority::clone(authority)),
+            Some(Ok(authority)) => resolved.push(authority.clone()),
             Some(Err(reason)) => unmet.push(reason.clone()),
             None => unmet.push(Reason::KeyUnavailable {
                 authority: source.name().to_owned(),
@@ -105,43 +105,30 @@ fn unmet(
     if !unmet.is_empty() {
         return unmet;
     }
+    let names: Vec<Authority> = resolved.iter().map(|a| Authority::clone(a)).collect();
+    let Some(checks) = checks_of(&evidence.verified, &resolved) else {
+        unmet.push(not_gathered(&evidence.digest));
+        return unmet;
+    };
     let image = image.with_digest(evidence.digest.clone());
-    let signatures = verify::signatures(&evidence.artifacts, &evidence.digest, &resolved);
+    let signatures = SignatureCheck::merge(&evidence.digest, checks.iter().map(|c| &c.signatures));
     verified
         .extend(signatures.verified.iter().map(|s| format!("signature by {} ({})", s.authority(), signer(&s.signer))));
     if let Some(need) = &policy.requirements.signature {
-        unmet.extend(check_signature(need, &signatures, &resolved).map(unmet_reason));
-        let every_platform = policy.requirements.platforms == super::require::Platforms::All;
-        if every_platform && evidence.platform_artifacts.len() != evidence.platforms.len() {
-            unmet.push(Reason::Unmet {
-                code: "platforms-unchecked",
-                message: format!(
-                    "the platform manifests of {} were not checked: its index carries no valid signature from {}, \
-                     and every platform must be signed",
-                    evidence.digest,
-                    need.describe()
-                ),
-            });
-        }
-        for (digest, artifacts) in evidence.platform_artifacts.iter().filter(|_| every_platform) {
-            let platform = verify::signatures(artifacts, digest, &resolved);
-            if let Some(u) = check_signature(need, &platform, &resolved) {
-                unmet.push(Reason::Unmet {
-                    code: u.code,
-                    message: format!("platform manifest {digest}: {}", u.message),
-                });
-            }
+        unmet.extend(check_signature(need, &signatures, &names).map(unmet_reason));
+        if policy.requirements.platforms == super::require::Platforms::All && !evidence.platforms.is_empty() {
+            unmet.extend(every_platform(need, evidence, &resolved, &names));
         }
     }
     // A statement about a platform manifest counts for the index only through a verified link: the index itself
     // must carry a valid signature from one of this policy's authorities, so that its platform list is vouched
     // for. Otherwise anyone could list a legitimately attested manifest in an index of their own.
-    let acceptable =
-        if signatures.verified.is_empty() { vec![evidence.digest.clone()] } else { evidence.acceptable_digests() };
-    let statements = verify::attestations(&evidence.artifacts, &acceptable, &resolved);
+    let all_statements = AttestationCheck::merge(&evidence.digest, checks.iter().map(|c| &c.attestations));
+    let statements =
+        if signatures.verified.is_empty() { all_statements.about_only(&evidence.digest) } else { all_statements };
     let mut named: BTreeMap<String, Vec<Value>> = BTreeMap::new();
     for need in &policy.requirements.attestations {
-        match check_attestation(need, &statements, &resolved) {
+        match check_attestation(need, &statements, &names) {
             Ok(statements) => {
                 verified.extend(statements.iter().map(|s| {
                     format!(
@@ -170,6 +157,51 @@ fn unmet(
         .map(|s| json!({"authority": s.authority(), "dockerReference": s.docker_reference, "annotations": s.annotations}))
         .collect();
     validate(policy, &image, &signed, named, context).into_iter().collect()
+}
+
+/// The verifications of `authorities` among those gathered; None if one is missing (never judged as a pass).
+fn checks_of<'a>(verified: &'a Verifications, authorities: &[Arc<Authority>]) -> Option<Vec<&'a Verification>> {
+    authorities.iter().map(|a| verified.get(&a.cache_key()).map(Arc::as_ref)).collect()
+}
+
+fn not_gathered(digest: &crate::images::Digest) -> Reason {
+    Reason::Unmet {
+        code: "no-evidence",
+        message: format!("the verification of {digest} under this policy's authorities was not gathered"),
+    }
+}
+
+/// `require.platforms: all`: every platform manifest needs the signature, and was only fetched when the index
+/// verified under one of the policy's authorities.
+fn every_platform(
+    need: &super::require::Need,
+    evidence: &ImageEvidence,
+    resolved: &[Arc<Authority>],
+    names: &[Authority],
+) -> Vec<Reason> {
+    let Some(platforms) = &evidence.platforms_verified else {
+        return vec![Reason::Unmet {
+            code: "platforms-unchecked",
+            message: format!(
+                "the platform manifests of {} were not checked: its index carries no valid signature from {}, and \
+                 every platform must be signed",
+                evidence.digest,
+                need.describe()
+            ),
+        }];
+    };
+    let mut unmet = Vec::new();
+    for (digest, verified) in platforms {
+        let Some(checks) = checks_of(verified, resolved) else {
+            unmet.push(not_gathered(digest));
+            continue;
+        };
+        let check = SignatureCheck::merge(digest, checks.iter().map(|c| &c.signatures));
+        if let Some(u) = check_signature(need, &check, names) {
+            unmet.push(Reason::Unmet { code: u.code, message: format!("platform manifest {digest}: {}", u.message) });
+        }
+    }
+    unmet
 }
 
 fn unmet_reason(u: super::require::Unmet) -> Reason {

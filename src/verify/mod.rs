@@ -32,13 +32,16 @@ pub use reason::Rejection;
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Verified<T> {
     authority: String,
+    /// Where the layer that verified was found.
+    #[serde(skip)]
+    origin: Origin,
     #[serde(flatten)]
     value: T,
 }
 
 impl<T> Verified<T> {
-    fn new(authority: &Authority, value: T) -> Self {
-        Self { authority: authority.name().to_owned(), value }
+    fn new(authority: &Authority, origin: &Origin, value: T) -> Self {
+        Self { authority: authority.name().to_owned(), origin: origin.clone(), value }
     }
 
     /// The name of the authority whose key or identity verified this.
@@ -151,6 +154,25 @@ macro_rules! check_common {
                 }
             }
 
+            /// Several authorities' checks of one digest as one: every verified item, and for each layer that no
+            /// authority accepted, its most telling rejection (wrong-key rejections merged, so the message lists
+            /// every key tried), as if the authorities had been checked together.
+            pub fn merge<'a>(digest: &Digest, checks: impl IntoIterator<Item = &'a Self>) -> Self {
+                let checks: Vec<&Self> = checks.into_iter().collect();
+                let verified: Vec<Verified<$item>> = checks.iter().flat_map(|c| c.verified.iter().cloned()).collect();
+                let mut rejected: Vec<Rejected> = Vec::new();
+                for r in checks.iter().flat_map(|c| c.rejected.iter()) {
+                    if verified.iter().any(|v| v.layer == r.layer) {
+                        continue;
+                    }
+                    match rejected.iter_mut().find(|x| x.layer == r.layer) {
+                        Some(known) => known.reason = Rejection::stronger(known.reason.clone(), r.reason.clone()),
+                        None => rejected.push(r.clone()),
+                    }
+                }
+                Self { digest: digest.clone(), verified, rejected }
+            }
+
             /// A one-line explanation for a denial, naming the authorities and each layer's reason.
             pub fn explain(&self, authorities: &[Authority]) -> String {
                 let names: Vec<&str> = authorities.iter().map(Authority::name).collect();
@@ -178,6 +200,28 @@ macro_rules! check_common {
 }
 check_common!(SignatureCheck, ImageSignature, "signature", "signatures", Unsigned);
 check_common!(AttestationCheck, Statement, "attestation", "attestations", NoAttestations);
+
+impl AttestationCheck {
+    /// The same check counting only statements about `digest` itself: a statement that matched another acceptable
+    /// digest (a platform manifest of an index no authority vouched for) becomes a subject mismatch.
+    pub fn about_only(&self, digest: &Digest) -> Self {
+        let (mut verified, mut rejected) = (Vec::new(), self.rejected.clone());
+        for v in &self.verified {
+            if &v.matched == digest {
+                verified.push(v.clone());
+            } else if !rejected.iter().any(|r| r.layer == v.layer) {
+                let subjects = v.subject.iter().filter_map(|s| s.digest.get("sha256")).map(|h| format!("sha256:{h}"));
+                rejected.push(Rejected {
+                    layer: v.layer.clone(),
+                    origin: v.origin.clone(),
+                    reason: Rejection::SubjectMismatch { subjects: subjects.collect() },
+                });
+            }
+        }
+        rejected.retain(|r| !verified.iter().any(|v| v.layer == r.layer));
+        Self { digest: digest.clone(), verified, rejected }
+    }
+}
 
 /// Verifies every `.sig` layer and every signature-kind bundle for `digest` against `authorities`.
 pub fn signatures(a: &Artifacts, digest: &Digest, authorities: &[Authority]) -> SignatureCheck {
@@ -235,7 +279,7 @@ fn judge<T>(
         match attempt(auth) {
             Ok(item) => {
                 accepted = true;
-                verified.push(Verified::new(auth, item));
+                verified.push(Verified::new(auth, &layer.origin, item));
             }
             Err(reason) => reasons.push(reason),
         }
@@ -243,17 +287,7 @@ fn judge<T>(
     if accepted {
         return;
     }
-    let mut keys = Vec::new();
-    for r in &reasons {
-        if let Rejection::WrongKey { keys: k } = r {
-            keys.extend(k.iter().cloned());
-        }
-    }
-    let best = reasons.into_iter().max_by_key(Rejection::rank).unwrap_or(Rejection::NoAuthorities);
-    let reason = match best {
-        Rejection::WrongKey { .. } => Rejection::WrongKey { keys },
-        other => other,
-    };
+    let reason = reasons.into_iter().reduce(Rejection::stronger).unwrap_or(Rejection::NoAuthorities);
     rejected.push(Rejected { layer: layer.digest.clone(), origin: layer.origin.clone(), reason });
 }
 

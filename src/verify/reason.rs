@@ -79,6 +79,24 @@ impl Rejection {
     }
 
     /// How informative a reason is when several authorities rejected the same layer: the highest wins.
+    /// Of two reasons one layer was rejected for, the more telling (the later on a tie); two wrong-key reasons
+    /// become one listing every key tried.
+    pub fn stronger(self, other: Self) -> Self {
+        match (self, other) {
+            (Self::WrongKey { mut keys }, Self::WrongKey { keys: more }) => {
+                keys.extend(more.into_iter().filter(|k| !keys.contains(k)).collect::<Vec<_>>());
+                Self::WrongKey { keys }
+            }
+            (a, b) => {
+                if b.rank() >= a.rank() {
+                    b
+                } else {
+                    a
+                }
+            }
+        }
+    }
+
     pub(crate) fn rank(&self) -> u8 {
         match self {
             Self::DigestMismatch { .. } | Self::SubjectMismatch { .. } | Self::IdentityMismatch { .. } => 9,
