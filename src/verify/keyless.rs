@@ -1,15 +1,20 @@
-//! Keyless trust: the Sigstore trusted root (Fulcio CA chains, Rekor keys), certificate chain and identity checks,
-//! and offline Rekor SET verification with the entry body bound to this signature and payload.
+//! Keyless trust: the Sigstore trusted root (Fulcio CA chains, Rekor and CT log keys, each with its `validFor`),
+//! the leaf's chain, SCT and identity, and offline Rekor SET verification with the entry body bound to this signature
+//! and payload.
+
+mod chain;
+mod sct;
 
 use std::collections::BTreeMap;
 
+use rustls::pki_types::CertificateDer;
 use serde::Deserialize;
 use x509_cert::Certificate;
-use x509_cert::der::{Decode, Encode};
+use x509_cert::der::Decode;
 
 use super::authority::Keyless;
 use super::dsse::Decoded;
-use super::key::{PublicKey, Scheme};
+use super::key::PublicKey;
 use super::reason::Rejection;
 use super::{Signer, b64};
 
@@ -23,42 +28,110 @@ const OID_ISSUER_V2: &str = "1.3.6.1.4.1.57264.1.8";
 #[error("trusted root: {0}")]
 pub struct TrustedRootError(String);
 
-#[derive(Debug, Clone, PartialEq)]
-struct Ca {
-    chain: Vec<Certificate>,
+/// When a trusted-root entry may vouch (its `validFor`), both ends inclusive; an absent end is unbounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Window {
     start: Option<i64>,
     end: Option<i64>,
 }
 
-/// Fulcio CAs and Rekor keys, from a `trusted_root.json` (Sigstore's protobuf-JSON format).
+impl Window {
+    fn parse(raw: Option<&RawValidity>) -> Result<Self, TrustedRootError> {
+        match raw {
+            Some(v) => Ok(Self { start: rfc3339(&v.start)?, end: rfc3339(&v.end)? }),
+            None => Ok(Self::default()),
+        }
+    }
+
+    fn contains(&self, t: i64) -> bool {
+        self.start.is_none_or(|s| t >= s) && self.end.is_none_or(|e| t <= e)
+    }
+
+    /// `Ok` when `t` lies inside; otherwise a rejection naming the entry, its window and what `t` is.
+    fn check(&self, entry: impl FnOnce() -> String, t: i64, what: &'static str) -> Result<(), Rejection> {
+        if self.contains(t) {
+            return Ok(());
+        }
+        let window = match (self.start, self.end) {
+            (Some(s), Some(e)) => format!("from {} until {}", time(s), time(e)),
+            (Some(s), None) => format!("from {}", time(s)),
+            (None, Some(e)) => format!("until {}", time(e)),
+            (None, None) => "always".to_owned(),
+        };
+        Err(Rejection::TrustedRootValidity { entry: entry(), window, at: time(t), what })
+    }
+}
+
+/// RFC 3339 for messages (the raw number if out of range).
+fn time(t: i64) -> String {
+    chrono::DateTime::from_timestamp(t, 0).map_or_else(|| t.to_string(), |d| d.to_rfc3339())
+}
+
+/// A Fulcio CA: its chain (intermediates first, the trust anchor last), parsed and as DER, and its `validFor`.
+#[derive(Debug, Clone, PartialEq)]
+struct Ca {
+    chain: Vec<Certificate>,
+    der: Vec<CertificateDer<'static>>,
+    window: Window,
+}
+
+impl Ca {
+    /// How messages name it: by the anchor's subject.
+    fn name(&self) -> String {
+        let subject = self.chain.last().map(|c| c.tbs_certificate().subject().to_string()).unwrap_or_default();
+        format!("certificate authority {subject:?}")
+    }
+}
+
+/// A transparency log (Rekor or CT) key and its `validFor`.
+#[derive(Debug, Clone, PartialEq)]
+struct Log {
+    key: PublicKey,
+    window: Window,
+}
+
+/// Fulcio CAs, Rekor keys and CT log keys, from a `trusted_root.json` (Sigstore's protobuf-JSON format).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrustedRoot {
     /// sha256 of the JSON it was read from, for cache keys.
     digest: String,
     cas: Vec<Ca>,
     /// Rekor keys by log id (hex sha256 of the SPKI DER, as written in cosign bundles).
-    tlogs: BTreeMap<String, PublicKey>,
+    tlogs: BTreeMap<String, Log>,
+    /// CT log keys by RFC 6962 log id (hex sha256 of the SPKI DER, computed here from the key).
+    ctlogs: BTreeMap<String, Log>,
+    /// The root lists CT logs, so every leaf needs an embedded SCT from one of them.
+    require_sct: bool,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct RawRoot {
     #[serde(default)]
-    tlogs: Vec<RawTlog>,
+    tlogs: Vec<RawLog>,
     #[serde(default)]
     certificate_authorities: Vec<RawCa>,
+    #[serde(default)]
+    ctlogs: Vec<RawLog>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct RawTlog {
-    public_key: RawKey,
+struct RawLog {
+    public_key: RawPublicKey,
     log_id: RawLogId,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct RawKey {
+struct RawPublicKey {
+    raw_bytes: String,
+    valid_for: Option<RawValidity>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawBytes {
     raw_bytes: String,
 }
 
@@ -77,7 +150,7 @@ struct RawCa {
 
 #[derive(Deserialize)]
 struct RawChain {
-    certificates: Vec<RawKey>,
+    certificates: Vec<RawBytes>,
 }
 
 #[derive(Deserialize)]
@@ -93,88 +166,67 @@ fn rfc3339(s: &Option<String>) -> Result<Option<i64>, TrustedRootError> {
         .map_err(|e| TrustedRootError(format!("bad time: {e}")))
 }
 
+/// Log keys by `id(entry, SPKI DER)`. Keys of types we cannot parse are skipped: they can only fail to verify.
+fn logs(
+    raw: &[RawLog],
+    id: impl Fn(&RawLog, &[u8]) -> Result<String, TrustedRootError>,
+) -> Result<BTreeMap<String, Log>, TrustedRootError> {
+    let mut logs = BTreeMap::new();
+    for t in raw {
+        let der = b64(&t.public_key.raw_bytes).map_err(TrustedRootError)?;
+        let window = Window::parse(t.public_key.valid_for.as_ref())?;
+        if let Ok(key) = PublicKey::from_spki_der(&der) {
+            logs.insert(id(t, &der)?, Log { key, window });
+        }
+    }
+    Ok(logs)
+}
+
+/// A CA entry; `None` for an empty chain. The chain's last certificate must be usable as a trust anchor.
+fn ca(raw: &RawCa) -> Result<Option<Ca>, TrustedRootError> {
+    let der = raw
+        .cert_chain
+        .certificates
+        .iter()
+        .map(|c| b64(&c.raw_bytes).map(CertificateDer::from).map_err(TrustedRootError))
+        .collect::<Result<Vec<_>, _>>()?;
+    let chain = der
+        .iter()
+        .map(|d| Certificate::from_der(d).map_err(|e| TrustedRootError(e.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
+    let Some(anchor) = der.last() else { return Ok(None) };
+    webpki::anchor_from_trusted_cert(anchor).map_err(|e| {
+        TrustedRootError(format!("the last certificate of a CA chain is not a usable trust anchor: {e}"))
+    })?;
+    Ok(Some(Ca { chain, der, window: Window::parse(raw.valid_for.as_ref())? }))
+}
+
 impl TrustedRoot {
     pub fn from_json(json: &[u8]) -> Result<Self, TrustedRootError> {
         let raw: RawRoot = serde_json::from_slice(json).map_err(|e| TrustedRootError(e.to_string()))?;
-        let mut tlogs = BTreeMap::new();
-        for t in raw.tlogs {
-            let der = b64(&t.public_key.raw_bytes).map_err(TrustedRootError)?;
-            // Keys of types we cannot parse are skipped: they can only fail to verify, never pass.
-            if let Ok(key) = PublicKey::from_spki_der(&der) {
-                let id = b64(&t.log_id.key_id).map_err(TrustedRootError)?;
-                tlogs.insert(hex::encode(id), key);
-            }
-        }
+        let tlogs = logs(&raw.tlogs, |t, _| Ok(hex::encode(b64(&t.log_id.key_id).map_err(TrustedRootError)?)))?;
+        // RFC 6962 defines a CT log's id as the hash of its key: computed, not taken from the root's `logId`.
+        let ctlogs = logs(&raw.ctlogs, |_, der| Ok(hex_sha256(der)))?;
         let mut cas = Vec::new();
-        for ca in raw.certificate_authorities {
-            let chain = ca
-                .cert_chain
-                .certificates
-                .iter()
-                .map(|c| {
-                    let der = b64(&c.raw_bytes).map_err(TrustedRootError)?;
-                    Certificate::from_der(&der).map_err(|e| TrustedRootError(e.to_string()))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let (start, end) = match &ca.valid_for {
-                Some(v) => (rfc3339(&v.start)?, rfc3339(&v.end)?),
-                None => (None, None),
-            };
-            if !chain.is_empty() {
-                cas.push(Ca { chain, start, end });
-            }
+        for raw in &raw.certificate_authorities {
+            cas.extend(ca(raw)?);
         }
         if cas.is_empty() && tlogs.is_empty() {
             return Err(TrustedRootError("no certificate authorities and no transparency logs".into()));
         }
-        Ok(Self { digest: crate::images::Digest::sha256_of(json).to_string(), cas, tlogs })
+        Ok(Self {
+            digest: crate::images::Digest::sha256_of(json).to_string(),
+            cas,
+            tlogs,
+            ctlogs,
+            require_sct: !raw.ctlogs.is_empty(),
+        })
     }
 
     /// `sha256:` of the JSON document: changes whenever the root is replaced.
     pub fn digest(&self) -> &str {
         &self.digest
     }
-
-    /// Verifies `leaf` chains to one of the CAs (each link's signature checked); returns the leaf's validity.
-    fn chain(&self, leaf: &Certificate) -> Result<(i64, i64), Rejection> {
-        let validity = leaf.tbs_certificate().validity();
-        let not_before = validity.not_before.to_unix_duration().as_secs() as i64;
-        let not_after = validity.not_after.to_unix_duration().as_secs() as i64;
-        for ca in &self.cas {
-            if ca.start.is_some_and(|s| not_before < s) || ca.end.is_some_and(|e| not_before > e) {
-                continue;
-            }
-            let mut child = leaf;
-            let mut ok = true;
-            for parent in &ca.chain {
-                if !signed_by(child, parent) {
-                    ok = false;
-                    break;
-                }
-                child = parent;
-            }
-            if ok {
-                return Ok((not_before, not_after));
-            }
-        }
-        Err(Rejection::UntrustedCertificate("not issued by any certificate authority in the trusted root".into()))
-    }
-}
-
-fn signed_by(child: &Certificate, parent: &Certificate) -> bool {
-    let Ok(key) = PublicKey::from_spki(parent.tbs_certificate().subject_public_key_info()) else { return false };
-    let Ok(tbs) = child.tbs_certificate().to_der() else { return false };
-    let Some(sig) = child.signature().as_bytes() else { return false };
-    let scheme = match child.signature_algorithm().oid.to_string().as_str() {
-        "1.2.840.10045.4.3.2" if key.kind() == super::KeyKind::EcdsaP384 => Scheme::EcdsaP384Sha256,
-        "1.2.840.10045.4.3.2" => Scheme::EcdsaP256Sha256,
-        "1.2.840.10045.4.3.3" => Scheme::EcdsaP384Sha384,
-        "1.2.840.10045.4.3.4" => Scheme::EcdsaP521Sha512,
-        "1.2.840.113549.1.1.11" => Scheme::RsaPkcs1Sha256,
-        "1.3.101.112" => Scheme::Ed25519,
-        _ => return false,
-    };
-    key.verify_exact(scheme, &tbs, sig)
 }
 
 /// (subject alternative name, OIDC issuer) of a Fulcio certificate.
@@ -204,8 +256,8 @@ fn identity(cert: &Certificate) -> (String, String) {
     (san.unwrap_or_default(), issuer)
 }
 
-/// A Fulcio leaf that chains to the trusted root and whose identity is allowed. Returns the leaf, its key, its
-/// validity window and the signer.
+/// A Fulcio leaf that chains to the trusted root (see [`chain`]), carries a valid SCT when the root lists CT logs
+/// (see [`sct`]), and whose identity is allowed. Returns the leaf, its key, its validity window and the signer.
 pub(super) struct Leaf {
     pub der: Vec<u8>,
     pub key: PublicKey,
@@ -215,7 +267,12 @@ pub(super) struct Leaf {
 
 pub(super) fn leaf(cert_der: &[u8], trust: &Keyless) -> Result<Leaf, Rejection> {
     let cert = Certificate::from_der(cert_der).map_err(|e| Rejection::UntrustedCertificate(e.to_string()))?;
-    let validity = trust.trusted_root().chain(&cert)?;
+    let root = trust.trusted_root();
+    let path = chain::verify(&root.cas, &cert, cert_der)?;
+    if root.require_sct {
+        sct::verify(&root.ctlogs, &cert, cert_der, path.issuer)?;
+    }
+    let validity = path.validity;
     let (san, issuer) = identity(&cert);
     if !trust.identities().iter().any(|i| i.matches(&san, &issuer)) {
         return Err(Rejection::IdentityMismatch { san, issuer });
@@ -234,7 +291,7 @@ pub(super) struct Binding<'a> {
 }
 
 /// Verifies a SET over the canonical (JCS) entry, picks the Rekor key by log id, binds the body, and checks the
-/// integrated time lies inside the leaf's validity.
+/// integrated time lies inside the Rekor key's `validFor` and the leaf's validity.
 pub(super) fn verify_entry(
     root: &TrustedRoot,
     set: &[u8],
@@ -244,8 +301,9 @@ pub(super) fn verify_entry(
     validity: (i64, i64),
 ) -> Result<(), Rejection> {
     let log_id = entry.get("logID").and_then(|v| v.as_str()).unwrap_or_default();
-    let key =
+    let log =
         root.tlogs.get(log_id).ok_or_else(|| Rejection::SetInvalid(format!("unknown Rekor log id {log_id:?}")))?;
+    let key = &log.key;
     let canonical = serde_json_canonicalizer::to_vec(entry).map_err(|e| Rejection::SetInvalid(e.to_string()))?;
     if key.verify(&canonical, set).is_none() {
         return Err(Rejection::SetInvalid(format!(
@@ -255,6 +313,7 @@ pub(super) fn verify_entry(
     }
     bind_body(body, binding)?;
     let time = entry.get("integratedTime").and_then(serde_json::Value::as_i64).unwrap_or(i64::MIN);
+    log.window.check(|| format!("Rekor log {log_id}"), time, "the entry's integrated time")?;
     if time < validity.0 || time > validity.1 {
         return Err(Rejection::OutsideValidity { integrated_time: time });
     }
@@ -387,6 +446,10 @@ pub(super) fn verify_legacy_dsse(
     }
     Err(last)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod fulcio_tests;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
