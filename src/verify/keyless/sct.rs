@@ -16,7 +16,7 @@ use x509_cert::ext::pkix::sct::{
     SignedCertificateTimestampList,
 };
 
-use super::Log;
+use super::root::Log;
 use crate::verify::key::{KeyKind, Scheme};
 use crate::verify::reason::Rejection;
 
