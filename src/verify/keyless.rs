@@ -1,6 +1,5 @@
-//! Keyless trust: the Sigstore trusted root (Fulcio CA chains, Rekor and CT log keys, each with its `validFor`),
-//! the leaf's chain, SCT and identity, and offline Rekor SET verification with the entry body bound to this signature
-//! and payload.
+//! Keyless trust: a Fulcio leaf judged against the trusted root (its chain, its embedded SCT, its identity), and
+//! offline Rekor SET verification with the entry body bound to this signature and payload.
 
 mod chain;
 mod root;

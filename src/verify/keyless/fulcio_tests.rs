@@ -326,6 +326,9 @@ fn a_fulcio_shaped_chain_with_a_valid_sct_verifies() {
     // Issued straight by the root (no intermediate), as the 2021 public-good Fulcio did.
     let direct = issue(&leaf_params(), &key, &w.root, &[(&w.ctlog, Sct::Valid)]);
     assert_eq!(w.judge(&w.root_with(&[&w.root]), &direct, &key), Ok(()));
+    // The same shape from another instance, with the same CA names: not issued by this root's CA.
+    let other = World::new();
+    assert_eq!(code(w.judge(&w.root_json(), &other.leaf(&leaf_params(), &key), &key)), "untrusted-certificate");
 }
 
 #[test]
@@ -451,6 +454,13 @@ fn the_embedded_sct_must_come_from_a_trusted_ct_log_and_verify() {
     wrong_issuer.custom_extensions.push(CustomExtension::from_oid_content(SCT_OID, sct_list(&[sct])));
     let cert = wrong_issuer.signed_by(&key, &w.inter.issuer()).unwrap();
     assert_eq!(code(w.judge(&root, cert.der(), &key)), "sct-invalid");
+    // A malformed SCT list: its length prefix disagrees with its contents; an SCT list that is not an OCTET STRING.
+    for content in [OctetString::new(vec![0, 9, 0, 1, 0]).unwrap().to_der().unwrap(), vec![0x05, 0x00]] {
+        let mut malformed = params.clone();
+        malformed.custom_extensions.push(CustomExtension::from_oid_content(SCT_OID, content));
+        let cert = malformed.signed_by(&key, &w.inter.issuer()).unwrap();
+        assert_eq!(code(w.judge(&root, cert.der(), &key)), "sct-invalid");
+    }
     // A valid SCT next to an unknown log's: one trusted SCT is enough, in either order.
     let both = issue(&params, &key, &w.inter, &[(&stranger, Sct::Valid), (&w.ctlog, Sct::Valid)]);
     assert_eq!(w.judge(&root, &both, &key), Ok(()));
