@@ -192,6 +192,9 @@ fn ca(raw: &RawCa) -> Result<Option<Ca>, TrustedRootError> {
 }
 
 impl TrustedRoot {
+    /// Parses a `trusted_root.json`. Fails on malformed JSON, base64 or times, on a CA certificate that does not
+    /// parse or a CA chain whose last certificate is not a usable trust anchor, and on a root with neither CAs nor
+    /// Rekor logs. CT logs make an embedded SCT mandatory for every keyless leaf judged under this root.
     pub fn from_json(json: &[u8]) -> Result<Self, TrustedRootError> {
         let raw: RawRoot = serde_json::from_slice(json).map_err(|e| TrustedRootError(e.to_string()))?;
         let tlogs = logs(&raw.tlogs, |t, _| Ok(hex::encode(b64(&t.log_id.key_id).map_err(TrustedRootError)?)))?;
