@@ -290,9 +290,10 @@ async fn key_signed_bundles_through_the_tag_schema_on_docker_registry() {
     key_signed_bundles_through(Registry::Docker(Box::new(DockerRegistry::start(Auth::None)))).await;
 }
 
-/// Keyless bundles (mock Fulcio certificate for a GitHub Actions identity, mock Rekor `intoto` entry): admitted
-/// under the trusted root bundles.js wrote and the right identity; denied for another identity, and under roots
-/// whose CAs did not issue the certificate (the public-good root, and another mock CA).
+/// Keyless bundles (mock Fulcio certificate for a GitHub Actions identity with an SCT from the mock CT log, mock
+/// Rekor `intoto` entry): admitted under the trusted root bundles.js wrote and the right identity; denied for another
+/// identity, under roots whose CAs did not issue the certificate (the public-good root, and another mock CA), and
+/// under a root that lists another CT log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keyless_bundles_need_the_identity_and_the_trusted_root() {
     let registry = Registry::Ferro(Ferro::start());
@@ -327,4 +328,13 @@ async fn keyless_bundles_need_the_identity_and_the_trusted_root() {
 
     let other = hook(&registry, keyless_policy(&bundles.path("other.trusted_root.json"), ".*")).await;
     denied(&other, &reference, "untrusted-certificate", UNTRUSTED).await;
+
+    // The right CA, but the trusted root lists another CT log than the one whose SCT the mock Fulcio embedded.
+    let read = |name: &str| serde_json::from_slice::<Value>(&std::fs::read(bundles.path(name)).unwrap()).unwrap();
+    let mut swapped = read("keyless.trusted_root.json");
+    swapped["ctlogs"] = read("other.trusted_root.json")["ctlogs"].clone();
+    let swapped_path = bundles.path("swapped-ctlog.trusted_root.json");
+    std::fs::write(&swapped_path, swapped.to_string()).unwrap();
+    let unlogged = hook(&registry, keyless_policy(&swapped_path, ".*")).await;
+    denied(&unlogged, &reference, "sct-unknown-log", "no embedded SCT is from a CT log in the trusted root").await;
 }

@@ -213,6 +213,28 @@ fn sigstore_js_bundles_verify_key_signed_and_keyless_and_twins_fail() {
     assert_eq!(code(flip_bundle_statement(&att), &auth), "wrong-key");
     assert_eq!(code(att.clone(), &keyless_authority(&root, r"https://github\.com/evil/.*")), "identity-mismatch");
     assert_eq!(code(att.clone(), &keyless_authority(&read("other.trusted_root.json"), ".*")), "untrusted-certificate");
+    // The mock Fulcio embeds an SCT from the mock CT log that bundles.js lists in the trusted root. Each root entry
+    // counts only while listed and inside its validFor; a root that lists no CT log asks for no SCT.
+    let edited = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut r: serde_json::Value = serde_json::from_slice(&root).unwrap();
+        edit(&mut r);
+        r.to_string().into_bytes()
+    };
+    let other: serde_json::Value = serde_json::from_slice(&read("other.trusted_root.json")).unwrap();
+    let swapped = edited(&|r| r["ctlogs"] = other["ctlogs"].clone());
+    assert_eq!(code(att.clone(), &keyless_authority(&swapped, ".*")), "sct-unknown-log");
+    let future = "2999-01-01T00:00:00Z";
+    for pointer in [
+        "/ctlogs/0/publicKey/validFor/start",
+        "/tlogs/0/publicKey/validFor/start",
+        "/certificateAuthorities/0/validFor/start",
+    ] {
+        let late = edited(&|r| *r.pointer_mut(pointer).unwrap() = future.into());
+        assert_eq!(code(att.clone(), &keyless_authority(&late, ".*")), "trusted-root-validity", "{pointer}");
+    }
+    let no_ctlogs = edited(&|r| r["ctlogs"] = serde_json::json!([]));
+    let check = verify::attestations(&bundle_layer(att.clone()), &img, &[keyless_authority(&no_ctlogs, ".*")]);
+    assert_eq!(check.outcome(), Ok(()));
     let mut v: serde_json::Value = serde_json::from_slice(&att).unwrap();
     v["verificationMaterial"]["tlogEntries"][0]["integratedTime"] = "1".into();
     assert_eq!(code(v.to_string().into_bytes(), &auth), "set-invalid");
@@ -253,6 +275,18 @@ fn sigstore_js_bundles_verify_key_signed_and_keyless_and_twins_fail() {
     for (file, verdict) in files.iter().zip(&verdicts) {
         assert_eq!(verdict["ok"], !file.starts_with("twin"), "@sigstore/verify on {file}: {verdict}");
     }
+    // It also refuses the SCT under a root that lists another CT log.
+    std::fs::write(dir.path().join("swapped.trusted_root.json"), &swapped).unwrap();
+    let out = Command::new("node")
+        .arg(signers_dir().join("verify_bundles.js"))
+        .arg(dir.path().join("swapped.trusted_root.json"))
+        .arg(dir.path().join("key.pub.pem"))
+        .arg(dir.path().join("keyless-attestation.bundle.json"))
+        .env("NODE_PATH", node_modules())
+        .output()
+        .unwrap();
+    let verdict: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(verdict["ok"], false, "@sigstore/verify under another CT log: {verdict}");
 }
 
 /// cosign's legacy keyless `.att` layout: the DSSE envelope as the layer, the Fulcio certificate and the Rekor

@@ -1,181 +1,27 @@
-//! Keyless trust: the Sigstore trusted root (Fulcio CA chains, Rekor keys), certificate chain and identity checks,
-//! and offline Rekor SET verification with the entry body bound to this signature and payload.
+//! Keyless trust: a Fulcio leaf judged against the trusted root (its chain, its embedded SCT, its identity), and
+//! offline Rekor SET verification with the entry body bound to this signature and payload.
+
+mod chain;
+mod root;
+mod sct;
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use x509_cert::Certificate;
-use x509_cert::der::{Decode, Encode};
+use x509_cert::der::Decode;
 
 use super::authority::Keyless;
 use super::dsse::Decoded;
-use super::key::{PublicKey, Scheme};
+use super::key::PublicKey;
 use super::reason::Rejection;
 use super::{Signer, b64};
+pub use root::{TrustedRoot, TrustedRootError};
 
 const CERT_ANNOTATION: &str = "dev.sigstore.cosign/certificate";
 const BUNDLE_ANNOTATION: &str = "dev.sigstore.cosign/bundle";
 const OID_ISSUER_V1: &str = "1.3.6.1.4.1.57264.1.1";
 const OID_ISSUER_V2: &str = "1.3.6.1.4.1.57264.1.8";
-
-/// A trusted root could not be loaded.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("trusted root: {0}")]
-pub struct TrustedRootError(String);
-
-#[derive(Debug, Clone, PartialEq)]
-struct Ca {
-    chain: Vec<Certificate>,
-    start: Option<i64>,
-    end: Option<i64>,
-}
-
-/// Fulcio CAs and Rekor keys, from a `trusted_root.json` (Sigstore's protobuf-JSON format).
-#[derive(Debug, Clone, PartialEq)]
-pub struct TrustedRoot {
-    /// sha256 of the JSON it was read from, for cache keys.
-    digest: String,
-    cas: Vec<Ca>,
-    /// Rekor keys by log id (hex sha256 of the SPKI DER, as written in cosign bundles).
-    tlogs: BTreeMap<String, PublicKey>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RawRoot {
-    #[serde(default)]
-    tlogs: Vec<RawTlog>,
-    #[serde(default)]
-    certificate_authorities: Vec<RawCa>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RawTlog {
-    public_key: RawKey,
-    log_id: RawLogId,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RawKey {
-    raw_bytes: String,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RawLogId {
-    key_id: String,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RawCa {
-    cert_chain: RawChain,
-    valid_for: Option<RawValidity>,
-}
-
-#[derive(Deserialize)]
-struct RawChain {
-    certificates: Vec<RawKey>,
-}
-
-#[derive(Deserialize)]
-struct RawValidity {
-    start: Option<String>,
-    end: Option<String>,
-}
-
-fn rfc3339(s: &Option<String>) -> Result<Option<i64>, TrustedRootError> {
-    s.as_deref()
-        .map(|s| chrono::DateTime::parse_from_rfc3339(s).map(|t| t.timestamp()))
-        .transpose()
-        .map_err(|e| TrustedRootError(format!("bad time: {e}")))
-}
-
-impl TrustedRoot {
-    pub fn from_json(json: &[u8]) -> Result<Self, TrustedRootError> {
-        let raw: RawRoot = serde_json::from_slice(json).map_err(|e| TrustedRootError(e.to_string()))?;
-        let mut tlogs = BTreeMap::new();
-        for t in raw.tlogs {
-            let der = b64(&t.public_key.raw_bytes).map_err(TrustedRootError)?;
-            // Keys of types we cannot parse are skipped: they can only fail to verify, never pass.
-            if let Ok(key) = PublicKey::from_spki_der(&der) {
-                let id = b64(&t.log_id.key_id).map_err(TrustedRootError)?;
-                tlogs.insert(hex::encode(id), key);
-            }
-        }
-        let mut cas = Vec::new();
-        for ca in raw.certificate_authorities {
-            let chain = ca
-                .cert_chain
-                .certificates
-                .iter()
-                .map(|c| {
-                    let der = b64(&c.raw_bytes).map_err(TrustedRootError)?;
-                    Certificate::from_der(&der).map_err(|e| TrustedRootError(e.to_string()))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let (start, end) = match &ca.valid_for {
-                Some(v) => (rfc3339(&v.start)?, rfc3339(&v.end)?),
-                None => (None, None),
-            };
-            if !chain.is_empty() {
-                cas.push(Ca { chain, start, end });
-            }
-        }
-        if cas.is_empty() && tlogs.is_empty() {
-            return Err(TrustedRootError("no certificate authorities and no transparency logs".into()));
-        }
-        Ok(Self { digest: crate::images::Digest::sha256_of(json).to_string(), cas, tlogs })
-    }
-
-    /// `sha256:` of the JSON document: changes whenever the root is replaced.
-    pub fn digest(&self) -> &str {
-        &self.digest
-    }
-
-    /// Verifies `leaf` chains to one of the CAs (each link's signature checked); returns the leaf's validity.
-    fn chain(&self, leaf: &Certificate) -> Result<(i64, i64), Rejection> {
-        let validity = leaf.tbs_certificate().validity();
-        let not_before = validity.not_before.to_unix_duration().as_secs() as i64;
-        let not_after = validity.not_after.to_unix_duration().as_secs() as i64;
-        for ca in &self.cas {
-            if ca.start.is_some_and(|s| not_before < s) || ca.end.is_some_and(|e| not_before > e) {
-                continue;
-            }
-            let mut child = leaf;
-            let mut ok = true;
-            for parent in &ca.chain {
-                if !signed_by(child, parent) {
-                    ok = false;
-                    break;
-                }
-                child = parent;
-            }
-            if ok {
-                return Ok((not_before, not_after));
-            }
-        }
-        Err(Rejection::UntrustedCertificate("not issued by any certificate authority in the trusted root".into()))
-    }
-}
-
-fn signed_by(child: &Certificate, parent: &Certificate) -> bool {
-    let Ok(key) = PublicKey::from_spki(parent.tbs_certificate().subject_public_key_info()) else { return false };
-    let Ok(tbs) = child.tbs_certificate().to_der() else { return false };
-    let Some(sig) = child.signature().as_bytes() else { return false };
-    let scheme = match child.signature_algorithm().oid.to_string().as_str() {
-        "1.2.840.10045.4.3.2" if key.kind() == super::KeyKind::EcdsaP384 => Scheme::EcdsaP384Sha256,
-        "1.2.840.10045.4.3.2" => Scheme::EcdsaP256Sha256,
-        "1.2.840.10045.4.3.3" => Scheme::EcdsaP384Sha384,
-        "1.2.840.10045.4.3.4" => Scheme::EcdsaP521Sha512,
-        "1.2.840.113549.1.1.11" => Scheme::RsaPkcs1Sha256,
-        "1.3.101.112" => Scheme::Ed25519,
-        _ => return false,
-    };
-    key.verify_exact(scheme, &tbs, sig)
-}
 
 /// (subject alternative name, OIDC issuer) of a Fulcio certificate.
 fn identity(cert: &Certificate) -> (String, String) {
@@ -204,8 +50,8 @@ fn identity(cert: &Certificate) -> (String, String) {
     (san.unwrap_or_default(), issuer)
 }
 
-/// A Fulcio leaf that chains to the trusted root and whose identity is allowed. Returns the leaf, its key, its
-/// validity window and the signer.
+/// A Fulcio leaf that chains to the trusted root (see [`chain`]), carries a valid SCT when the root lists CT logs
+/// (see [`sct`]), and whose identity is allowed. Returns the leaf, its key, its validity window and the signer.
 pub(super) struct Leaf {
     pub der: Vec<u8>,
     pub key: PublicKey,
@@ -215,7 +61,12 @@ pub(super) struct Leaf {
 
 pub(super) fn leaf(cert_der: &[u8], trust: &Keyless) -> Result<Leaf, Rejection> {
     let cert = Certificate::from_der(cert_der).map_err(|e| Rejection::UntrustedCertificate(e.to_string()))?;
-    let validity = trust.trusted_root().chain(&cert)?;
+    let root = trust.trusted_root();
+    let path = chain::verify(&root.cas, &cert, cert_der)?;
+    if root.require_sct {
+        sct::verify(&root.ctlogs, &cert, cert_der, path.issuer)?;
+    }
+    let validity = path.validity;
     let (san, issuer) = identity(&cert);
     if !trust.identities().iter().any(|i| i.matches(&san, &issuer)) {
         return Err(Rejection::IdentityMismatch { san, issuer });
@@ -234,7 +85,7 @@ pub(super) struct Binding<'a> {
 }
 
 /// Verifies a SET over the canonical (JCS) entry, picks the Rekor key by log id, binds the body, and checks the
-/// integrated time lies inside the leaf's validity.
+/// integrated time lies inside the Rekor key's `validFor` and the leaf's validity.
 pub(super) fn verify_entry(
     root: &TrustedRoot,
     set: &[u8],
@@ -244,8 +95,9 @@ pub(super) fn verify_entry(
     validity: (i64, i64),
 ) -> Result<(), Rejection> {
     let log_id = entry.get("logID").and_then(|v| v.as_str()).unwrap_or_default();
-    let key =
+    let log =
         root.tlogs.get(log_id).ok_or_else(|| Rejection::SetInvalid(format!("unknown Rekor log id {log_id:?}")))?;
+    let key = &log.key;
     let canonical = serde_json_canonicalizer::to_vec(entry).map_err(|e| Rejection::SetInvalid(e.to_string()))?;
     if key.verify(&canonical, set).is_none() {
         return Err(Rejection::SetInvalid(format!(
@@ -255,6 +107,7 @@ pub(super) fn verify_entry(
     }
     bind_body(body, binding)?;
     let time = entry.get("integratedTime").and_then(serde_json::Value::as_i64).unwrap_or(i64::MIN);
+    log.window.check(|| format!("Rekor log {log_id}"), time, "the entry's integrated time")?;
     if time < validity.0 || time > validity.1 {
         return Err(Rejection::OutsideValidity { integrated_time: time });
     }
@@ -387,6 +240,10 @@ pub(super) fn verify_legacy_dsse(
     }
     Err(last)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod fulcio_tests;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

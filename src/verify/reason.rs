@@ -48,6 +48,34 @@ pub enum Rejection {
     TlogMismatch(String),
     #[error("signed at {integrated_time}, outside the certificate's validity")]
     OutsideValidity { integrated_time: i64 },
+    #[error(
+        "signing certificate is not a code-signing leaf: {0}; a Fulcio leaf has keyUsage digitalSignature, extended \
+         key usage codeSigning (1.3.6.1.5.5.7.3.3) and no CA flag"
+    )]
+    LeafCertificateUsage(String),
+    #[error(
+        "certificate chain breaks CA constraints: {0}; every issuer must be a CA (basicConstraints CA:TRUE, path \
+         length respected) with keyUsage keyCertSign"
+    )]
+    CaConstraints(String),
+    #[error(
+        "{entry} in the trusted root is trusted {window}, not at {at} ({what}); use a trusted root whose entry \
+         covers that time"
+    )]
+    TrustedRootValidity { entry: String, window: String, at: String, what: &'static str },
+    #[error(
+        "certificate has no embedded SCT but the trusted root lists CT logs: it was never logged for certificate \
+         transparency; sign again with a Fulcio that logs to a CT log in the trusted root"
+    )]
+    MissingSct,
+    #[error(
+        "no embedded SCT is from a CT log in the trusted root (SCT log ids: {}); add the log to the trusted root's \
+         ctlogs only if you trust it",
+        log_ids.join(", ")
+    )]
+    SctUnknownLog { log_ids: Vec<String> },
+    #[error("embedded SCT does not verify: {0}")]
+    SctInvalid(String),
 }
 
 impl Rejection {
@@ -75,6 +103,12 @@ impl Rejection {
             Self::SetInvalid(_) => "set-invalid",
             Self::TlogMismatch(_) => "tlog-mismatch",
             Self::OutsideValidity { .. } => "outside-validity",
+            Self::LeafCertificateUsage(_) => "leaf-certificate-usage",
+            Self::CaConstraints(_) => "ca-constraints",
+            Self::TrustedRootValidity { .. } => "trusted-root-validity",
+            Self::MissingSct => "missing-sct",
+            Self::SctUnknownLog { .. } => "sct-unknown-log",
+            Self::SctInvalid(_) => "sct-invalid",
         }
     }
 
@@ -100,8 +134,18 @@ impl Rejection {
     pub(crate) fn rank(&self) -> u8 {
         match self {
             Self::DigestMismatch { .. } | Self::SubjectMismatch { .. } | Self::IdentityMismatch { .. } => 9,
-            Self::SetInvalid(_) | Self::TlogMismatch(_) | Self::OutsideValidity { .. } => 8,
-            Self::UntrustedCertificate(_) | Self::WrongSignatureType { .. } | Self::WrongPayloadType { .. } => 7,
+            Self::SetInvalid(_)
+            | Self::TlogMismatch(_)
+            | Self::OutsideValidity { .. }
+            | Self::TrustedRootValidity { .. }
+            | Self::MissingSct
+            | Self::SctUnknownLog { .. }
+            | Self::SctInvalid(_) => 8,
+            Self::UntrustedCertificate(_)
+            | Self::LeafCertificateUsage(_)
+            | Self::CaConstraints(_)
+            | Self::WrongSignatureType { .. }
+            | Self::WrongPayloadType { .. } => 7,
             Self::MalformedPayload(_) | Self::MalformedStatement(_) => 6,
             Self::MissingTransparency(_) => 4,
             Self::WrongKey { .. } => 3,

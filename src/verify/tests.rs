@@ -145,6 +145,18 @@ fn public_good() -> Arc<TrustedRoot> {
     Arc::new(TrustedRoot::from_json(&read("sigstore-public-good/trusted_root.json")).unwrap())
 }
 
+/// The public-good trusted root without its CT logs. The 2021 vector's certificate predates embedded SCTs, so
+/// only a root that lists no CT log (and so asks for no SCT) accepts it.
+fn public_good_json_without_ctlogs() -> serde_json::Value {
+    let mut json: serde_json::Value = serde_json::from_slice(&read("sigstore-public-good/trusted_root.json")).unwrap();
+    json.as_object_mut().unwrap().remove("ctlogs");
+    json
+}
+
+fn public_good_without_ctlogs() -> Arc<TrustedRoot> {
+    Arc::new(TrustedRoot::from_json(public_good_json_without_ctlogs().to_string().as_bytes()).unwrap())
+}
+
 fn flavio(root: Arc<TrustedRoot>) -> Authority {
     let id = Identity { subject: Matcher::Exact("flavio@castelli.me".into()), issuer: Matcher::regex(".*").unwrap() };
     Authority::new("kubewarden", Trust::Keyless(Keyless::new(root, vec![id]).unwrap()))
@@ -174,20 +186,24 @@ fn nodeport() -> (Vec<u8>, String, String, String) {
 }
 
 #[test]
-fn keyless_vector_verifies_with_public_good_root() {
+fn keyless_vector_verifies_with_public_good_cas_and_needs_an_sct_under_its_ct_logs() {
     let (payload, sig, cert, bundle) = nodeport();
-    let auth = flavio(public_good());
-    let check = signatures(&sigs(vec![nodeport_layer(&payload, &sig, &cert, &bundle)]), &digest(NODEPORT), &[auth]);
+    let layer = || sigs(vec![nodeport_layer(&payload, &sig, &cert, &bundle)]);
+    let check = signatures(&layer(), &digest(NODEPORT), &[flavio(public_good_without_ctlogs())]);
     assert_eq!(check.outcome(), Ok(()), "{:?}", check.rejected);
     assert!(
         matches!(&check.verified[0].signer, Signer::Certificate { subject, .. } if subject == "flavio@castelli.me")
     );
+    // The full public-good root lists CT logs; the October 2021 certificate has no embedded SCT (cosign 2 also
+    // refuses it without --insecure-ignore-sct).
+    let check = signatures(&layer(), &digest(NODEPORT), &[flavio(public_good())]);
+    assert_eq!(check.outcome().unwrap_err().code(), "missing-sct");
 }
 
 #[test]
 fn keyless_negative_cases_each_have_their_own_reason() {
     let (payload, sig, cert, bundle) = nodeport();
-    let root = public_good();
+    let root = public_good_without_ctlogs();
     let run = |payload: &[u8], sig: &str, cert: &str, bundle: &str, auth: &Authority| {
         let layer = nodeport_layer(payload, sig, cert, bundle);
         signatures(&sigs(vec![layer]), &digest(NODEPORT), std::slice::from_ref(auth)).outcome().unwrap_err().code()
@@ -201,10 +217,20 @@ fn keyless_negative_cases_each_have_their_own_reason() {
     let other = Authority::new("other", Trust::Keyless(Keyless::new(root.clone(), vec![other]).unwrap()));
     assert_eq!(run(&payload, &sig, &cert, &bundle, &other), "identity-mismatch");
     // A trusted root without the 2021 CA: the certificate is from another root.
-    let mut json: serde_json::Value = serde_json::from_slice(&read("sigstore-public-good/trusted_root.json")).unwrap();
+    let mut json = public_good_json_without_ctlogs();
     json["certificateAuthorities"].as_array_mut().unwrap().remove(0);
     let other_root = Arc::new(TrustedRoot::from_json(json.to_string().as_bytes()).unwrap());
     assert_eq!(run(&payload, &sig, &cert, &bundle, &flavio(other_root)), "untrusted-certificate");
+    // The public-good Rekor key trusted only from 2022 on; the 2021 CA trusted only until September 2021.
+    let root_with = |pointer: &str, at: &str| {
+        let mut json = public_good_json_without_ctlogs();
+        *json.pointer_mut(pointer).unwrap() = at.into();
+        flavio(Arc::new(TrustedRoot::from_json(json.to_string().as_bytes()).unwrap()))
+    };
+    let late_rekor = root_with("/tlogs/0/publicKey/validFor/start", "2022-01-01T00:00:00Z");
+    assert_eq!(run(&payload, &sig, &cert, &bundle, &late_rekor), "trusted-root-validity");
+    let early_ca = root_with("/certificateAuthorities/0/validFor/end", "2021-09-30T00:00:00Z");
+    assert_eq!(run(&payload, &sig, &cert, &bundle, &early_ca), "trusted-root-validity");
     // SET with one byte changed.
     let mut b: serde_json::Value = serde_json::from_str(&bundle).unwrap();
     let set = b64(b["SignedEntryTimestamp"].as_str().unwrap()).unwrap();
@@ -353,7 +379,7 @@ fn position(hay: &[u8], needle: &[u8]) -> usize {
 fn trusted_root_one_byte_twins_fail_the_keyless_vector() {
     use x509_cert::der::{Decode, Encode};
     let (payload, sig, cert, bundle) = nodeport();
-    let json: serde_json::Value = serde_json::from_slice(&read("sigstore-public-good/trusted_root.json")).unwrap();
+    let json = public_good_json_without_ctlogs();
     let run = |json: &serde_json::Value| {
         let root = Arc::new(TrustedRoot::from_json(json.to_string().as_bytes()).unwrap());
         let layer = nodeport_layer(&payload, &sig, &cert, &bundle);

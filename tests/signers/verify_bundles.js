@@ -16,7 +16,7 @@ for (const file of bundles) {
   const bundle = bundleFromJSON(JSON.parse(fs.readFileSync(file, 'utf8')));
   const keyless = bundle.verificationMaterial.content.$case !== 'publicKey';
   const options = keyless
-    ? { tlogThreshold: 1, ctlogThreshold: 0, timestampThreshold: 1 }
+    ? { tlogThreshold: 1, ctlogThreshold: 1, timestampThreshold: 1 }
     : { tlogThreshold: 0, ctlogThreshold: 0, timestampThreshold: 0 };
   try {
     new Verifier(material, options).verify(toSignedEntity(bundle));
