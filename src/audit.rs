@@ -75,7 +75,7 @@ pub fn record(uid: &str, request: Option<&Request>, decision: &Decision, latency
         operation: request.map(|r| label(&r.operation)).unwrap_or_default(),
         user: request.map(|r| r.user_info.username.clone()).unwrap_or_default(),
         dry_run: request.and_then(|r| r.dry_run).unwrap_or(false),
-        decision: label(&decision.verdict),
+        decision: label(&decision.verdict()),
         latency_ms: u64::try_from(latency.as_millis()).unwrap_or(u64::MAX),
         reason: decision.request_failure.as_ref().map(|r| r.code().to_owned()),
         message: decision.request_failure.as_ref().map(ToString::to_string),

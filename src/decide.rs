@@ -1,4 +1,4 @@
-//! The pure decision core: which policies govern each image, and the verdict for the whole request. No I/O, no
+//! The pure decision core: the verdict for each planned image over verified evidence, and for the whole request. No I/O, no
 //! clock, no async; deny is whatever is not positively permitted.
 
 use std::collections::HashMap;
@@ -43,6 +43,17 @@ pub enum Verdict {
     Deny,
 }
 
+impl Verdict {
+    /// The label in audit records, metrics and `verify` output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Warn => "warn",
+            Self::Deny => "deny",
+        }
+    }
+}
+
 /// What became of one image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -54,6 +65,19 @@ pub enum Outcome {
     /// Admitted; the failure is only recorded.
     Audited,
     Denied,
+}
+
+impl Outcome {
+    /// The label in audit records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allowed => "allowed",
+            Self::Unchanged => "unchanged",
+            Self::Warned => "warned",
+            Self::Audited => "audited",
+            Self::Denied => "denied",
+        }
+    }
 }
 
 /// One policy (or `noMatch`, when `policy` is None) that an image did not satisfy.
@@ -93,28 +117,41 @@ impl ImageDecision {
     }
 }
 
+/// The decision on one request. Its verdict is derived from what it holds, so no Decision can admit a denied
+/// image or a request that could not be judged.
 #[derive(Debug, Clone)]
 pub struct Decision {
-    pub verdict: Verdict,
     /// Set when the request as a whole could not be judged (its object is unreadable, no policies are loaded…).
     pub request_failure: Option<Reason>,
     pub images: Vec<ImageDecision>,
 }
 
 impl Decision {
+    /// Deny when the request could not be judged or any image is denied; warn when any image was admitted with a
+    /// warning; allow otherwise.
+    pub fn verdict(&self) -> Verdict {
+        if self.request_failure.is_some() || self.images.iter().any(|i| i.outcome == Outcome::Denied) {
+            Verdict::Deny
+        } else if self.images.iter().any(|i| i.outcome == Outcome::Warned) {
+            Verdict::Warn
+        } else {
+            Verdict::Allow
+        }
+    }
+
     /// A denial of the whole request, before any image was judged.
     pub fn deny_request(reason: Reason) -> Self {
-        Self { verdict: Verdict::Deny, request_failure: Some(reason), images: Vec::new() }
+        Self { request_failure: Some(reason), images: Vec::new() }
     }
 
     /// An admission with nothing to judge (DELETE, CONNECT, kinds without images).
     pub fn allow_without_images() -> Self {
-        Self { verdict: Verdict::Allow, request_failure: None, images: Vec::new() }
+        Self { request_failure: None, images: Vec::new() }
     }
 
     /// The denial message: every denied image with its field and reasons.
     pub fn denial_message(&self) -> Option<String> {
-        if self.verdict != Verdict::Deny {
+        if self.verdict() != Verdict::Deny {
             return None;
         }
         if let Some(reason) = &self.request_failure {
@@ -129,14 +166,11 @@ impl Decision {
     /// and for admitted images verified by tag, whose tag can move after the check.
     pub fn warnings(&self) -> Vec<String> {
         let failed = self.images.iter().filter(|i| i.outcome == Outcome::Warned).map(ImageDecision::explain);
-        let movable = self.images.iter().filter(|i| i.outcome != Outcome::Denied).filter_map(|i| {
-            let verified = i.image.as_ref()?.digest()?;
-            let written = ImageRef::parse(&i.raw).ok()?;
-            written
-                .digest()
-                .is_none()
-                .then(|| format!("{}: the tag can move after verification; pin it as @{verified}", i.field))
-        });
+        let movable =
+            self.images.iter().filter(|i| i.outcome != Outcome::Denied && !i.written_with_digest).filter_map(|i| {
+                let verified = i.image.as_ref()?.digest()?;
+                Some(format!("{}: the tag can move after verification; pin it as @{verified}", i.field))
+            });
         failed.chain(movable).collect()
     }
 
@@ -180,14 +214,7 @@ pub fn decide(
             }
         })
         .collect();
-    let verdict = if images.iter().any(|i| i.outcome == Outcome::Denied) {
-        Verdict::Deny
-    } else if images.iter().any(|i| i.outcome == Outcome::Warned) {
-        Verdict::Warn
-    } else {
-        Verdict::Allow
-    };
-    Decision { verdict, request_failure: None, images }
+    Decision { request_failure: None, images }
 }
 
 /// Judgements per (image, evidence digest or failure), so repeated references cost one judgement per review.
@@ -363,7 +390,7 @@ mod tests {
         ];
         for (images, previous, ns, no_match, verdict, outcomes) in table {
             let d = run(images, previous, ns, *no_match);
-            assert_eq!(d.verdict, *verdict, "{images:?} in {ns} with {no_match:?}");
+            assert_eq!(d.verdict(), *verdict, "{images:?} in {ns} with {no_match:?}");
             let got: Vec<Outcome> = d.images.iter().map(|i| i.outcome).collect();
             assert_eq!(got, *outcomes, "{images:?}");
         }
@@ -423,7 +450,7 @@ mod tests {
     #[test]
     fn request_denial_carries_its_reason() {
         let d = Decision::deny_request(Reason::PoliciesNotLoaded);
-        assert_eq!(d.verdict, Verdict::Deny);
+        assert_eq!(d.verdict(), Verdict::Deny);
         assert!(d.denial_message().unwrap().contains("no valid policy set"));
         assert_eq!(d.reason_codes(), vec!["policies-not-loaded"]);
     }
@@ -443,7 +470,7 @@ mod tests {
         let d = decide(&plan, &Gathered::default(), &context, NoMatch::Allow, &interrupt);
         let got: Vec<Outcome> = d.images.iter().map(|i| i.outcome).collect();
         assert_eq!(got, vec![Outcome::Allowed, Outcome::Denied, Outcome::Denied]);
-        assert_eq!(d.verdict, Verdict::Deny);
+        assert_eq!(d.verdict(), Verdict::Deny);
         assert_eq!(d.reason_codes(), vec!["deadline-exceeded"]);
         assert_eq!(asked.get(), 2, "once stopped, the review is not asked again");
     }

@@ -34,7 +34,7 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn observe(&self, decision: &Decision, seconds: f64) {
-        let verdict = match decision.verdict {
+        let verdict = match decision.verdict() {
             Verdict::Allow => "allow",
             Verdict::Warn => "warn",
             Verdict::Deny => "deny",

@@ -130,7 +130,7 @@ pub async fn verify(engine: &Engine, gatherer: &Gatherer, images: &[String], nam
         };
         reports.push(report(image, judged, &decision, inspected, engine.deadline));
     }
-    Report { decision: decision.verdict, images: reports }
+    Report { decision: decision.verdict(), images: reports }
 }
 
 type Inspection = Result<Result<Inspected, crate::reason::Reason>, tokio::time::error::Elapsed>;

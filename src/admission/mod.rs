@@ -59,7 +59,7 @@ async fn validate(State(webhook): State<Arc<Webhook>>, body: Result<Bytes, Bytes
         Err(reason) => Decision::deny_request(reason.clone()),
     };
     let elapsed = started.elapsed();
-    span.record("decision", tracing::field::debug(decision.verdict));
+    span.record("decision", tracing::field::debug(decision.verdict()));
     webhook.metrics.observe(&decision, elapsed.as_secs_f64());
     let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let record = audit::record(&incoming.uid, incoming.request.as_ref().ok(), &decision, elapsed, time);

@@ -50,7 +50,7 @@ pub fn build(uid: &str, decision: &Decision) -> ReviewOut {
     });
     let warnings = decision.warnings().into_iter().take(MAX_WARNINGS).map(|w| truncate(w, MAX_WARNING_CHARS)).collect();
     let mut audit = BTreeMap::new();
-    let verdict = match decision.verdict {
+    let verdict = match decision.verdict() {
         Verdict::Allow => "allow",
         Verdict::Warn => "warn",
         Verdict::Deny => "deny",
@@ -65,7 +65,7 @@ pub fn build(uid: &str, decision: &Decision) -> ReviewOut {
         kind: KIND,
         response: ResponseOut {
             uid: uid.to_owned(),
-            allowed: decision.verdict != Verdict::Deny,
+            allowed: decision.verdict() != Verdict::Deny,
             status,
             warnings,
             audit_annotations: audit,

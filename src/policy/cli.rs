@@ -39,7 +39,7 @@ pub fn check(path: &Path) -> Report {
                     p.name,
                     p.file.display(),
                     p.line,
-                    serde_json::to_value(p.mode).ok().and_then(|m| m.as_str().map(str::to_owned)).unwrap_or_default(),
+                    p.mode.as_str(),
                     p.authorities.len(),
                     p.validations.len(),
                     p.requirements.describe()

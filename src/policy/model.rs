@@ -57,6 +57,17 @@ pub enum Mode {
     Audit,
 }
 
+impl Mode {
+    /// The word a policy file uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Enforce => "enforce",
+            Self::Warn => "warn",
+            Self::Audit => "audit",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct MatchSpec {
