@@ -31,6 +31,8 @@ pub struct Config {
     pub no_match: NoMatch,
     /// Larger AdmissionReview bodies are refused with 413.
     pub max_request_bytes: usize,
+    /// Limits of the HTTPS listener: connections, slow clients, reviews at once.
+    pub server: ServerConfig,
     pub audit: AuditConfig,
     /// Registry access: plain-HTTP hosts, CA bundles, credentials, size caps, timeouts.
     pub registries: RegistryConfig,
@@ -38,6 +40,47 @@ pub struct Config {
     pub cache: CacheConfig,
     /// Pull credentials from Kubernetes Secrets.
     pub credentials: CredentialsConfig,
+    /// Test-only fault injection; never read from a file.
+    #[doc(hidden)]
+    #[serde(skip)]
+    pub test_hooks: TestHooks,
+}
+
+/// Limits of the HTTPS listener, so that slow, silent or abandoned clients cannot stop admission for others.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct ServerConfig {
+    /// Connections open at once on the HTTPS port; further ones wait in the kernel's accept queue until one closes.
+    pub max_connections: usize,
+    /// A connection that carries no request for this long is closed: a client must finish the TLS handshake and
+    /// send a whole request head within it, and send the body within it once the head has arrived; idle
+    /// keep-alive connections are closed after it too.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Reviews judged at once; a review waits up to `reviewQueueTimeout` for a slot, then is denied `overloaded`.
+    pub max_concurrent_reviews: usize,
+    /// How long a review may wait for a slot (never longer than the `deadline`, which the wait counts against).
+    #[serde(with = "humantime_serde")]
+    pub review_queue_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 256,
+            header_read_timeout: Duration::from_secs(10),
+            max_concurrent_reviews: 64,
+            review_queue_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Faults the integration tests inject to prove the handler's guarantees; unset in every real configuration.
+#[doc(hidden)]
+#[derive(Debug, Clone, Default)]
+pub struct TestHooks {
+    /// A review of an object in this namespace panics while it is being judged.
+    pub panic_in_namespace: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -47,6 +90,11 @@ pub struct TlsConfig {
     /// created under `./certs` on first start.
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
+    /// CA certificates (PEM) that client certificates must chain to. When set, every connection to the HTTPS port
+    /// must present a client certificate issued by one of them (the API server's, from its admission kubeconfig);
+    /// re-read when it changes, like the serving pair.
+    pub client_ca_file: Option<PathBuf>,
+    /// How often the files above are checked for changes (default 30 s).
     #[serde(with = "humantime_serde")]
     pub reload_interval: Option<Duration>,
 }
@@ -69,10 +117,12 @@ impl Default for Config {
             deadline: Duration::from_secs(8),
             no_match: NoMatch::Deny,
             max_request_bytes: 8 * 1024 * 1024,
+            server: ServerConfig::default(),
             audit: AuditConfig::default(),
             registries: RegistryConfig::default(),
             cache: CacheConfig::default(),
             credentials: CredentialsConfig::default(),
+            test_hooks: TestHooks::default(),
         }
     }
 }
@@ -121,6 +171,28 @@ impl Config {
         self.credentials.validate()?;
         if self.max_request_bytes < 1024 {
             return Err("maxRequestBytes must be at least 1024".into());
+        }
+        self.server.validate()
+    }
+}
+
+impl ServerConfig {
+    fn validate(&self) -> Result<(), String> {
+        if self.max_connections == 0 {
+            return Err("server.maxConnections must be at least 1".into());
+        }
+        if self.max_concurrent_reviews == 0 {
+            return Err("server.maxConcurrentReviews must be at least 1".into());
+        }
+        if self.header_read_timeout < Duration::from_millis(100) || self.header_read_timeout > Duration::from_secs(300)
+        {
+            return Err(format!(
+                "server.headerReadTimeout {:?} must be between 100ms and 5m",
+                self.header_read_timeout
+            ));
+        }
+        if self.review_queue_timeout.is_zero() {
+            return Err("server.reviewQueueTimeout must be above 0".into());
         }
         Ok(())
     }
