@@ -221,6 +221,27 @@ mod tests {
     }
 
     #[test]
+    fn server_limits_and_client_ca_parse_with_defaults() {
+        let c = Config::from_yaml("", Path::new("c.yaml")).unwrap();
+        assert_eq!(
+            (c.server.max_connections, c.server.max_concurrent_reviews),
+            (256, 64),
+            "defaults fit the shipped memory limit"
+        );
+        assert_eq!(
+            (c.server.header_read_timeout, c.server.review_queue_timeout),
+            (Duration::from_secs(10), Duration::from_secs(2))
+        );
+        assert_eq!(c.tls.client_ca_file, None);
+        let text = "tls:\n  clientCaFile: /client-ca/ca.crt\nserver:\n  maxConnections: 32\n  headerReadTimeout: 3s\n  maxConcurrentReviews: 8\n  reviewQueueTimeout: 500ms\n";
+        let c = Config::from_yaml(text, Path::new("c.yaml")).unwrap();
+        assert_eq!(c.tls.client_ca_file.unwrap(), PathBuf::from("/client-ca/ca.crt"));
+        assert_eq!((c.server.max_connections, c.server.max_concurrent_reviews), (32, 8));
+        assert_eq!(c.server.header_read_timeout, Duration::from_secs(3));
+        assert_eq!(c.server.review_queue_timeout, Duration::from_millis(500));
+    }
+
+    #[test]
     fn errors_name_file_and_line() {
         let table = [
             ("deadline: 8s\nnoMatch: maybe\n", "c.yaml:2: "),
@@ -228,6 +249,11 @@ mod tests {
             ("deadline: 60s\n", "below the webhook"),
             ("deadline: 0s\n", "above 0"),
             ("tls:\n  certFile: a.pem\n", "set together"),
+            ("server:\n  maxConnections: 0\n", "server.maxConnections must be at least 1"),
+            ("server:\n  maxConcurrentReviews: 0\n", "server.maxConcurrentReviews must be at least 1"),
+            ("server:\n  headerReadTimeout: 10ms\n", "between 100ms and 5m"),
+            ("server:\n  reviewQueueTimeout: 0s\n", "reviewQueueTimeout must be above 0"),
+            ("server:\n  maxConections: 10\n", "c.yaml:2: "),
         ];
         for (text, needle) in table {
             let e = Config::from_yaml(text, Path::new("c.yaml")).unwrap_err().to_string();

@@ -38,6 +38,19 @@ pub enum Reason {
     /// A requirement or validation the verified evidence does not meet.
     #[error("{message}")]
     Unmet { code: &'static str, message: String },
+    /// Every review slot stayed busy for as long as this review could wait.
+    #[error(
+        "provgate is already judging its limit of {limit} reviews at once and no slot freed within {}s; retry, or \
+         raise server.maxConcurrentReviews or add replicas",
+        .waited.as_secs_f32()
+    )]
+    Overloaded { limit: usize, waited: Duration },
+    /// provgate itself failed (a bug); the details are in its log, never in the answer.
+    #[error(
+        "provgate failed while judging this request (an internal error, logged with the request's uid); retry, and \
+         report it to provgate's maintainers if it persists"
+    )]
+    InternalError,
 }
 
 impl Reason {
@@ -53,6 +66,8 @@ impl Reason {
             Self::Registry { code, .. } | Self::Unmet { code, .. } => code,
             Self::KeyUnavailable { .. } => "key-unavailable",
             Self::TagNotPinned { .. } => "tag-not-pinned",
+            Self::Overloaded { .. } => "overloaded",
+            Self::InternalError => "internal-error",
         }
     }
 }

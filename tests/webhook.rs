@@ -294,9 +294,12 @@ fn signed_policy() -> Vec<(&'static str, String)> {
     vec![("signed.yaml", text)]
 }
 
-/// A Pod review running `image`.
+/// A Pod review running `image`, with a uid of its own.
 fn pod(image: &str) -> Value {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut r = review("pod-create");
+    r["request"]["uid"] = json!(format!("00000000-0000-4000-8000-{n:012}"));
     r["request"]["object"]["spec"] = json!({"containers": [{"name": "app", "image": image}]});
     r
 }
@@ -314,10 +317,7 @@ async fn a_registry_answer_that_panics_the_review_is_still_a_denial_with_an_audi
     let hostile = CannedServer::start(
         [
             ("/v2/".to_owned(), Canned::status(200)),
-            (
-                "/v2/team/app/manifests/1".to_owned(),
-                Canned::status(429).header("Retry-After", "18446744073709551615"),
-            ),
+            ("/v2/team/app/manifests/1".to_owned(), Canned::status(429).header("Retry-After", "18446744073709551615")),
         ]
         .into_iter()
         .collect(),
@@ -340,7 +340,7 @@ async fn a_registry_answer_that_panics_the_review_is_still_a_denial_with_an_audi
 async fn a_panic_while_judging_is_an_internal_error_denial_with_an_audit_record() {
     const BOOM: &str = "provgate-test-panics-here";
     let hook = Webhook::start(&team_policy(), |c| c.test_hooks.panic_in_namespace = Some(BOOM.into())).await;
-    let mut r = review("pod-create");
+    let mut r = pod("registry.example.com/team/app:1");
     r["request"]["namespace"] = json!(BOOM);
     let response = hook.review(&r).await;
     assert_eq!(response["allowed"], false, "{response}");
@@ -407,10 +407,9 @@ async fn reviews_beyond_the_concurrency_limit_are_denied_overloaded_and_a_gone_c
         assert!(started.elapsed() < Duration::from_secs(5), "the abandoned review still holds its slot");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(
-        !hook.audit_records().iter().any(|r| r["uid"] == stuck["request"]["uid"]),
-        "the abandoned review was not judged to the end"
-    );
+    let records = hook.audit_records();
+    let finished = records.iter().find(|r| r["uid"] == stuck["request"]["uid"]);
+    assert!(finished.is_none(), "the abandoned review was not judged to the end: {finished:?}");
 }
 
 type TlsStream = rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>;
