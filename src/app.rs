@@ -21,6 +21,9 @@ use crate::policy::authority::AuthoritySource;
 use crate::registry::RegistryClient;
 use crate::{certs, tls};
 
+/// Connections open at once on the admin port (probes and metrics scrapes).
+pub const ADMIN_MAX_CONNECTIONS: usize = 64;
+
 /// Where the embedded default keeps its self-signed serving pair.
 pub const DEFAULT_CERT_DIR: &str = "certs";
 
@@ -94,18 +97,22 @@ pub async fn start_with(config: Config, kube: Option<kube::Client>) -> anyhow::R
         header_read_timeout: config.server.header_read_timeout,
     };
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let server = tokio::spawn(server::serve(listener, server_tls, admission::router(webhook), limits, stopped));
+    let server = tokio::spawn(server::serve(
+        listener,
+        Some(server_tls),
+        admission::router(webhook),
+        limits,
+        stopped.clone(),
+    ));
 
     let admin_listener = tokio::net::TcpListener::bind(config.admin_listen)
         .await
         .with_context(|| format!("admin listen {}", config.admin_listen))?;
     let admin = admin_listener.local_addr()?;
     let admin_app = admin::router(Admin { policies: policies.clone(), metrics });
-    tasks.push(tokio::spawn(async move {
-        if let Err(e) = axum::serve(admin_listener, admin_app).await {
-            tracing::error!(error = %e, "admin server stopped");
-        }
-    }));
+    // Probes and scrapes need few connections; the cap keeps a flood there from exhausting descriptors.
+    let admin_limits = server::Limits { max_connections: ADMIN_MAX_CONNECTIONS, ..limits };
+    tasks.push(tokio::spawn(server::serve(admin_listener, None, admin_app, admin_limits, stopped)));
     tracing::info!(%https, %admin, "serving");
     Ok(Running { https, admin, policies, stop, server, tasks })
 }

@@ -460,9 +460,12 @@ async fn silent_and_slow_connections_are_closed_and_do_not_hold_up_reviews() {
         c.server.max_connections = 8;
     })
     .await;
-    let mut tcp: Vec<std::net::TcpStream> = (0..3)
-        .map(|_| {
-            let s = std::net::TcpStream::connect(hook.running.https).unwrap();
+    // Three silent TCP connections to the HTTPS port and one to the admin port.
+    let addrs = [hook.running.https, hook.running.https, hook.running.https, hook.running.admin];
+    let mut tcp: Vec<std::net::TcpStream> = addrs
+        .iter()
+        .map(|addr| {
+            let s = std::net::TcpStream::connect(addr).unwrap();
             s.set_read_timeout(Some(Duration::from_secs(6))).unwrap();
             s
         })
@@ -485,7 +488,7 @@ async fn silent_and_slow_connections_are_closed_and_do_not_hold_up_reviews() {
         s.sock.set_read_timeout(Some(Duration::from_secs(6))).unwrap();
     }
 
-    // Seven connections are open and silent or stalled; a review is answered as usual.
+    // Seven connections to the HTTPS port are open and silent or stalled; a review is answered as usual.
     let started = Instant::now();
     assert_eq!(hook.review(&review("pod-create")).await["allowed"], true);
     assert!(started.elapsed() < Duration::from_secs(1), "took {:?}", started.elapsed());

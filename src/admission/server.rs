@@ -1,6 +1,6 @@
-//! The HTTPS listener: TLS from a reloadable rustls config, HTTP/1.1 and HTTP/2, at most `max_connections` open
-//! connections, and every connection closed once it has carried no request for `header_read_timeout`, so silent
-//! or slow clients cannot hold the port.
+//! The listeners: TLS from a reloadable rustls config (or plain TCP for the admin port), HTTP/1.1 and HTTP/2, at
+//! most `max_connections` open connections, and every connection closed once it has carried no request for
+//! `header_read_timeout`, so silent or slow clients cannot hold the port.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,11 +26,12 @@ pub struct Limits {
 /// How long a connection told to stop (idle, or at shutdown) may take to finish what it is writing.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
-/// Serves `app` on `listener` until `shutdown` turns true; then stops accepting, asks every connection to finish
-/// its in-flight requests, and returns once all are closed (the caller bounds that wait).
+/// Serves `app` on `listener` (over TLS when `tls` is given) until `shutdown` turns true; then stops accepting,
+/// asks every connection to finish its in-flight requests, and returns once all are closed (the caller bounds
+/// that wait).
 pub async fn serve(
     listener: TcpListener,
-    tls: ServerTls,
+    tls: Option<ServerTls>,
     app: Router,
     limits: Limits,
     mut shutdown: watch::Receiver<bool>,
@@ -82,7 +83,7 @@ pub async fn serve(
 
 /// One accepted connection and what it needs.
 struct Connection {
-    tls: ServerTls,
+    tls: Option<ServerTls>,
     app: Router,
     builder: Arc<auto::Builder<TokioExecutor>>,
     idle_limit: Duration,
@@ -93,17 +94,16 @@ struct Connection {
 impl Connection {
     async fn run(mut self, tcp: TcpStream) {
         let (in_flight, watched) = watch::channel(0usize);
-        let in_flight = Arc::new(in_flight);
         let idle = idle_for(watched, self.idle_limit);
         tokio::pin!(idle);
-        let acceptor = tokio_rustls::TlsAcceptor::from(self.tls.current());
+        let Some(tls) = self.tls.clone() else {
+            return self.serve(tcp, in_flight, idle).await;
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
         let stream = tokio::select! {
             stream = acceptor.accept(tcp) => match stream {
                 Ok(stream) => stream,
-                Err(e) => {
-                    tracing::debug!(error = %e, "TLS handshake failed");
-                    return;
-                }
+                Err(e) => return handshake_failed(&e),
             },
             () = &mut idle => {
                 tracing::debug!("closing a connection that did not finish its TLS handshake in time");
@@ -111,6 +111,19 @@ impl Connection {
             }
             () = stopping(&mut self.shutdown) => return,
         };
+        self.serve(stream, in_flight, idle).await;
+    }
+
+    /// Serves HTTP on `io` until the client closes it, it stays `idle` too long, or the server stops.
+    async fn serve<I>(
+        mut self,
+        io: I,
+        in_flight: watch::Sender<usize>,
+        mut idle: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+    ) where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let in_flight = Arc::new(in_flight);
         let app = self.app.clone();
         let service = hyper::service::service_fn(move |request| {
             let busy = Busy::start(in_flight.clone());
@@ -121,7 +134,7 @@ impl Connection {
                 response
             }
         });
-        let conn = self.builder.serve_connection(TokioIo::new(stream), service);
+        let conn = self.builder.serve_connection(TokioIo::new(io), service);
         tokio::pin!(conn);
         tokio::select! {
             result = conn.as_mut() => {
@@ -139,6 +152,19 @@ impl Connection {
                 let _ = conn.await;
             }
         }
+    }
+}
+
+/// Logs a failed handshake: a refused client certificate where operators see it, other failures (scanners,
+/// clients that hang up) quietly.
+fn handshake_failed(e: &std::io::Error) {
+    let refused = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()).is_some_and(|tls| {
+        matches!(tls, rustls::Error::NoCertificatesPresented | rustls::Error::InvalidCertificate(_))
+    });
+    if refused {
+        tracing::warn!(error = %e, "refused a client without a valid client certificate (tls.clientCaFile)");
+    } else {
+        tracing::debug!(error = %e, "TLS handshake failed");
     }
 }
 
