@@ -97,13 +97,8 @@ pub async fn start_with(config: Config, kube: Option<kube::Client>) -> anyhow::R
         header_read_timeout: config.server.header_read_timeout,
     };
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let server = tokio::spawn(server::serve(
-        listener,
-        Some(server_tls),
-        admission::router(webhook),
-        limits,
-        stopped.clone(),
-    ));
+    let server =
+        tokio::spawn(server::serve(listener, Some(server_tls), admission::router(webhook), limits, stopped.clone()));
 
     let admin_listener = tokio::net::TcpListener::bind(config.admin_listen)
         .await

@@ -62,15 +62,19 @@ pub struct ServerConfig {
     /// How long a review may wait for a slot (never longer than the `deadline`, which the wait counts against).
     #[serde(with = "humantime_serde")]
     pub review_queue_timeout: Duration,
+    /// Bytes of request bodies held at once, counted as they arrive and released with the answer; a request that
+    /// cannot get its bytes within `reviewQueueTimeout` is refused with 503. At least `maxRequestBytes`.
+    pub max_request_bytes_in_flight: usize,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
-            max_connections: 256,
+            max_connections: 128,
             header_read_timeout: Duration::from_secs(10),
             max_concurrent_reviews: 64,
             review_queue_timeout: Duration::from_secs(2),
+            max_request_bytes_in_flight: 16 * 1024 * 1024,
         }
     }
 }
@@ -169,8 +173,14 @@ impl Config {
             return Err("tls.certFile and tls.keyFile must be set together".into());
         }
         self.credentials.validate()?;
-        if self.max_request_bytes < 1024 {
-            return Err("maxRequestBytes must be at least 1024".into());
+        if self.max_request_bytes < 1024 || self.max_request_bytes > 1 << 30 {
+            return Err("maxRequestBytes must be between 1024 and 1 GiB".into());
+        }
+        if self.server.max_request_bytes_in_flight < self.max_request_bytes {
+            return Err(format!(
+                "server.maxRequestBytesInFlight ({}) must be at least maxRequestBytes ({})",
+                self.server.max_request_bytes_in_flight, self.max_request_bytes
+            ));
         }
         self.server.validate()
     }
@@ -225,7 +235,7 @@ mod tests {
         let c = Config::from_yaml("", Path::new("c.yaml")).unwrap();
         assert_eq!(
             (c.server.max_connections, c.server.max_concurrent_reviews),
-            (256, 64),
+            (128, 64),
             "defaults fit the shipped memory limit"
         );
         assert_eq!(
@@ -242,6 +252,20 @@ mod tests {
     }
 
     #[test]
+    fn the_client_auth_component_config_is_the_shipped_one_with_a_client_ca() {
+        let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+        let base = Config::from_file(&deploy.join("provgate.yaml")).unwrap();
+        let with_ca = Config::from_file(&deploy.join("optional/client-auth/provgate.yaml")).unwrap();
+        assert_eq!(with_ca.tls.client_ca_file, Some(PathBuf::from("/client-ca/ca.crt")));
+        assert_eq!(base.tls.client_ca_file, None);
+        let mut same = with_ca.clone();
+        same.tls.client_ca_file = None;
+        assert_eq!(format!("{same:?}"), format!("{base:?}"), "keep deploy/optional/client-auth/provgate.yaml in step");
+        let defaults = ServerConfig::default();
+        assert_eq!(format!("{:?}", base.server), format!("{defaults:?}"), "deploy/provgate.yaml shows the defaults");
+    }
+
+    #[test]
     fn errors_name_file_and_line() {
         let table = [
             ("deadline: 8s\nnoMatch: maybe\n", "c.yaml:2: "),
@@ -254,6 +278,7 @@ mod tests {
             ("server:\n  headerReadTimeout: 10ms\n", "between 100ms and 5m"),
             ("server:\n  reviewQueueTimeout: 0s\n", "reviewQueueTimeout must be above 0"),
             ("server:\n  maxConections: 10\n", "c.yaml:2: "),
+            ("server:\n  maxRequestBytesInFlight: 1048576\n", "must be at least maxRequestBytes (8388608)"),
         ];
         for (text, needle) in table {
             let e = Config::from_yaml(text, Path::new("c.yaml")).unwrap_err().to_string();

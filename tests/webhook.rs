@@ -571,3 +571,47 @@ async fn with_a_client_ca_only_clients_presenting_its_certificates_are_served() 
     let old = https_client_with_identity(hook.ca_pem.as_bytes(), &apiserver_ca.identity("kube-apiserver"));
     assert!(hook.post_raw_with(&old, r).await.is_err(), "the replaced CA's certificates are refused");
 }
+
+#[tokio::test]
+async fn request_bodies_in_flight_are_bounded_by_a_byte_budget() {
+    use std::io::Write as _;
+    let hook = Webhook::start(&team_policy(), |c| {
+        c.max_request_bytes = 64 * 1024;
+        c.server.max_request_bytes_in_flight = 64 * 1024;
+        c.server.review_queue_timeout = Duration::from_millis(500);
+        c.server.header_read_timeout = Duration::from_secs(3);
+    })
+    .await;
+    // A client sends most of a large body and stalls: what it sent is held, and counted.
+    let target = (hook.ca_pem.clone(), hook.running.https);
+    let mut stalled = tokio::task::spawn_blocking(move || {
+        let mut s = tls_connection(&target, b"http/1.1");
+        let head = "POST /validate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 65500\r\n\r\n";
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(&[b' '; 65_400]).unwrap();
+        s.flush().unwrap();
+        s
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Another review does not fit in what is left: refused with 503 once it has waited, not buffered.
+    let started = Instant::now();
+    let (status, text) = hook.post_raw(serde_json::to_vec(&review("pod-create")).unwrap()).await;
+    assert_eq!(status, 503, "{text}");
+    assert!(text.contains("server.maxRequestBytesInFlight"), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(3), "refused after {:?}", started.elapsed());
+
+    // The stalled body times out and its bytes are released.
+    let answer = tokio::task::spawn_blocking(move || {
+        stalled.sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut answer = String::new();
+        let _ = std::io::Read::read_to_string(&mut stalled, &mut answer);
+        answer
+    })
+    .await
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert_eq!(hook.review(&review("pod-create")).await["allowed"], true);
+}

@@ -11,12 +11,13 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, FromRequest as _, State};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use futures::FutureExt as _;
-use tokio::sync::Semaphore;
+use http_body_util::BodyExt as _;
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::audit::{self, AuditLog};
 use crate::config::Config;
@@ -33,6 +34,9 @@ pub struct Webhook {
     pub max_body: usize,
     /// How long the body may take to arrive once the request head has.
     pub body_timeout: Duration,
+    /// Bytes of request bodies held at once, across all requests.
+    body_budget: Semaphore,
+    body_budget_bytes: usize,
     /// Reviews being judged at once; see [`Webhook::new`].
     reviews: Semaphore,
     max_reviews: usize,
@@ -44,7 +48,7 @@ pub struct Webhook {
 
 impl Webhook {
     /// A webhook with the request limits of `config`: bodies up to `maxRequestBytes`, arriving within
-    /// `server.headerReadTimeout`; at most `server.maxConcurrentReviews` reviews judged at once, a review waiting
+    /// `server.headerReadTimeout`, at most `server.maxRequestBytesInFlight` of them held at once; at most `server.maxConcurrentReviews` reviews judged at once, a review waiting
     /// up to `server.reviewQueueTimeout` (never past the deadline) for a slot before it is denied `overloaded`.
     pub fn new(engine: Engine, audit: AuditLog, metrics: Arc<Metrics>, config: &Config) -> Self {
         Self {
@@ -53,6 +57,8 @@ impl Webhook {
             metrics,
             max_body: config.max_request_bytes,
             body_timeout: config.server.header_read_timeout,
+            body_budget: Semaphore::new(config.server.max_request_bytes_in_flight.min(Semaphore::MAX_PERMITS)),
+            body_budget_bytes: config.server.max_request_bytes_in_flight,
             reviews: Semaphore::new(config.server.max_concurrent_reviews),
             max_reviews: config.server.max_concurrent_reviews,
             queue_timeout: config.server.review_queue_timeout,
@@ -108,10 +114,9 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
         .unwrap_or("a panic without a message")
 }
 
-/// `POST /validate`, with the body size cap.
+/// `POST /validate` (the handler enforces the body size cap and budget itself).
 pub fn router(webhook: Arc<Webhook>) -> Router {
-    let limit = webhook.max_body;
-    Router::new().route("/validate", post(validate)).layer(DefaultBodyLimit::max(limit)).with_state(webhook)
+    Router::new().route("/validate", post(validate)).layer(DefaultBodyLimit::disable()).with_state(webhook)
 }
 
 /// Logs reviews whose client went away before the answer (their future is dropped, and the work with it).
@@ -132,8 +137,8 @@ impl Drop for Abandoned<'_> {
 async fn validate(State(webhook): State<Arc<Webhook>>, request: axum::extract::Request) -> Response {
     let started = tokio::time::Instant::now();
     let clock = Instant::now();
-    let body = match read_body(request, webhook.max_body, webhook.body_timeout).await {
-        Ok(body) => body,
+    let (body, _budget) = match webhook.read_body(request).await {
+        Ok(read) => read,
         Err(refusal) => return refusal,
     };
     let incoming = match review::parse(&body) {
@@ -163,19 +168,58 @@ async fn validate(State(webhook): State<Arc<Webhook>>, request: axum::extract::R
     axum::Json(response::build(&incoming.uid, &decision)).into_response()
 }
 
-/// The whole body (within the size cap [`router`] sets), arriving within `timeout`; otherwise the refusal to send.
-async fn read_body(request: axum::extract::Request, limit: usize, timeout: Duration) -> Result<Bytes, Response> {
-    match tokio::time::timeout(timeout, Bytes::from_request(request, &())).await {
-        Ok(Ok(body)) => Ok(body),
-        Ok(Err(rejection)) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            Err(refuse(BadReview::TooLarge(limit)))
+impl Webhook {
+    /// The whole body, up to `max_body` bytes, arriving within `body_timeout`, and the share of the body budget
+    /// its bytes hold (released when dropped); otherwise the refusal to send.
+    async fn read_body(&self, request: axum::extract::Request) -> Result<(Bytes, SemaphorePermit<'_>), Response> {
+        let limit = self.max_body;
+        let declared = request
+            .headers()
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit as u64) {
+            return Err(refuse(BadReview::TooLarge(limit)));
         }
-        Ok(Err(rejection)) => Err(refuse(BadReview::NotJson(rejection.body_text()))),
-        Err(_) => {
-            tracing::warn!(?timeout, "the request body did not arrive in time");
-            Err((StatusCode::REQUEST_TIMEOUT, format!("the request body did not arrive within {timeout:?}\n"))
-                .into_response())
+        let mut body = request.into_body();
+        let read = async {
+            let mut held = self.body_budget.acquire_many(0).await.map_err(|_| self.busy())?;
+            let mut buf = Vec::new();
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| refuse(BadReview::NotJson(e.to_string())))?;
+                let Ok(data) = frame.into_data() else { continue };
+                if buf.len() + data.len() > limit {
+                    return Err(refuse(BadReview::TooLarge(limit)));
+                }
+                // Bytes are counted as they arrive: a client holds only what it has really sent.
+                let n = u32::try_from(data.len()).map_err(|_| refuse(BadReview::TooLarge(limit)))?;
+                let more = tokio::time::timeout(self.queue_timeout, self.body_budget.acquire_many(n)).await;
+                let Ok(Ok(more)) = more else { return Err(self.busy()) };
+                held.merge(more);
+                buf.extend_from_slice(&data);
+            }
+            Ok((Bytes::from(buf), held))
+        };
+        match tokio::time::timeout(self.body_timeout, read).await {
+            Ok(result) => result,
+            Err(_) => {
+                let timeout = self.body_timeout;
+                tracing::warn!(?timeout, "the request body did not arrive in time");
+                Err((StatusCode::REQUEST_TIMEOUT, format!("the request body did not arrive within {timeout:?}\n"))
+                    .into_response())
+            }
         }
+    }
+
+    /// The answer when the body budget stays full: no review can be read, so no AdmissionReview can answer.
+    fn busy(&self) -> Response {
+        let message = format!(
+            "provgate holds its limit of {} bytes of request bodies (server.maxRequestBytesInFlight) and none were \
+             released within {:?}; retry",
+            self.body_budget_bytes, self.queue_timeout
+        );
+        tracing::warn!("{message}");
+        (StatusCode::SERVICE_UNAVAILABLE, format!("{message}\n")).into_response()
     }
 }
 

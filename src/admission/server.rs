@@ -23,6 +23,14 @@ pub struct Limits {
     pub header_read_timeout: Duration,
 }
 
+/// HTTP/1.1 read buffer per connection (request heads are a few KiB).
+const H1_MAX_BUF: usize = 64 * 1024;
+/// HTTP/2 flow-control windows: bytes a client may send ahead of the handler, per stream and per connection.
+const H2_STREAM_WINDOW: u32 = 64 * 1024;
+const H2_CONNECTION_WINDOW: u32 = 128 * 1024;
+/// Requests at once on one HTTP/2 connection (the API server opens another connection beyond this).
+const H2_MAX_STREAMS: u32 = 100;
+
 /// How long a connection told to stop (idle, or at shutdown) may take to finish what it is writing.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
@@ -38,8 +46,15 @@ pub async fn serve(
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
-    builder.http2().timer(TokioTimer::new());
+    // Small transport buffers: what a connection can make provgate hold before the handler reads it is bounded
+    // by these times `max_connections` (request bodies beyond them wait for the handler's byte budget).
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout).max_buf_size(H1_MAX_BUF);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
+        .max_concurrent_streams(H2_MAX_STREAMS);
     let builder = Arc::new(builder);
     loop {
         // A slot first, then the connection: at the limit, new clients wait in the accept queue.
