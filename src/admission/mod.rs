@@ -48,8 +48,9 @@ pub struct Webhook {
 
 impl Webhook {
     /// A webhook with the request limits of `config`: bodies up to `maxRequestBytes`, arriving within
-    /// `server.headerReadTimeout`, at most `server.maxRequestBytesInFlight` of them held at once; at most `server.maxConcurrentReviews` reviews judged at once, a review waiting
-    /// up to `server.reviewQueueTimeout` (never past the deadline) for a slot before it is denied `overloaded`.
+    /// `server.headerReadTimeout`, at most `server.maxRequestBytesInFlight` bytes of them held at once; at most
+    /// `server.maxConcurrentReviews` reviews judged at once, a review waiting up to `server.reviewQueueTimeout`
+    /// (never past the deadline) for a slot before it is denied `overloaded`.
     pub fn new(engine: Engine, audit: AuditLog, metrics: Arc<Metrics>, config: &Config) -> Self {
         Self {
             engine,
@@ -66,7 +67,7 @@ impl Webhook {
         }
     }
 
-    /// Judges `request` in a review slot, within the deadline counted from `started`: a review that finds no slot
+    /// Judges `request` in a review slot, within the deadline counted from `started` (the request's arrival): a review that finds no slot
     /// in time is denied `overloaded`, one that runs past the deadline `deadline-exceeded`, and one that panics
     /// `internal-error`. Dropping the returned future (the client went away) drops the work and frees the slot.
     async fn judge(&self, request: &Request, started: tokio::time::Instant) -> Decision {
