@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use crate::admin::{self, Admin};
-use crate::admission::{self, Webhook};
+use crate::admission::{self, Webhook, server};
 use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::credentials::PullSecrets;
@@ -21,6 +21,9 @@ use crate::policy::authority::AuthoritySource;
 use crate::registry::RegistryClient;
 use crate::{certs, tls};
 
+/// Connections open at once on the admin port (probes and metrics scrapes).
+pub const ADMIN_MAX_CONNECTIONS: usize = 64;
+
 /// Where the embedded default keeps its self-signed serving pair.
 pub const DEFAULT_CERT_DIR: &str = "certs";
 
@@ -29,14 +32,20 @@ pub struct Running {
     pub https: SocketAddr,
     pub admin: SocketAddr,
     pub policies: Arc<PolicyStore>,
-    handle: axum_server::Handle<SocketAddr>,
+    stop: tokio::sync::watch::Sender<bool>,
+    server: tokio::task::JoinHandle<()>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
     /// Stops accepting, lets in-flight reviews finish for up to 5 s, and stops the background tasks.
     pub async fn shutdown(self) {
-        self.handle.graceful_shutdown(Some(Duration::from_secs(5)));
+        let _ = self.stop.send(true);
+        let server = self.server.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(5), self.server).await.is_err() {
+            tracing::warn!("reviews still in flight after 5 s; closing their connections");
+            server.abort();
+        }
         for task in self.tasks {
             task.abort();
         }
@@ -62,11 +71,15 @@ pub async fn start_with(config: Config, kube: Option<kube::Client>) -> anyhow::R
     }
     let metrics = Arc::new(Metrics::default());
     let (cert, key) = serving_pair(&config)?;
-    let tls_config = tls::load(&cert, &key).await?;
+    let files = tls::TlsFiles { cert, key, client_ca: config.tls.client_ca_file.clone() };
+    let server_tls = tls::ServerTls::load(&files)?;
+    if let Some(ca) = &files.client_ca {
+        tracing::info!(client_ca = %ca.display(), "clients must present a certificate issued by this CA");
+    }
     let reload = config.tls.reload_interval.unwrap_or(Duration::from_secs(30));
     let mut tasks = vec![
         tokio::spawn(policies.clone().watch(config.policies.clone(), config.policy_poll)),
-        tokio::spawn(tls::watch(tls_config.clone(), cert, key, reload)),
+        tokio::spawn(server_tls.clone().watch(files, reload)),
     ];
     let audit = AuditLog::open(config.audit.log.as_deref())
         .await
@@ -74,32 +87,29 @@ pub async fn start_with(config: Config, kube: Option<kube::Client>) -> anyhow::R
     let keys = key_store(&policies, kube.clone()).await;
     tasks.push(tokio::spawn(track_secrets(policies.clone(), keys.clone(), config.policy_poll)));
     let engine = engine_with(&config, policies.clone(), keys, kube)?;
-    let webhook = Arc::new(Webhook { engine, audit, metrics: metrics.clone(), max_body: config.max_request_bytes });
+    let webhook = Arc::new(Webhook::new(engine, audit, metrics.clone(), &config));
 
-    let listener = std::net::TcpListener::bind(config.listen).with_context(|| format!("listen {}", config.listen))?;
-    listener.set_nonblocking(true)?;
+    let listener =
+        tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("listen {}", config.listen))?;
     let https = listener.local_addr()?;
-    let handle = axum_server::Handle::new();
-    let server = axum_server::from_tcp_rustls(listener, tls_config)?.handle(handle.clone());
-    let app = admission::router(webhook);
-    tasks.push(tokio::spawn(async move {
-        if let Err(e) = server.serve(app.into_make_service()).await {
-            tracing::error!(error = %e, "HTTPS server stopped");
-        }
-    }));
+    let limits = server::Limits {
+        max_connections: config.server.max_connections,
+        header_read_timeout: config.server.header_read_timeout,
+    };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let server =
+        tokio::spawn(server::serve(listener, Some(server_tls), admission::router(webhook), limits, stopped.clone()));
 
     let admin_listener = tokio::net::TcpListener::bind(config.admin_listen)
         .await
         .with_context(|| format!("admin listen {}", config.admin_listen))?;
     let admin = admin_listener.local_addr()?;
     let admin_app = admin::router(Admin { policies: policies.clone(), metrics });
-    tasks.push(tokio::spawn(async move {
-        if let Err(e) = axum::serve(admin_listener, admin_app).await {
-            tracing::error!(error = %e, "admin server stopped");
-        }
-    }));
+    // Probes and scrapes need few connections; the cap keeps a flood there from exhausting descriptors.
+    let admin_limits = server::Limits { max_connections: ADMIN_MAX_CONNECTIONS, ..limits };
+    tasks.push(tokio::spawn(server::serve(admin_listener, None, admin_app, admin_limits, stopped)));
     tracing::info!(%https, %admin, "serving");
-    Ok(Running { https, admin, policies, handle, tasks })
+    Ok(Running { https, admin, policies, stop, server, tasks })
 }
 
 /// The engine for one-shot commands (`provgate verify`): like `serve`'s, reading Secrets through the cluster's API

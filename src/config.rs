@@ -31,6 +31,8 @@ pub struct Config {
     pub no_match: NoMatch,
     /// Larger AdmissionReview bodies are refused with 413.
     pub max_request_bytes: usize,
+    /// Limits of the HTTPS listener: connections, slow clients, reviews at once.
+    pub server: ServerConfig,
     pub audit: AuditConfig,
     /// Registry access: plain-HTTP hosts, CA bundles, credentials, size caps, timeouts.
     pub registries: RegistryConfig,
@@ -42,6 +44,51 @@ pub struct Config {
     pub max_images_per_review: usize,
     /// Largest admitted object, as JSON, that a review judges; a larger one is denied.
     pub max_object_bytes: usize,
+    /// Test-only fault injection; never read from a file.
+    #[doc(hidden)]
+    #[serde(skip)]
+    pub test_hooks: TestHooks,
+}
+
+/// Limits of the HTTPS listener, so that slow, silent or abandoned clients cannot stop admission for others.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct ServerConfig {
+    /// Connections open at once on the HTTPS port; further ones wait in the kernel's accept queue until one closes.
+    pub max_connections: usize,
+    /// A connection that carries no request for this long is closed: a client must finish the TLS handshake and
+    /// send a whole request head within it, and send the body within it once the head has arrived; idle
+    /// keep-alive connections are closed after it too.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Reviews judged at once; a review waits up to `reviewQueueTimeout` for a slot, then is denied `overloaded`.
+    pub max_concurrent_reviews: usize,
+    /// How long a review may wait for a slot (never longer than the `deadline`, which the wait counts against).
+    #[serde(with = "humantime_serde")]
+    pub review_queue_timeout: Duration,
+    /// Bytes of request bodies held at once, counted as they arrive and released with the answer; a request that
+    /// cannot get its bytes within `reviewQueueTimeout` is refused with 503. At least `maxRequestBytes`.
+    pub max_request_bytes_in_flight: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 128,
+            header_read_timeout: Duration::from_secs(10),
+            max_concurrent_reviews: 64,
+            review_queue_timeout: Duration::from_secs(2),
+            max_request_bytes_in_flight: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// Faults the integration tests inject to prove the handler's guarantees; unset in every real configuration.
+#[doc(hidden)]
+#[derive(Debug, Clone, Default)]
+pub struct TestHooks {
+    /// A review of an object in this namespace panics while it is being judged.
+    pub panic_in_namespace: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -51,6 +98,11 @@ pub struct TlsConfig {
     /// created under `./certs` on first start.
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
+    /// CA certificates (PEM) that client certificates must chain to. When set, every connection to the HTTPS port
+    /// must present a client certificate issued by one of them (the API server's, from its admission kubeconfig);
+    /// re-read when it changes, like the serving pair.
+    pub client_ca_file: Option<PathBuf>,
+    /// How often the files above are checked for changes (default 30 s).
     #[serde(with = "humantime_serde")]
     pub reload_interval: Option<Duration>,
 }
@@ -73,12 +125,14 @@ impl Default for Config {
             deadline: Duration::from_secs(8),
             no_match: NoMatch::Deny,
             max_request_bytes: 8 * 1024 * 1024,
+            server: ServerConfig::default(),
             audit: AuditConfig::default(),
             registries: RegistryConfig::default(),
             cache: CacheConfig::default(),
             credentials: CredentialsConfig::default(),
             max_images_per_review: 256,
             max_object_bytes: 3 << 20,
+            test_hooks: TestHooks::default(),
         }
     }
 }
@@ -125,8 +179,36 @@ impl Config {
             return Err("tls.certFile and tls.keyFile must be set together".into());
         }
         self.credentials.validate()?;
-        if self.max_request_bytes < 1024 {
-            return Err("maxRequestBytes must be at least 1024".into());
+        if self.max_request_bytes < 1024 || self.max_request_bytes > 1 << 30 {
+            return Err("maxRequestBytes must be between 1024 and 1 GiB".into());
+        }
+        if self.server.max_request_bytes_in_flight < self.max_request_bytes {
+            return Err(format!(
+                "server.maxRequestBytesInFlight ({}) must be at least maxRequestBytes ({})",
+                self.server.max_request_bytes_in_flight, self.max_request_bytes
+            ));
+        }
+        self.server.validate()
+    }
+}
+
+impl ServerConfig {
+    fn validate(&self) -> Result<(), String> {
+        if self.max_connections == 0 {
+            return Err("server.maxConnections must be at least 1".into());
+        }
+        if self.max_concurrent_reviews == 0 {
+            return Err("server.maxConcurrentReviews must be at least 1".into());
+        }
+        if self.header_read_timeout < Duration::from_millis(100) || self.header_read_timeout > Duration::from_secs(300)
+        {
+            return Err(format!(
+                "server.headerReadTimeout {:?} must be between 100ms and 5m",
+                self.header_read_timeout
+            ));
+        }
+        if self.review_queue_timeout.is_zero() {
+            return Err("server.reviewQueueTimeout must be above 0".into());
         }
         Ok(())
     }
@@ -155,6 +237,41 @@ mod tests {
     }
 
     #[test]
+    fn server_limits_and_client_ca_parse_with_defaults() {
+        let c = Config::from_yaml("", Path::new("c.yaml")).unwrap();
+        assert_eq!(
+            (c.server.max_connections, c.server.max_concurrent_reviews),
+            (128, 64),
+            "defaults fit the shipped memory limit"
+        );
+        assert_eq!(
+            (c.server.header_read_timeout, c.server.review_queue_timeout),
+            (Duration::from_secs(10), Duration::from_secs(2))
+        );
+        assert_eq!(c.tls.client_ca_file, None);
+        let text = "tls:\n  clientCaFile: /client-ca/ca.crt\nserver:\n  maxConnections: 32\n  headerReadTimeout: 3s\n  maxConcurrentReviews: 8\n  reviewQueueTimeout: 500ms\n";
+        let c = Config::from_yaml(text, Path::new("c.yaml")).unwrap();
+        assert_eq!(c.tls.client_ca_file.unwrap(), PathBuf::from("/client-ca/ca.crt"));
+        assert_eq!((c.server.max_connections, c.server.max_concurrent_reviews), (32, 8));
+        assert_eq!(c.server.header_read_timeout, Duration::from_secs(3));
+        assert_eq!(c.server.review_queue_timeout, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn the_client_auth_component_config_is_the_shipped_one_with_a_client_ca() {
+        let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+        let base = Config::from_file(&deploy.join("provgate.yaml")).unwrap();
+        let with_ca = Config::from_file(&deploy.join("optional/client-auth/provgate.yaml")).unwrap();
+        assert_eq!(with_ca.tls.client_ca_file, Some(PathBuf::from("/client-ca/ca.crt")));
+        assert_eq!(base.tls.client_ca_file, None);
+        let mut same = with_ca.clone();
+        same.tls.client_ca_file = None;
+        assert_eq!(format!("{same:?}"), format!("{base:?}"), "keep deploy/optional/client-auth/provgate.yaml in step");
+        let defaults = ServerConfig::default();
+        assert_eq!(format!("{:?}", base.server), format!("{defaults:?}"), "deploy/provgate.yaml shows the defaults");
+    }
+
+    #[test]
     fn errors_name_file_and_line() {
         let table = [
             ("deadline: 8s\nnoMatch: maybe\n", "c.yaml:2: "),
@@ -162,6 +279,12 @@ mod tests {
             ("deadline: 60s\n", "below the webhook"),
             ("deadline: 0s\n", "above 0"),
             ("tls:\n  certFile: a.pem\n", "set together"),
+            ("server:\n  maxConnections: 0\n", "server.maxConnections must be at least 1"),
+            ("server:\n  maxConcurrentReviews: 0\n", "server.maxConcurrentReviews must be at least 1"),
+            ("server:\n  headerReadTimeout: 10ms\n", "between 100ms and 5m"),
+            ("server:\n  reviewQueueTimeout: 0s\n", "reviewQueueTimeout must be above 0"),
+            ("server:\n  maxConections: 10\n", "c.yaml:2: "),
+            ("server:\n  maxRequestBytesInFlight: 1048576\n", "must be at least maxRequestBytes (8388608)"),
         ];
         for (text, needle) in table {
             let e = Config::from_yaml(text, Path::new("c.yaml")).unwrap_err().to_string();

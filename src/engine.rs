@@ -128,8 +128,8 @@ impl Engine {
         let decision = match judging.await {
             Ok(decision) => decision,
             Err(e) => {
-                tracing::error!(error = %e, "judging a review failed");
-                Decision::deny_request(Reason::Internal(if e.is_panic() { "a panic" } else { "cancelled" }.into()))
+                tracing::error!(uid = %request.uid, error = %e, "judging a review failed");
+                Decision::deny_request(Reason::InternalError)
             }
         };
         drop(abandoned);

@@ -267,7 +267,10 @@ impl Gatherer {
                 .await
             })
             .await
-            .map_err(|e| Reason::Internal(format!("verification failed: {e}")))
+            .map_err(|e| {
+                tracing::error!(error = %e, "a verification failed");
+                Reason::InternalError
+            })
     }
 
     /// Every authority's verification of `digest`.

@@ -50,13 +50,22 @@ pub enum Reason {
          require.platforms: all; use platforms: index, or raise cache.maxPlatforms"
     )]
     TooManyPlatforms { image: String, count: usize, max: usize },
-    #[error(
-        "provgate failed while judging this request ({0}); nothing was admitted. Retry, and report this if it persists"
-    )]
-    Internal(String),
     /// A requirement or validation the verified evidence does not meet.
     #[error("{message}")]
     Unmet { code: &'static str, message: String },
+    /// Every review slot stayed busy for as long as this review could wait.
+    #[error(
+        "provgate is already judging its limit of {limit} reviews at once and no slot freed within {}s; retry, or \
+         raise server.maxConcurrentReviews or add replicas",
+        .waited.as_secs_f32()
+    )]
+    Overloaded { limit: usize, waited: Duration },
+    /// provgate itself failed (a bug); the details are in its log, never in the answer.
+    #[error(
+        "provgate failed while judging this request (an internal error, logged with the request's uid); retry, and \
+         report it to provgate's maintainers if it persists"
+    )]
+    InternalError,
 }
 
 impl Reason {
@@ -74,8 +83,9 @@ impl Reason {
             Self::TagNotPinned { .. } => "tag-not-pinned",
             Self::TooManyImages { .. } => "too-many-images",
             Self::ObjectTooLarge { .. } => "object-too-large",
-            Self::Internal(_) => "internal-error",
             Self::TooManyPlatforms { .. } => "too-many-platforms",
+            Self::Overloaded { .. } => "overloaded",
+            Self::InternalError => "internal-error",
         }
     }
 }

@@ -1,42 +1,161 @@
-//! The HTTPS server's rustls configuration, reloaded when the certificate or key files change (polled by content,
-//! so a Secret volume's `..data` symlink swap is seen; new handshakes use the new pair).
+//! The HTTPS server's rustls configuration: the serving pair and, when configured, the CA that client certificates
+//! must chain to. Reloaded when any of the files changes (polled by content, so a Secret volume's `..data` symlink
+//! swap is seen; new handshakes use the new configuration).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum_server::tls_rustls::RustlsConfig;
+use arc_swap::ArcSwap;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
 
-/// Loads the PEM pair into a reloadable server config.
-pub async fn load(cert: &Path, key: &Path) -> anyhow::Result<RustlsConfig> {
-    let (cert_pem, key_pem) = read_pair(cert, key)?;
-    RustlsConfig::from_pem(cert_pem, key_pem)
-        .await
-        .map_err(|e| anyhow::anyhow!("{} / {}: {e}", cert.display(), key.display()))
+/// The files the TLS configuration is built from.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// Serving certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+    /// CA certificates (PEM) client certificates must chain to; `None` serves clients without certificates.
+    pub client_ca: Option<PathBuf>,
 }
 
-fn read_pair(cert: &Path, key: &Path) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
-    let read = |p: &Path| std::fs::read(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()));
-    Ok((read(cert)?, read(key)?))
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{}: {source}", .file.display())]
+    Read { file: PathBuf, source: std::io::Error },
+    #[error("{}: {problem}", .file.display())]
+    Invalid { file: PathBuf, problem: String },
+    #[error("{} / {}: {source}", .cert.display(), .key.display())]
+    Pair { cert: PathBuf, key: PathBuf, source: rustls::Error },
 }
 
-/// Every `period`, re-reads the pair and swaps it in when the bytes changed. A pair that fails to load is logged
-/// and the previous one stays in use. Runs until dropped.
-pub async fn watch(config: RustlsConfig, cert: PathBuf, key: PathBuf, period: Duration) {
-    let mut current = read_pair(&cert, &key).ok();
-    let mut ticks = tokio::time::interval(period);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    loop {
-        ticks.tick().await;
-        let Ok(pair) = read_pair(&cert, &key) else { continue };
-        if current.as_ref() == Some(&pair) {
-            continue;
-        }
-        match config.reload_from_pem(pair.0.clone(), pair.1.clone()).await {
-            Ok(()) => tracing::info!(cert = %cert.display(), "serving certificate reloaded"),
-            Err(e) => {
-                tracing::error!(cert = %cert.display(), error = %e, "new serving certificate rejected; keeping the old one")
+/// The server's current rustls configuration, swapped whole on reload.
+#[derive(Clone)]
+pub struct ServerTls {
+    current: Arc<ArcSwap<ServerConfig>>,
+}
+
+impl ServerTls {
+    /// Builds the configuration from `files`.
+    pub fn load(files: &TlsFiles) -> Result<Self, TlsError> {
+        let config = build(&Material::read(files)?, files)?;
+        Ok(Self { current: Arc::new(ArcSwap::from_pointee(config)) })
+    }
+
+    /// The configuration new handshakes use.
+    pub fn current(&self) -> Arc<ServerConfig> {
+        self.current.load_full()
+    }
+
+    /// Every `period`, re-reads the files and swaps in a new configuration when their bytes changed. Files that
+    /// fail to read or to load are logged and the previous configuration stays in use. Runs until dropped.
+    pub async fn watch(self, files: TlsFiles, period: Duration) {
+        let mut loaded = Material::read(&files).ok();
+        let mut ticks = tokio::time::interval(period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            ticks.tick().await;
+            let Ok(material) = Material::read(&files) else { continue };
+            if loaded.as_ref() == Some(&material) {
+                continue;
             }
+            match build(&material, &files) {
+                Ok(config) => {
+                    self.current.store(Arc::new(config));
+                    tracing::info!(cert = %files.cert.display(), client_ca = ?files.client_ca, "TLS configuration reloaded");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "new TLS files rejected; keeping the previous configuration")
+                }
+            }
+            loaded = Some(material);
         }
-        current = Some(pair);
+    }
+}
+
+/// The files' bytes.
+#[derive(PartialEq, Eq)]
+struct Material {
+    cert: Vec<u8>,
+    key: Vec<u8>,
+    client_ca: Option<Vec<u8>>,
+}
+
+impl Material {
+    fn read(files: &TlsFiles) -> Result<Self, TlsError> {
+        let read = |p: &Path| std::fs::read(p).map_err(|source| TlsError::Read { file: p.into(), source });
+        Ok(Self {
+            cert: read(&files.cert)?,
+            key: read(&files.key)?,
+            client_ca: files.client_ca.as_deref().map(read).transpose()?,
+        })
+    }
+}
+
+fn build(material: &Material, files: &TlsFiles) -> Result<ServerConfig, TlsError> {
+    let invalid = |file: &Path, problem: String| TlsError::Invalid { file: file.into(), problem };
+    let certs = rustls_pemfile::certs(&mut material.cert.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(&files.cert, format!("not a PEM certificate chain: {e}")))?;
+    if certs.is_empty() {
+        return Err(invalid(&files.cert, "holds no PEM certificate".into()));
+    }
+    let key = rustls_pemfile::private_key(&mut material.key.as_slice())
+        .map_err(|e| invalid(&files.key, format!("not a PEM private key: {e}")))?
+        .ok_or_else(|| invalid(&files.key, "holds no PEM private key".into()))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|source| TlsError::Pair { cert: files.cert.clone(), key: files.key.clone(), source })?;
+    let builder = match (&files.client_ca, &material.client_ca) {
+        (Some(file), Some(pem)) => {
+            let mut roots = RootCertStore::empty();
+            for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+                let cert = cert.map_err(|e| invalid(file, format!("not a PEM certificate bundle: {e}")))?;
+                roots.add(cert).map_err(|e| invalid(file, format!("not a usable CA certificate: {e}")))?;
+            }
+            if roots.is_empty() {
+                return Err(invalid(file, "holds no PEM CA certificate".into()));
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| invalid(file, format!("cannot verify client certificates with it: {e}")))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_single_cert(certs, key).map_err(|source| TlsError::Pair {
+        cert: files.cert.clone(),
+        key: files.key.clone(),
+        source,
+    })?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn files(dir: &Path, client_ca: Option<&str>) -> TlsFiles {
+        let generated = crate::certs::generate(&["localhost".into()], &[]).unwrap();
+        crate::certs::write(dir, &generated).unwrap();
+        let (_, cert, key) = crate::certs::paths(dir);
+        let client_ca = client_ca.map(|pem| {
+            let path = dir.join("client-ca.crt");
+            std::fs::write(&path, pem).unwrap();
+            path
+        });
+        TlsFiles { cert, key, client_ca }
+    }
+
+    #[test]
+    fn a_client_ca_file_without_certificates_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = ServerTls::load(&files(dir.path(), Some("not a certificate\n"))).err().unwrap().to_string();
+        assert!(e.contains("client-ca.crt") && e.contains("no PEM CA certificate"), "{e}");
     }
 }

@@ -17,9 +17,9 @@ use kube::core::Status;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use support::kube::Cluster;
-use support::registry::{Auth, DockerRegistry, Layout, SIMPLE_SIGNING};
+use support::registry::{Auth, DockerRegistry, Layout, SIMPLE_SIGNING, free_port};
 use support::signing::{SIG_ANNOTATION, attach, seed, sign};
-use support::webhook::Webhook;
+use support::webhook::{ClientCa, Webhook, https_client};
 
 const WEBHOOK: &str = "images.provgate.dev";
 /// Namespaces with this label are not sent to the webhook (1.20 does not set `kubernetes.io/metadata.name`).
@@ -55,12 +55,23 @@ impl Images {
     }
 
     async fn webhook(&self, key: &str, kube: Option<kube::Client>) -> Webhook {
+        self.webhook_with(key, kube, |_| {}).await
+    }
+
+    /// [`Images::webhook`] with the config `tweak` leaves.
+    async fn webhook_with(
+        &self,
+        key: &str,
+        kube: Option<kube::Client>,
+        tweak: impl FnOnce(&mut provgate::config::Config),
+    ) -> Webhook {
         let policy = format!(
             "apiVersion: provgate.dev/v1alpha1\nkind: ImagePolicy\nmetadata: {{name: signed}}\nspec:\n  match: {{images: [\"**\"]}}\n  authorities: [{{name: chains, key: \"{key}\"}}]\n  require: {{signature: true}}\n"
         );
         let (host, config) = (self.registry.addr.clone(), self.registry.host_config());
         Webhook::start_with(&[("signed.yaml", policy)], kube, move |c| {
             c.registries.hosts.insert(host, config);
+            tweak(c);
         })
         .await
     }
@@ -168,8 +179,12 @@ fn assert_denied(status: &Status, needles: &[&str]) {
     }
 }
 
+/// One cluster at a time: each test starts its own etcd and kube-apiserver.
+static ONE_CLUSTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test]
 async fn the_apiserver_admits_only_signed_images_through_the_webhook() {
+    let _one = ONE_CLUSTER.lock().await;
     let images = Images::start();
     let cluster = Cluster::start().await;
     let client = cluster.client();
@@ -281,4 +296,93 @@ async fn secret_key_cases(client: &kube::Client, images: &Images, signed: &str) 
     let Webhook { running, .. } = hook;
     running.shutdown().await;
     port
+}
+
+/// The API server's admission configuration: the ValidatingAdmissionWebhook plugin presents `cert` and `key` to
+/// the webhook at `host` (`host:port` as in the webhook's URL), through a kubeconfig user of that name.
+fn admission_config(dir: &std::path::Path, host: &str, cert: &str, key: &str) -> std::path::PathBuf {
+    use base64::Engine as _;
+    let b64 = |pem: &str| base64::engine::general_purpose::STANDARD.encode(pem);
+    let kubeconfig = dir.join("webhook-kubeconfig.yaml");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nusers:\n  - name: \"{host}\"\n    user:\n      client-certificate-data: {}\n      client-key-data: {}\n",
+            b64(cert),
+            b64(key)
+        ),
+    )
+    .unwrap();
+    let config = dir.join("admission-configuration.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "apiVersion: apiserver.config.k8s.io/v1\nkind: AdmissionConfiguration\nplugins:\n  - name: ValidatingAdmissionWebhook\n    configuration:\n      apiVersion: apiserver.config.k8s.io/v1\n      kind: WebhookAdmissionConfiguration\n      kubeConfigFile: {}\n",
+            kubeconfig.display()
+        ),
+    )
+    .unwrap();
+    config
+}
+
+#[tokio::test]
+async fn with_a_client_ca_only_the_apiserver_presenting_its_certificate_is_served() {
+    let _one = ONE_CLUSTER.lock().await;
+    let images = Images::start();
+    let dir = tempfile::tempdir().unwrap();
+    let client_ca = ClientCa::new("apiserver-to-webhook client CA");
+    let ca_file = dir.path().join("client-ca.crt");
+    std::fs::write(&ca_file, &client_ca.ca_pem).unwrap();
+    let (cert, key) = client_ca.issue("kube-apiserver");
+    // The apiserver has a client certificate for this port only.
+    let port = free_port();
+    let config = admission_config(dir.path(), &format!("127.0.0.1:{port}"), &cert, &key);
+    let cluster = Cluster::start_with_admission_config(Some(&config)).await;
+    let client = cluster.client();
+    namespace(&client, NS, false).await;
+    let key_path = images.keys.path().join("chains.pub").display().to_string();
+    let mtls = |port: u16| {
+        let ca_file = ca_file.clone();
+        move |c: &mut provgate::config::Config| {
+            c.listen = format!("127.0.0.1:{port}").parse().unwrap();
+            c.tls.client_ca_file = Some(ca_file);
+        }
+    };
+    let hook = images.webhook_with(&key_path, None, mtls(port)).await;
+    register(&client, &hook, &images.image("signed")).await;
+
+    // Through the apiserver, authenticated by its certificate: judged as usual.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let (signed, unsigned) = (images.image("signed"), images.image("unsigned"));
+    pods.create(&PostParams::default(), &pod("signed", &signed)).await.unwrap();
+    let record = hook.audit_records().pop().unwrap();
+    assert_eq!((record["name"].as_str(), record["decision"].as_str()), (Some("signed"), Some("allow")), "{record}");
+    let status = api_error(pods.create(&PostParams::default(), &pod("unsigned", &unsigned)).await);
+    assert_denied(&status, &["spec.containers[0].image", "no signatures found"]);
+
+    // Anyone else reaching the Service without a certificate gets no answer.
+    let review = serde_json::to_vec(&support::webhook::review("pod-create")).unwrap();
+    let anonymous = https_client(hook.ca_pem.as_bytes());
+    assert!(hook.post_raw_with(&anonymous, review).await.is_err(), "a client without a certificate is refused");
+
+    // A webhook the apiserver has no certificate for refuses it too, so failurePolicy: Fail refuses the Pod.
+    let other_port = free_port();
+    let other = images.webhook_with(&key_path, None, mtls(other_port)).await;
+    let configs: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
+    configs.patch(WEBHOOK, &PatchParams::default(), &Patch::Merge(&webhook_configuration(&other))).await.unwrap();
+    let dry = PostParams { dry_run: true, ..PostParams::default() };
+    let start = Instant::now();
+    let status = loop {
+        match pods.create(&dry, &pod("no-client-cert", &signed)).await {
+            Err(kube::Error::Api(status)) if status.message.contains(&other_port.to_string()) => break status,
+            other => {
+                assert!(start.elapsed() < Duration::from_secs(30), "still served after 30 s: {other:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    assert_eq!((status.code, status.reason.as_str()), (500, "InternalError"), "{status:?}");
+    assert!(status.message.contains(&format!("failed calling webhook \"{WEBHOOK}\"")), "{}", status.message);
+    assert!(other.audit_records().is_empty(), "nothing reached the webhook without a client certificate");
+    assert!(pods.get_opt("no-client-cert").await.unwrap().is_none());
 }

@@ -1,12 +1,16 @@
 //! The real webhook over real HTTPS with real AdmissionReview JSON: every kind and image field, bad input,
-//! modes, noMatch, DELETE/CONNECT, dryRun, readiness and metrics.
+//! modes, noMatch, DELETE/CONNECT, dryRun, readiness and metrics; and the edge under hostile clients and failures:
+//! panics inside a review, the review and connection limits, silent connections, client certificates.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
 
+use std::time::{Duration, Instant};
+
 use provgate::decide::NoMatch;
 use serde_json::{Value, json};
-use support::webhook::{Webhook, policy, review};
+use support::registry::{Canned, CannedServer};
+use support::webhook::{ClientCa, Webhook, https_client, https_client_with_identity, policy, review};
 
 const KINDS: [&str; 7] = ["pod", "deployment", "replicaset", "statefulset", "daemonset", "job", "cronjob"];
 
@@ -276,4 +280,340 @@ async fn every_decision_is_audited() {
     let pinned = images.iter().find(|i| i["field"].as_str().unwrap().ends_with("containers[0].image")).unwrap();
     assert_eq!(pinned["digest"], "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef");
     assert_eq!(pinned["policies"], json!(["team"]));
+}
+
+// ---------------------------------------------------------------- hostile clients and failures inside a review
+
+/// A policy that needs registry evidence for every image: a signature by the Tekton Chains fixture key.
+fn signed_policy() -> Vec<(&'static str, String)> {
+    let key = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vectors/tekton-chains/cosign.pub");
+    let text = format!(
+        "apiVersion: provgate.dev/v1alpha1\nkind: ImagePolicy\nmetadata: {{name: signed}}\nspec:\n  match: {{images: [\"**\"]}}\n  authorities: [{{name: chains, key: {}}}]\n  require: {{signature: true}}\n",
+        key.display()
+    );
+    vec![("signed.yaml", text)]
+}
+
+/// A Pod review running `image`, with a uid of its own.
+fn pod(image: &str) -> Value {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut r = review("pod-create");
+    r["request"]["uid"] = json!(format!("00000000-0000-4000-8000-{n:012}"));
+    r["request"]["object"]["spec"] = json!({"containers": [{"name": "app", "image": image}]});
+    r
+}
+
+/// The audit record of the review with `uid`.
+fn audit_record(hook: &Webhook, uid: &Value) -> Value {
+    let records = hook.audit_records();
+    records.into_iter().find(|r| r["uid"] == *uid).unwrap_or_else(|| panic!("no audit record for {uid}"))
+}
+
+#[tokio::test]
+async fn a_registry_answer_that_panics_the_review_is_still_a_denial_with_an_audit_record() {
+    // A Retry-After of u64::MAX seconds overflowed the retry arithmetic. Whatever fails inside the review, the
+    // apiserver must get an answer and the audit log a record.
+    let hostile = CannedServer::start(
+        [
+            ("/v2/".to_owned(), Canned::status(200)),
+            ("/v2/team/app/manifests/1".to_owned(), Canned::status(429).header("Retry-After", "18446744073709551615")),
+        ]
+        .into_iter()
+        .collect(),
+    );
+    let (host, config) = (hostile.addr.clone(), hostile.host_config());
+    let hook = Webhook::start(&signed_policy(), move |c| {
+        c.registries.hosts.insert(host, config);
+    })
+    .await;
+    let r = pod(&format!("{}/team/app:1", hostile.addr));
+    let response = hook.review(&r).await;
+    assert_eq!(response["allowed"], false, "{response}");
+    // internal-error while the overflow is there; the registry's own reason once it is fixed.
+    assert!(!response["auditAnnotations"]["reasons"].as_str().unwrap_or_default().is_empty(), "{response}");
+    let record = audit_record(&hook, &r["request"]["uid"]);
+    assert_eq!(record["decision"], "deny", "{record}");
+    // The server is still answering.
+    assert_eq!(hook.review(&review("pod-create")).await["allowed"], false);
+}
+
+#[tokio::test]
+async fn a_panic_while_judging_is_an_internal_error_denial_with_an_audit_record() {
+    const BOOM: &str = "provgate-test-panics-here";
+    let hook = Webhook::start(&team_policy(), |c| c.test_hooks.panic_in_namespace = Some(BOOM.into())).await;
+    let mut r = pod("registry.example.com/team/app:1");
+    r["request"]["namespace"] = json!(BOOM);
+    let response = hook.review(&r).await;
+    assert_eq!(response["allowed"], false, "{response}");
+    assert_eq!(response["status"]["code"], 403);
+    assert_eq!(response["auditAnnotations"]["reasons"], "internal-error", "{response}");
+    let msg = message(&response);
+    assert!(msg.contains("provgate failed") && msg.contains("report"), "{msg}");
+    assert!(!msg.contains("test hook") && !msg.contains(".rs"), "internals are not shown: {msg}");
+    let record = audit_record(&hook, &r["request"]["uid"]);
+    assert_eq!((record["decision"].as_str(), record["reason"].as_str()), (Some("deny"), Some("internal-error")));
+    assert_eq!(record["namespace"], BOOM);
+    // Other reviews go on as before.
+    assert_eq!(hook.review(&review("pod-create")).await["allowed"], true);
+}
+
+#[tokio::test]
+async fn reviews_beyond_the_concurrency_limit_are_denied_overloaded_and_a_gone_client_frees_its_slot() {
+    let stall = CannedServer::start([("/v2/".to_owned(), Canned::stall())].into_iter().collect());
+    let (host, config) = (stall.addr.clone(), stall.host_config());
+    let hook = Webhook::start(&signed_policy(), move |c| {
+        c.deadline = Duration::from_secs(20);
+        c.server.max_concurrent_reviews = 1;
+        c.server.review_queue_timeout = Duration::from_millis(500);
+        c.registries.hosts.insert(host, config);
+    })
+    .await;
+    let hook = std::sync::Arc::new(hook);
+    let stuck = pod(&format!("{}/team/app:1", stall.addr));
+
+    // The first review holds the only slot, waiting on a registry that never answers.
+    let first = {
+        let (hook, stuck) = (hook.clone(), stuck.clone());
+        let client = https_client(hook.ca_pem.as_bytes());
+        tokio::spawn(async move { hook.post_raw_with(&client, serde_json::to_vec(&stuck).unwrap()).await })
+    };
+    let started = Instant::now();
+    while stall.hits("/v2/") == 0 {
+        assert!(started.elapsed() < Duration::from_secs(10), "the first review never reached the registry");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // A second one is denied at once, with the reason, and audited.
+    let started = Instant::now();
+    let second = pod(&format!("{}/team/other:1", stall.addr));
+    let response = tokio::time::timeout(Duration::from_secs(10), hook.review(&second))
+        .await
+        .expect("a review beyond the limit must be answered, not queued behind the stuck one");
+    assert!(started.elapsed() < Duration::from_secs(5), "answered after {:?}", started.elapsed());
+    assert_eq!(response["allowed"], false, "{response}");
+    assert_eq!(response["auditAnnotations"]["reasons"], "overloaded", "{response}");
+    let msg = message(&response);
+    assert!(msg.contains("1 review") && msg.contains("server.maxConcurrentReviews"), "{msg}");
+    assert_eq!(audit_record(&hook, &second["request"]["uid"])["reason"], "overloaded");
+
+    // The first client goes away: its review is dropped and its slot freed long before the 20 s deadline.
+    first.abort();
+    let started = Instant::now();
+    loop {
+        let response = hook.review(&review("pod-delete")).await;
+        if response["auditAnnotations"]["reasons"] != "overloaded" {
+            assert_eq!(response["allowed"], true, "{response}");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "the abandoned review still holds its slot");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let records = hook.audit_records();
+    let finished = records.iter().find(|r| r["uid"] == stuck["request"]["uid"]);
+    assert!(finished.is_none(), "the abandoned review was not judged to the end: {finished:?}");
+}
+
+type TlsStream = rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>;
+
+/// A TLS connection to `hook` on a blocking socket (with ALPN `alpn`), handshake done. Blocks: call it off the
+/// runtime's threads.
+fn tls_connection(hook: &(String, std::net::SocketAddr), alpn: &[u8]) -> TlsStream {
+    let (ca_pem, addr) = hook;
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = rustls_pemfile::certs(&mut ca_pem.as_bytes()).next().unwrap().unwrap();
+    roots.add(ca).unwrap();
+    let mut config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    while conn.is_handshaking() {
+        conn.complete_io(&mut tcp).unwrap();
+    }
+    rustls::StreamOwned::new(conn, tcp)
+}
+
+/// Whether the server closes `stream` within `within`: reads until EOF or a reset, failing on anything else.
+fn closed_within(stream: &mut impl std::io::Read, within: Duration) -> Result<Duration, String> {
+    let started = Instant::now();
+    let mut buf = [0u8; 512];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return Ok(started.elapsed()),
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return Err(format!("still open after {:?}", started.elapsed()));
+            }
+            Err(_) => return Ok(started.elapsed()),
+        }
+        if started.elapsed() > within {
+            return Err(format!("still sending after {:?}", started.elapsed()));
+        }
+    }
+}
+
+#[tokio::test]
+async fn silent_and_slow_connections_are_closed_and_do_not_hold_up_reviews() {
+    use std::io::Write as _;
+    let hook = Webhook::start(&team_policy(), |c| {
+        c.server.header_read_timeout = Duration::from_secs(1);
+        c.server.max_connections = 8;
+    })
+    .await;
+    // Three silent TCP connections to the HTTPS port and one to the admin port.
+    let addrs = [hook.running.https, hook.running.https, hook.running.https, hook.running.admin];
+    let mut tcp: Vec<std::net::TcpStream> = addrs
+        .iter()
+        .map(|addr| {
+            let s = std::net::TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(6))).unwrap();
+            s
+        })
+        .collect();
+    let target = (hook.ca_pem.clone(), hook.running.https);
+    let (mut silent_h1, mut silent_h2, mut partial_head, mut partial_body) = tokio::task::spawn_blocking(move || {
+        let silent_h1 = tls_connection(&target, b"http/1.1");
+        let silent_h2 = tls_connection(&target, b"h2");
+        let mut partial_head = tls_connection(&target, b"http/1.1");
+        partial_head.write_all(b"POST /validate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/").unwrap();
+        let mut partial_body = tls_connection(&target, b"http/1.1");
+        partial_body
+            .write_all(b"POST /validate HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4096\r\n\r\n{\"apiVersion\":")
+            .unwrap();
+        (silent_h1, silent_h2, partial_head, partial_body)
+    })
+    .await
+    .unwrap();
+    for s in [&mut silent_h1, &mut silent_h2, &mut partial_head, &mut partial_body] {
+        s.sock.set_read_timeout(Some(Duration::from_secs(6))).unwrap();
+    }
+
+    // Seven connections to the HTTPS port are open and silent or stalled; a review is answered as usual.
+    let started = Instant::now();
+    assert_eq!(hook.review(&review("pod-create")).await["allowed"], true);
+    assert!(started.elapsed() < Duration::from_secs(1), "took {:?}", started.elapsed());
+
+    let (partial_body, outcome) = tokio::task::spawn_blocking(move || {
+        let mut outcomes = Vec::new();
+        for (i, s) in tcp.iter_mut().enumerate() {
+            outcomes.push((format!("tcp {i}"), closed_within(s, Duration::from_secs(5))));
+        }
+        outcomes.push(("TLS http/1.1, nothing sent".into(), closed_within(&mut silent_h1, Duration::from_secs(5))));
+        outcomes.push(("TLS h2, nothing sent".into(), closed_within(&mut silent_h2, Duration::from_secs(5))));
+        outcomes.push(("half a request head".into(), closed_within(&mut partial_head, Duration::from_secs(5))));
+        let mut answer = String::new();
+        let _ = std::io::Read::read_to_string(&mut partial_body, &mut answer);
+        (answer, outcomes)
+    })
+    .await
+    .unwrap();
+    for (what, closed) in outcome {
+        let took = closed.unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(took < Duration::from_secs(4), "{what}: closed after {took:?}");
+    }
+    assert!(partial_body.starts_with("HTTP/1.1 408"), "a body that never arrives is answered 408: {partial_body:?}");
+}
+
+#[tokio::test]
+async fn connections_beyond_the_limit_wait_until_a_slot_frees() {
+    let hook = Webhook::start(&team_policy(), |c| {
+        c.server.header_read_timeout = Duration::from_secs(2);
+        c.server.max_connections = 3;
+    })
+    .await;
+    let held: Vec<std::net::TcpStream> =
+        (0..3).map(|_| std::net::TcpStream::connect(hook.running.https).unwrap()).collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let response = tokio::time::timeout(Duration::from_secs(10), hook.review(&review("pod-create"))).await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(response["allowed"], true);
+    assert!(took > Duration::from_millis(1200), "answered after {took:?} while 3 of 3 connections were held");
+    drop(held);
+}
+
+// ---------------------------------------------------------------- client certificates
+
+#[tokio::test]
+async fn with_a_client_ca_only_clients_presenting_its_certificates_are_served() {
+    let apiserver_ca = ClientCa::new("apiserver client CA");
+    let other_ca = ClientCa::new("someone else's CA");
+    let ca_dir = tempfile::tempdir().unwrap();
+    let ca_file = ca_dir.path().join("client-ca.crt");
+    std::fs::write(&ca_file, &apiserver_ca.ca_pem).unwrap();
+    let file = ca_file.clone();
+    let hook = Webhook::start(&team_policy(), move |c| {
+        c.tls.client_ca_file = Some(file);
+        c.tls.reload_interval = Some(Duration::from_millis(200));
+    })
+    .await;
+    let r = serde_json::to_vec(&review("pod-create")).unwrap();
+
+    let anonymous = https_client(hook.ca_pem.as_bytes());
+    let err = hook.post_raw_with(&anonymous, r.clone()).await.expect_err("no client certificate: refused");
+    assert!(format!("{err:?}").to_lowercase().contains("certificate"), "{err:?}");
+    let stranger = https_client_with_identity(hook.ca_pem.as_bytes(), &other_ca.identity("kube-apiserver"));
+    assert!(hook.post_raw_with(&stranger, r.clone()).await.is_err(), "a certificate from another CA: refused");
+    assert!(hook.audit_records().is_empty(), "nothing was judged for unauthenticated clients");
+
+    let apiserver = https_client_with_identity(hook.ca_pem.as_bytes(), &apiserver_ca.identity("kube-apiserver"));
+    assert_eq!(hook.review_with(&apiserver, &review("pod-create")).await["allowed"], true);
+
+    // The CA file is rotated: the new CA's clients are served, the old one's refused, without a restart.
+    let rotated = ClientCa::new("rotated client CA");
+    std::fs::write(&ca_file, &rotated.ca_pem).unwrap();
+    let fresh = https_client_with_identity(hook.ca_pem.as_bytes(), &rotated.identity("kube-apiserver"));
+    let started = Instant::now();
+    while hook.post_raw_with(&fresh, r.clone()).await.is_err() {
+        assert!(started.elapsed() < Duration::from_secs(10), "the rotated client CA was not picked up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let old = https_client_with_identity(hook.ca_pem.as_bytes(), &apiserver_ca.identity("kube-apiserver"));
+    assert!(hook.post_raw_with(&old, r).await.is_err(), "the replaced CA's certificates are refused");
+}
+
+#[tokio::test]
+async fn request_bodies_in_flight_are_bounded_by_a_byte_budget() {
+    use std::io::Write as _;
+    let hook = Webhook::start(&team_policy(), |c| {
+        c.max_request_bytes = 64 * 1024;
+        c.server.max_request_bytes_in_flight = 64 * 1024;
+        c.server.review_queue_timeout = Duration::from_millis(500);
+        c.server.header_read_timeout = Duration::from_secs(3);
+    })
+    .await;
+    // A client sends most of a large body and stalls: what it sent is held, and counted.
+    let target = (hook.ca_pem.clone(), hook.running.https);
+    let mut stalled = tokio::task::spawn_blocking(move || {
+        let mut s = tls_connection(&target, b"http/1.1");
+        let head = "POST /validate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 65500\r\n\r\n";
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(&[b' '; 65_400]).unwrap();
+        s.flush().unwrap();
+        s
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Another review does not fit in what is left: refused with 503 once it has waited, not buffered.
+    let started = Instant::now();
+    let (status, text) = hook.post_raw(serde_json::to_vec(&review("pod-create")).unwrap()).await;
+    assert_eq!(status, 503, "{text}");
+    assert!(text.contains("server.maxRequestBytesInFlight"), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(3), "refused after {:?}", started.elapsed());
+
+    // The stalled body times out and its bytes are released.
+    let answer = tokio::task::spawn_blocking(move || {
+        stalled.sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut answer = String::new();
+        let _ = std::io::Read::read_to_string(&mut stalled, &mut answer);
+        answer
+    })
+    .await
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert_eq!(hook.review(&review("pod-create")).await["allowed"], true);
 }

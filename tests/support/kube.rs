@@ -39,6 +39,11 @@ pub struct Cluster {
 impl Cluster {
     /// Starts etcd and kube-apiserver and waits (at most 90 s) until `/healthz` answers `ok` for the admin.
     pub async fn start() -> Self {
+        Self::start_with_admission_config(None).await
+    }
+
+    /// [`Cluster::start`] with `--admission-control-config-file` (an `AdmissionConfiguration`) when given.
+    pub async fn start_with_admission_config(admission_config: Option<&std::path::Path>) -> Self {
         let apiserver_bin = kube_apiserver_bin();
         let dir = TempDir::new().unwrap();
         let d = dir.path();
@@ -87,6 +92,9 @@ impl Cluster {
             .arg("--profiling=false")
             .arg("--logtostderr=true")
             .arg("--v=0");
+        if let Some(file) = admission_config {
+            cmd.arg(format!("--admission-control-config-file={}", file.display()));
+        }
         let apiserver = Proc::spawn(cmd, d.join("kube-apiserver.log"));
         let mut cluster = Self { url, tls, apiserver, _etcd: etcd, dir };
         cluster.wait_healthy().await;

@@ -36,13 +36,54 @@ pub fn policy(name: &str, mode: &str, images: &[&str]) -> String {
 
 /// A client that trusts only the CA in `ca_pem`.
 pub fn https_client(ca_pem: &[u8]) -> reqwest::Client {
+    client_builder(ca_pem).build().unwrap()
+}
+
+/// A client that trusts only the CA in `ca_pem` and presents `identity` (a certificate and its key, PEM).
+pub fn https_client_with_identity(ca_pem: &[u8], identity: &str) -> reqwest::Client {
+    client_builder(ca_pem).identity(reqwest::Identity::from_pem(identity.as_bytes()).unwrap()).build().unwrap()
+}
+
+fn client_builder(ca_pem: &[u8]) -> reqwest::ClientBuilder {
     let ca = reqwest::Certificate::from_pem(ca_pem).unwrap();
-    reqwest::Client::builder()
-        .tls_certs_only([ca])
-        .https_only(true)
-        .timeout(std::time::Duration::from_secs(30))
-        .build()
-        .unwrap()
+    reqwest::Client::builder().tls_certs_only([ca]).https_only(true).timeout(std::time::Duration::from_secs(30))
+}
+
+/// A CA for client certificates (`tls.clientCaFile`), issuing certificates for clients such as the API server.
+pub struct ClientCa {
+    pub ca_pem: String,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl ClientCa {
+    pub fn new(name: &str) -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+        let cert = params.self_signed(&key).unwrap();
+        Self { ca_pem: cert.pem(), issuer: rcgen::Issuer::new(params, key) }
+    }
+
+    /// A client certificate for `name` and its key: `(certificate PEM, key PEM)`.
+    pub fn issue(&self, name: &str) -> (String, String) {
+        use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair, KeyUsagePurpose};
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// [`ClientCa::issue`] as one PEM holding the certificate and the key (a [`reqwest::Identity`]).
+    pub fn identity(&self, name: &str) -> String {
+        let (cert, key) = self.issue(name);
+        format!("{cert}{key}")
+    }
 }
 
 impl Webhook {
@@ -84,14 +125,23 @@ impl Webhook {
 
     /// Posts raw bytes; returns the HTTP status and body.
     pub async fn post_raw(&self, body: Vec<u8>) -> (u16, String) {
-        let resp =
-            self.client.post(&self.url).header("content-type", "application/json").body(body).send().await.unwrap();
-        (resp.status().as_u16(), resp.text().await.unwrap())
+        self.post_raw_with(&self.client, body).await.unwrap()
+    }
+
+    /// Posts raw bytes with `client`; the HTTP status and body, or the client's error.
+    pub async fn post_raw_with(&self, client: &reqwest::Client, body: Vec<u8>) -> reqwest::Result<(u16, String)> {
+        let resp = client.post(&self.url).header("content-type", "application/json").body(body).send().await?;
+        Ok((resp.status().as_u16(), resp.text().await?))
     }
 
     /// Posts a review that must be answered with 200; returns its `response`, checking the envelope and uid.
     pub async fn review(&self, review: &Value) -> Value {
-        let (status, body) = self.post_raw(serde_json::to_vec(review).unwrap()).await;
+        self.review_with(&self.client, review).await
+    }
+
+    /// [`Webhook::review`] with `client`.
+    pub async fn review_with(&self, client: &reqwest::Client, review: &Value) -> Value {
+        let (status, body) = self.post_raw_with(client, serde_json::to_vec(review).unwrap()).await.unwrap();
         assert_eq!(status, 200, "{body}");
         let out: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(out["apiVersion"], "admission.k8s.io/v1");
