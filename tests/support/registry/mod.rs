@@ -14,10 +14,12 @@ use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use tempfile::TempDir;
 
 mod canned;
+mod hostile;
 mod layout;
 mod token;
 
 pub use canned::*;
+pub use hostile::*;
 pub use layout::*;
 pub use token::*;
 
