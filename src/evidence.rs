@@ -16,7 +16,7 @@ use crate::keys::KeyStore;
 use crate::policy::Policy;
 use crate::policy::authority::AuthoritySource;
 use crate::reason::Reason;
-use crate::registry::{Credentials, Keychain, Registry, RegistryError, Resolved};
+use crate::registry::{Budget, Credentials, Keychain, Registry, RegistryError, Resolved};
 use crate::verify::Authority;
 
 /// What the registry holds for one image.
@@ -101,6 +101,7 @@ impl Gatherer {
     /// `keychain` holds the review's pull credentials; hosts it does not name use the config's.
     pub async fn gather(&self, plan: &Plan, keychain: &Keychain, deadline: Instant, budget: Duration) -> Gathered {
         let mut authorities = Authorities::new();
+        let bytes = self.registry.budget();
         let jobs = plan.images.iter().map(|planned| async {
             let Step::Judge { image, policies } = &planned.step else { return None };
             let needing: Vec<&Arc<Policy>> = policies.iter().filter(|p| p.needs_evidence()).collect();
@@ -110,7 +111,7 @@ impl Gatherer {
             let every_platform =
                 needing.iter().any(|p| p.requirements.platforms == crate::policy::require::Platforms::All);
             let creds = keychain.for_host(image.registry());
-            let work = self.image(image, &creds, every_platform, deadline);
+            let work = self.image(image, &creds, every_platform, &bytes, deadline);
             Some(match tokio::time::timeout_at(deadline, work).await {
                 Ok(result) => result.map(Arc::new),
                 Err(_) => Err(Reason::DeadlineExceeded(budget)),
@@ -131,7 +132,8 @@ impl Gatherer {
 
     /// The registry data of one image (digest, platforms, artifacts), as `gather` would fetch it (cached).
     pub async fn inspect(&self, image: &ImageRef, deadline: Instant) -> Result<Arc<ImageEvidence>, Reason> {
-        self.image(image, &Credentials::Anonymous, false, deadline).await.map(Arc::new)
+        let bytes = self.registry.budget();
+        self.image(image, &Credentials::Anonymous, false, &bytes, deadline).await.map(Arc::new)
     }
 
     fn authority(&self, source: &AuthoritySource) -> Result<Arc<Authority>, Reason> {
@@ -150,6 +152,7 @@ impl Gatherer {
         image: &ImageRef,
         creds: &Credentials,
         every_platform: bool,
+        bytes: &Budget,
         deadline: Instant,
     ) -> Result<ImageEvidence, Reason> {
         let _permit = self
@@ -161,7 +164,7 @@ impl Gatherer {
         let resolved = self
             .resolved
             .try_get_with((image.to_string(), identity.clone()), async {
-                self.registry.resolve(image, creds, deadline).await.map(Arc::new)
+                self.registry.resolve(image, creds, bytes, deadline).await.map(Arc::new)
             })
             .await
             .map_err(|e| registry_reason(image, &e))?;
@@ -180,7 +183,7 @@ impl Gatherer {
                 let found = self
                     .artifacts
                     .try_get_with(key, async {
-                        self.registry.artifacts(image, &d, creds, deadline).await.map(Arc::new)
+                        self.registry.artifacts(image, &d, creds, bytes, deadline).await.map(Arc::new)
                     })
                     .await
                     .map_err(|e| registry_reason(image, &e))?;

@@ -6,7 +6,10 @@ mod support;
 
 use std::time::Duration;
 
+use provgate::config::Config;
+use serde_json::{Value, json};
 use support::registry::*;
+use support::webhook::{Webhook, review};
 
 /// The hostile server itself: it serves what was put, by tag and digest, counts, and can be bent while running.
 #[tokio::test]
@@ -71,4 +74,153 @@ async fn the_hostile_server_serves_counts_and_changes_while_running() {
     assert!(answers.iter().all(|a| a.as_ref().unwrap().status() == 401));
     assert_eq!(h.hits("/v2/"), 101);
     assert_eq!(h.total(), 112);
+}
+
+// ---------------------------------------------------------------- through /validate
+
+const SIG_ANNOTATION: &str = "dev.cosignproject.cosign/signature";
+
+/// The webhook with one policy: every image must carry a signature by a fresh key, and `h` is a configured host.
+async fn webhook(h: &Hostile, tweak: impl FnOnce(&mut Config)) -> (Webhook, tempfile::TempDir) {
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("key.pub");
+    std::fs::write(&key, rcgen::KeyPair::generate().unwrap().public_key_pem()).unwrap();
+    let policy = format!(
+        "apiVersion: provgate.dev/v1alpha1\nkind: ImagePolicy\nmetadata: {{name: signed}}\nspec:\n  match: {{images: [\"**\"]}}\n  authorities: [{{name: key, key: {}}}]\n  require: {{signature: true}}\n",
+        key.display()
+    );
+    let (addr, host) = (h.addr.clone(), h.host_config());
+    let hook = Webhook::start(&[("signed.yaml", policy)], move |c| {
+        c.registries.hosts.insert(addr, host);
+        tweak(c);
+    })
+    .await;
+    (hook, keys)
+}
+
+/// A Pod CREATE review whose only container runs `image`.
+fn pod(image: &str) -> Value {
+    let mut r = review("pod-create");
+    r["request"]["object"]["spec"] = json!({"containers": [{"name": "app", "image": image}]});
+    r
+}
+
+fn message(response: &Value) -> String {
+    response["status"]["message"].as_str().unwrap_or_default().to_owned()
+}
+
+/// `repo:v1` names a fresh image; returns its digest.
+fn image(h: &Hostile, repo: &str, tag: &str) -> String {
+    let digest = h.put_image(repo, &format!("{repo}:{tag}"));
+    h.tag(repo, tag, &digest);
+    digest
+}
+
+/// Stores a `.sig` manifest for `subject` in `repo` listing `layers`.
+fn sign_with(h: &Hostile, repo: &str, subject: &str, layers: &[Value]) {
+    let sig = h.put_cosign(repo, layers);
+    h.tag(repo, &format!("sha256-{}.sig", &subject[7..]), &sig);
+}
+
+#[tokio::test]
+async fn a_retry_after_beyond_any_clock_is_a_rate_limit_denial_not_a_panic() {
+    let h = Hostile::start();
+    image(&h, "team/app", "v1");
+    h.set("/v2/team/app/manifests/v1", Answer::status(429).header("Retry-After", "18446744073709551615"));
+    let (hook, _keys) = webhook(&h, |c| c.registries.retries = 3).await;
+    let response = hook.review(&pod(&format!("{}/team/app:v1", h.addr))).await;
+    assert_eq!(response["allowed"], false, "{response}");
+    assert!(message(&response).contains("rate limiting"), "{response}");
+    assert_eq!(h.hits("/v2/team/app/manifests/v1"), 1, "a wait past the deadline is not waited for");
+    assert_eq!(hook.audit_records().len(), 1);
+}
+
+#[tokio::test]
+async fn a_blob_listed_64_times_is_fetched_once() {
+    let h = Hostile::start();
+    let subject = image(&h, "team/app", "v1");
+    let blob = vec![b'x'; 16 << 20];
+    let digest = h.put_blob("team/app", blob);
+    let layers: Vec<Value> = (0..64)
+        .map(|i| descriptor(SIMPLE_SIGNING, &digest, 16 << 20, Some(json!({SIG_ANNOTATION: format!("MEUC{i}")}))))
+        .collect();
+    sign_with(&h, "team/app", &subject, &layers);
+    let (hook, _keys) = webhook(&h, |_| {}).await;
+    let response = hook.review(&pod(&format!("{}/team/app:v1", h.addr))).await;
+    assert_eq!(response["allowed"], false, "{response}");
+    assert_eq!(h.hits(&format!("/v2/team/app/blobs/{digest}")), 1, "one fetch for 64 listings");
+}
+
+#[tokio::test]
+async fn distinct_blobs_beyond_the_image_budget_are_a_clear_denial() {
+    let h = Hostile::start();
+    let subject = image(&h, "team/app", "v1");
+    let digests: Vec<String> = (0..3u8).map(|i| h.put_blob("team/app", vec![b'a' + i; 16 << 20])).collect();
+    let layers: Vec<Value> = digests
+        .iter()
+        .map(|d| descriptor(SIMPLE_SIGNING, d, 16 << 20, Some(json!({SIG_ANNOTATION: "MEUC"}))))
+        .collect();
+    sign_with(&h, "team/app", &subject, &layers);
+    let (hook, _keys) = webhook(&h, |_| {}).await;
+    let response = hook.review(&pod(&format!("{}/team/app:v1", h.addr))).await;
+    assert_eq!(response["allowed"], false, "{response}");
+    let text = message(&response);
+    assert!(text.contains("registries.maxImageBytes"), "{text}");
+    for d in &digests {
+        assert_eq!(h.hits(&format!("/v2/team/app/blobs/{d}")), 0, "refused before any download");
+    }
+}
+
+#[tokio::test]
+async fn a_token_realm_on_another_host_is_refused() {
+    let h = Hostile::start();
+    let elsewhere = Hostile::start();
+    image(&h, "team/app", "v1");
+    h.challenge(Some(Challenge { realm: Some(elsewhere.own_realm()), ..Challenge::default() }));
+    let (hook, _keys) = webhook(&h, |_| {}).await;
+    let response = hook.review(&pod(&format!("{}/team/app:v1", h.addr))).await;
+    assert_eq!(response["allowed"], false, "{response}");
+    let text = message(&response);
+    assert!(text.contains("token realm") && text.contains(&elsewhere.addr), "{text}");
+    assert!(text.contains("tokenRealms"), "the denial says how to allow it: {text}");
+    assert_eq!(elsewhere.total(), 0, "the foreign realm is never contacted");
+}
+
+#[tokio::test]
+async fn a_huge_token_answer_is_cut_at_the_cap_and_never_quoted() {
+    let h = Hostile::start();
+    image(&h, "team/app", "v1");
+    image(&h, "team/app", "v2");
+    h.challenge(Some(Challenge::default()));
+    let secret = b"SECRET-BODY-TEXT ".to_vec();
+    h.set("/token", Answer::ok("application/json", Body::Repeat { pattern: secret.clone(), len: 600 << 20 }));
+    let (hook, _keys) = webhook(&h, |_| {}).await;
+    let response = hook.review(&pod(&format!("{}/team/app:v1", h.addr))).await;
+    assert_eq!(response["allowed"], false, "{response}");
+    let text = message(&response);
+    assert!(text.contains("token") && !text.contains("SECRET"), "{text}");
+    assert!(h.sent("/token") < 16 << 20, "read stopped at the cap: {} bytes sent", h.sent("/token"));
+    // A refusal's body is not quoted either.
+    h.set("/token", Answer { status: 403, body: Body::from("SECRET-BODY-TEXT in a refusal"), ..Answer::default() });
+    let response = hook.review(&pod(&format!("{}/team/app:v2", h.addr))).await;
+    assert_eq!(response["allowed"], false, "{response}");
+    let text = message(&response);
+    assert!(text.contains("403") && !text.contains("SECRET"), "{text}");
+}
+
+#[tokio::test]
+async fn a_token_is_reused_only_for_the_lifetime_it_was_given() {
+    let h = Hostile::start();
+    image(&h, "team/app", "v1");
+    image(&h, "team/app", "v2");
+    h.challenge(Some(Challenge::default()));
+    h.set("/token", Answer::ok("application/json", r#"{"token": "hostile-token", "expires_in": 1}"#));
+    let (hook, _keys) = webhook(&h, |_| {}).await;
+    let response = hook.review(&pod(&format!("{}/team/app:v1", h.addr))).await;
+    assert!(message(&response).contains("no signature"), "{response}");
+    assert_eq!(h.hits("/token"), 1);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let response = hook.review(&pod(&format!("{}/team/app:v2", h.addr))).await;
+    assert!(message(&response).contains("no signature"), "{response}");
+    assert_eq!(h.hits("/token"), 2, "the expired token was not reused");
 }

@@ -9,7 +9,7 @@
 //! once; the server stops when dropped.
 
 use std::collections::HashMap;
-use std::io::Write as _;
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -18,6 +18,7 @@ use std::time::Duration;
 use provgate::registry::HostConfig;
 use sha2::Digest as _;
 
+use super::Tls;
 use super::canned::read_head;
 
 /// Connections served at once; further connections wait in the listen backlog.
@@ -136,6 +137,9 @@ struct State {
 /// A hostile registry on a loopback port; see the module documentation.
 pub struct Hostile {
     pub addr: String,
+    /// The serving certificate's CA when the server speaks TLS.
+    pub tls: Option<Tls>,
+    _dir: Option<tempfile::TempDir>,
     state: Arc<Mutex<State>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -147,14 +151,31 @@ pub fn sha256_digest(bytes: &[u8]) -> String {
 }
 
 impl Hostile {
+    /// Plain HTTP.
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// HTTPS with a certificate for 127.0.0.1 from a fresh CA (`tls.ca_pem`).
+    pub fn start_tls() -> Self {
+        let dir = tempfile::TempDir::new().unwrap();
+        let tls = Tls::new(dir.path());
+        let mut h = Self::start_with(Some(&tls));
+        h.tls = Some(tls);
+        h._dir = Some(dir);
+        h
+    }
+
+    fn start_with(tls: Option<&Tls>) -> Self {
+        let acceptor = tls.map(server_config);
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let state = Arc::new(Mutex::new(State::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let live = Arc::new(AtomicUsize::new(0));
-        let (st, sp, own) = (state.clone(), stop.clone(), addr.clone());
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let (st, sp, own) = (state.clone(), stop.clone(), format!("{scheme}://{addr}"));
         let thread = std::thread::spawn(move || {
             while !sp.load(Ordering::SeqCst) {
                 if live.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
@@ -166,14 +187,22 @@ impl Hostile {
                     continue;
                 };
                 live.fetch_add(1, Ordering::SeqCst);
-                let (st, sp, live, own) = (st.clone(), sp.clone(), live.clone(), own.clone());
+                let (st, sp, live, own, acceptor) =
+                    (st.clone(), sp.clone(), live.clone(), own.clone(), acceptor.clone());
                 std::thread::spawn(move || {
-                    serve(conn, &st, &sp, &own);
+                    let _ = conn.set_nonblocking(false);
+                    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+                    let _ = conn.set_write_timeout(Some(Duration::from_secs(5)));
+                    match acceptor.map(rustls::ServerConnection::new) {
+                        None => serve(conn, &st, &sp, &own),
+                        Some(Ok(session)) => serve(rustls::StreamOwned::new(session, conn), &st, &sp, &own),
+                        Some(Err(_)) => {}
+                    }
                     live.fetch_sub(1, Ordering::SeqCst);
                 });
             }
         });
-        Self { addr, state, stop, thread: Some(thread) }
+        Self { addr, tls: None, _dir: None, state, stop, thread: Some(thread) }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -221,9 +250,13 @@ impl Hostile {
         self.state().challenge = challenge;
     }
 
-    /// `http://<addr>/token`, the realm this server answers itself.
+    /// `http(s)://<addr>/token`, the realm this server answers itself.
     pub fn own_realm(&self) -> String {
-        format!("http://{}/token", self.addr)
+        format!("{}://{}/token", self.scheme(), self.addr)
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
     }
 
     /// Requests whose target (path and query) or path alone is `target`.
@@ -272,9 +305,12 @@ impl Hostile {
         self.put_manifest(repo, manifest, super::OCI_MANIFEST)
     }
 
-    /// The provgate host settings that reach this server (plain HTTP).
+    /// The provgate host settings that reach this server (plain HTTP, or TLS trusting its CA).
     pub fn host_config(&self) -> HostConfig {
-        HostConfig { insecure: true, ..HostConfig::default() }
+        match &self.tls {
+            None => HostConfig { insecure: true, ..HostConfig::default() },
+            Some(tls) => HostConfig { ca_bundle: Some(tls.ca_pem.clone()), ..HostConfig::default() },
+        }
     }
 }
 
@@ -305,10 +341,25 @@ fn path_of(target: &str) -> &str {
     target.split_once('?').map_or(target, |(p, _)| p)
 }
 
-fn serve(mut conn: TcpStream, state: &Mutex<State>, stop: &AtomicBool, own: &str) {
-    let _ = conn.set_nonblocking(false);
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
-    let _ = conn.set_write_timeout(Some(Duration::from_secs(5)));
+/// A rustls server configuration serving `tls`'s certificate.
+pub fn server_config(tls: &Tls) -> Arc<rustls::ServerConfig> {
+    let certs: Vec<_> = rustls_pemfile::certs(&mut std::io::BufReader::new(std::fs::File::open(&tls.cert).unwrap()))
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(std::fs::File::open(&tls.key).unwrap()))
+        .unwrap()
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    Arc::new(config)
+}
+
+fn serve(mut conn: impl Read + Write, state: &Mutex<State>, stop: &AtomicBool, own: &str) {
     let Some(head) = read_head(&mut conn) else { return };
     let mut words = head.split_whitespace();
     let method = words.next().unwrap_or_default().to_owned();
@@ -368,6 +419,7 @@ fn serve(mut conn: TcpStream, state: &Mutex<State>, stop: &AtomicBool, own: &str
             }
         }
     }
+    let _ = conn.flush();
     *state.lock().unwrap().sent.entry(target).or_insert(0) += written;
 }
 
@@ -384,7 +436,7 @@ fn answer(s: &State, target: &str, authorization: Option<&str>, own: &str) -> An
         }
         let expected = format!("Bearer {}", c.token);
         if path.starts_with("/v2/") && authorization != Some(expected.as_str()) {
-            let realm = c.realm.clone().unwrap_or_else(|| format!("http://{own}/token"));
+            let realm = c.realm.clone().unwrap_or_else(|| format!("{own}/token"));
             let scope = repo_of(path).map(|r| format!(",scope=\"repository:{r}:pull\"")).unwrap_or_default();
             let value = format!("Bearer realm=\"{realm}\",service=\"{}\"{scope}", c.service);
             return Answer::status(401).header("WWW-Authenticate", &value);
