@@ -383,6 +383,14 @@ async fn tls_with_bearer_tokens_keeps_credentials_per_identity() {
     assert!(seen.iter().any(|u| u == "alice") && seen.iter().any(|u| u == "bob"), "{seen:?}");
     let wrong = Credentials::basic("alice", "nope");
     assert_eq!(r.resolve(&img, &wrong, &r.budget(), soon(10)).await.unwrap_err().code(), "registry-unauthorized");
+
+    // The token server listens on another port: without it in tokenRealms, its realm is refused, uncontacted.
+    let asked = reg.tokens.as_ref().unwrap().users_seen().len();
+    let unlisted = client(&[(&reg.addr, HostConfig { token_realms: vec![], ..reg.host_config() })], |_| {});
+    let err = unlisted.resolve(&img, &alice, &unlisted.budget(), soon(10)).await.unwrap_err();
+    assert_eq!(err.code(), "registry-token-realm", "{err}");
+    assert!(err.to_string().contains("tokenRealms"), "{err}");
+    assert_eq!(reg.tokens.as_ref().unwrap().users_seen().len(), asked);
 }
 
 // ---------------------------------------------------------------- faults, each its own error within the deadline

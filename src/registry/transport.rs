@@ -477,6 +477,22 @@ mod tests {
         assert_eq!(retry_after("soon"), None);
     }
 
+    #[tokio::test]
+    async fn the_auth_cache_is_bounded_and_entries_expire_with_their_token() {
+        let cfg = RegistryConfig::default();
+        let s = Session::new("r.example", &HostTransport::default(), Credentials::Anonymous, &cfg).unwrap();
+        for i in 0..AUTH_ENTRIES * 4 {
+            s.auth.insert(format!("team/repo{i}"), Authz { header: None, lifetime: AUTH_TTL }).await;
+        }
+        s.auth.run_pending_tasks().await;
+        assert!(s.auth.entry_count() <= AUTH_ENTRIES, "{}", s.auth.entry_count());
+        let short = Authz { header: None, lifetime: Duration::from_millis(100) };
+        s.auth.insert("team/short".to_owned(), short).await;
+        assert!(s.auth.get("team/short").await.is_some());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert!(s.auth.get("team/short").await.is_none(), "gone with its token");
+    }
+
     #[test]
     fn waits_too_long_for_the_clock_never_fit() {
         let deadline = Instant::now() + Duration::from_secs(5);

@@ -73,6 +73,8 @@ pub struct Answer {
     pub stall: bool,
     /// Wait this long before answering.
     pub delay: Duration,
+    /// Wait this long between the head and the body.
+    pub body_delay: Duration,
     /// Omit `Content-Length`: the body ends when the connection closes.
     pub no_length: bool,
 }
@@ -93,6 +95,10 @@ impl Answer {
     }
     pub fn delay(mut self, d: Duration) -> Self {
         self.delay = d;
+        self
+    }
+    pub fn body_delay(mut self, d: Duration) -> Self {
+        self.body_delay = d;
         self
     }
     pub fn no_length(mut self) -> Self {
@@ -373,12 +379,8 @@ fn serve(mut conn: impl Read + Write, state: &Mutex<State>, stop: &AtomicBool, o
         s.seen.push(target.clone());
         answer(&s, &target, authorization.as_deref(), own)
     };
-    let wait_until = std::time::Instant::now() + if answer.stall { Duration::from_secs(3600) } else { answer.delay };
-    while std::time::Instant::now() < wait_until {
-        if stop.load(Ordering::SeqCst) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    if !pause(if answer.stall { Duration::from_secs(3600) } else { answer.delay }, stop) {
+        return;
     }
     let mut out = format!("HTTP/1.1 {} X\r\nConnection: close\r\n", answer.status);
     if !answer.no_length {
@@ -388,7 +390,10 @@ fn serve(mut conn: impl Read + Write, state: &Mutex<State>, stop: &AtomicBool, o
         out.push_str(&format!("{k}: {v}\r\n"));
     }
     out.push_str("\r\n");
-    if conn.write_all(out.as_bytes()).is_err() || method == "HEAD" {
+    if conn.write_all(out.as_bytes()).is_err() || conn.flush().is_err() || method == "HEAD" {
+        return;
+    }
+    if !pause(answer.body_delay, stop) {
         return;
     }
     let mut written = 0u64;
@@ -421,6 +426,18 @@ fn serve(mut conn: impl Read + Write, state: &Mutex<State>, stop: &AtomicBool, o
     }
     let _ = conn.flush();
     *state.lock().unwrap().sent.entry(target).or_insert(0) += written;
+}
+
+/// Sleeps `d` unless the server stops first; false when it stopped.
+fn pause(d: Duration, stop: &AtomicBool) -> bool {
+    let until = std::time::Instant::now() + d;
+    while std::time::Instant::now() < until {
+        if stop.load(Ordering::SeqCst) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
 }
 
 /// What the store (or an override, or the challenge) answers to `target`.
