@@ -241,7 +241,7 @@ impl Session {
             return Ok(reply(Vec::new()));
         }
         if !status.is_success() {
-            let read = self.read_body(&mut resp, ERROR_BODY_CAP, what, |_| None);
+            let read = self.read_body(&mut resp, ERROR_BODY_CAP, 0, what, |_| None);
             let body = tokio::time::timeout(self.time_left(what, deadline)?, read)
                 .await
                 .map_err(|_| self.timed_out(what))??;
@@ -255,22 +255,24 @@ impl Session {
         let reservation = budget.reserve(room, &self.host, what, deadline).await?;
         let past =
             |_: usize| Some(if room == cap { self.too_large(what, cap) } else { budget.exceeded(&self.host, what) });
-        let read = self.read_body(&mut resp, room, what, past);
+        let read = self.read_body(&mut resp, room, declared.unwrap_or(0), what, past);
         let body =
             tokio::time::timeout(self.time_left(what, deadline)?, read).await.map_err(|_| self.timed_out(what))??;
         reservation.settle(body.len() as u64);
         Ok(reply(body))
     }
 
-    /// The body, at most `limit` bytes. Past the limit: the error `past` gives, or (for `None`) the body so far.
+    /// The body, at most `limit` bytes, in one allocation of `declared` bytes when its length was declared. Past the
+    /// limit: the error `past` gives, or (for `None`) the body so far.
     async fn read_body(
         &self,
         resp: &mut reqwest::Response,
         limit: u64,
+        declared: u64,
         what: &str,
         past: impl Fn(usize) -> Option<RegistryError>,
     ) -> Result<Vec<u8>, RegistryError> {
-        let mut body = Vec::with_capacity(usize::try_from(limit.min(1 << 20)).unwrap_or(0));
+        let mut body = Vec::with_capacity(usize::try_from(declared.min(limit)).unwrap_or(0));
         while let Some(chunk) = resp.chunk().await.map_err(|e| self.transport_error(&e, what))? {
             if (body.len() + chunk.len()) as u64 > limit {
                 return match past(body.len() + chunk.len()) {
@@ -313,7 +315,8 @@ impl Session {
                 match challenge {
                     Some(Challenge::Bearer { realm, service, scope }) => {
                         let scope = scope.unwrap_or_else(|| format!("repository:{repo}:pull"));
-                        let token = self.token(repo, &realm, service.as_deref(), &scope, what, deadline).await?;
+                        let token = self.token(repo, &realm, service.as_deref(), &scope, what, deadline).await;
+                        let token = token.inspect_err(|_| self.forget_challenge())?;
                         Authz { header: Some(token.header), lifetime: token.lifetime.min(AUTH_TTL) }
                     }
                     Some(Challenge::Basic) | None => {
@@ -347,6 +350,13 @@ impl Session {
             *cached = Some((challenge.clone(), Instant::now() + AUTH_TTL));
         }
         Ok(challenge)
+    }
+
+    /// Asks `/v2/` again next time (after a failed token request the challenge may have changed).
+    fn forget_challenge(&self) {
+        if let Ok(mut cached) = self.challenge.lock() {
+            *cached = None;
+        }
     }
 
     async fn token(
