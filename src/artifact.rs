@@ -1,7 +1,9 @@
 //! What a registry holds next to an image, as data: digest-checked layers of cosign `.sig`/`.att` manifests and
 //! Sigstore bundles found through referrers. `registry` produces these; `verify` judges them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+
+use bytes::Bytes;
 
 use crate::images::Digest;
 
@@ -22,7 +24,8 @@ pub struct Layer {
     pub origin: Origin,
     pub media_type: String,
     pub digest: Digest,
-    pub data: Vec<u8>,
+    /// The blob's bytes, shared (not copied) by every layer that lists the same digest.
+    pub data: Bytes,
     /// Layer descriptor annotations (for referrers, merged with the manifest's annotations).
     pub annotations: BTreeMap<String, String>,
 }
@@ -42,6 +45,33 @@ impl Artifacts {
     pub fn is_empty(&self) -> bool {
         self.signatures.is_empty() && self.attestations.is_empty() && self.bundles.is_empty()
     }
+
+    /// Every layer, signatures first.
+    pub fn layers(&self) -> impl Iterator<Item = &Layer> {
+        self.signatures.iter().chain(&self.attestations).chain(&self.bundles)
+    }
+
+    /// Bytes held: each distinct blob once (layers listing the same digest share it), plus every layer's media type
+    /// and annotations. For weighing cache entries.
+    pub fn bytes(&self) -> u64 {
+        let mut seen = HashSet::new();
+        let mut total = 0u64;
+        for layer in self.layers() {
+            if seen.insert(&layer.digest) {
+                total = total.saturating_add(layer.data.len() as u64);
+            }
+            total = total.saturating_add(layer.overhead());
+        }
+        total
+    }
+}
+
+impl Layer {
+    /// Bytes this layer holds besides its blob: media type, annotations and a fixed allowance for the struct.
+    pub fn overhead(&self) -> u64 {
+        let annotations: usize = self.annotations.iter().map(|(k, v)| k.len() + v.len() + 64).sum();
+        (self.media_type.len() + annotations + 256) as u64
+    }
 }
 
 /// Media types the verifier understands.
@@ -51,4 +81,27 @@ pub mod media_type {
     pub const BUNDLE_V03: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
     /// Older bundle media types, `application/vnd.dev.sigstore.bundle+json;version=0.x`.
     pub const BUNDLE_PREFIX: &str = "application/vnd.dev.sigstore.bundle";
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_counts_a_shared_blob_once() {
+        let data = Bytes::from(vec![0u8; 1000]);
+        let layer = |sig: &str| Layer {
+            origin: Origin::SigTag,
+            media_type: media_type::SIMPLE_SIGNING.into(),
+            digest: Digest::sha256_of(&data),
+            data: data.clone(),
+            annotations: BTreeMap::from([("sig".to_owned(), sig.to_owned())]),
+        };
+        let one = Artifacts { signatures: vec![layer("a")], ..Artifacts::default() };
+        let many = Artifacts { signatures: (0..64).map(|i| layer(&i.to_string())).collect(), ..Artifacts::default() };
+        assert!(one.bytes() > 1000 && one.bytes() < 1500, "{}", one.bytes());
+        assert!(many.bytes() < 1000 + 64 * 500, "{}", many.bytes());
+        assert_eq!(Artifacts::default().bytes(), 0);
+    }
 }

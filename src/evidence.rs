@@ -21,12 +21,14 @@ use crate::policy::Policy;
 use crate::policy::authority::AuthoritySource;
 use crate::policy::require::Platforms;
 use crate::reason::Reason;
-use crate::registry::{Credentials, Keychain, Registry, RegistryError, Resolved};
+use crate::registry::{Budget, Credentials, Head, Keychain, Registry, RegistryError, Resolved};
 use crate::verify::{self, AttestationCheck, Authority, SignatureCheck};
 
 /// What one authority verified of one manifest digest.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Verification {
+    /// Bytes of the artifacts it was computed from: its weight in the cache (what verified is a part of them).
+    pub bytes: u64,
     pub signatures: SignatureCheck,
     /// Statements whose subject is the digest or, for an index, one of its platform manifests (each statement's
     /// `matched` says which; `decide` counts the latter only when the index itself verified).
@@ -39,6 +41,7 @@ impl Verification {
         let authorities = std::slice::from_ref(authority);
         let acceptable: Vec<Digest> = std::iter::once(digest.clone()).chain(platforms.iter().cloned()).collect();
         Self {
+            bytes: artifacts.bytes(),
             signatures: verify::signatures(artifacts, digest, authorities),
             attestations: verify::attestations(artifacts, &acceptable, authorities),
         }
@@ -79,14 +82,19 @@ pub type Authorities = HashMap<(String, String), Result<Arc<Authority>, Reason>>
 pub struct Gathered {
     pub images: HashMap<ImageRef, Result<Arc<ImageEvidence>, Reason>>,
     pub authorities: Authorities,
+    /// The registry bytes this review read: held until the decision is made, so they count against the
+    /// process-wide budget for as long as the review holds them.
+    pub bytes: Option<Budget>,
 }
 
 /// Cache sizes and lifetimes (config `cache:`).
 #[derive(Debug, Clone, Copy, serde::Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct CacheConfig {
-    /// Entries per cache (manifests by digest; artifact sets).
+    /// Manifests by digest kept (an index counts once per platform it lists).
     pub max_entries: u64,
+    /// Bytes of artifacts kept, and (weighed by the same bytes) of what was verified of them.
+    pub max_artifact_bytes: u64,
     /// How long the artifacts found for a digest are reused.
     #[serde(with = "humantime_serde")]
     pub artifacts_ttl: Duration,
@@ -102,6 +110,7 @@ impl Default for CacheConfig {
     fn default() -> Self {
         Self {
             max_entries: 10_000,
+            max_artifact_bytes: 32 << 20,
             artifacts_ttl: Duration::from_secs(300),
             max_concurrent_fetches: 64,
             max_review_fetches: 16,
@@ -121,7 +130,7 @@ pub struct Gatherer {
     manifests: moka::future::Cache<(String, String), Arc<Resolved>>,
     /// Tags in flight: a tag is resolved at every review (it may point elsewhere now), concurrent reviews of the
     /// same tag sharing one request.
-    tags: Flights<(String, String), Result<Arc<Resolved>, RegistryError>>,
+    tags: Flights<(String, String), Result<Head, RegistryError>>,
     /// (repository, digest, credentials identity) -> its artifacts.
     artifacts: moka::future::Cache<(String, Digest, String), Arc<Artifacts>>,
     /// (repository, digest, credentials identity, authority cache key) -> what that authority verified of them.
@@ -132,11 +141,21 @@ pub struct Gatherer {
 
 impl Gatherer {
     pub fn new(registry: Arc<dyn Registry>, keys: KeyStore, cache: CacheConfig) -> Self {
-        let manifests = moka::future::Cache::builder().max_capacity(cache.max_entries).build();
-        let artifacts =
-            moka::future::Cache::builder().max_capacity(cache.max_entries).time_to_live(cache.artifacts_ttl).build();
-        let verifications =
-            moka::future::Cache::builder().max_capacity(cache.max_entries).time_to_live(cache.artifacts_ttl).build();
+        let weight = |n: u64| u32::try_from(n).unwrap_or(u32::MAX).max(1);
+        let manifests = moka::future::Cache::builder()
+            .max_capacity(cache.max_entries)
+            .weigher(move |_, m: &Arc<Resolved>| weight(1 + m.platforms.len() as u64))
+            .build();
+        let artifacts = moka::future::Cache::builder()
+            .max_capacity(cache.max_artifact_bytes)
+            .weigher(move |_, a: &Arc<Artifacts>| weight(a.bytes()))
+            .time_to_live(cache.artifacts_ttl)
+            .build();
+        let verifications = moka::future::Cache::builder()
+            .max_capacity(cache.max_artifact_bytes)
+            .weigher(move |_, v: &Arc<Verification>| weight(v.bytes))
+            .time_to_live(cache.artifacts_ttl)
+            .build();
         let fetching = tokio::sync::Semaphore::new(cache.max_concurrent_fetches.max(1));
         let tags = Flights::default();
         Self { registry, keys, config: cache, manifests, tags, artifacts, verifications, fetching }
@@ -157,6 +176,7 @@ impl Gatherer {
             }
         }
         let review = tokio::sync::Semaphore::new(self.config.max_review_fetches.max(1));
+        let bytes = self.registry.budget();
         let jobs = plan.to_gather().into_iter().map(|(image, needing)| {
             let of = |p: &&Arc<Policy>| -> Vec<Authority> {
                 p.authorities
@@ -180,11 +200,11 @@ impl Gatherer {
                 .map(|a| a.cache_key())
                 .collect();
             let creds = keychain.for_host(image.registry());
-            let review = &review;
+            let (review, bytes) = (&review, &bytes);
             async move {
                 let work = async {
                     let _slot = review.acquire().await.map_err(|_| shutting_down())?;
-                    self.image(image, &creds, &all, &every_platform, deadline).await
+                    self.image(image, &creds, &all, &every_platform, bytes, deadline).await
                 };
                 let result = match tokio::time::timeout_at(deadline, work).await {
                     Ok(result) => result.map(Arc::new),
@@ -194,14 +214,14 @@ impl Gatherer {
             }
         });
         let images = join_all(jobs).await.into_iter().collect();
-        Gathered { images, authorities }
+        Gathered { images, authorities, bytes: Some(bytes) }
     }
 
     /// The registry data of one image (digest, platforms, artifacts), as `gather` would fetch it (cached).
     pub async fn inspect(&self, image: &ImageRef, deadline: Instant) -> Result<Inspected, Reason> {
-        let creds = Credentials::Anonymous;
-        let resolved = self.resolve(image, &creds, deadline).await?;
-        let artifacts = self.artifacts_of(image, &resolved.digest, &creds, deadline).await?;
+        let (creds, bytes) = (Credentials::Anonymous, self.registry.budget());
+        let resolved = self.resolve(image, &creds, &bytes, deadline).await?;
+        let artifacts = self.artifacts_of(image, &resolved.digest, &creds, &bytes, deadline).await?;
         Ok(Inspected { digest: resolved.digest.clone(), platforms: platforms_of(&resolved), artifacts })
     }
 
@@ -216,19 +236,35 @@ impl Gatherer {
         }
     }
 
-    /// What `image` names now: a digest reference from the cache (content never changes), a tag from the registry
-    /// at every review.
-    async fn resolve(&self, image: &ImageRef, creds: &Credentials, deadline: Instant) -> Result<Arc<Resolved>, Reason> {
-        let key = (image.to_string(), creds.fingerprint());
-        let registry = self.registry.clone();
-        let (owned, creds) = (image.clone(), creds.clone());
-        let fetch = async move { registry.resolve(&owned, &creds, deadline).await.map(Arc::new) };
-        let answer = if image.digest().is_some() {
-            self.manifests.try_get_with(key, fetch).await.map_err(|e| RegistryError::clone(&e))
-        } else {
-            self.tags.run(key, deadline, || fetch).await
-        };
-        answer.map_err(|e| registry_reason(image, &e))
+    /// What `image` names now: a tag is asked at every review (reviews of the same tag at the same moment share
+    /// one request); what a digest names is read once and cached, since it cannot change.
+    async fn resolve(
+        &self,
+        image: &ImageRef,
+        creds: &Credentials,
+        bytes: &Budget,
+        deadline: Instant,
+    ) -> Result<Arc<Resolved>, Reason> {
+        let identity = creds.fingerprint();
+        let head = {
+            let registry = self.registry.clone();
+            let (owned, creds, bytes) = (image.clone(), creds.clone(), bytes.clone());
+            let ask = async move { registry.head(&owned, &creds, &bytes, deadline).await };
+            self.tags.run((image.to_string(), identity.clone()), deadline, || ask).await
+        }
+        .map_err(|e| registry_reason(image, &e))?;
+        if !head.needs_manifest()
+            && let Some(media_type) = head.media_type
+        {
+            return Ok(Arc::new(Resolved { digest: head.digest, media_type, platforms: Vec::new() }));
+        }
+        let key = (format!("{}@{}", image.name(), head.digest), identity);
+        self.manifests
+            .try_get_with(key, async {
+                self.registry.manifest(image, &head.digest, creds, bytes, deadline).await.map(Arc::new)
+            })
+            .await
+            .map_err(|e| registry_reason(image, &e))
     }
 
     async fn artifacts_of(
@@ -236,11 +272,14 @@ impl Gatherer {
         image: &ImageRef,
         digest: &Digest,
         creds: &Credentials,
+        bytes: &Budget,
         deadline: Instant,
     ) -> Result<Arc<Artifacts>, Reason> {
         let key = (image.name(), digest.clone(), creds.fingerprint());
         self.artifacts
-            .try_get_with(key, async { self.registry.artifacts(image, digest, creds, deadline).await.map(Arc::new) })
+            .try_get_with(key, async {
+                self.registry.artifacts(image, digest, creds, bytes, deadline).await.map(Arc::new)
+            })
             .await
             .map_err(|e| registry_reason(image, &e))
     }
@@ -299,13 +338,14 @@ impl Gatherer {
         creds: &Credentials,
         authorities: &[Authority],
         every_platform: &[String],
+        bytes: &Budget,
         deadline: Instant,
     ) -> Result<ImageEvidence, Reason> {
         let _permit = self.fetching.acquire().await.map_err(|_| shutting_down())?;
-        let resolved = self.resolve(image, creds, deadline).await?;
+        let resolved = self.resolve(image, creds, bytes, deadline).await?;
         let digest = resolved.digest.clone();
         let platforms = platforms_of(&resolved);
-        let artifacts = self.artifacts_of(image, &digest, creds, deadline).await?;
+        let artifacts = self.artifacts_of(image, &digest, creds, bytes, deadline).await?;
         let verified = self.verify_all(image, &digest, &platforms, &artifacts, creds, authorities).await?;
         let index_vouched =
             every_platform.iter().any(|key| verified.get(key).is_some_and(|v| !v.signatures.verified.is_empty()));
@@ -316,7 +356,7 @@ impl Gatherer {
                 return Err(Reason::TooManyPlatforms { image: image.to_string(), count, max });
             }
             let fetches = platforms.iter().cloned().map(|d| async move {
-                let found = self.artifacts_of(image, &d, creds, deadline).await?;
+                let found = self.artifacts_of(image, &d, creds, bytes, deadline).await?;
                 let checks = self.verify_all(image, &d, &[], &found, creds, authorities).await?;
                 Ok::<_, Reason>((d, checks))
             });

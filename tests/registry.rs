@@ -121,10 +121,11 @@ async fn plain_http_tags_indexes_docker_lists_cosign_tags_and_tag_schema_referre
 
     // One client, used concurrently through &self.
     let refs = ["app", "multi", "dlist"].map(|n| image(&format!("{a}/team/{n}:v1")));
+    let bytes = r.budget();
     let (single, multi, dlist) = futures::join!(
-        r.resolve(&refs[0], &anon, soon(10)),
-        r.resolve(&refs[1], &anon, soon(10)),
-        r.resolve(&refs[2], &anon, soon(10)),
+        r.resolve(&refs[0], &anon, &bytes, soon(10)),
+        r.resolve(&refs[1], &anon, &bytes, soon(10)),
+        r.resolve(&refs[2], &anon, &bytes, soon(10)),
     );
     let single = single.unwrap();
     assert_eq!(single.digest, digest(&f.single));
@@ -140,21 +141,29 @@ async fn plain_http_tags_indexes_docker_lists_cosign_tags_and_tag_schema_referre
     assert_eq!(dlist.platforms, vec![platform(&damd, "amd64", None), platform(&darm, "arm", Some("v7"))]);
 
     // By digest: confirmed against the bytes.
-    let by_digest = r.resolve(&image(&format!("{a}/team/multi@{}", index.digest)), &anon, soon(10)).await.unwrap();
+    let by_digest =
+        r.resolve(&image(&format!("{a}/team/multi@{}", index.digest)), &anon, &r.budget(), soon(10)).await.unwrap();
     assert_eq!(by_digest, multi);
-    let child = r.resolve(&image(&format!("{a}/team/multi@{}", arm.digest)), &anon, soon(10)).await.unwrap();
+    let child =
+        r.resolve(&image(&format!("{a}/team/multi@{}", arm.digest)), &anon, &r.budget(), soon(10)).await.unwrap();
     assert_eq!(child.digest, digest(&arm));
     assert!(child.platforms.is_empty());
 
     // Missing things are NotFound, naming what is missing.
-    let err = r.resolve(&image(&format!("{a}/team/app:nope")), &anon, soon(10)).await.unwrap_err();
+    let err = r.resolve(&image(&format!("{a}/team/app:nope")), &anon, &r.budget(), soon(10)).await.unwrap_err();
     assert_eq!(err.code(), "registry-not-found", "{err}");
     assert!(err.to_string().contains("team/app:nope"), "{err}");
     let missing = format!("{a}/team/app@sha256:{}", "0".repeat(64));
-    assert!(matches!(r.resolve(&image(&missing), &anon, soon(10)).await, Err(RegistryError::NotFound { .. })));
+    assert!(matches!(
+        r.resolve(&image(&missing), &anon, &r.budget(), soon(10)).await,
+        Err(RegistryError::NotFound { .. })
+    ));
 
     // Cosign tags and the referrers tag schema (docker-registry has no referrers API).
-    let art = r.artifacts(&image(&format!("{a}/team/app:v1")), &digest(&f.single), &anon, soon(10)).await.unwrap();
+    let art = r
+        .artifacts(&image(&format!("{a}/team/app:v1")), &digest(&f.single), &anon, &r.budget(), soon(10))
+        .await
+        .unwrap();
     assert_eq!(art.signatures.len(), 1);
     assert_eq!(art.signatures[0].data, f.payload);
     assert_eq!(art.signatures[0].origin, Origin::SigTag);
@@ -163,7 +172,7 @@ async fn plain_http_tags_indexes_docker_lists_cosign_tags_and_tag_schema_referre
     assert_eq!(art.attestations[0].data, f.envelope);
     assert_eq!(art.attestations[0].origin, Origin::AttTag);
     assert_eq!(art.attestations[0].annotations["predicateType"], "https://slsa.dev/provenance/v1");
-    let mut bundles: Vec<_> = art.bundles.iter().map(|l| (l.data.clone(), l.origin.clone())).collect();
+    let mut bundles: Vec<_> = art.bundles.iter().map(|l| (l.data.to_vec(), l.origin.clone())).collect();
     bundles.sort_by(|x, y| x.0.cmp(&y.0));
     let mut want = vec![
         (f.bundle_new.clone(), Origin::Referrer { manifest: digest(&f.r_new), artifact_type: Some(OCI_EMPTY.into()) }),
@@ -181,13 +190,16 @@ async fn plain_http_tags_indexes_docker_lists_cosign_tags_and_tag_schema_referre
     assert_eq!(new.annotations["org.example.note"], "new", "manifest annotations reach the layer");
 
     // Nothing stored for the index: empty, not an error.
-    let none = r.artifacts(&image(&format!("{a}/team/multi:v1")), &digest(&index), &anon, soon(10)).await.unwrap();
+    let none = r
+        .artifacts(&image(&format!("{a}/team/multi:v1")), &digest(&index), &anon, &r.budget(), soon(10))
+        .await
+        .unwrap();
     assert!(none.is_empty());
 
     // Plain HTTP only for hosts the config lists: without the entry the client speaks TLS and fails.
     let strict = client(&[], |_| {});
     let started = std::time::Instant::now();
-    let err = strict.resolve(&image(&format!("{a}/team/app:v1")), &anon, soon(5)).await.unwrap_err();
+    let err = strict.resolve(&image(&format!("{a}/team/app:v1")), &anon, &strict.budget(), soon(5)).await.unwrap_err();
     assert_eq!(err.code(), "registry-unreachable", "{err}");
     assert!(started.elapsed() < Duration::from_secs(5));
 }
@@ -202,9 +214,9 @@ async fn referrers_api_on_ferro() {
     }
     let r = client(&[(&ferro.addr, HostConfig { insecure: true, ..HostConfig::default() })], |_| {});
     let img = image(&format!("{}/team/app:v1", ferro.addr));
-    let resolved = r.resolve(&img, &Credentials::Anonymous, soon(10)).await.unwrap();
+    let resolved = r.resolve(&img, &Credentials::Anonymous, &r.budget(), soon(10)).await.unwrap();
     assert_eq!(resolved.digest, digest(&f.single));
-    let art = r.artifacts(&img, &resolved.digest, &Credentials::Anonymous, soon(10)).await.unwrap();
+    let art = r.artifacts(&img, &resolved.digest, &Credentials::Anonymous, &r.budget(), soon(10)).await.unwrap();
     assert!(art.signatures.is_empty() && art.attestations.is_empty(), "no .sig/.att pushed: none, not an error");
     let mut got: Vec<_> = art.bundles.iter().map(|l| l.data.clone()).collect();
     got.sort();
@@ -262,7 +274,7 @@ async fn referrers_pages_are_followed_through_link_headers() {
     let server = CannedServer::start(routes);
     let r = client(&[(&server.addr, server.host_config())], |_| {});
     let img = image(&format!("{}/team/app:v1", server.addr));
-    let art = r.artifacts(&img, &digest(&subject), &Credentials::Anonymous, soon(10)).await.unwrap();
+    let art = r.artifacts(&img, &digest(&subject), &Credentials::Anonymous, &r.budget(), soon(10)).await.unwrap();
     let mut got: Vec<_> = art.bundles.iter().map(|l| l.data.clone()).collect();
     got.sort();
     let mut want = vec![b1, b2];
@@ -271,7 +283,8 @@ async fn referrers_pages_are_followed_through_link_headers() {
     assert_eq!(server.hits(&second), 1, "the second page was fetched once");
     assert_eq!(server.hits(&format!("/v2/team/app/blobs/{}", layer3.digest)), 0, "the stranger's layer is not read");
     let evil_img = image(&format!("{}/team/evil:v1", server.addr));
-    let err = r.artifacts(&evil_img, &digest(&subject), &Credentials::Anonymous, soon(10)).await.unwrap_err();
+    let err =
+        r.artifacts(&evil_img, &digest(&subject), &Credentials::Anonymous, &r.budget(), soon(10)).await.unwrap_err();
     assert_eq!(err.code(), "registry-malformed", "{err}");
 }
 
@@ -293,14 +306,14 @@ async fn tls_with_basic_auth_and_credentials_from_dockerconfigjson() {
     let keychain = Keychain::from_docker_config(&docker_config(&a, "alice", "wonderland")).unwrap();
     let alice = keychain.for_host(&a);
     assert_eq!(alice, Credentials::basic("alice", "wonderland"));
-    let resolved = r.resolve(&img, &alice, soon(10)).await.unwrap();
+    let resolved = r.resolve(&img, &alice, &r.budget(), soon(10)).await.unwrap();
     assert_eq!(resolved.digest, digest(&f.single));
-    let art = r.artifacts(&img, &resolved.digest, &alice, soon(10)).await.unwrap();
+    let art = r.artifacts(&img, &resolved.digest, &alice, &r.budget(), soon(10)).await.unwrap();
     assert_eq!(art.signatures.len(), 1);
     assert_eq!(art.signatures[0].data, f.payload);
 
     for creds in [Credentials::basic("alice", "wrong"), Credentials::Anonymous] {
-        let err = r.resolve(&img, &creds, soon(10)).await.unwrap_err();
+        let err = r.resolve(&img, &creds, &r.budget(), soon(10)).await.unwrap_err();
         assert_eq!(err.code(), "registry-unauthorized", "{creds:?}: {err}");
         assert!(err.to_string().contains("team/app"), "{err}");
     }
@@ -310,7 +323,10 @@ async fn tls_with_basic_auth_and_credentials_from_dockerconfigjson() {
     let path = dir.path().join("config.json");
     std::fs::write(&path, docker_config(&a, "alice", "wonderland")).unwrap();
     let with_file = client(&[(&a, HostConfig { docker_config_json: Some(path), ..reg.host_config() })], |_| {});
-    assert_eq!(with_file.resolve(&img, &Credentials::Anonymous, soon(10)).await.unwrap().digest, digest(&f.single));
+    assert_eq!(
+        with_file.resolve(&img, &Credentials::Anonymous, &with_file.budget(), soon(10)).await.unwrap().digest,
+        digest(&f.single)
+    );
 
     // A dockerconfigjson without an entry for the host is a setup error, not silent anonymity.
     let other = dir.path().join("other.json");
@@ -322,7 +338,7 @@ async fn tls_with_basic_auth_and_credentials_from_dockerconfigjson() {
 
     // Without the CA bundle the registry's certificate is not trusted.
     let no_ca = client(&[], |_| {});
-    let err = no_ca.resolve(&img, &alice, soon(10)).await.unwrap_err();
+    let err = no_ca.resolve(&img, &alice, &no_ca.budget(), soon(10)).await.unwrap_err();
     assert_eq!(err.code(), "registry-unreachable", "{err}");
 }
 
@@ -341,31 +357,40 @@ async fn tls_with_bearer_tokens_keeps_credentials_per_identity() {
     let alice = Credentials::basic("alice", "wonderland");
     let bob = Credentials::basic("bob", "builder");
 
-    assert_eq!(r.resolve(&img, &alice, soon(10)).await.unwrap().digest, digest(&f.single));
+    assert_eq!(r.resolve(&img, &alice, &r.budget(), soon(10)).await.unwrap().digest, digest(&f.single));
     // Bob may not read team/app: alice's token, cached on the same client, must not serve him, even when both ask
     // at the same time.
     let d = digest(&f.single);
+    let bytes = r.budget();
     let (a1, b1, a2, b2) = futures::join!(
-        r.resolve(&img, &alice, soon(10)),
-        r.resolve(&img, &bob, soon(10)),
-        r.artifacts(&img, &d, &alice, soon(10)),
-        r.artifacts(&img, &d, &bob, soon(10)),
+        r.resolve(&img, &alice, &bytes, soon(10)),
+        r.resolve(&img, &bob, &bytes, soon(10)),
+        r.artifacts(&img, &d, &alice, &bytes, soon(10)),
+        r.artifacts(&img, &d, &bob, &bytes, soon(10)),
     );
     assert_eq!(a1.unwrap().digest, digest(&f.single));
     assert_eq!(a2.unwrap().attestations.len(), 1);
     assert_eq!(b1.unwrap_err().code(), "registry-unauthorized");
     assert_eq!(b2.unwrap_err().code(), "registry-unauthorized");
-    let err = r.resolve(&img, &bob, soon(10)).await.unwrap_err();
+    let err = r.resolve(&img, &bob, &r.budget(), soon(10)).await.unwrap_err();
     assert_eq!(err.code(), "registry-unauthorized", "{err}");
-    let err = r.resolve(&img, &Credentials::Anonymous, soon(10)).await.unwrap_err();
+    let err = r.resolve(&img, &Credentials::Anonymous, &r.budget(), soon(10)).await.unwrap_err();
     assert_eq!(err.code(), "registry-unauthorized", "{err}");
-    let art = r.artifacts(&img, &digest(&f.single), &alice, soon(10)).await.unwrap();
+    let art = r.artifacts(&img, &digest(&f.single), &alice, &r.budget(), soon(10)).await.unwrap();
     assert_eq!(art.attestations.len(), 1);
     assert_eq!(art.attestations[0].data, f.envelope);
     let seen = reg.tokens.as_ref().unwrap().users_seen();
     assert!(seen.iter().any(|u| u == "alice") && seen.iter().any(|u| u == "bob"), "{seen:?}");
     let wrong = Credentials::basic("alice", "nope");
-    assert_eq!(r.resolve(&img, &wrong, soon(10)).await.unwrap_err().code(), "registry-unauthorized");
+    assert_eq!(r.resolve(&img, &wrong, &r.budget(), soon(10)).await.unwrap_err().code(), "registry-unauthorized");
+
+    // The token server listens on another port: without it in tokenRealms, its realm is refused, uncontacted.
+    let asked = reg.tokens.as_ref().unwrap().users_seen().len();
+    let unlisted = client(&[(&reg.addr, HostConfig { token_realms: vec![], ..reg.host_config() })], |_| {});
+    let err = unlisted.resolve(&img, &alice, &unlisted.budget(), soon(10)).await.unwrap_err();
+    assert_eq!(err.code(), "registry-token-realm", "{err}");
+    assert!(err.to_string().contains("tokenRealms"), "{err}");
+    assert_eq!(reg.tokens.as_ref().unwrap().users_seen().len(), asked);
 }
 
 // ---------------------------------------------------------------- faults, each its own error within the deadline
@@ -379,7 +404,7 @@ async fn fault(
     let r = client(&[(&server.addr, server.host_config())], tweak);
     let started = std::time::Instant::now();
     let err = r
-        .resolve(&image(&format!("{}/team/app:v1", server.addr)), &Credentials::Anonymous, soon(secs))
+        .resolve(&image(&format!("{}/team/app:v1", server.addr)), &Credentials::Anonymous, &r.budget(), soon(secs))
         .await
         .unwrap_err();
     (err, server, started.elapsed())
@@ -395,7 +420,10 @@ async fn registry_down_is_unreachable() {
     let addr = format!("127.0.0.1:{}", free_port());
     let r = client(&[(&addr, HostConfig { insecure: true, ..HostConfig::default() })], |_| {});
     let started = std::time::Instant::now();
-    let err = r.resolve(&image(&format!("{addr}/team/app:v1")), &Credentials::Anonymous, soon(3)).await.unwrap_err();
+    let err = r
+        .resolve(&image(&format!("{addr}/team/app:v1")), &Credentials::Anonymous, &r.budget(), soon(3))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), "registry-unreachable", "{err}");
     assert!(err.to_string().contains(&addr), "{err}");
     assert!(started.elapsed() < Duration::from_secs(3));
@@ -453,7 +481,7 @@ async fn content_not_matching_its_digest_is_refused() {
     let server = CannedServer::start(routes);
     let r = client(&[(&server.addr, server.host_config())], |_| {});
     let img = image(&format!("{}/team/app@{}", server.addr, real.digest));
-    let err = r.resolve(&img, &Credentials::Anonymous, soon(5)).await.unwrap_err();
+    let err = r.resolve(&img, &Credentials::Anonymous, &r.budget(), soon(5)).await.unwrap_err();
     assert!(
         matches!(&err, RegistryError::DigestMismatch { expected, actual, .. } if *expected == real.digest && *actual == other.digest),
         "{err}"
@@ -475,7 +503,7 @@ async fn content_not_matching_its_digest_is_refused() {
     let server = CannedServer::start(routes);
     let r = client(&[(&server.addr, server.host_config())], |_| {});
     let img = image(&format!("{}/team/app:v1", server.addr));
-    let err = r.artifacts(&img, &digest(&real), &Credentials::Anonymous, soon(5)).await.unwrap_err();
+    let err = r.artifacts(&img, &digest(&real), &Credentials::Anonymous, &r.budget(), soon(5)).await.unwrap_err();
     assert_eq!(err.code(), "registry-digest-mismatch", "{err}");
 
     // A manifest fetched by tag whose stated digest does not match its bytes.
@@ -485,7 +513,7 @@ async fn content_not_matching_its_digest_is_refused() {
     let server = CannedServer::start(routes);
     let r = client(&[(&server.addr, server.host_config())], |_| {});
     let img = image(&format!("{}/team/app:v1", server.addr));
-    let err = r.artifacts(&img, &digest(&real), &Credentials::Anonymous, soon(5)).await.unwrap_err();
+    let err = r.artifacts(&img, &digest(&real), &Credentials::Anonymous, &r.budget(), soon(5)).await.unwrap_err();
     assert_eq!(err.code(), "registry-digest-mismatch", "{err}");
 }
 
@@ -512,7 +540,8 @@ async fn oversized_blobs_and_manifests_are_refused_at_the_cap() {
         let server = CannedServer::start(routes);
         let r = client(&[(&server.addr, server.host_config())], |c| c.max_blob_bytes = 1024);
         let img = image(&format!("{}/team/app:v1", server.addr));
-        let err = r.artifacts(&img, &digest(&subject), &Credentials::Anonymous, soon(5)).await.unwrap_err();
+        let err =
+            r.artifacts(&img, &digest(&subject), &Credentials::Anonymous, &r.budget(), soon(5)).await.unwrap_err();
         assert!(matches!(err, RegistryError::TooLarge { limit: 1024, .. }), "no_length={no_length}: {err}");
     }
     // A declared size above the cap is refused before any download.
@@ -522,7 +551,7 @@ async fn oversized_blobs_and_manifests_are_refused_at_the_cap() {
     let server = CannedServer::start(routes);
     let r = client(&[(&server.addr, server.host_config())], |c| c.max_blob_bytes = 1024);
     let img = image(&format!("{}/team/app:v1", server.addr));
-    let err = r.artifacts(&img, &digest(&subject), &Credentials::Anonymous, soon(5)).await.unwrap_err();
+    let err = r.artifacts(&img, &digest(&subject), &Credentials::Anonymous, &r.budget(), soon(5)).await.unwrap_err();
     assert_eq!(err.code(), "registry-too-large", "{err}");
     assert_eq!(server.hits(&blob_target), 0);
     // Manifests have their own cap.
@@ -552,7 +581,8 @@ async fn blob_redirects_are_followed_but_bounded() {
     routes.insert("/cdn/payload".to_owned(), Canned::ok("application/octet-stream", payload.clone()));
     let server = CannedServer::start(routes);
     let r = client(&[(&server.addr, server.host_config())], |_| {});
-    let art = r.artifacts(&img(&server), &digest(&subject), &Credentials::Anonymous, soon(5)).await.unwrap();
+    let art =
+        r.artifacts(&img(&server), &digest(&subject), &Credentials::Anonymous, &r.budget(), soon(5)).await.unwrap();
     assert_eq!(art.signatures.len(), 1);
     assert_eq!(art.signatures[0].data, payload);
     assert_eq!(server.hits("/cdn/payload"), 1);
@@ -563,7 +593,8 @@ async fn blob_redirects_are_followed_but_bounded() {
     routes.insert(blob_target.clone(), Canned::status(307).header("Location", &blob_target));
     let server = CannedServer::start(routes);
     let r = client(&[(&server.addr, server.host_config())], |c| c.max_redirects = 3);
-    let err = r.artifacts(&img(&server), &digest(&subject), &Credentials::Anonymous, soon(5)).await.unwrap_err();
+    let err =
+        r.artifacts(&img(&server), &digest(&subject), &Credentials::Anonymous, &r.budget(), soon(5)).await.unwrap_err();
     assert_eq!(err.code(), "registry-unreachable", "{err}");
     assert!(err.to_string().contains("redirect"), "{err}");
     assert_eq!(server.hits(&blob_target), 4, "the first request and three redirects");

@@ -56,7 +56,7 @@ fn layer(origin: Origin, media: &str, data: Vec<u8>, annotations: &[(&str, Strin
         origin,
         media_type: media.into(),
         digest: Digest::sha256_of(&data),
-        data,
+        data: data.into(),
         annotations: annotations.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect::<BTreeMap<_, _>>(),
     }
 }

@@ -1,7 +1,9 @@
 //! Cosign artifacts of one digest: `.sig`/`.att` tags and OCI 1.1 referrers (API with `Link` pages, or tag schema).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use futures::{StreamExt as _, TryStreamExt as _};
 use oci_client::manifest::{OciDescriptor, OciImageIndex, OciImageManifest};
 use reqwest::StatusCode;
@@ -10,6 +12,7 @@ use tokio::time::Instant;
 
 use super::INDEX_TYPES;
 use super::RegistryError;
+use super::budget::Budget;
 use super::config::RegistryConfig;
 use super::transport::{Reply, Session, Want, check_digest, error_excerpt};
 use crate::artifact::{Artifacts, Layer, Origin, media_type};
@@ -33,19 +36,32 @@ fn kind(layer_media_type: &str) -> Option<Kind> {
     }
 }
 
-/// Everything stored for `digest` in `repo`: `.sig`, `.att` and referrers, fetched concurrently.
+/// One `gather`: the session, settings, repository, the image's budget and deadline, and the blobs read so far.
+struct Fetch<'a> {
+    s: &'a Session,
+    cfg: &'a RegistryConfig,
+    repo: &'a str,
+    budget: &'a Budget,
+    deadline: Instant,
+    /// Each blob digest read once, its bytes shared by every layer that lists it.
+    blobs: Mutex<HashMap<Digest, Arc<tokio::sync::OnceCell<Bytes>>>>,
+}
+
+/// Everything stored for `digest` in `repo`: `.sig`, `.att` and referrers, fetched concurrently within `budget`.
 pub(crate) async fn gather(
     s: &Session,
     cfg: &RegistryConfig,
     repo: &str,
     digest: &Digest,
+    budget: &Budget,
     deadline: Instant,
 ) -> Result<Artifacts, RegistryError> {
+    let f = Fetch { s, cfg, repo, budget, deadline, blobs: Mutex::new(HashMap::new()) };
     let (sig_tag, att_tag) = (format!("{}.sig", digest.tag_form()), format!("{}.att", digest.tag_form()));
     let (sig, att, refs) = futures::try_join!(
-        tagged(s, cfg, repo, &sig_tag, Origin::SigTag, deadline),
-        tagged(s, cfg, repo, &att_tag, Origin::AttTag, deadline),
-        referrers(s, cfg, repo, digest, deadline),
+        tagged(&f, &sig_tag, Origin::SigTag),
+        tagged(&f, &att_tag, Origin::AttTag),
+        referrers(&f, digest),
     )?;
     let mut out = Artifacts::default();
     for layer in sig.into_iter().chain(att).chain(refs) {
@@ -60,133 +76,136 @@ pub(crate) async fn gather(
 }
 
 /// The manifest a tag names, or None when the tag does not exist (404 is "nothing stored here", not an error).
-async fn tagged_manifest(
-    s: &Session,
-    repo: &str,
-    tag: &str,
-    what: &str,
-    deadline: Instant,
-) -> Result<Option<Reply>, RegistryError> {
-    let url = s.url(repo, &format!("manifests/{tag}"));
-    let reply = s.request(Want::Manifest, repo, &url, what, deadline).await?;
+async fn tagged_manifest(f: &Fetch<'_>, tag: &str, what: &str) -> Result<Option<Reply>, RegistryError> {
+    let url = f.s.url(f.repo, &format!("manifests/{tag}"));
+    let reply = f.s.request(Want::Manifest, f.repo, &url, what, f.budget, f.deadline).await?;
     if reply.status == StatusCode::NOT_FOUND {
         return Ok(None);
     }
-    expect_ok(s, &reply, what)?;
-    check_header_digest(s, &reply, what)?;
+    expect_ok(f.s, &reply, what)?;
+    check_header_digest(f.s, &reply, what)?;
     Ok(Some(reply))
 }
 
 /// The layers of the cosign manifest at `tag`; none when the tag does not exist.
-async fn tagged(
-    s: &Session,
-    cfg: &RegistryConfig,
-    repo: &str,
-    tag: &str,
-    origin: Origin,
-    deadline: Instant,
-) -> Result<Vec<Layer>, RegistryError> {
-    let what = format!("manifest {repo}:{tag}");
-    let Some(reply) = tagged_manifest(s, repo, tag, &what, deadline).await? else { return Ok(Vec::new()) };
-    let manifest: OciImageManifest = parse(s, &reply.body, &what)?;
-    layers(s, cfg, repo, &manifest, &BTreeMap::new(), origin, deadline).await
+async fn tagged(f: &Fetch<'_>, tag: &str, origin: Origin) -> Result<Vec<Layer>, RegistryError> {
+    let what = format!("manifest {}:{tag}", f.repo);
+    let Some(reply) = tagged_manifest(f, tag, &what).await? else { return Ok(Vec::new()) };
+    let manifest: OciImageManifest = parse(f.s, &reply.body, &what)?;
+    drop(reply);
+    layers(f, &manifest, &BTreeMap::new(), origin).await
 }
 
-/// Fetches the known-media-type layers of `manifest`, each checked against its descriptor digest.
+/// Fetches the known-media-type layers of `manifest`, each blob once, each checked against its descriptor digest.
 async fn layers(
-    s: &Session,
-    cfg: &RegistryConfig,
-    repo: &str,
+    f: &Fetch<'_>,
     manifest: &OciImageManifest,
     inherited: &BTreeMap<String, String>,
     origin: Origin,
-    deadline: Instant,
 ) -> Result<Vec<Layer>, RegistryError> {
     let wanted: Vec<&OciDescriptor> = manifest.layers.iter().filter(|l| kind(&l.media_type).is_some()).collect();
-    if wanted.len() > cfg.max_layers {
+    let what = || format!("the layer list of a signature manifest in {} ({} layers)", f.repo, wanted.len());
+    if wanted.len() > f.cfg.max_layers {
         return Err(RegistryError::TooLarge {
-            registry: s.host().to_owned(),
-            what: format!("the layer list of a signature manifest in {repo} ({} layers)", wanted.len()),
-            limit: cfg.max_layers as u64,
+            registry: f.s.host().to_owned(),
+            what: what(),
+            limit: f.cfg.max_layers as u64,
         });
     }
-    let fetches: Vec<_> = wanted
-        .into_iter()
-        .map(|desc| layer(s, cfg, repo, desc.clone(), inherited.clone(), origin.clone(), deadline))
-        .collect();
+    // Refuse before any download when the distinct blobs declared cannot fit the image's budget.
+    let mut distinct = HashSet::new();
+    let declared: u64 = wanted
+        .iter()
+        .filter(|d| distinct.insert(d.digest.as_str()) && !f.started(&d.digest))
+        .map(|d| u64::try_from(d.size).unwrap_or(0))
+        .fold(0, u64::saturating_add);
+    f.budget.check(declared, f.s.host(), &what())?;
+    let fetches: Vec<_> =
+        wanted.into_iter().map(|desc| layer(f, desc.clone(), inherited.clone(), origin.clone())).collect();
     futures::stream::iter(fetches).buffered(PARALLEL).try_collect().await
 }
 
 async fn layer(
-    s: &Session,
-    cfg: &RegistryConfig,
-    repo: &str,
+    f: &Fetch<'_>,
     desc: OciDescriptor,
     mut annotations: BTreeMap<String, String>,
     origin: Origin,
-    deadline: Instant,
 ) -> Result<Layer, RegistryError> {
-    let digest = parse_digest(s, &desc.digest, &format!("a layer descriptor in {repo}"))?;
-    let data = blob(s, cfg, repo, &digest, desc.size, deadline).await?;
+    let digest = parse_digest(f.s, &desc.digest, &format!("a layer descriptor in {}", f.repo))?;
+    let data = f.blob(&digest, desc.size).await?;
     annotations.extend(desc.annotations.unwrap_or_default());
-    Ok(Layer { origin, media_type: desc.media_type, digest, data, annotations })
+    let layer = Layer { origin, media_type: desc.media_type, digest, data, annotations };
+    f.budget.charge_derived(layer.overhead(), f.s.host(), &format!("the annotations of layers in {}", f.repo))?;
+    Ok(layer)
 }
 
-/// A blob, read within the cap and checked against its digest.
+impl Fetch<'_> {
+    /// Whether `digest` is already read (or being read) in this gather.
+    fn started(&self, digest: &str) -> bool {
+        let Ok(digest) = Digest::parse(digest) else { return false };
+        self.blobs.lock().is_ok_and(|b| b.contains_key(&digest))
+    }
+
+    /// The blob `digest`, read once per gather however many layers list it.
+    async fn blob(&self, digest: &Digest, declared: i64) -> Result<Bytes, RegistryError> {
+        let cell = match self.blobs.lock() {
+            Ok(mut blobs) => blobs.entry(digest.clone()).or_default().clone(),
+            Err(_) => Arc::default(),
+        };
+        let read =
+            cell.get_or_try_init(|| blob(self.s, self.cfg, self.repo, digest, declared, self.budget, self.deadline));
+        read.await.cloned()
+    }
+}
+
+/// A blob, read within the cap and `budget`, and checked against its digest.
 pub(crate) async fn blob(
     s: &Session,
     cfg: &RegistryConfig,
     repo: &str,
     digest: &Digest,
     declared: i64,
+    budget: &Budget,
     deadline: Instant,
-) -> Result<Vec<u8>, RegistryError> {
+) -> Result<Bytes, RegistryError> {
     let what = format!("blob {repo}@{digest}");
     if declared > 0 && declared as u64 > cfg.max_blob_bytes {
         return Err(RegistryError::TooLarge { registry: s.host().to_owned(), what, limit: cfg.max_blob_bytes });
     }
     let url = s.url(repo, &format!("blobs/{digest}"));
-    let reply = s.request(Want::Blob, repo, &url, &what, deadline).await?;
+    let reply = s.request(Want::Blob, repo, &url, &what, budget, deadline).await?;
     expect_ok(s, &reply, &what)?;
     check_digest(s.host(), &what, digest, &reply.body)?;
-    Ok(reply.body.to_vec())
+    Ok(reply.body)
 }
 
 /// Layers of every referrer of `digest`: the referrers API, or the tag schema where the API is missing.
-async fn referrers(
-    s: &Session,
-    cfg: &RegistryConfig,
-    repo: &str,
-    digest: &Digest,
-    deadline: Instant,
-) -> Result<Vec<Layer>, RegistryError> {
-    let descriptors = match referrers_api(s, cfg, repo, digest, deadline).await? {
+async fn referrers(f: &Fetch<'_>, digest: &Digest) -> Result<Vec<Layer>, RegistryError> {
+    let descriptors = match referrers_api(f, digest).await? {
         Some(found) => found,
-        None => referrers_tag(s, repo, digest, deadline).await?,
+        None => referrers_tag(f, digest).await?,
     };
     let manifests: Vec<_> = descriptors
         .into_iter()
         .filter(|d| d.media_type == oci_client::manifest::OCI_IMAGE_MEDIA_TYPE)
-        .take(cfg.max_layers)
+        .take(f.cfg.max_layers)
         .collect();
-    let fetches: Vec<_> =
-        manifests.into_iter().map(|desc| referrer_layers(s, cfg, repo, digest, desc, deadline)).collect();
+    let fetches: Vec<_> = manifests.into_iter().map(|desc| referrer_layers(f, digest, desc)).collect();
     let per_referrer: Vec<Vec<Layer>> = futures::stream::iter(fetches).buffered(PARALLEL).try_collect().await?;
     Ok(per_referrer.into_iter().flatten().collect())
 }
 
 async fn referrer_layers(
-    s: &Session,
-    cfg: &RegistryConfig,
-    repo: &str,
+    f: &Fetch<'_>,
     subject: &Digest,
     desc: oci_client::manifest::ImageIndexEntry,
-    deadline: Instant,
 ) -> Result<Vec<Layer>, RegistryError> {
+    let (s, repo) = (f.s, f.repo);
     let digest = parse_digest(s, &desc.digest, &format!("a referrer of {repo}@{subject}"))?;
     let what = format!("referrer manifest {repo}@{digest}");
-    let body = super::manifest_by_digest(s, repo, &digest, &what, deadline).await?.body;
+    let body = super::manifest_by_digest(s, repo, &digest, &what, f.budget, f.deadline).await?.body;
     let manifest: OciImageManifest = parse(s, &body, &what)?;
+    drop(body);
     if manifest.subject.as_ref().is_some_and(|sub| sub.digest != subject.to_string()) {
         tracing::debug!(registry = s.host(), %digest, "referrer names another subject; skipped");
         return Ok(Vec::new());
@@ -198,17 +217,15 @@ async fn referrer_layers(
         .or(Some(manifest.config.media_type.clone()));
     let inherited = manifest.annotations.clone().unwrap_or_default();
     let origin = Origin::Referrer { manifest: digest, artifact_type };
-    layers(s, cfg, repo, &manifest, &inherited, origin, deadline).await
+    layers(f, &manifest, &inherited, origin).await
 }
 
 /// The referrers API, all `Link` pages; `None` when the registry does not offer the API.
 async fn referrers_api(
-    s: &Session,
-    cfg: &RegistryConfig,
-    repo: &str,
+    f: &Fetch<'_>,
     digest: &Digest,
-    deadline: Instant,
 ) -> Result<Option<Vec<oci_client::manifest::ImageIndexEntry>>, RegistryError> {
+    let (s, cfg, repo) = (f.s, f.cfg, f.repo);
     let what = format!("referrers of {repo}@{digest}");
     let mut next = Some(s.url(repo, &format!("referrers/{digest}")));
     let mut found = Vec::new();
@@ -221,7 +238,7 @@ async fn referrers_api(
                 limit: cfg.max_referrer_pages as u64,
             });
         }
-        let reply = s.request(Want::Referrers, repo, &url, &what, deadline).await?;
+        let reply = s.request(Want::Referrers, repo, &url, &what, f.budget, f.deadline).await?;
         if pages == 0 && matches!(reply.status, StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED) {
             return Ok(None);
         }
@@ -236,18 +253,16 @@ async fn referrers_api(
 
 /// The referrers tag schema: an index tagged `sha256-<hex>`; missing or not an index means no referrers.
 async fn referrers_tag(
-    s: &Session,
-    repo: &str,
+    f: &Fetch<'_>,
     digest: &Digest,
-    deadline: Instant,
 ) -> Result<Vec<oci_client::manifest::ImageIndexEntry>, RegistryError> {
     let tag = digest.tag_form();
-    let what = format!("referrers index {repo}:{tag}");
-    let Some(reply) = tagged_manifest(s, repo, &tag, &what, deadline).await? else { return Ok(Vec::new()) };
+    let what = format!("referrers index {}:{tag}", f.repo);
+    let Some(reply) = tagged_manifest(f, &tag, &what).await? else { return Ok(Vec::new()) };
     if !super::media_type_of(&reply).is_some_and(|mt| INDEX_TYPES.contains(&mt.as_str())) {
         return Ok(Vec::new());
     }
-    let index: OciImageIndex = parse(s, &reply.body, &what)?;
+    let index: OciImageIndex = parse(f.s, &reply.body, &what)?;
     Ok(index.manifests)
 }
 

@@ -37,6 +37,20 @@ pub enum RegistryError {
     TooLarge { registry: String, what: String, limit: u64 },
     #[error("{what} from {registry} is malformed: {detail}")]
     Malformed { registry: String, what: String, detail: String },
+    #[error(
+        "{what} from {registry} would exceed the {limit}-byte budget per {scope} (registries.{key}): the signatures and \
+         attestations stored for this image are too large or too many; remove stale ones, or raise registries.{key} \
+         together with provgate's memory limit"
+    )]
+    OverBudget { registry: String, what: String, scope: &'static str, key: &'static str, limit: u64 },
+    #[error(
+        "no room to read {what} from {registry} before the deadline: reviews in progress already hold \
+         registries.maxBytesInFlight ({limit} bytes) read from registries; retry, or raise it together with \
+         provgate's memory limit"
+    )]
+    Busy { registry: String, what: String, limit: u64 },
+    #[error("{registry} names {realm} as its token realm, which is refused: {detail}")]
+    TokenRealm { registry: String, realm: String, detail: String },
 }
 
 fn retry_hint(after: &Option<Duration>) -> String {
@@ -56,6 +70,9 @@ impl RegistryError {
             Self::DigestMismatch { .. } => "registry-digest-mismatch",
             Self::TooLarge { .. } => "registry-too-large",
             Self::Malformed { .. } => "registry-malformed",
+            Self::OverBudget { .. } => "registry-over-budget",
+            Self::Busy { .. } => "registry-busy",
+            Self::TokenRealm { .. } => "registry-token-realm",
         }
     }
 
@@ -63,7 +80,11 @@ impl RegistryError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Self::RateLimited { .. } | Self::Unreachable { .. } | Self::ServerError { .. } | Self::TimedOut { .. }
+            Self::RateLimited { .. }
+                | Self::Unreachable { .. }
+                | Self::ServerError { .. }
+                | Self::TimedOut { .. }
+                | Self::Busy { .. }
         )
     }
 }
@@ -87,6 +108,9 @@ mod tests {
             RegistryError::DigestMismatch { registry: r(), what: w(), expected: "a".into(), actual: "b".into() },
             RegistryError::TooLarge { registry: r(), what: w(), limit: 10 },
             RegistryError::Malformed { registry: r(), what: w(), detail: "not JSON".into() },
+            RegistryError::OverBudget { registry: r(), what: w(), scope: "image", key: "maxImageBytes", limit: 9 },
+            RegistryError::Busy { registry: r(), what: w(), limit: 9 },
+            RegistryError::TokenRealm { registry: r(), realm: "http://x/token".into(), detail: "no".into() },
         ];
         let mut codes: Vec<_> = all.iter().map(RegistryError::code).collect();
         codes.sort_unstable();

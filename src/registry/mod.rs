@@ -2,8 +2,10 @@
 
 mod artifacts;
 mod auth;
+mod budget;
 mod config;
 mod error;
+mod token;
 mod transport;
 
 use std::collections::HashMap;
@@ -17,12 +19,14 @@ use reqwest::header;
 use tokio::time::Instant;
 
 pub use auth::{Credentials, CredentialsError, Keychain};
+pub use budget::Budget;
 pub use config::{HostConfig, RegistryConfig};
 pub use error::RegistryError;
 
 use crate::artifact::Artifacts;
 use crate::images::{Digest, ImageRef};
 use artifacts::{check_header_digest, expect_ok, parse, parse_digest};
+use budget::Pool;
 use transport::{HostTransport, Reply, Session, Want, check_digest};
 
 /// Image index media types (OCI index, Docker manifest list).
@@ -53,6 +57,24 @@ impl Resolved {
     }
 }
 
+/// What a reference names right now: the answer to one HEAD of a tag, never cached by the registry client.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Head {
+    /// The manifest digest (for a multi-arch tag: the index).
+    pub digest: Digest,
+    /// The manifest's media type as the registry states it; `None` for a digest reference (nothing was asked) or
+    /// when the registry did not say.
+    pub media_type: Option<String>,
+}
+
+impl Head {
+    /// Whether [`Registry::manifest`] must be read to know what this is (an index's platforms, or an unknown type).
+    pub fn needs_manifest(&self) -> bool {
+        self.media_type.as_deref().is_none_or(|mt| mt.is_empty() || INDEX_TYPES.contains(&mt))
+    }
+}
+
 /// One entry of an index.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -66,26 +88,62 @@ pub struct PlatformManifest {
     pub variant: Option<String>,
 }
 
-/// Registry access as one value shared by every review.
+/// Registry access as one value shared by every review. Every call of a review takes the review's [`Budget`] and
+/// deadline; `Credentials::Anonymous` falls back to the credentials the config names for the host.
 #[async_trait::async_trait]
 pub trait Registry: Send + Sync {
-    /// The digest `image` names (checked against the bytes when the reference carries one), and the platform
-    /// manifests when it is an index. `Credentials::Anonymous` falls back to the credentials the config names for
-    /// the host.
+    /// A fresh byte budget for one review (`registries.maxReviewBytes`, drawing on the process-wide
+    /// `registries.maxBytesInFlight`, given back when the last clone is dropped).
+    fn budget(&self) -> Budget;
+
+    /// The digest a tag names now, with one HEAD (a GET when the HEAD answer names no digest), and the media type
+    /// the registry states. For a digest reference: that digest, without a request. Never cached here: a tag may move
+    /// between two reviews.
+    async fn head(
+        &self,
+        image: &ImageRef,
+        creds: &Credentials,
+        budget: &Budget,
+        deadline: Instant,
+    ) -> Result<Head, RegistryError>;
+
+    /// The manifest `digest` in `image`'s repository, read and checked against the digest: its media type and, for an
+    /// index, its platform manifests. Content-addressed, so safe to cache by (repository, digest, identity).
+    async fn manifest(
+        &self,
+        image: &ImageRef,
+        digest: &Digest,
+        creds: &Credentials,
+        budget: &Budget,
+        deadline: Instant,
+    ) -> Result<Resolved, RegistryError>;
+
+    /// [`Registry::head`], then [`Registry::manifest`] when the head does not tell everything.
     async fn resolve(
         &self,
         image: &ImageRef,
         creds: &Credentials,
+        budget: &Budget,
         deadline: Instant,
-    ) -> Result<Resolved, RegistryError>;
+    ) -> Result<Resolved, RegistryError> {
+        let head = self.head(image, creds, budget, deadline).await?;
+        match head.media_type {
+            Some(media_type) if !head.needs_manifest() => {
+                Ok(Resolved { digest: head.digest, media_type, platforms: Vec::new() })
+            }
+            _ => self.manifest(image, &head.digest, creds, budget, deadline).await,
+        }
+    }
 
     /// The signature, attestation and bundle layers stored for `digest` in `image`'s repository. No artifacts is an
-    /// empty value, not an error.
+    /// empty value, not an error. What is read counts against a per-image budget (`registries.maxImageBytes`) within
+    /// `budget`; a blob listed several times is read once and shared.
     async fn artifacts(
         &self,
         image: &ImageRef,
         digest: &Digest,
         creds: &Credentials,
+        budget: &Budget,
         deadline: Instant,
     ) -> Result<Artifacts, RegistryError>;
 }
@@ -97,6 +155,8 @@ pub enum SetupError {
     CaBundle { host: String, path: String, detail: String },
     #[error("registries.hosts.{host}.dockerConfigJson: {path}: {detail}")]
     DockerConfig { host: String, path: String, detail: String },
+    #[error("{0}")]
+    Budgets(String),
 }
 
 /// The registry client: one per process, safe to use from many tasks at once.
@@ -106,11 +166,14 @@ pub struct RegistryClient {
     defaults: Keychain,
     /// Sessions keyed by (host, identity fingerprint): a token never serves another identity.
     sessions: moka::future::Cache<(String, String), Arc<Session>>,
+    /// Bytes read from registries and held by reviews in progress (`registries.maxBytesInFlight`).
+    pool: Pool,
 }
 
 impl RegistryClient {
     /// Reads the CA bundles and dockerconfigjson files the config names.
     pub fn new(config: RegistryConfig) -> Result<Self, SetupError> {
+        config.check_budgets().map_err(SetupError::Budgets)?;
         let mut hosts = HashMap::new();
         let mut defaults = Keychain::default();
         for (host, hc) in &config.hosts {
@@ -143,13 +206,15 @@ impl RegistryClient {
                     creds => defaults.insert(host, creds),
                 }
             }
-            hosts.insert(auth::normalise_host(host), HostTransport { insecure: hc.insecure, ca_pem });
+            let transport = HostTransport { insecure: hc.insecure, ca_pem, token_realms: hc.token_realms.clone() };
+            hosts.insert(auth::normalise_host(host), transport);
         }
         let sessions = moka::future::Cache::builder()
             .max_capacity(config.max_sessions)
             .time_to_idle(Duration::from_secs(30 * 60))
             .build();
-        Ok(Self { config, hosts, defaults, sessions })
+        let pool = Pool::new(config.max_bytes_in_flight);
+        Ok(Self { config, hosts, defaults, sessions, pool })
     }
 
     pub fn config(&self) -> &RegistryConfig {
@@ -179,42 +244,55 @@ impl RegistryClient {
 
 #[async_trait::async_trait]
 impl Registry for RegistryClient {
+    fn budget(&self) -> Budget {
+        Budget::review(&self.config, &self.pool)
+    }
+
     #[tracing::instrument(skip_all, fields(image = %image))]
-    async fn resolve(
+    async fn head(
         &self,
         image: &ImageRef,
         creds: &Credentials,
+        budget: &Budget,
         deadline: Instant,
-    ) -> Result<Resolved, RegistryError> {
+    ) -> Result<Head, RegistryError> {
+        if let Some(digest) = image.digest() {
+            return Ok(Head { digest: digest.clone(), media_type: None });
+        }
         let s = self.session(image.registry(), creds).await?;
         let repo = image.repository();
-        if let Some(digest) = image.digest() {
-            let what = format!("manifest {repo}@{digest}");
-            let reply = manifest_by_digest(&s, repo, digest, &what, deadline).await?;
-            return resolved(&s, digest.clone(), &reply, &what);
-        }
         let tag = image.tag().unwrap_or("latest");
         let what = format!("manifest {repo}:{tag}");
         let url = s.url(repo, &format!("manifests/{tag}"));
-        let head = s.request(Want::ManifestHead, repo, &url, &what, deadline).await?;
+        let head = s.request(Want::ManifestHead, repo, &url, &what, budget, deadline).await?;
         if head.status == StatusCode::NOT_FOUND {
             return Err(RegistryError::NotFound { registry: s.host().to_owned(), what });
         }
         let stated = head.header(header::HeaderName::from_static("docker-content-digest")).map(Digest::parse);
         if let (true, Some(Ok(digest))) = (head.status.is_success(), stated) {
-            let media_type = media_type_of(&head).unwrap_or_default();
-            if !INDEX_TYPES.contains(&media_type.as_str()) && !media_type.is_empty() {
-                return Ok(Resolved { digest, media_type, platforms: Vec::new() });
-            }
-            let what = format!("manifest {repo}@{digest}");
-            let reply = manifest_by_digest(&s, repo, &digest, &what, deadline).await?;
-            return resolved(&s, digest, &reply, &what);
+            return Ok(Head { digest, media_type: media_type_of(&head) });
         }
         // No usable HEAD answer: GET the tag and hash what it returns.
-        let reply = s.request(Want::Manifest, repo, &url, &what, deadline).await?;
+        let reply = s.request(Want::Manifest, repo, &url, &what, budget, deadline).await?;
         expect_ok(&s, &reply, &what)?;
         check_header_digest(&s, &reply, &what)?;
-        resolved(&s, Digest::sha256_of(&reply.body), &reply, &what)
+        Ok(Head { digest: Digest::sha256_of(&reply.body), media_type: media_type_of(&reply) })
+    }
+
+    #[tracing::instrument(skip_all, fields(image = %image, %digest))]
+    async fn manifest(
+        &self,
+        image: &ImageRef,
+        digest: &Digest,
+        creds: &Credentials,
+        budget: &Budget,
+        deadline: Instant,
+    ) -> Result<Resolved, RegistryError> {
+        let s = self.session(image.registry(), creds).await?;
+        let repo = image.repository();
+        let what = format!("manifest {repo}@{digest}");
+        let reply = manifest_by_digest(&s, repo, digest, &what, budget, deadline).await?;
+        resolved(&s, digest.clone(), &reply, &what)
     }
 
     #[tracing::instrument(skip_all, fields(image = %image, %digest))]
@@ -223,10 +301,12 @@ impl Registry for RegistryClient {
         image: &ImageRef,
         digest: &Digest,
         creds: &Credentials,
+        budget: &Budget,
         deadline: Instant,
     ) -> Result<Artifacts, RegistryError> {
         let s = self.session(image.registry(), creds).await?;
-        artifacts::gather(&s, &self.config, image.repository(), digest, deadline).await
+        let budget = budget.image(&self.config);
+        artifacts::gather(&s, &self.config, image.repository(), digest, &budget, deadline).await
     }
 }
 
@@ -236,10 +316,11 @@ pub(crate) async fn manifest_by_digest(
     repo: &str,
     digest: &Digest,
     what: &str,
+    budget: &Budget,
     deadline: Instant,
 ) -> Result<Reply, RegistryError> {
     let url = s.url(repo, &format!("manifests/{digest}"));
-    let reply = s.request(Want::Manifest, repo, &url, what, deadline).await?;
+    let reply = s.request(Want::Manifest, repo, &url, what, budget, deadline).await?;
     expect_ok(s, &reply, what)?;
     check_digest(s.host(), what, digest, &reply.body)?;
     Ok(reply)

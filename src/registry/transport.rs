@@ -1,26 +1,27 @@
 //! HTTP to one registry as one identity: auth, per-call timeouts, bounded retries, size-capped reads, digest checks.
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use base64::Engine as _;
 use bytes::Bytes;
-use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
-use oci_client::errors::OciDistributionError;
-use oci_client::secrets::RegistryAuth;
-use oci_client::{Reference, RegistryOperation};
 use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode};
 use tokio::time::Instant;
 
 use super::auth::Credentials;
+use super::budget::Budget;
 use super::config::RegistryConfig;
+use super::token::{self, Challenge, RealmRule};
 use super::{INDEX_TYPES, MANIFEST_ACCEPT, RegistryError};
 use crate::images::Digest;
+use authorize::{Authz, TokenLifetime};
 
-/// How long a bearer token (or the finding that none is needed) is reused before asking again.
+mod authorize;
+
+/// Longest a bearer token (or the finding that none is needed) is reused, whatever lifetime the token service gives.
 const AUTH_TTL: Duration = Duration::from_secs(240);
+/// Repositories whose authorization one session remembers.
+const AUTH_ENTRIES: u64 = 512;
 /// Bytes kept from an error answer, for the message.
 const ERROR_BODY_CAP: u64 = 16 << 10;
 /// First backoff before a retry; doubles each time, and a `Retry-After` header overrides it.
@@ -32,6 +33,8 @@ pub(crate) struct HostTransport {
     pub insecure: bool,
     /// Extra trusted CA certificates, PEM.
     pub ca_pem: Option<Vec<u8>>,
+    /// `registries.hosts.HOST.tokenRealms`.
+    pub token_realms: Vec<String>,
 }
 
 /// What a request asks for; it decides the method, the Accept header and the size cap.
@@ -66,9 +69,14 @@ pub(crate) struct Session {
     host: String,
     base: String,
     http: reqwest::Client,
-    oci: oci_client::Client,
+    /// For token realms: same trust, no redirects.
+    token_http: reqwest::Client,
+    realms: RealmRule,
     creds: Credentials,
-    auth: Mutex<HashMap<String, (Option<HeaderValue>, Instant)>>,
+    /// Per repository, bounded, each entry expiring with its token.
+    auth: moka::future::Cache<String, Authz>,
+    /// The challenge of `/v2/` (None: no usable challenge), and until when it is reused.
+    challenge: Mutex<Option<(Option<Challenge>, Instant)>>,
     call_timeout: Duration,
     retries: u32,
     max_manifest: u64,
@@ -83,39 +91,32 @@ impl Session {
         cfg: &RegistryConfig,
     ) -> Result<Self, RegistryError> {
         let unreachable = |detail: String| RegistryError::Unreachable { registry: host.to_owned(), detail };
-        let mut builder = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::limited(cfg.max_redirects))
-            .connect_timeout(cfg.connect_timeout)
-            .https_only(!transport.insecure)
-            .user_agent(concat!("provgate/", env!("CARGO_PKG_VERSION")));
-        let mut oci_certs = Vec::new();
-        if let Some(pem) = &transport.ca_pem {
-            let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| unreachable(error_chain(&e)))?;
-            builder = builder.tls_certs_merge(certs);
-            oci_certs.push(Certificate { encoding: CertificateEncoding::Pem, data: pem.clone() });
-        }
-        let http = builder.build().map_err(|e| unreachable(error_chain(&e)))?;
-        let oci = oci_client::Client::try_from(ClientConfig {
-            protocol: if transport.insecure {
-                ClientProtocol::HttpsExcept(vec![host.to_owned()])
-            } else {
-                ClientProtocol::Https
-            },
-            extra_root_certificates: oci_certs,
-            connect_timeout: Some(cfg.connect_timeout),
-            read_timeout: Some(cfg.call_timeout),
-            ..Default::default()
-        })
-        .map_err(|e| unreachable(e.to_string()))?;
+        let client = |redirect: reqwest::redirect::Policy| {
+            let mut builder = reqwest::Client::builder()
+                .redirect(redirect)
+                .connect_timeout(cfg.connect_timeout)
+                .https_only(!transport.insecure)
+                .user_agent(concat!("provgate/", env!("CARGO_PKG_VERSION")));
+            if let Some(pem) = &transport.ca_pem {
+                let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| unreachable(error_chain(&e)))?;
+                builder = builder.tls_certs_merge(certs);
+            }
+            builder.build().map_err(|e| unreachable(error_chain(&e)))
+        };
+        let http = client(reqwest::redirect::Policy::limited(cfg.max_redirects))?;
+        let token_http = client(reqwest::redirect::Policy::none())?;
         let scheme = if transport.insecure { "http" } else { "https" };
         let api_host = if host == "docker.io" { "registry-1.docker.io" } else { host };
+        let auth = moka::future::Cache::builder().max_capacity(AUTH_ENTRIES).expire_after(TokenLifetime).build();
         Ok(Self {
             host: host.to_owned(),
             base: format!("{scheme}://{api_host}"),
             http,
-            oci,
+            token_http,
+            realms: RealmRule::new(host, api_host, transport.insecure, &transport.token_realms),
             creds,
-            auth: Mutex::new(HashMap::new()),
+            auth,
+            challenge: Mutex::new(None),
             call_timeout: cfg.call_timeout,
             retries: cfg.retries,
             max_manifest: cfg.max_manifest_bytes,
@@ -132,25 +133,29 @@ impl Session {
         format!("{}/v2/{repo}/{rest}", self.base)
     }
 
-    /// One logical request for `repo`: authorises, retries 429/5xx within `deadline`, reads the body up to `cap`
-    /// (error answers up to a small cap). 401/403 become `Unauthorized`; other statuses are the caller's to judge.
+    /// One logical request for `repo`: authorises, retries 429/5xx within `deadline`, reads the body up to its cap
+    /// and within `budget` (error answers up to a small cap). 401/403 become `Unauthorized`; other statuses are the
+    /// caller's to judge.
     pub async fn request(
         &self,
         want: Want,
         repo: &str,
         url: &str,
         what: &str,
+        budget: &Budget,
         deadline: Instant,
     ) -> Result<Reply, RegistryError> {
         let mut attempt = 0;
-        let mut refreshed = false;
+        let mut renew: Option<Option<Challenge>> = None;
+        let mut renewed = false;
         loop {
-            let (auth, fresh) = self.authorization(repo, what, deadline, refreshed).await?;
-            let reply = self.attempt(want, url, auth, what, deadline).await?;
+            let (auth, fresh) = self.authorization(repo, what, deadline, renew.take()).await?;
+            let reply = self.attempt(want, url, auth, what, budget, deadline).await?;
             let status = reply.status;
             if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-                if !fresh && !refreshed {
-                    refreshed = true;
+                if !fresh && !renewed {
+                    renewed = true;
+                    renew = Some(token::parse_challenge(reply.headers.get_all(header::WWW_AUTHENTICATE)));
                     continue;
                 }
                 return Err(RegistryError::Unauthorized {
@@ -179,8 +184,8 @@ impl Session {
             if attempt >= self.retries {
                 return Err(failure());
             }
-            let wait = retry_after.unwrap_or(BACKOFF * 2u32.saturating_pow(attempt));
-            if Instant::now() + wait >= deadline {
+            let wait = retry_after.unwrap_or_else(|| BACKOFF.saturating_mul(2u32.saturating_pow(attempt)));
+            if !fits_before(wait, deadline) {
                 return Err(failure());
             }
             tracing::debug!(registry = %self.host, %status, ?wait, what, "retrying");
@@ -189,98 +194,86 @@ impl Session {
         }
     }
 
-    /// One HTTP exchange, send and body, under `min(call_timeout, time left)`.
+    /// One HTTP exchange: the answer under `min(call_timeout, time left)`, then room for its body in `budget` (which
+    /// may wait for the process-wide pool until `deadline`), then the body under a fresh `min(call_timeout, time
+    /// left)`.
     async fn attempt(
         &self,
         want: Want,
         url: &str,
         auth: Option<HeaderValue>,
         what: &str,
+        budget: &Budget,
         deadline: Instant,
     ) -> Result<Reply, RegistryError> {
-        let budget = self.budget(what, deadline)?;
         let (method, accept, cap) = match want {
             Want::ManifestHead => (Method::HEAD, MANIFEST_ACCEPT, self.max_manifest),
             Want::Manifest => (Method::GET, MANIFEST_ACCEPT, self.max_manifest),
             Want::Referrers => (Method::GET, INDEX_TYPES[0], self.max_manifest),
             Want::Blob => (Method::GET, "*/*", self.max_blob),
         };
+        let head = method == Method::HEAD;
         let mut req = self.http.request(method, url).header(header::ACCEPT, accept);
         if let Some(auth) = auth {
             req = req.header(header::AUTHORIZATION, auth);
         }
-        let exchange = async {
-            let mut resp = req.send().await.map_err(|e| self.transport_error(&e, what))?;
-            let status = resp.status();
-            let cap = if status.is_success() { cap } else { ERROR_BODY_CAP };
-            if status.is_success() && resp.content_length().is_some_and(|n| n > cap) {
-                return Err(self.too_large(what, cap));
-            }
-            let mut body = Vec::new();
-            while let Some(chunk) = resp.chunk().await.map_err(|e| self.transport_error(&e, what))? {
-                if (body.len() + chunk.len()) as u64 > cap {
-                    if status.is_success() {
-                        return Err(self.too_large(what, cap));
-                    }
-                    break;
-                }
-                body.extend_from_slice(&chunk);
-            }
-            Ok(Reply { status, headers: resp.headers().clone(), body: body.into(), url: resp.url().clone() })
-        };
-        tokio::time::timeout(budget, exchange).await.map_err(|_| self.timed_out(what))?
-    }
-
-    /// The `Authorization` header for `repo`, and whether it was just obtained (rather than cached).
-    async fn authorization(
-        &self,
-        repo: &str,
-        what: &str,
-        deadline: Instant,
-        refresh: bool,
-    ) -> Result<(Option<HeaderValue>, bool), RegistryError> {
-        if !refresh && let Some(hit) = self.cached_auth(repo) {
-            return Ok((hit, false));
-        }
-        let budget = self.budget(what, deadline)?;
-        let reference = Reference::with_tag(self.host.clone(), repo.to_owned(), "latest".to_owned());
-        let auth = match &self.creds {
-            Credentials::Anonymous => RegistryAuth::Anonymous,
-            Credentials::Basic { username, password } => RegistryAuth::Basic(username.clone(), password.clone()),
-            Credentials::Bearer(token) => RegistryAuth::Bearer(token.clone()),
-        };
-        let token = tokio::time::timeout(budget, self.oci.auth(&reference, &auth, RegistryOperation::Pull))
+        let mut resp = tokio::time::timeout(self.time_left(what, deadline)?, req.send())
             .await
-            .map_err(|_| self.timed_out(&format!("the token request for {repo}")))?
-            .map_err(|e| self.auth_error(e, repo))?;
-        let value = match (token, &self.creds) {
-            (Some(token), _) => Some(format!("Bearer {token}")),
-            (None, Credentials::Basic { username, password }) => Some(format!(
-                "Basic {}",
-                base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"))
-            )),
-            (None, _) => None,
-        };
-        let value = value
-            .map(|v| HeaderValue::from_str(&v))
-            .transpose()
-            .map_err(|_| self.auth_error(OciDistributionError::GenericError(Some("token is not ASCII".into())), repo))?
-            .map(|mut v| {
-                v.set_sensitive(true);
-                v
-            });
-        if let Ok(mut cache) = self.auth.lock() {
-            cache.insert(repo.to_owned(), (value.clone(), Instant::now() + AUTH_TTL));
+            .map_err(|_| self.timed_out(what))?
+            .map_err(|e| self.transport_error(&e, what))?;
+        let status = resp.status();
+        let (headers, final_url) = (resp.headers().clone(), resp.url().clone());
+        let reply = |body: Vec<u8>| Reply { status, headers, body: body.into(), url: final_url };
+        if head {
+            return Ok(reply(Vec::new()));
         }
-        Ok((value, true))
+        if !status.is_success() {
+            let read = self.read_body(&mut resp, ERROR_BODY_CAP, 0, what, |_| None);
+            let body = tokio::time::timeout(self.time_left(what, deadline)?, read)
+                .await
+                .map_err(|_| self.timed_out(what))??;
+            return Ok(reply(body));
+        }
+        let declared = resp.content_length();
+        if declared.is_some_and(|n| n > cap) {
+            return Err(self.too_large(what, cap));
+        }
+        let room = declared.unwrap_or_else(|| cap.min(budget.remaining()));
+        let reservation = budget.reserve(room, &self.host, what, deadline).await?;
+        let past =
+            |_: usize| Some(if room == cap { self.too_large(what, cap) } else { budget.exceeded(&self.host, what) });
+        let read = self.read_body(&mut resp, room, declared.unwrap_or(0), what, past);
+        let body =
+            tokio::time::timeout(self.time_left(what, deadline)?, read).await.map_err(|_| self.timed_out(what))??;
+        reservation.settle(body.len() as u64);
+        Ok(reply(body))
     }
 
-    fn cached_auth(&self, repo: &str) -> Option<Option<HeaderValue>> {
-        let cache = self.auth.lock().ok()?;
-        cache.get(repo).filter(|(_, until)| *until > Instant::now()).map(|(v, _)| v.clone())
+    /// The body, at most `limit` bytes, in one allocation of `declared` bytes when its length was declared. Past the
+    /// limit: the error `past` gives, or (for `None`) the body so far.
+    async fn read_body(
+        &self,
+        resp: &mut reqwest::Response,
+        limit: u64,
+        declared: u64,
+        what: &str,
+        past: impl Fn(usize) -> Option<RegistryError>,
+    ) -> Result<Vec<u8>, RegistryError> {
+        let mut body = Vec::with_capacity(usize::try_from(declared.min(limit)).unwrap_or(0));
+        while let Some(chunk) = resp.chunk().await.map_err(|e| self.transport_error(&e, what))? {
+            if (body.len() + chunk.len()) as u64 > limit {
+                return match past(body.len() + chunk.len()) {
+                    Some(err) => Err(err),
+                    None => Ok(body),
+                };
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
     }
 
-    fn budget(&self, what: &str, deadline: Instant) -> Result<Duration, RegistryError> {
+    /// `min(call_timeout, time left before deadline)`; an error when no time is left.
+    fn time_left(&self, what: &str, deadline: Instant) -> Result<Duration, RegistryError> {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(self.timed_out(what));
@@ -303,17 +296,11 @@ impl Session {
         let detail = if e.is_redirect() { format!("too many redirects: {}", error_chain(e)) } else { error_chain(e) };
         RegistryError::Unreachable { registry: self.host.clone(), detail }
     }
+}
 
-    fn auth_error(&self, e: OciDistributionError, repo: &str) -> RegistryError {
-        match e {
-            OciDistributionError::RequestError(e) => self.transport_error(&e, &format!("the token request for {repo}")),
-            other => RegistryError::Unauthorized {
-                registry: self.host.clone(),
-                repository: repo.to_owned(),
-                detail: format!("token request failed: {}", truncate(&other.to_string(), 200)),
-            },
-        }
-    }
+/// Whether waiting `wait` from now ends before `deadline` (a wait too long for the clock never does).
+fn fits_before(wait: Duration, deadline: Instant) -> bool {
+    Instant::now().checked_add(wait).is_some_and(|end| end < deadline)
 }
 
 /// A `Retry-After` value: delay seconds, or an HTTP date (a date in the past means now).
@@ -366,7 +353,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     out
 }
 
-fn truncate(s: &str, max: usize) -> String {
+pub(crate) fn truncate(s: &str, max: usize) -> String {
     match s.char_indices().nth(max) {
         Some((i, _)) => format!("{}…", &s[..i]),
         None => s.to_owned(),
@@ -387,6 +374,16 @@ mod tests {
         let got = retry_after(&later).unwrap();
         assert!(got > Duration::from_secs(100) && got <= Duration::from_secs(120), "{got:?}");
         assert_eq!(retry_after("soon"), None);
+    }
+
+    #[test]
+    fn waits_too_long_for_the_clock_never_fit() {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        assert!(fits_before(Duration::from_secs(1), deadline));
+        assert!(!fits_before(Duration::from_secs(5), deadline));
+        let forever = retry_after("18446744073709551615").unwrap();
+        assert!(!fits_before(forever, deadline));
+        assert!(!fits_before(Duration::MAX, deadline));
     }
 
     #[test]

@@ -232,7 +232,7 @@ mod tests {
             origin,
             media_type: crate::artifact::media_type::BUNDLE_V03.into(),
             digest: Digest::sha256_of(&data),
-            data,
+            data: data.into(),
             annotations: Default::default(),
         };
         Artifacts { bundles: vec![layer], ..Default::default() }

@@ -37,7 +37,7 @@ fn sig_layer(payload: &[u8], annotations: &[(&str, String)]) -> Layer {
         origin: Origin::SigTag,
         media_type: media_type::SIMPLE_SIGNING.into(),
         digest: Digest::sha256_of(payload),
-        data: payload.to_vec(),
+        data: payload.to_vec().into(),
         annotations: annotations.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect(),
     }
 }
@@ -292,7 +292,7 @@ fn att_layer(data: Vec<u8>) -> Layer {
         origin: Origin::AttTag,
         media_type: media_type::DSSE_ENVELOPE.into(),
         digest: Digest::sha256_of(&data),
-        data,
+        data: data.into(),
         annotations: BTreeMap::from([("dev.cosignproject.cosign/signature".to_owned(), String::new())]),
     }
 }

@@ -291,7 +291,7 @@ impl World {
             origin: Origin::Referrer { manifest: Digest::sha256_of(b"m"), artifact_type: None },
             media_type: crate::artifact::media_type::BUNDLE_V03.into(),
             digest: Digest::sha256_of(&data),
-            data,
+            data: data.into(),
             annotations: Default::default(),
         };
         let artifacts = Artifacts { bundles: vec![layer], ..Default::default() };

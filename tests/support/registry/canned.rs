@@ -10,7 +10,7 @@ use std::time::Duration;
 use provgate::registry::HostConfig;
 
 /// Reads an HTTP request head (bounded to 64 KiB); `None` when the peer sent nothing usable.
-pub(super) fn read_head(conn: &mut TcpStream) -> Option<String> {
+pub(super) fn read_head(conn: &mut impl std::io::Read) -> Option<String> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 64 << 10 {

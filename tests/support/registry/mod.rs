@@ -14,10 +14,12 @@ use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use tempfile::TempDir;
 
 mod canned;
+mod hostile;
 mod layout;
 mod token;
 
 pub use canned::*;
+pub use hostile::*;
 pub use layout::*;
 pub use token::*;
 
@@ -209,7 +211,7 @@ impl DockerRegistry {
             }
             Auth::Token(users) => {
                 let t = Tls::new(dir.path());
-                let server = TokenServer::start(users.clone(), dir.path());
+                let server = TokenServer::start(users.clone(), dir.path(), &t);
                 config.push_str(&format!(
                     "  tls: {{certificate: {}, key: {}}}\nauth:\n  token: {{realm: \"{}\", service: {SERVICE}, issuer: {ISSUER}, rootcertbundle: {}}}\n",
                     t.cert.display(),
@@ -231,12 +233,14 @@ impl DockerRegistry {
         Self { addr, tls, push_creds, tokens, _proc: proc, dir }
     }
 
-    /// The provgate host settings that reach this registry.
+    /// The provgate host settings that reach this registry (with its token server, on another port, as an allowed
+    /// token realm).
     pub fn host_config(&self) -> HostConfig {
         HostConfig {
             insecure: self.tls.is_none(),
             ca_bundle: self.tls.as_ref().map(|t| t.ca_pem.clone()),
             docker_config_json: None,
+            token_realms: self.tokens.iter().map(|t| format!("127.0.0.1:{}", t.port)).collect(),
         }
     }
 

@@ -1,4 +1,5 @@
-//! A Docker token server for docker-registry's token auth: Basic credentials in, ES256 JWTs with a libtrust `kid` out.
+//! A Docker token server for docker-registry's token auth, over TLS: Basic credentials in, ES256 JWTs with a libtrust
+//! `kid` out.
 
 use std::io::Write as _;
 use std::net::TcpListener;
@@ -11,7 +12,9 @@ use rcgen::{CertificateParams, DnType, KeyPair, PublicKeyData, SigningKey};
 use serde_json::{Value, json};
 use sha2::Digest as _;
 
+use super::Tls;
 use super::canned::{http_answer, read_head};
+use super::hostile::server_config;
 
 pub const SERVICE: &str = "provgate-test-registry";
 pub const ISSUER: &str = "provgate-test-issuer";
@@ -28,7 +31,9 @@ pub struct TokenServer {
 }
 
 impl TokenServer {
-    pub fn start(users: Vec<(String, String, Vec<String>)>, dir: &Path) -> Self {
+    /// Serves HTTPS with `tls`'s certificate (the registry's, valid for 127.0.0.1).
+    pub fn start(users: Vec<(String, String, Vec<String>)>, dir: &Path, tls: &Tls) -> Self {
+        let acceptor = server_config(tls);
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.distinguished_name.push(DnType::CommonName, "provgate test token issuer");
@@ -46,12 +51,17 @@ impl TokenServer {
             // A non-blocking accept loop, polled until the owner drops the server.
             while matches!(stopped.try_recv(), Err(std::sync::mpsc::TryRecvError::Empty)) {
                 match listener.accept() {
-                    Ok((mut conn, _)) => {
+                    Ok((conn, _)) => {
                         let _ = conn.set_nonblocking(false);
                         let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+                        let Ok(session) = rustls::ServerConnection::new(acceptor.clone()) else { continue };
+                        let mut conn = rustls::StreamOwned::new(session, conn);
                         let Some(head) = read_head(&mut conn) else { continue };
                         let answer = token_answer(&head, &users, &key, &kid, &seen);
                         let _ = conn.write_all(answer.as_bytes());
+                        let _ = conn.flush();
+                        conn.conn.send_close_notify();
+                        let _ = conn.flush();
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(10)),
                 }
@@ -61,7 +71,7 @@ impl TokenServer {
     }
 
     pub fn realm(&self) -> String {
-        format!("http://127.0.0.1:{}/token", self.port)
+        format!("https://127.0.0.1:{}/token", self.port)
     }
 
     pub fn users_seen(&self) -> Vec<String> {
