@@ -52,8 +52,9 @@ impl Engine {
         Self { policies, no_match, deadline, gatherer, pull_secrets, limits, judging }
     }
 
-    /// Judges one admission request. Never fails: every problem is a denial with its reason.
-    pub async fn judge(&self, request: &Request) -> Decision {
+    /// Judges one admission request that arrived at `arrived`; the deadline counts from then, so time spent
+    /// waiting for a review slot counts against it. Never fails: every problem is a denial with its reason.
+    pub async fn judge(&self, request: &Request, arrived: tokio::time::Instant) -> Decision {
         if matches!(request.operation, Operation::Delete | Operation::Connect) {
             return Decision::allow_without_images();
         }
@@ -93,7 +94,7 @@ impl Engine {
         };
         let namespace = request.namespace();
         let plan = crate::plan::plan(fields, &previous, &policies, namespace);
-        let deadline = tokio::time::Instant::now() + self.deadline;
+        let deadline = arrived + self.deadline;
         let keychain = if plan.needs_evidence() {
             let lookup = self.pull_secrets.keychain(namespace, images::pod_spec(kind, object));
             tokio::time::timeout_at(deadline, lookup).await.unwrap_or_default()

@@ -79,11 +79,11 @@ impl Webhook {
         };
         let judged = AssertUnwindSafe(async {
             self.inject_panic(request);
-            self.engine.judge(request).await
+            self.engine.judge(request, started).await
         })
         .catch_unwind();
-        // The engine keeps its own deadline from when it starts; this backstop also bounds the wait for the slot
-        // and anything the engine does past its deadline. The grace lets the engine's own, more precise answer win.
+        // The engine counts the deadline from the arrival too; this backstop bounds anything it does past it. The
+        // grace lets the engine's own, more precise answer win.
         match tokio::time::timeout_at(started + deadline + DEADLINE_GRACE, judged).await {
             Ok(Ok(decision)) => decision,
             Ok(Err(panic)) => {
