@@ -38,13 +38,9 @@ pub struct Verification {
 impl Verification {
     /// Verifies `artifacts` of `digest` (whose platform manifests, for an index, are `platforms`) under `authority`.
     pub fn of(artifacts: &Artifacts, digest: &Digest, platforms: &[Digest], authority: &Authority) -> Self {
-        let authorities = std::slice::from_ref(authority);
         let acceptable: Vec<Digest> = std::iter::once(digest.clone()).chain(platforms.iter().cloned()).collect();
-        Self {
-            bytes: artifacts.bytes(),
-            signatures: verify::signatures(artifacts, digest, authorities),
-            attestations: verify::attestations(artifacts, &acceptable, authorities),
-        }
+        let (signatures, attestations) = verify::check(artifacts, &acceptable, std::slice::from_ref(authority));
+        Self { bytes: artifacts.bytes(), signatures, attestations }
     }
 }
 

@@ -88,37 +88,55 @@ fn parse(data: &[u8]) -> Result<(Bundle, Option<Decoded>), Rejection> {
     Ok((bundle, env))
 }
 
-/// Classifies a bundle layer. Unreadable bundles count as signatures so their rejection is reported once.
-pub(super) fn kind(layer: &Layer) -> Kind {
-    let Ok((_, Some(env))) = parse(&layer.data) else { return Kind::Signature };
-    if env.payload_type == SIMPLE_SIGNING {
-        return Kind::Signature;
-    }
-    let predicate = serde_json::from_slice::<serde_json::Value>(&env.payload)
-        .ok()
-        .and_then(|v| v.get("predicateType")?.as_str().map(str::to_owned));
-    if predicate.as_deref() == Some(COSIGN_SIGN_PREDICATE) { Kind::Signature } else { Kind::Attestation }
+/// A bundle layer parsed once, for every authority and both kinds of check.
+pub(super) struct Parsed<'l> {
+    pub layer: &'l Layer,
+    bundle: Result<(Bundle, Option<Decoded>), Rejection>,
+    pub kind: Kind,
 }
 
-fn envelope(bundle: &Bundle, env: Option<Decoded>) -> Result<Decoded, Rejection> {
+/// Parses a bundle layer and classifies it. Unreadable bundles count as signatures so their rejection is reported
+/// once.
+pub(super) fn parse_layer(layer: &Layer) -> Parsed<'_> {
+    let bundle = parse(&layer.data);
+    let kind = match &bundle {
+        Ok((_, Some(env))) if env.payload_type != SIMPLE_SIGNING => {
+            let predicate = serde_json::from_slice::<serde_json::Value>(&env.payload)
+                .ok()
+                .and_then(|v| v.get("predicateType")?.as_str().map(str::to_owned));
+            if predicate.as_deref() == Some(COSIGN_SIGN_PREDICATE) { Kind::Signature } else { Kind::Attestation }
+        }
+        _ => Kind::Signature,
+    };
+    Parsed { layer, bundle, kind }
+}
+
+fn envelope<'p>(parsed: &'p Parsed<'_>) -> Result<(&'p Bundle, &'p Decoded), Rejection> {
+    let (bundle, env) = parsed.bundle.as_ref().map_err(Clone::clone)?;
     if bundle.message_signature.is_some() {
         return Err(Rejection::UnsupportedBundle("messageSignature bundles sign a blob, not an image".into()));
     }
-    env.ok_or_else(|| Rejection::MalformedBundle("neither dsseEnvelope nor messageSignature".into()))
+    let env =
+        env.as_ref().ok_or_else(|| Rejection::MalformedBundle("neither dsseEnvelope nor messageSignature".into()))?;
+    Ok((bundle, env))
 }
 
 /// A signature-kind bundle under one authority.
-pub(super) fn verify_signature(layer: &Layer, digest: &Digest, auth: &Authority) -> Result<ImageSignature, Rejection> {
-    let (bundle, env) = parse(&layer.data)?;
-    let env = envelope(&bundle, env)?;
+pub(super) fn verify_signature(
+    parsed: &Parsed<'_>,
+    digest: &Digest,
+    auth: &Authority,
+) -> Result<ImageSignature, Rejection> {
+    let layer = parsed.layer;
+    let (bundle, env) = envelope(parsed)?;
     if env.payload_type == SIMPLE_SIGNING {
         // Chains' sigstore-bundle mode may sign the raw payload rather than PAE; both bind the same document.
-        let signer = signer(&bundle, &env, auth, true)?;
+        let signer = signer(bundle, env, auth, true)?;
         let (docker_reference, annotations) = simple::bind_payload(&env.payload, digest)?;
         return Ok(ImageSignature { layer: layer.digest.clone(), docker_reference, annotations, signer });
     }
-    let signer = signer(&bundle, &env, auth, false)?;
-    let st = dsse::statement(layer.digest.clone(), &env, std::slice::from_ref(digest), signer)?;
+    let signer = signer(bundle, env, auth, false)?;
+    let st = dsse::statement(layer.digest.clone(), env, std::slice::from_ref(digest), signer)?;
     let subject = st.subject.iter().find(|s| s.digest.get("sha256").map(String::as_str) == Some(digest.hex()));
     Ok(ImageSignature {
         layer: st.layer,
@@ -130,14 +148,13 @@ pub(super) fn verify_signature(layer: &Layer, digest: &Digest, auth: &Authority)
 
 /// An attestation-kind bundle under one authority.
 pub(super) fn verify_attestation(
-    layer: &Layer,
+    parsed: &Parsed<'_>,
     acceptable: &[Digest],
     auth: &Authority,
 ) -> Result<Statement, Rejection> {
-    let (bundle, env) = parse(&layer.data)?;
-    let env = envelope(&bundle, env)?;
-    let signer = signer(&bundle, &env, auth, false)?;
-    dsse::statement(layer.digest.clone(), &env, acceptable, signer)
+    let (bundle, env) = envelope(parsed)?;
+    let signer = signer(bundle, env, auth, false)?;
+    dsse::statement(parsed.layer.digest.clone(), env, acceptable, signer)
 }
 
 fn signer(bundle: &Bundle, env: &Decoded, auth: &Authority, raw_ok: bool) -> Result<Signer, Rejection> {

@@ -225,27 +225,51 @@ impl AttestationCheck {
 
 /// Verifies every `.sig` layer and every signature-kind bundle for `digest` against `authorities`.
 pub fn signatures(a: &Artifacts, digest: &Digest, authorities: &[Authority]) -> SignatureCheck {
-    let mut check = SignatureCheck { digest: digest.clone(), verified: Vec::new(), rejected: Vec::new() };
-    for layer in &a.signatures {
-        judge(layer, authorities, &mut check.verified, &mut check.rejected, |auth| {
-            simple::verify_layer(layer, digest, auth)
-        });
-    }
-    for layer in &a.bundles {
-        if bundle::kind(layer) != bundle::Kind::Signature {
-            continue;
-        }
-        judge(layer, authorities, &mut check.verified, &mut check.rejected, |auth| {
-            bundle::verify_signature(layer, digest, auth)
-        });
-    }
-    check
+    let bundles: Vec<bundle::Parsed<'_>> = a.bundles.iter().map(bundle::parse_layer).collect();
+    signatures_of(a, &bundles, digest, authorities)
 }
 
 /// Verifies every `.att` DSSE layer and every attestation-kind bundle. A statement counts only if one subject's
 /// sha256 equals one of `acceptable`: the image digest first (it names the check), then e.g. its platform
 /// manifest digests. With `acceptable` empty nothing can match and every statement is a subject mismatch.
 pub fn attestations(a: &Artifacts, acceptable: &[Digest], authorities: &[Authority]) -> AttestationCheck {
+    let bundles: Vec<bundle::Parsed<'_>> = a.bundles.iter().map(bundle::parse_layer).collect();
+    attestations_of(a, &bundles, acceptable, authorities)
+}
+
+/// [`signatures`] of `acceptable[0]` and [`attestations`] over `acceptable`, parsing each bundle once for both.
+pub fn check(a: &Artifacts, acceptable: &[Digest], authorities: &[Authority]) -> (SignatureCheck, AttestationCheck) {
+    let bundles: Vec<bundle::Parsed<'_>> = a.bundles.iter().map(bundle::parse_layer).collect();
+    let digest = acceptable.first().cloned().unwrap_or_else(|| Digest::sha256_of(b""));
+    (signatures_of(a, &bundles, &digest, authorities), attestations_of(a, &bundles, acceptable, authorities))
+}
+
+fn signatures_of(
+    a: &Artifacts,
+    bundles: &[bundle::Parsed<'_>],
+    digest: &Digest,
+    authorities: &[Authority],
+) -> SignatureCheck {
+    let mut check = SignatureCheck { digest: digest.clone(), verified: Vec::new(), rejected: Vec::new() };
+    for layer in &a.signatures {
+        judge(layer, authorities, &mut check.verified, &mut check.rejected, |auth| {
+            simple::verify_layer(layer, digest, auth)
+        });
+    }
+    for parsed in bundles.iter().filter(|p| p.kind == bundle::Kind::Signature) {
+        judge(parsed.layer, authorities, &mut check.verified, &mut check.rejected, |auth| {
+            bundle::verify_signature(parsed, digest, auth)
+        });
+    }
+    check
+}
+
+fn attestations_of(
+    a: &Artifacts,
+    bundles: &[bundle::Parsed<'_>],
+    acceptable: &[Digest],
+    authorities: &[Authority],
+) -> AttestationCheck {
     let digest = acceptable.first().cloned().unwrap_or_else(|| Digest::sha256_of(b""));
     let mut check = AttestationCheck { digest, verified: Vec::new(), rejected: Vec::new() };
     for layer in &a.attestations {
@@ -253,12 +277,9 @@ pub fn attestations(a: &Artifacts, acceptable: &[Digest], authorities: &[Authori
             dsse::verify_layer(layer, acceptable, auth)
         });
     }
-    for layer in &a.bundles {
-        if bundle::kind(layer) != bundle::Kind::Attestation {
-            continue;
-        }
-        judge(layer, authorities, &mut check.verified, &mut check.rejected, |auth| {
-            bundle::verify_attestation(layer, acceptable, auth)
+    for parsed in bundles.iter().filter(|p| p.kind == bundle::Kind::Attestation) {
+        judge(parsed.layer, authorities, &mut check.verified, &mut check.rejected, |auth| {
+            bundle::verify_attestation(parsed, acceptable, auth)
         });
     }
     check
