@@ -86,7 +86,7 @@ pub async fn start_with(config: Config, kube: Option<kube::Client>) -> anyhow::R
         .with_context(|| format!("audit log {:?}", config.audit.log))?;
     let keys = key_store(&policies, kube.clone()).await;
     tasks.push(tokio::spawn(track_secrets(policies.clone(), keys.clone(), config.policy_poll)));
-    let engine = engine_with(&config, policies.clone(), keys, kube)?;
+    let engine = engine_with(&config, policies.clone(), keys, kube, Some(&metrics))?;
     let webhook = Arc::new(Webhook::new(engine, audit, metrics.clone(), &config));
 
     let listener =
@@ -120,18 +120,24 @@ pub async fn oneshot_engine(config: &Config, policies: Arc<PolicyStore>) -> anyh
         !refs.is_empty() || config.credentials.image_pull_secrets || !config.credentials.secrets.is_empty();
     let kube = if wants_cluster { kube_client().await } else { None };
     let keys = key_store(&policies, kube.clone()).await;
-    engine_with(config, policies, keys, kube)
+    engine_with(config, policies, keys, kube, None)
 }
 
-/// The engine with keys from `keys` and pull secrets read through `kube` (when there is a cluster).
+/// The engine with keys from `keys` and pull secrets read through `kube` (when there is a cluster), counting
+/// verifications into `metrics` when given.
 pub fn engine_with(
     config: &Config,
     policies: Arc<PolicyStore>,
     keys: KeyStore,
     kube: Option<kube::Client>,
+    metrics: Option<&Metrics>,
 ) -> anyhow::Result<Engine> {
     let registry = Arc::new(RegistryClient::new(config.registries.clone())?);
-    let gatherer = Arc::new(Gatherer::new(registry, keys, config.cache));
+    let mut gatherer = Gatherer::new(registry, keys, config.cache);
+    if let Some(metrics) = metrics {
+        gatherer = gatherer.count_verifications(metrics.verifications.clone());
+    }
+    let gatherer = Arc::new(gatherer);
     let pull_secrets = Arc::new(PullSecrets::new(kube, config.credentials.clone()));
     let limits = ReviewLimits { max_images: config.max_images_per_review, max_object_bytes: config.max_object_bytes };
     Ok(Engine::new(policies, config.no_match, config.deadline, gatherer, pull_secrets, limits))

@@ -133,6 +133,8 @@ pub struct Gatherer {
     verifications: moka::future::Cache<(String, Digest, String, String), Arc<Verification>>,
     /// Bounds the images being fetched at once, so a burst of reviews cannot open unbounded connections.
     fetching: tokio::sync::Semaphore,
+    /// Counts verifications computed (cache misses).
+    computed: prometheus_client::metrics::counter::Counter,
 }
 
 impl Gatherer {
@@ -154,7 +156,14 @@ impl Gatherer {
             .build();
         let fetching = tokio::sync::Semaphore::new(cache.max_concurrent_fetches.max(1));
         let tags = Flights::default();
-        Self { registry, keys, config: cache, manifests, tags, artifacts, verifications, fetching }
+        let computed = Default::default();
+        Self { registry, keys, config: cache, manifests, tags, artifacts, verifications, fetching, computed }
+    }
+
+    /// Counts each verification computed into `counter` (the `provgate_verifications_total` metric).
+    pub fn count_verifications(mut self, counter: prometheus_client::metrics::counter::Counter) -> Self {
+        self.computed = counter;
+        self
     }
 
     /// Gathers evidence for every image a policy needs it for, all at once, within `deadline`.
@@ -294,9 +303,11 @@ impl Gatherer {
         let key = (image.name(), digest.clone(), creds.fingerprint(), authority.cache_key());
         let (artifacts, digest, platforms, authority) =
             (artifacts.clone(), digest.clone(), platforms.to_vec(), authority.clone());
+        let computed = self.computed.clone();
         self.verifications
             .try_get_with(key, async move {
                 tokio::task::spawn_blocking(move || {
+                    computed.inc();
                     Arc::new(Verification::of(&artifacts, &digest, &platforms, &authority))
                 })
                 .await

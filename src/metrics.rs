@@ -6,7 +6,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::decide::{Decision, Verdict};
+use crate::decide::Decision;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DecisionLabels {
@@ -18,6 +18,8 @@ pub struct Metrics {
     registry: Registry,
     decisions: Family<DecisionLabels, Counter>,
     latency: Histogram,
+    /// Verifications computed: one per (digest, authority, credentials) that was not cached.
+    pub verifications: Counter,
 }
 
 impl Default for Metrics {
@@ -28,17 +30,19 @@ impl Default for Metrics {
         let buckets = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
         let latency = Histogram::new(buckets);
         registry.register("admission_duration_seconds", "Time to answer one AdmissionReview", latency.clone());
-        Self { registry, decisions, latency }
+        let verifications = Counter::default();
+        registry.register(
+            "verifications",
+            "Signature and attestation verifications computed, one per (digest, authority) not found in the cache",
+            verifications.clone(),
+        );
+        Self { registry, decisions, latency, verifications }
     }
 }
 
 impl Metrics {
     pub fn observe(&self, decision: &Decision, seconds: f64) {
-        let verdict = match decision.verdict() {
-            Verdict::Allow => "allow",
-            Verdict::Warn => "warn",
-            Verdict::Deny => "deny",
-        };
+        let verdict = decision.verdict().as_str();
         let reason = decision.reason_codes().first().copied().unwrap_or("none");
         self.decisions.get_or_create(&DecisionLabels { decision: verdict, reason }).inc();
         self.latency.observe(seconds);

@@ -416,3 +416,37 @@ async fn every_verified_statement_is_validated_and_the_docker_reference_can_be_b
         assert_eq!(response["allowed"], allowed, "{reference}: {response}");
     }
 }
+
+/// Item 14 (and the pipeline): an image is verified once per (digest, authority), however many fields name it and
+/// however many reviews ask, and each bundle or envelope is parsed in that one verification.
+#[tokio::test]
+async fn an_image_is_verified_once_per_authority_however_often_it_is_reviewed() {
+    let registry = DockerRegistry::start(Auth::None);
+    let keys = tempfile::tempdir().unwrap();
+    let mut layout = Layout::new();
+    let image = layout.image("once", "amd64");
+    layout.tag("once", &image);
+    let s = sign(keys.path(), "chains", image.hex(), &seed("chains-kaniko-slsa-v0.2-statement.json"));
+    attach(&mut layout, &image, "sig", (SIMPLE_SIGNING, s.payload, json!({SIG_ANNOTATION: s.signature})));
+    attach(&mut layout, &image, "att", (DSSE, s.envelope, json!({SIG_ANNOTATION: ""})));
+    push_all(&registry, &layout, "team/app", &["once"]);
+    push_cosign_tags(&registry, &layout, "team/app", &[&image]);
+    let require =
+        "  require:\n    signature: true\n    attestations:\n      - name: provenance\n        predicateType: slsa\n";
+    let hook = hook_for(&registry, keyed_policy(&keys.path().join("chains.pub"), require, "")).await;
+    let reference = format!("{}/team/app:once", registry.addr);
+    let counted = || async {
+        let (_, metrics) = hook.admin_get("/metrics").await;
+        let n = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("provgate_verifications_total ")?.trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no provgate_verifications_total in {metrics}"));
+        (n, metrics)
+    };
+    for _ in 0..3 {
+        let response = hook.review(&pod(&[&reference, &reference, &reference])).await;
+        assert_eq!(response["allowed"], true, "{response}");
+    }
+    let (n, metrics) = counted().await;
+    assert_eq!(n, 1, "one digest, one authority: one verification for three fields and three reviews: {metrics}");
+}
