@@ -6,11 +6,11 @@ use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::check::{Checked, ReviewContext, check};
 use crate::evidence::Gathered;
 use crate::images::ImageRef;
 use crate::plan::{Plan, PlannedImage, Step};
 use crate::policy::Mode;
-use crate::policy::judge::{Judgement, ReviewContext, judge};
 use crate::reason::Reason;
 
 /// What happens to an image that no policy matches.
@@ -96,7 +96,7 @@ pub struct ImageDecision {
     pub policies: Vec<String>,
     pub outcome: Outcome,
     pub failures: Vec<Failure>,
-    /// What verified, by which authority (see [`crate::policy::judge::Judgement::verified`]).
+    /// What verified, by which authority (see [`crate::check::Checked::verified`]).
     pub verified: Vec<String>,
     /// Whether the object named the image by digest (a tag can move after verification).
     pub written_with_digest: bool,
@@ -217,8 +217,8 @@ pub fn decide(
     Decision { request_failure: None, images }
 }
 
-/// Judgements per (image, evidence digest or failure), so repeated references cost one judgement per review.
-type Memo = HashMap<(String, String), Rc<Vec<(String, Judgement)>>>;
+/// Policy checks per (image, evidence digest or failure), so repeated references are checked once per review.
+type Memo = HashMap<(String, String), Rc<Vec<(String, Checked)>>>;
 
 /// An image left unjudged because the review stopped.
 fn interrupted(planned: &PlannedImage, reason: Reason) -> ImageDecision {
@@ -287,7 +287,7 @@ fn judge_image(
             let judgements = memo.entry((image.to_string(), found)).or_insert_with(|| {
                 let judged = policies
                     .iter()
-                    .map(|p| (p.name.clone(), judge(p, image, evidence, &gathered.authorities, context)))
+                    .map(|p| (p.name.clone(), check(p, image, evidence, &gathered.authorities, context)))
                     .collect();
                 Rc::new(judged)
             });

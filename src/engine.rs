@@ -9,15 +9,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crate::admission::review::{Operation, Request};
+use crate::check::ReviewContext;
 use crate::credentials::PullSecrets;
 use crate::decide::{self, Decision, NoMatch};
 use crate::evidence::Gatherer;
 use crate::images::{self, PodKind};
 use crate::policy::PolicyStore;
-use crate::policy::judge::ReviewContext;
 use crate::reason::Reason;
 use crate::registry::Keychain;
+use crate::request::{Operation, Request};
 
 /// Caps on one review's work (config `maxImagesPerReview`, `maxObjectBytes`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,13 +6,13 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::admission::review::{GroupVersionKind, Operation, Request, UserInfo};
 use crate::artifact::{Artifacts, Layer, Origin};
 use crate::decide::{Decision, ImageDecision, Verdict};
 use crate::engine::Engine;
 use crate::evidence::{Gatherer, Inspected};
 use crate::images::ImageRef;
 use crate::policy::{LoadErrors, PolicySet, load_sources};
+use crate::request::{GroupVersionKind, Operation, Request, UserInfo};
 
 /// What `verify --output json` prints for one image.
 #[derive(Debug, Serialize)]

@@ -5,6 +5,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::reason::Reason;
+pub use crate::request::Request;
 
 pub const API_VERSION: &str = "admission.k8s.io/v1";
 pub const KIND: &str = "AdmissionReview";
@@ -30,71 +31,6 @@ impl BadReview {
             Self::TooLarge(_) => 413,
             _ => 400,
         }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum Operation {
-    Create,
-    Update,
-    Delete,
-    Connect,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-pub struct GroupVersionKind {
-    #[serde(default)]
-    pub group: String,
-    #[serde(default)]
-    pub version: String,
-    pub kind: String,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-pub struct UserInfo {
-    #[serde(default)]
-    pub username: String,
-    #[serde(default)]
-    pub groups: Vec<String>,
-}
-
-/// The parts of an AdmissionRequest provgate reads.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Request {
-    pub uid: String,
-    pub kind: GroupVersionKind,
-    #[serde(default)]
-    pub sub_resource: Option<String>,
-    #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default)]
-    pub namespace: Option<String>,
-    pub operation: Operation,
-    #[serde(default)]
-    pub user_info: UserInfo,
-    #[serde(default)]
-    pub object: Option<Value>,
-    #[serde(default)]
-    pub old_object: Option<Value>,
-    #[serde(default)]
-    pub dry_run: Option<bool>,
-}
-
-impl Request {
-    pub fn namespace(&self) -> &str {
-        self.namespace.as_deref().unwrap_or("")
-    }
-
-    /// The object's name, or its `generateName` prefix on CREATE.
-    pub fn object_name(&self) -> String {
-        if let Some(name) = self.name.as_deref().filter(|n| !n.is_empty()) {
-            return name.to_owned();
-        }
-        let meta = self.object.as_ref().and_then(|o| o.get("metadata"));
-        let generate = meta.and_then(|m| m.get("generateName")).and_then(Value::as_str);
-        generate.map(|g| format!("{g}*")).unwrap_or_default()
     }
 }
 
@@ -173,7 +109,7 @@ mod tests {
         })))
         .unwrap();
         let r = incoming.request.unwrap();
-        assert_eq!((r.operation, r.namespace(), r.dry_run), (Operation::Create, "team-a", Some(true)));
+        assert_eq!((r.operation, r.namespace(), r.dry_run), (crate::request::Operation::Create, "team-a", Some(true)));
         assert_eq!(r.object_name(), "web-*");
         assert_eq!(r.user_info.username, "alice");
         assert!(r.old_object.is_none());

@@ -5,7 +5,6 @@ pub mod cel;
 pub mod cli;
 pub mod eval;
 mod examples;
-pub mod judge;
 mod load;
 mod matcher;
 pub mod model;

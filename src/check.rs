@@ -1,4 +1,4 @@
-//! Judges one image against one policy, purely: the authorities' keys verify the gathered layers (`verify`), the
+//! Checks one image against one policy, purely: the authorities' keys verify the gathered layers (`verify`), the
 //! `require` section is checked over what verified, then the CEL validations run over the verified statements only.
 
 use std::collections::BTreeMap;
@@ -7,11 +7,11 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
-use super::eval::{ImageInfo, ImageInput, Limits, ReviewScope};
-use super::require::{check_attestation, check_signature};
-use super::{Policy, engine};
 use crate::evidence::{Authorities, ImageEvidence, Verification, Verifications};
 use crate::images::ImageRef;
+use crate::policy::eval::{ImageInfo, ImageInput, Limits, ReviewScope};
+use crate::policy::require::{check_attestation, check_signature};
+use crate::policy::{Policy, engine};
 use crate::reason::Reason;
 use crate::verify::{self, AttestationCheck, Authority, SignatureCheck};
 
@@ -35,7 +35,7 @@ impl ReviewContext {
 
 /// What one policy made of one image.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Judgement {
+pub struct Checked {
     /// Every way the image fails the policy; empty when it passes.
     pub unmet: Vec<Reason>,
     /// What verified, and by which authority and key or identity, e.g.
@@ -43,17 +43,17 @@ pub struct Judgement {
     pub verified: Vec<String>,
 }
 
-/// Judges `image` against `policy` over the gathered evidence.
-pub fn judge(
+/// Checks `image` against `policy` over the gathered verifications.
+pub fn check(
     policy: &Policy,
     image: &ImageRef,
     evidence: Option<&Result<Arc<ImageEvidence>, Reason>>,
     authorities: &Authorities,
     context: &ReviewContext,
-) -> Judgement {
+) -> Checked {
     let mut verified = Vec::new();
     let unmet = unmet(policy, image, evidence, authorities, context, &mut verified);
-    Judgement { unmet, verified }
+    Checked { unmet, verified }
 }
 
 fn signer(s: &verify::Signer) -> String {
@@ -116,7 +116,7 @@ fn unmet(
         .extend(signatures.verified.iter().map(|s| format!("signature by {} ({})", s.authority(), signer(&s.signer))));
     if let Some(need) = &policy.requirements.signature {
         unmet.extend(check_signature(need, &signatures, &names).map(unmet_reason));
-        if policy.requirements.platforms == super::require::Platforms::All && !evidence.platforms.is_empty() {
+        if policy.requirements.platforms == crate::policy::require::Platforms::All && !evidence.platforms.is_empty() {
             unmet.extend(every_platform(need, evidence, &resolved, &names));
         }
     }
@@ -174,7 +174,7 @@ fn not_gathered(digest: &crate::images::Digest) -> Reason {
 /// `require.platforms: all`: every platform manifest needs the signature, and was only fetched when the index
 /// verified under one of the policy's authorities.
 fn every_platform(
-    need: &super::require::Need,
+    need: &crate::policy::require::Need,
     evidence: &ImageEvidence,
     resolved: &[Arc<Authority>],
     names: &[Authority],
@@ -204,7 +204,7 @@ fn every_platform(
     unmet
 }
 
-fn unmet_reason(u: super::require::Unmet) -> Reason {
+fn unmet_reason(u: crate::policy::require::Unmet) -> Reason {
     Reason::Unmet { code: u.code, message: u.message }
 }
 
