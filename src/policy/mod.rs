@@ -15,7 +15,7 @@ mod store;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use cel::{CompileError, Engine, Expect, Expression};
+pub use self::cel::{CompileError, Engine, Expect, Expression};
 pub use eval::{
     Activation, CompiledValidation, Evidence, ImageInfo, InputError, Limits, PolicyOutcome, Validation,
     ValidationOutcome, Verdict,

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use super::key::PublicKey;
-use super::keyless::TrustedRoot;
+use super::trusted_root::TrustedRoot;
 
 /// A key set was built from no keys; an empty set must never "verify".
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -4,7 +4,8 @@
 use serde::Deserialize;
 
 use super::authority::{Authority, Keyless, Trust};
-use super::dsse::{self, Decoded, Envelope};
+use super::dsse;
+use super::envelope::{self, Decoded, Envelope};
 use super::keyless::{self, Binding};
 use super::reason::Rejection;
 use super::{ImageSignature, Signer, Statement, b64, simple};
@@ -78,10 +79,10 @@ fn parse(data: &[u8]) -> Result<(Bundle, Option<Decoded>), Rejection> {
         return Err(Rejection::MalformedBundle(format!("unknown mediaType {:?}", bundle.media_type)));
     }
     let env = match &bundle.dsse_envelope {
-        Some(e) => Some(dsse::decode(Envelope {
+        Some(e) => Some(envelope::decode(Envelope {
             payload_type: e.payload_type.clone(),
             payload: e.payload.clone(),
-            signatures: e.signatures.iter().map(|s| dsse::EnvelopeSignature { sig: s.sig.clone() }).collect(),
+            signatures: e.signatures.iter().map(|s| envelope::EnvelopeSignature { sig: s.sig.clone() }).collect(),
         })?),
         None => None,
     };
@@ -178,7 +179,7 @@ fn keyless_signer(bundle: &Bundle, env: &Decoded, trust: &Keyless) -> Result<Sig
         .ok_or_else(|| Rejection::MissingTransparency("bundle has no certificate (key-signed?)".into()))?;
     let cert_der = b64(&cert_b64.raw_bytes).map_err(|e| Rejection::UntrustedCertificate(e.to_string()))?;
     let leaf = keyless::leaf(&cert_der, trust)?;
-    let msg = dsse::pae(&env.payload_type, &env.payload);
+    let msg = envelope::pae(&env.payload_type, &env.payload);
     let sig = env.signatures.iter().find(|s| leaf.key.verify(&msg, s).is_some()).ok_or_else(|| {
         Rejection::WrongKey { keys: vec![format!("certificate of {}", keyless::signer_name(&leaf.signer))] }
     })?;

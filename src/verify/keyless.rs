@@ -2,7 +2,6 @@
 //! offline Rekor SET verification with the entry body bound to this signature and payload.
 
 mod chain;
-mod root;
 mod sct;
 
 use std::collections::BTreeMap;
@@ -12,11 +11,12 @@ use x509_cert::Certificate;
 use x509_cert::der::Decode;
 
 use super::authority::Keyless;
-use super::dsse::Decoded;
+use super::envelope::Decoded;
 use super::key::PublicKey;
 use super::reason::Rejection;
+use super::trusted_root::TrustedRoot;
+pub(super) use super::trusted_root::hex_sha256;
 use super::{Signer, b64};
-pub use root::{TrustedRoot, TrustedRootError};
 
 const CERT_ANNOTATION: &str = "dev.sigstore.cosign/certificate";
 const BUNDLE_ANNOTATION: &str = "dev.sigstore.cosign/bundle";
@@ -210,10 +210,6 @@ pub(super) fn signer_name(s: &Signer) -> String {
     }
 }
 
-pub(super) fn hex_sha256(data: &[u8]) -> String {
-    crate::images::Digest::sha256_of(data).hex().to_owned()
-}
-
 /// Keyless `.sig` layer: the signature covers the exact payload bytes.
 pub(super) fn verify_legacy(
     annotations: &BTreeMap<String, String>,
@@ -230,7 +226,7 @@ pub(super) fn verify_legacy_dsse(
     env: &Decoded,
     trust: &Keyless,
 ) -> Result<Signer, Rejection> {
-    let msg = super::dsse::pae(&env.payload_type, &env.payload);
+    let msg = super::envelope::pae(&env.payload_type, &env.payload);
     let mut last = Rejection::MissingSignature;
     for sig in &env.signatures {
         match legacy(annotations, &msg, sig, &env.payload, trust) {

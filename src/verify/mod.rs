@@ -12,10 +12,12 @@
 mod authority;
 mod bundle;
 mod dsse;
+mod envelope;
 mod key;
 mod keyless;
 mod reason;
 mod simple;
+mod trusted_root;
 
 use serde::Serialize;
 
@@ -23,10 +25,10 @@ use crate::artifact::{Artifacts, Layer, Origin};
 use crate::images::Digest;
 
 pub use authority::{Authority, EmptyKeySet, Identity, KeySet, Keyless, Matcher, NoIdentities, Pattern, Trust};
-pub use dsse::pae;
+pub use envelope::pae;
 pub use key::{KeyError, KeyKind, PublicKey, Scheme};
-pub use keyless::{TrustedRoot, TrustedRootError};
 pub use reason::Rejection;
+pub use trusted_root::{TrustedRoot, TrustedRootError};
 
 /// Provenance that passed verification. Only `verify` can build one; `decide` reads it.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -11,8 +11,8 @@ use x509_cert::Certificate;
 use x509_cert::der::oid::db::rfc5280::ID_KP_CODE_SIGNING;
 use x509_cert::ext::pkix::{BasicConstraints, ExtendedKeyUsage, KeyUsage};
 
-use super::root::Ca;
 use crate::verify::reason::Rejection;
+use crate::verify::trusted_root::Ca;
 
 const NOT_ISSUED: &str = "not issued by any certificate authority in the trusted root";
 

@@ -16,9 +16,9 @@ use x509_cert::ext::pkix::sct::{
     SignedCertificateTimestampList,
 };
 
-use super::root::Log;
 use crate::verify::key::{KeyKind, Scheme};
 use crate::verify::reason::Rejection;
+use crate::verify::trusted_root::Log;
 
 /// Verifies that `leaf` (DER `leaf_der`, issued by `issuer`) embeds an SCT from one of `logs` (by hex log id).
 pub(super) fn verify(

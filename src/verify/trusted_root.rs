@@ -8,7 +8,6 @@ use serde::Deserialize;
 use x509_cert::Certificate;
 use x509_cert::der::Decode;
 
-use super::hex_sha256;
 use crate::verify::b64;
 use crate::verify::key::PublicKey;
 use crate::verify::reason::Rejection;
@@ -220,4 +219,9 @@ impl TrustedRoot {
     pub fn digest(&self) -> &str {
         &self.digest
     }
+}
+
+/// Lowercase hex of the SHA-256 of `data` (log ids, payload hashes).
+pub(super) fn hex_sha256(data: &[u8]) -> String {
+    crate::images::Digest::sha256_of(data).hex().to_owned()
 }
