@@ -180,30 +180,15 @@ fn secret_refs(policies: &PolicyStore) -> Vec<SecretRef> {
 async fn key_store(policies: &PolicyStore, kube: Option<kube::Client>) -> KeyStore {
     let keys = KeyStore::new(kube.map(SecretWatch::new));
     for r in secret_refs(policies) {
-        if let Some(error) = keys_watch(&keys, &r).await {
+        if let Err(error) = keys.ready(&r, Duration::from_secs(10)).await {
             tracing::warn!(secret = %r, %error, "key not available; images it must verify are denied until it is");
         }
     }
     keys
 }
 
-/// Starts the watch for `r` and waits up to 10 s for its first answer; returns the error if it has no key.
-async fn keys_watch(keys: &KeyStore, r: &SecretRef) -> Option<crate::keys::KeysError> {
-    let reference = KeyRef::Secret(r.clone());
-    keys.watch(std::slice::from_ref(&reference));
-    let started = tokio::time::Instant::now();
-    loop {
-        match keys.get(&reference) {
-            Ok(_) => return None,
-            Err(crate::keys::KeysError::NotLoaded(_)) if started.elapsed() < Duration::from_secs(10) => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => return Some(e),
-        }
-    }
-}
-
-/// Keeps a watch on every Secret the active policies name, following policy reloads.
+/// Keeps a watch on every Secret the active policies name, following policy reloads (watches of Secrets no longer
+/// named are stopped).
 async fn track_secrets(policies: Arc<PolicyStore>, keys: KeyStore, period: Duration) {
     let mut generation = policies.current().map(|s| s.generation().to_owned());
     let mut ticks = tokio::time::interval(period);
@@ -213,7 +198,7 @@ async fn track_secrets(policies: Arc<PolicyStore>, keys: KeyStore, period: Durat
         if now != generation {
             generation = now;
             let refs: Vec<KeyRef> = secret_refs(&policies).into_iter().map(KeyRef::Secret).collect();
-            keys.watch(&refs);
+            keys.track(&refs);
         }
     }
 }

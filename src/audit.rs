@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt as _;
 
-use crate::decide::{Decision, Outcome, Verdict};
+use crate::decide::{Decision, Outcome};
 use crate::request::Request;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -60,7 +60,7 @@ pub fn record(uid: &str, request: Option<&Request>, decision: &Decision, latency
             reference: i.image.as_ref().map_or_else(|| i.raw.clone(), ToString::to_string),
             digest: i.image.as_ref().and_then(|r| r.digest()).map(ToString::to_string),
             policies: i.policies.clone(),
-            outcome: label(&i.outcome),
+            outcome: i.outcome.as_str().to_owned(),
             reason: i.failures.first().map(|f| f.reason.code().to_owned()),
             message: (i.outcome != Outcome::Allowed && i.outcome != Outcome::Unchanged).then(|| i.explain()),
             verified: i.verified.clone(),
@@ -75,7 +75,7 @@ pub fn record(uid: &str, request: Option<&Request>, decision: &Decision, latency
         operation: request.map(|r| label(&r.operation)).unwrap_or_default(),
         user: request.map(|r| r.user_info.username.clone()).unwrap_or_default(),
         dry_run: request.and_then(|r| r.dry_run).unwrap_or(false),
-        decision: label(&decision.verdict()),
+        decision: decision.verdict().as_str().to_owned(),
         latency_ms: u64::try_from(latency.as_millis()).unwrap_or(u64::MAX),
         reason: decision.request_failure.as_ref().map(|r| r.code().to_owned()),
         message: decision.request_failure.as_ref().map(ToString::to_string),
@@ -127,9 +127,4 @@ impl AuditLog {
             tracing::error!(error = %e, uid = %record.uid, "audit record not written");
         }
     }
-}
-
-/// Whether a record's decision was a denial.
-pub fn is_denied(record: &Record) -> bool {
-    record.decision == label(&Verdict::Deny)
 }

@@ -327,7 +327,6 @@ fn combine(failures: &[Failure]) -> Option<Outcome> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
     use crate::images::{ImageField, PodKind, extract};

@@ -62,7 +62,6 @@ impl<K: Hash + Eq + Clone, V: Clone + Send + Sync + 'static> Flights<K, V> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
     use std::sync::Arc;

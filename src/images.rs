@@ -145,11 +145,6 @@ impl ImageRef {
     pub fn with_digest(&self, digest: Digest) -> Self {
         Self { digest: Some(digest), ..self.clone() }
     }
-
-    /// `registry/repository@digest` when a digest is known.
-    pub fn pinned(&self) -> Option<String> {
-        self.digest.as_ref().map(|d| format!("{}@{d}", self.name()))
-    }
 }
 
 impl fmt::Display for ImageRef {
@@ -281,7 +276,6 @@ fn image_field(entry: &Value, at: &str, key: &str) -> Result<ImageField, ShapeEr
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
     use serde_json::json;
@@ -327,7 +321,7 @@ mod tests {
         let r = ImageRef::parse(&format!("registry.example.com/app:1.0@{D}")).unwrap();
         assert_eq!(r.digest().unwrap().to_string(), D);
         assert_eq!(r.tag(), Some("1.0"));
-        assert_eq!(r.pinned().unwrap(), format!("registry.example.com/app@{D}"));
+        assert_eq!(r.name(), "registry.example.com/app");
         let bare = ImageRef::parse(&format!("app@{D}")).unwrap();
         assert_eq!(bare.tag(), None, "no default tag when a digest is given");
         assert_eq!(bare.to_string(), format!("docker.io/library/app@{D}"));

@@ -191,7 +191,6 @@ fn artifact_reports(artifacts: &Artifacts, for_digest: &str) -> Vec<ArtifactRepo
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 

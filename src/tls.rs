@@ -136,7 +136,6 @@ fn build(material: &Material, files: &TlsFiles) -> Result<ServerConfig, TlsError
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 

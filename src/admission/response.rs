@@ -82,7 +82,6 @@ fn truncate(mut s: String, max: usize) -> String {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
     use crate::reason::Reason;

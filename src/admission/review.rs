@@ -62,7 +62,6 @@ pub fn parse(body: &[u8]) -> Result<Incoming, BadReview> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
     use serde_json::json;

@@ -220,7 +220,6 @@ async fn idle_for(mut in_flight: watch::Receiver<usize>, limit: Duration) {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 

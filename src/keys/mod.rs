@@ -147,6 +147,30 @@ impl KeyStore {
         }
     }
 
+    /// Watches exactly the Secrets `refs` name: starts the missing watches and stops those no longer named (after
+    /// a policy reload).
+    pub fn track(&self, refs: &[KeyRef]) {
+        self.watch(refs);
+        if let Some(w) = &self.secrets {
+            let keep: Vec<SecretRef> = refs
+                .iter()
+                .filter_map(|r| match r {
+                    KeyRef::Secret(s) => Some(s.clone()),
+                    _ => None,
+                })
+                .collect();
+            w.retain(&keep);
+        }
+    }
+
+    /// Watches the Secret `r` names and waits up to `timeout` for its first answer.
+    pub async fn ready(&self, r: &SecretRef, timeout: std::time::Duration) -> Result<PublicKey, KeysError> {
+        match &self.secrets {
+            Some(w) => w.ready(r, timeout).await,
+            None => Err(KeysError::NoClient(r.to_string())),
+        }
+    }
+
     /// The current key for one reference.
     pub fn get(&self, r: &KeyRef) -> Result<PublicKey, KeysError> {
         match r {
@@ -185,7 +209,6 @@ impl KeyStore {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 

@@ -101,7 +101,6 @@ fn identity(spec: &IdentitySpec) -> Result<Identity, String> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 

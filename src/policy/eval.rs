@@ -1,6 +1,6 @@
 //! Evaluating a policy's CEL validations over one image's verified evidence, with bounded input.
 
-use super::cel::{CompileError, Engine, Expect, Expression, json_to_value, type_name};
+use super::cel::{CompileError, Engine, Expression, json_to_value, type_name};
 use super::provenance::Provenance;
 use cel::{Context, Value};
 use chrono::{DateTime, Utc};
@@ -32,15 +32,6 @@ impl Engine {
     /// The policy engine, with the sample context used to reject non-bool expressions at load.
     pub fn new() -> Result<Self, CompileError> {
         Engine::with_sample(sample_variables())
-    }
-
-    /// Compiles one validation: `expression` must be bool, `messageExpression` a string.
-    pub fn compile_validation(&self, v: &Validation) -> Result<CompiledValidation, CompileError> {
-        Ok(CompiledValidation {
-            expression: self.compile(&v.expression, Expect::Bool)?,
-            message: v.message.clone(),
-            message_expression: v.message_expression.as_deref().map(|m| self.compile(m, Expect::String)).transpose()?,
-        })
     }
 
     /// Builds the CEL variables for one image once; every policy's validations then run against it.
@@ -487,7 +478,6 @@ impl Activation<'_> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 
@@ -519,7 +509,15 @@ mod tests {
             message: message.map(Into::into),
             message_expression: message_expression.map(Into::into),
         };
-        crate::policy::engine().unwrap().compile_validation(&v).unwrap()
+        let engine = crate::policy::engine().unwrap();
+        CompiledValidation {
+            expression: engine.compile(&v.expression, crate::policy::Expect::Bool).unwrap(),
+            message: v.message.clone(),
+            message_expression: v
+                .message_expression
+                .as_deref()
+                .map(|m| engine.compile(m, crate::policy::Expect::String).unwrap()),
+        }
     }
 
     fn verdict(file: &str, v: &CompiledValidation) -> Verdict {

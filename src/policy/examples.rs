@@ -1,7 +1,6 @@
 //! Runs the example policies in `policies/` against their test cases in `policies/tests/<name>/cases.yaml`.
 
 #![cfg(test)]
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use super::cli::{self, TestOptions, Verdict};
 use chrono::{DateTime, Utc};

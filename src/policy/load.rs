@@ -228,7 +228,6 @@ fn line_in(text: &str, from: usize, source: &str) -> Option<usize> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
     use crate::policy::Mode;

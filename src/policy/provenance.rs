@@ -182,7 +182,6 @@ fn materials(list: Option<&Value>, uri_key: &str) -> Vec<Material> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
     use serde_json::json;

@@ -326,7 +326,6 @@ pub(crate) fn parse_digest(s: &Session, digest: &str, what: &str) -> Result<Dige
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 

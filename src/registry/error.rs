@@ -75,22 +75,9 @@ impl RegistryError {
             Self::TokenRealm { .. } => "registry-token-realm",
         }
     }
-
-    /// Whether trying again later could succeed (rate limits, outages, timeouts).
-    pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            Self::RateLimited { .. }
-                | Self::Unreachable { .. }
-                | Self::ServerError { .. }
-                | Self::TimedOut { .. }
-                | Self::Busy { .. }
-        )
-    }
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 

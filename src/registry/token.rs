@@ -243,7 +243,6 @@ pub(crate) fn basic_header(creds: &Credentials) -> Option<HeaderValue> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 

@@ -219,7 +219,6 @@ fn check_entry(
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use base64::Engine as _;
 

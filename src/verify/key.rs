@@ -255,7 +255,6 @@ fn pem_label(item: &rustls_pemfile::Item) -> &'static str {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 

@@ -1,6 +1,5 @@
 //! Vector and negative-case tests for `verify`: each public vector verifies, its one-byte twin fails, and each
 //! way to fail has its own reason.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -128,7 +128,6 @@ impl Session {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
     use crate::registry::config::RegistryConfig;

@@ -175,7 +175,6 @@ fn issuer_constraints(issuers: &[&Certificate], issued: i64) -> Result<(), Rejec
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 
