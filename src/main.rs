@@ -1,121 +1,13 @@
 //! provgate's command line: wiring only (parse arguments, set up logging, run a command).
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::Parser as _;
 
 use provgate::config::Config;
 
-#[derive(Parser)]
-#[command(name = "provgate", version, about = "Admits only container images whose signed provenance it can verify")]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run the admission webhook (HTTPS /validate; admin /healthz, /readyz, /metrics).
-    Serve(ServeArgs),
-    /// Judge images once, as admission would, and show what the registry holds for them.
-    Verify(VerifyArgs),
-    /// Work with policy files.
-    #[command(subcommand)]
-    Policy(PolicyCommand),
-    /// Create webhook serving certificates.
-    #[command(subcommand)]
-    Certs(CertsCommand),
-}
-
-#[derive(Args)]
-struct ServeArgs {
-    /// Configuration file (every field has a default).
-    #[arg(long, env = "PROVGATE_CONFIG")]
-    config: Option<PathBuf>,
-    #[arg(long, env = "PROVGATE_LISTEN")]
-    listen: Option<SocketAddr>,
-    #[arg(long, env = "PROVGATE_ADMIN_LISTEN")]
-    admin_listen: Option<SocketAddr>,
-    #[arg(long, env = "PROVGATE_TLS_CERT", requires = "tls_key")]
-    tls_cert: Option<PathBuf>,
-    #[arg(long, env = "PROVGATE_TLS_KEY", requires = "tls_cert")]
-    tls_key: Option<PathBuf>,
-    #[arg(long, env = "PROVGATE_POLICIES")]
-    policies: Option<PathBuf>,
-    #[arg(long, env = "PROVGATE_AUDIT_LOG")]
-    audit_log: Option<PathBuf>,
-}
-
-#[derive(Args)]
-struct VerifyArgs {
-    /// Image references (tags are resolved to digests).
-    #[arg(required = true)]
-    images: Vec<String>,
-    /// Policy file or directory (default: the config's policies).
-    #[arg(long)]
-    policy: Option<PathBuf>,
-    /// Require a signature by this key (k8s://NS/SECRET[/KEY], a PEM file, or inline PEM) instead of policies.
-    #[arg(long, conflicts_with = "policy")]
-    key: Option<String>,
-    #[arg(long, default_value = "default")]
-    namespace: String,
-    #[arg(long, value_enum, default_value = "text")]
-    output: Output,
-    /// Configuration file (registries, caches, deadline, noMatch).
-    #[arg(long, env = "PROVGATE_CONFIG")]
-    config: Option<PathBuf>,
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum Output {
-    Text,
-    Json,
-}
-
-#[derive(Subcommand)]
-enum PolicyCommand {
-    /// Load and compile every policy under PATH; errors as file:line.
-    Check { path: PathBuf },
-    /// Evaluate policies over a local in-toto statement or DSSE envelope, without a registry.
-    Test(PolicyTestArgs),
-}
-
-#[derive(Args)]
-struct PolicyTestArgs {
-    /// A policy file or directory.
-    path: PathBuf,
-    /// An in-toto statement, or a DSSE envelope holding one (its signature is not checked).
-    #[arg(long)]
-    statement: PathBuf,
-    /// The image as REF@DIGEST (default: the statement's first subject).
-    #[arg(long)]
-    image: Option<String>,
-    /// The admitted object (JSON or YAML).
-    #[arg(long)]
-    object: Option<PathBuf>,
-    #[arg(long)]
-    namespace: Option<String>,
-    /// The attestation name the statement is filed under (default provenance).
-    #[arg(long)]
-    attestation: Option<String>,
-    #[arg(long, value_enum, default_value = "text")]
-    output: Output,
-}
-
-#[derive(Subcommand)]
-enum CertsCommand {
-    /// A CA and a serving certificate for the webhook Service; prints the caBundle.
-    Generate {
-        #[arg(long, default_value = "provgate")]
-        service: String,
-        #[arg(long, default_value = "provgate-system")]
-        namespace: String,
-        #[arg(long, default_value = "certs")]
-        out: PathBuf,
-    },
-}
+mod args;
+use args::{CertsCommand, Cli, Command, Output, PolicyCommand, ServeArgs, VerifyArgs};
 
 fn main() -> ExitCode {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();

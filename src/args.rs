@@ -1,0 +1,116 @@
+//! provgate's command-line arguments, as clap types: one struct or enum per command, each flag with its
+//! environment variable where it has one. `main.rs` only wires them to the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "provgate", version, about = "Admits only container images whose signed provenance it can verify")]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Command {
+    /// Run the admission webhook (HTTPS /validate; admin /healthz, /readyz, /metrics).
+    Serve(ServeArgs),
+    /// Judge images once, as admission would, and show what the registry holds for them.
+    Verify(VerifyArgs),
+    /// Work with policy files.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Create webhook serving certificates.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+}
+
+#[derive(Args)]
+pub(crate) struct ServeArgs {
+    /// Configuration file (every field has a default).
+    #[arg(long, env = "PROVGATE_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
+    #[arg(long, env = "PROVGATE_LISTEN")]
+    pub(crate) listen: Option<SocketAddr>,
+    #[arg(long, env = "PROVGATE_ADMIN_LISTEN")]
+    pub(crate) admin_listen: Option<SocketAddr>,
+    #[arg(long, env = "PROVGATE_TLS_CERT", requires = "tls_key")]
+    pub(crate) tls_cert: Option<PathBuf>,
+    #[arg(long, env = "PROVGATE_TLS_KEY", requires = "tls_cert")]
+    pub(crate) tls_key: Option<PathBuf>,
+    #[arg(long, env = "PROVGATE_POLICIES")]
+    pub(crate) policies: Option<PathBuf>,
+    #[arg(long, env = "PROVGATE_AUDIT_LOG")]
+    pub(crate) audit_log: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub(crate) struct VerifyArgs {
+    /// Image references (tags are resolved to digests).
+    #[arg(required = true)]
+    pub(crate) images: Vec<String>,
+    /// Policy file or directory (default: the config's policies).
+    #[arg(long)]
+    pub(crate) policy: Option<PathBuf>,
+    /// Require a signature by this key (k8s://NS/SECRET[/KEY], a PEM file, or inline PEM) instead of policies.
+    #[arg(long, conflicts_with = "policy")]
+    pub(crate) key: Option<String>,
+    #[arg(long, default_value = "default")]
+    pub(crate) namespace: String,
+    #[arg(long, value_enum, default_value = "text")]
+    pub(crate) output: Output,
+    /// Configuration file (registries, caches, deadline, noMatch).
+    #[arg(long, env = "PROVGATE_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub(crate) enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum PolicyCommand {
+    /// Load and compile every policy under PATH; errors as file:line.
+    Check { path: PathBuf },
+    /// Evaluate policies over a local in-toto statement or DSSE envelope, without a registry.
+    Test(PolicyTestArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct PolicyTestArgs {
+    /// A policy file or directory.
+    pub(crate) path: PathBuf,
+    /// An in-toto statement, or a DSSE envelope holding one (its signature is not checked).
+    #[arg(long)]
+    pub(crate) statement: PathBuf,
+    /// The image as REF@DIGEST (default: the statement's first subject).
+    #[arg(long)]
+    pub(crate) image: Option<String>,
+    /// The admitted object (JSON or YAML).
+    #[arg(long)]
+    pub(crate) object: Option<PathBuf>,
+    #[arg(long)]
+    pub(crate) namespace: Option<String>,
+    /// The attestation name the statement is filed under (default provenance).
+    #[arg(long)]
+    pub(crate) attestation: Option<String>,
+    #[arg(long, value_enum, default_value = "text")]
+    pub(crate) output: Output,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum CertsCommand {
+    /// A CA and a serving certificate for the webhook Service; prints the caBundle.
+    Generate {
+        #[arg(long, default_value = "provgate")]
+        service: String,
+        #[arg(long, default_value = "provgate-system")]
+        namespace: String,
+        #[arg(long, default_value = "certs")]
+        out: PathBuf,
+    },
+}
