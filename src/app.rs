@@ -17,7 +17,7 @@ use crate::evidence::Gatherer;
 use crate::keys::{KeyRef, KeyStore, SecretRef, SecretWatch};
 use crate::metrics::Metrics;
 use crate::policy::PolicyStore;
-use crate::policy::authority::AuthoritySource;
+use crate::policy::trust::AuthoritySource;
 use crate::registry::RegistryClient;
 use crate::{certs, tls};
 

@@ -54,7 +54,7 @@ impl Engine {
 
     /// Judges one admission request that arrived at `arrived`; the deadline counts from then, so time spent
     /// waiting for a review slot counts against it. Never fails: every problem is a denial with its reason.
-    pub async fn judge(&self, request: &Request, arrived: tokio::time::Instant) -> Decision {
+    pub async fn review(&self, request: &Request, arrived: tokio::time::Instant) -> Decision {
         if matches!(request.operation, Operation::Delete | Operation::Connect) {
             return Decision::allow_without_images();
         }

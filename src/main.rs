@@ -114,7 +114,7 @@ fn verify_report(args: &VerifyArgs) -> anyhow::Result<provgate::oneshot::Report>
     })
 }
 
-fn report(report: provgate::policy::cli::Report) -> ExitCode {
+fn report(report: provgate::policy::cli::CommandOutput) -> ExitCode {
     print!("{}", report.text);
     ExitCode::from(report.exit_code)
 }

@@ -119,7 +119,7 @@ pub async fn verify(engine: &Engine, gatherer: &Gatherer, images: &[String], nam
         old_object: None,
         dry_run: Some(true),
     };
-    let decision = engine.judge(&request, tokio::time::Instant::now()).await;
+    let decision = engine.review(&request, tokio::time::Instant::now()).await;
     let deadline = tokio::time::Instant::now() + engine.deadline;
     let mut reports = Vec::with_capacity(images.len());
     for (i, image) in images.iter().enumerate() {

@@ -141,11 +141,11 @@ fn flip_bundle_statement(bundle: &[u8]) -> Vec<u8> {
 }
 
 fn keyless_authority(root: &[u8], subject: &str) -> Authority {
-    use provgate::verify::{Identity, Keyless, Matcher, Trust, TrustedRoot};
+    use provgate::verify::{Identity, IdentityMatcher, Keyless, Trust, TrustedRoot};
     let root = std::sync::Arc::new(TrustedRoot::from_json(root).unwrap());
     let id = Identity {
-        subject: Matcher::regex(subject).unwrap(),
-        issuer: Matcher::Exact("https://token.actions.githubusercontent.com".into()),
+        subject: IdentityMatcher::regex(subject).unwrap(),
+        issuer: IdentityMatcher::Exact("https://token.actions.githubusercontent.com".into()),
     };
     Authority::new("github", Trust::Keyless(Keyless::new(root, vec![id]).unwrap()))
 }

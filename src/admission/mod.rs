@@ -79,7 +79,7 @@ impl Webhook {
         };
         let judged = AssertUnwindSafe(async {
             self.inject_panic(request);
-            self.engine.judge(request, started).await
+            self.engine.review(request, started).await
         })
         .catch_unwind();
         // The engine counts the deadline from the arrival too; this backstop bounds anything it does past it. The

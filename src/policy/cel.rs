@@ -83,18 +83,18 @@ impl Expression {
 /// The policy CEL environment: stdlib plus the strings, lists, math and encoders extensions.
 ///
 /// Built once; compiling checks syntax, variables, functions and (on a sample context) the result type.
-pub struct Engine {
+pub struct CelEngine {
     env: Arc<Env>,
     sample: HashMap<&'static str, Value>,
 }
 
-impl std::fmt::Debug for Engine {
+impl std::fmt::Debug for CelEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Engine")
+        f.write_str("CelEngine")
     }
 }
 
-impl Engine {
+impl CelEngine {
     /// The environment, with `sample` variables used to detect expressions of the wrong type.
     pub(crate) fn with_sample(sample: HashMap<&'static str, Value>) -> Result<Self, CompileError> {
         let mut env = Env::stdlib();
@@ -106,7 +106,7 @@ impl Engine {
         ] {
             env.add_extension(ext).map_err(|e| CompileError::Environment(e.to_string()))?;
         }
-        Ok(Engine { env: Arc::new(env), sample })
+        Ok(CelEngine { env: Arc::new(env), sample })
     }
 
     /// A fresh context with this environment's functions and no variables.
@@ -194,7 +194,7 @@ fn small_literal(arg: Option<&IdedExpr>) -> bool {
 
 /// Walks the AST with the comprehension scopes, recording the first unknown variable or function.
 struct Checker<'a> {
-    engine: &'a Engine,
+    engine: &'a CelEngine,
     scopes: Vec<String>,
     problem: Option<Problem>,
 }
@@ -340,8 +340,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn engine() -> Engine {
-        Engine::new().unwrap()
+    fn engine() -> CelEngine {
+        CelEngine::new().unwrap()
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! `provgate policy check` and `provgate policy test`: offline loading and evaluation, as printable reports.
 
-pub use super::eval::Verdict;
-use super::eval::{Evidence, ImageInfo, Limits, ValidationOutcome};
+pub use super::eval::Evaluation;
+use super::eval::{CelInput, ImageInfo, Limits, ValidationOutcome};
 use super::{Mode, PolicySet, engine, load};
 use crate::images::ImageRef;
 use base64::Engine as _;
@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 /// What a command prints and the process exit code.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Report {
+pub struct CommandOutput {
     pub text: String,
     pub exit_code: u8,
 }
@@ -28,7 +28,7 @@ pub const EXIT_USAGE: u8 = 2;
 const MAX_STATEMENT_FILE: u64 = 4 << 20;
 
 /// `provgate policy check PATH`: loads and compiles every policy; one `file:line: reason` per error.
-pub fn check(path: &Path) -> Report {
+pub fn check(path: &Path) -> CommandOutput {
     match load(path) {
         Ok(set) => {
             let validations: usize = set.policies().iter().map(|p| p.validations.len()).sum();
@@ -50,9 +50,9 @@ pub fn check(path: &Path) -> Report {
                 set.policies().len(),
                 path.display()
             ));
-            Report { text, exit_code: EXIT_PASS }
+            CommandOutput { text, exit_code: EXIT_PASS }
         }
-        Err(errors) => Report { text: format!("{errors}\n"), exit_code: EXIT_FAIL },
+        Err(errors) => CommandOutput { text: format!("{errors}\n"), exit_code: EXIT_FAIL },
     }
 }
 
@@ -105,16 +105,16 @@ impl TestRun {
 }
 
 /// `provgate policy test PATH --statement FILE ...`: 0 all pass, 1 some fail, 2 usage or config error.
-pub fn test(path: &Path, options: &TestOptions) -> Report {
+pub fn test(path: &Path, options: &TestOptions) -> CommandOutput {
     match run(path, options) {
         Ok(run) => {
             let text = if options.json { to_json(&run) } else { table(&run) };
-            Report { text, exit_code: run.exit_code() }
+            CommandOutput { text, exit_code: run.exit_code() }
         }
         Err(error) if options.json => {
-            Report { text: format!("{}\n", json!({ "error": error })), exit_code: EXIT_USAGE }
+            CommandOutput { text: format!("{}\n", json!({ "error": error })), exit_code: EXIT_USAGE }
         }
-        Err(error) => Report { text: format!("error: {error}\n"), exit_code: EXIT_USAGE },
+        Err(error) => CommandOutput { text: format!("error: {error}\n"), exit_code: EXIT_USAGE },
     }
 }
 
@@ -146,7 +146,7 @@ pub fn run(path: &Path, options: &TestOptions) -> Result<TestRun, String> {
         None => json!({}),
     };
     let kind = object.get("kind").cloned().unwrap_or_else(|| json!("Pod"));
-    let evidence = Evidence {
+    let evidence = CelInput {
         image: ImageInfo::from_ref(&image),
         signatures: options.signatures.clone(),
         attestations: BTreeMap::from([(
@@ -237,9 +237,9 @@ fn table(run: &TestRun) -> String {
         }
         for v in &p.validations {
             let (result, detail) = match &v.verdict {
-                Verdict::Pass => ("pass", v.expression.clone()),
-                Verdict::Fail { .. } => ("FAIL", v.verdict.explain()),
-                Verdict::Error { .. } => ("ERROR", v.verdict.explain()),
+                Evaluation::Pass => ("pass", v.expression.clone()),
+                Evaluation::Fail { .. } => ("FAIL", v.verdict.explain()),
+                Evaluation::Error { .. } => ("ERROR", v.verdict.explain()),
             };
             rows.push([p.name.clone(), mode.clone(), v.index.to_string(), result.into(), detail]);
         }

@@ -1,6 +1,6 @@
 //! Evaluating a policy's CEL validations over one image's verified evidence, with bounded input.
 
-use super::cel::{CompileError, Engine, Expression, json_to_value, type_name};
+use super::cel::{CelEngine, CompileError, Expression, json_to_value, type_name};
 use super::provenance::Provenance;
 use cel::{Context, Value};
 use chrono::{DateTime, Utc};
@@ -28,14 +28,14 @@ pub struct CompiledValidation {
     pub message_expression: Option<Expression>,
 }
 
-impl Engine {
+impl CelEngine {
     /// The policy engine, with the sample context used to reject non-bool expressions at load.
     pub fn new() -> Result<Self, CompileError> {
-        Engine::with_sample(sample_variables())
+        CelEngine::with_sample(sample_variables())
     }
 
     /// Builds the CEL variables for one image once; every policy's validations then run against it.
-    pub fn activation(&self, evidence: &Evidence, limits: &Limits) -> Result<Activation<'static>, InputError> {
+    pub fn activation(&self, evidence: &CelInput, limits: &Limits) -> Result<Activation<'static>, InputError> {
         limits.check(evidence)?;
         let mut context = self.context();
         for (name, value) in variables(evidence) {
@@ -47,7 +47,7 @@ impl Engine {
 
 /// The data CEL sees for one image. Built by the caller from verified evidence only.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Evidence {
+pub struct CelInput {
     pub image: ImageInfo,
     /// Verified signature payloads, `{authority, dockerReference, annotations}`.
     pub signatures: Vec<serde_json::Value>,
@@ -129,7 +129,7 @@ impl Limits {
         Ok(())
     }
 
-    fn check(&self, evidence: &Evidence) -> Result<(), InputError> {
+    fn check(&self, evidence: &CelInput) -> Result<(), InputError> {
         let statements = evidence.attestations.values().map(Vec::len).sum::<usize>();
         let count = statements + evidence.signatures.len();
         if count > self.max_documents {
@@ -237,7 +237,7 @@ fn image_variables(
     ]
 }
 
-fn variables(e: &Evidence) -> Vec<(&'static str, Value)> {
+fn variables(e: &CelInput) -> Vec<(&'static str, Value)> {
     let mut all = image_variables(&e.image, &e.signatures, &e.attestations);
     all.push(("provenance", json_to_value(&provenance_of(&e.attestations).to_json())));
     all.extend(review_variables(&e.object, &e.namespace, &e.request, e.now));
@@ -260,7 +260,7 @@ pub struct ImageInput {
     pub attestations: BTreeMap<String, Vec<serde_json::Value>>,
 }
 
-impl Engine {
+impl CelEngine {
     /// Converts the review's shared variables once.
     pub fn review_scope(
         &self,
@@ -327,7 +327,7 @@ fn sample_variables() -> HashMap<&'static str, Value> {
             "materials": [{"uri": "git+https://github.com/acme/app.git", "digest": {"sha1": "0".repeat(40)}}]
         }
     });
-    let evidence = Evidence {
+    let evidence = CelInput {
         image: ImageInfo {
             reference: format!("registry.example.com/team/app:1.0@sha256:{}", "0".repeat(64)),
             registry: "registry.example.com".into(),
@@ -355,7 +355,7 @@ pub struct Activation<'a> {
 /// The outcome of one validation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "result", rename_all = "camelCase")]
-pub enum Verdict {
+pub enum Evaluation {
     Pass,
     /// The expression was false; `message` is the evaluated messageExpression, else `message`, else a default.
     /// `note` says why a messageExpression was not used.
@@ -370,49 +370,49 @@ pub enum Verdict {
     },
 }
 
-impl Verdict {
+impl Evaluation {
     pub fn passed(&self) -> bool {
-        matches!(self, Verdict::Pass)
+        matches!(self, Evaluation::Pass)
     }
 
     /// One line for a denial or a table cell.
     pub fn explain(&self) -> String {
         match self {
-            Verdict::Pass => "pass".into(),
-            Verdict::Fail { message, note: None } => message.clone(),
-            Verdict::Fail { message, note: Some(note) } => format!("{message} ({note})"),
-            Verdict::Error { error } => format!("error: {error}"),
+            Evaluation::Pass => "pass".into(),
+            Evaluation::Fail { message, note: None } => message.clone(),
+            Evaluation::Fail { message, note: Some(note) } => format!("{message} ({note})"),
+            Evaluation::Error { error } => format!("error: {error}"),
         }
     }
 }
 
 impl Activation<'_> {
     /// Evaluates one validation.
-    pub fn check(&self, v: &CompiledValidation) -> Verdict {
+    pub fn check(&self, v: &CompiledValidation) -> Evaluation {
         match v.expression.execute(&self.context) {
-            Ok(Value::Bool(true)) => Verdict::Pass,
+            Ok(Value::Bool(true)) => Evaluation::Pass,
             Ok(Value::Bool(false)) => self.failure(v),
-            Ok(other) => Verdict::Error {
+            Ok(other) => Evaluation::Error {
                 error: format!("`{}` evaluated to {}, not bool", v.expression.source(), type_name(&other)),
             },
-            Err(error) => Verdict::Error { error: format!("`{}`: {error}", v.expression.source()) },
+            Err(error) => Evaluation::Error { error: format!("`{}`: {error}", v.expression.source()) },
         }
     }
 
-    fn failure(&self, v: &CompiledValidation) -> Verdict {
+    fn failure(&self, v: &CompiledValidation) -> Evaluation {
         let fallback = v.message.clone().unwrap_or_else(|| format!("failed expression: {}", v.expression.source()));
         let Some(m) = &v.message_expression else {
-            return Verdict::Fail { message: fallback, note: None };
+            return Evaluation::Fail { message: fallback, note: None };
         };
         let note = match m.execute(&self.context) {
             Ok(Value::String(s)) if !s.trim().is_empty() => {
-                return Verdict::Fail { message: s.to_string(), note: None };
+                return Evaluation::Fail { message: s.to_string(), note: None };
             }
             Ok(Value::String(_)) => "messageExpression gave an empty string".to_string(),
             Ok(other) => format!("messageExpression gave {}, not string", type_name(&other)),
             Err(e) => format!("messageExpression failed: {e}"),
         };
-        Verdict::Fail { message: fallback, note: Some(note) }
+        Evaluation::Fail { message: fallback, note: Some(note) }
     }
 }
 
@@ -423,7 +423,7 @@ pub struct ValidationOutcome {
     pub index: usize,
     pub expression: String,
     #[serde(flatten)]
-    pub verdict: Verdict,
+    pub verdict: Evaluation,
 }
 
 /// The result of one policy's validations for one image.
@@ -448,9 +448,11 @@ impl PolicyOutcome {
             .validations
             .iter()
             .filter_map(|v| match &v.verdict {
-                Verdict::Pass => None,
-                Verdict::Fail { .. } => Some(format!("validations[{}] failed: {}", v.index, v.verdict.explain())),
-                Verdict::Error { error } => Some(format!("validations[{}] could not be evaluated: {error}", v.index)),
+                Evaluation::Pass => None,
+                Evaluation::Fail { .. } => Some(format!("validations[{}] failed: {}", v.index, v.verdict.explain())),
+                Evaluation::Error { error } => {
+                    Some(format!("validations[{}] could not be evaluated: {error}", v.index))
+                }
             })
             .collect();
         let which = match self.statement {
@@ -486,8 +488,8 @@ mod tests {
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
     }
 
-    fn evidence(file: &str) -> Evidence {
-        Evidence {
+    fn evidence(file: &str) -> CelInput {
+        CelInput {
             image: ImageInfo::from_ref(
                 &crate::images::ImageRef::parse(&format!("ttl.sh/tekton-chains-demo@sha256:{}", "4f".repeat(32)))
                     .unwrap(),
@@ -520,7 +522,7 @@ mod tests {
         }
     }
 
-    fn verdict(file: &str, v: &CompiledValidation) -> Verdict {
+    fn verdict(file: &str, v: &CompiledValidation) -> Evaluation {
         crate::policy::engine().unwrap().activation(&evidence(file), &Limits::default()).unwrap().check(v)
     }
 
@@ -541,7 +543,7 @@ mod tests {
             r#"now > timestamp(provenance.startedOn)"#,
         ] {
             let v = validation(expression, None, None);
-            assert_eq!(verdict("chains-kaniko-slsa-v0.2-statement.json", &v), Verdict::Pass, "{expression}");
+            assert_eq!(verdict("chains-kaniko-slsa-v0.2-statement.json", &v), Evaluation::Pass, "{expression}");
         }
     }
 
@@ -558,7 +560,7 @@ mod tests {
             "chains-slsa-v1-format-task-output-image.json",
             "chains-slsa-v2alpha4-task-output-image.json",
         ] {
-            assert_eq!(verdict(file, &v), Verdict::Pass, "{file}");
+            assert_eq!(verdict(file, &v), Evaluation::Pass, "{file}");
         }
     }
 
@@ -586,7 +588,7 @@ mod tests {
         ];
         for (v, message, note) in cases {
             match verdict(file, &v) {
-                Verdict::Fail { message: m, note: n } => {
+                Evaluation::Fail { message: m, note: n } => {
                     assert_eq!(m, message);
                     assert_eq!(n.as_deref(), note);
                 }
@@ -607,7 +609,7 @@ mod tests {
             let got = verdict("chains-kaniko-slsa-v0.2-statement.json", &v);
             assert!(!got.passed(), "{expression}");
             match &got {
-                Verdict::Error { error } => {
+                Evaluation::Error { error } => {
                     assert!(error.contains(needle), "{error}");
                     assert!(error.contains(expression), "{error}");
                     assert!(got.explain().starts_with("error: "));
@@ -675,8 +677,8 @@ mod tests {
             None,
         );
         let act = crate::policy::engine().unwrap().activation(&e, &Limits::default()).unwrap();
-        assert_eq!(act.check(&v), Verdict::Pass);
+        assert_eq!(act.check(&v), Evaluation::Pass);
         let chains = validation(r#"provenance.builder.id == "https://tekton.dev/chains/v2""#, Some("not chains"), None);
-        assert_eq!(act.check(&chains), Verdict::Fail { message: "not chains".into(), note: None });
+        assert_eq!(act.check(&chains), Evaluation::Fail { message: "not chains".into(), note: None });
     }
 }

@@ -2,7 +2,7 @@
 
 #![cfg(test)]
 
-use super::cli::{self, TestOptions, Verdict};
+use super::cli::{self, Evaluation, TestOptions};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -79,9 +79,9 @@ fn run_case(dir: &Path, policy: &Path, case: &Case) {
         .validations
         .iter()
         .map(|v| match v.verdict {
-            Verdict::Pass => "pass",
-            Verdict::Fail { .. } => "fail",
-            Verdict::Error { .. } => "error",
+            Evaluation::Pass => "pass",
+            Evaluation::Fail { .. } => "fail",
+            Evaluation::Error { .. } => "error",
         })
         .collect();
     assert_eq!(got, case.expect, "{label}:\n{}", report.text);

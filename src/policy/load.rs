@@ -11,9 +11,9 @@ use super::cel::Expect;
 use super::eval::{CompiledValidation, Validation};
 use super::model::{API_VERSION, ImagePolicyDoc, KIND};
 use super::{Policy, PolicySet};
-use crate::policy::authority::{self, AuthoritySource};
 use crate::policy::matcher::Matcher;
 use crate::policy::require::Requirements;
+use crate::policy::trust::{self, AuthoritySource};
 
 /// One problem in one policy file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -167,7 +167,7 @@ fn compile_doc(file: &Path, doc: &Document) -> Result<Policy, LoadError> {
         if authorities.iter().any(|a| a.name() == spec.name) {
             return Err(err(line, format!("authorities: name {:?} is used twice", spec.name)));
         }
-        authorities.push(authority::compile(spec, base).map_err(|m| err(line, m))?);
+        authorities.push(trust::compile(spec, base).map_err(|m| err(line, m))?);
     }
     let names: Vec<String> = authorities.iter().map(|a| a.name().to_owned()).collect();
     let requirements =

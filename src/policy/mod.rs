@@ -1,6 +1,5 @@
 //! Image policies: the file format, loading with file:line errors, and which policies govern an image.
 
-pub mod authority;
 pub mod cel;
 pub mod cli;
 pub mod eval;
@@ -11,14 +10,15 @@ pub mod model;
 pub mod provenance;
 pub mod require;
 mod store;
+pub mod trust;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use self::cel::{CompileError, Engine, Expect, Expression};
+pub use self::cel::{CelEngine, CompileError, Expect, Expression};
 pub use eval::{
-    Activation, CompiledValidation, Evidence, ImageInfo, InputError, Limits, PolicyOutcome, Validation,
-    ValidationOutcome, Verdict,
+    Activation, CelInput, CompiledValidation, Evaluation, ImageInfo, InputError, Limits, PolicyOutcome, Validation,
+    ValidationOutcome,
 };
 pub use load::{LoadError, LoadErrors, load, load_sources, policy_files};
 pub use matcher::Matcher;
@@ -28,8 +28,8 @@ pub use store::PolicyStore;
 use crate::images::ImageRef;
 
 /// The process-wide CEL engine every policy is compiled with and evaluated in.
-pub fn engine() -> Result<&'static Engine, CompileError> {
-    static ENGINE: std::sync::LazyLock<Result<Engine, CompileError>> = std::sync::LazyLock::new(Engine::new);
+pub fn engine() -> Result<&'static CelEngine, CompileError> {
+    static ENGINE: std::sync::LazyLock<Result<CelEngine, CompileError>> = std::sync::LazyLock::new(CelEngine::new);
     ENGINE.as_ref().map_err(Clone::clone)
 }
 
@@ -43,7 +43,7 @@ pub struct Policy {
     pub mode: Mode,
     pub matcher: Matcher,
     /// `spec.authorities`, parsed where static.
-    pub authorities: Vec<authority::AuthoritySource>,
+    pub authorities: Vec<trust::AuthoritySource>,
     /// `spec.require`, checked against the authorities.
     pub requirements: require::Requirements,
     /// `spec.validations`, compiled; all must pass.

@@ -34,7 +34,7 @@ pub struct Spec {
     pub matches: MatchSpec,
     /// Who may vouch for an image: keys or keyless identities.
     #[serde(default)]
-    pub authorities: Vec<super::authority::AuthoritySpec>,
+    pub authorities: Vec<super::trust::AuthoritySpec>,
     /// What must be verified: signature, attestations, digest pinning. Absent with authorities: a signature from
     /// any of them.
     #[serde(default)]

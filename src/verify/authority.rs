@@ -40,9 +40,9 @@ pub struct NoIdentities;
 
 /// How a string from policy is compared with a certificate field.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Matcher {
+pub enum IdentityMatcher {
     Exact(String),
-    /// Built by [`Matcher::regex`]: always anchored at both ends.
+    /// Built by [`IdentityMatcher::regex`]: always anchored at both ends.
     Regex(Pattern),
 }
 
@@ -63,7 +63,7 @@ impl Pattern {
     }
 }
 
-impl Matcher {
+impl IdentityMatcher {
     /// A regular expression matched against the whole value.
     pub fn regex(pattern: &str) -> Result<Self, regex::Error> {
         regex::Regex::new(&format!("^(?:{pattern})$")).map(|re| Self::Regex(Pattern(re)))
@@ -80,8 +80,8 @@ impl Matcher {
 /// An allowed keyless signer: certificate SAN (email or URI) and OIDC issuer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Identity {
-    pub subject: Matcher,
-    pub issuer: Matcher,
+    pub subject: IdentityMatcher,
+    pub issuer: IdentityMatcher,
 }
 
 impl Identity {
@@ -160,9 +160,9 @@ impl Authority {
     }
 }
 
-fn matcher_key(m: &Matcher) -> String {
+fn matcher_key(m: &IdentityMatcher) -> String {
     match m {
-        Matcher::Exact(s) => format!("={s}"),
-        Matcher::Regex(r) => format!("~{}", r.as_str()),
+        IdentityMatcher::Exact(s) => format!("={s}"),
+        IdentityMatcher::Regex(r) => format!("~{}", r.as_str()),
     }
 }

@@ -24,7 +24,7 @@ use serde::Serialize;
 use crate::artifact::{Artifacts, Layer, Origin};
 use crate::images::Digest;
 
-pub use authority::{Authority, EmptyKeySet, Identity, KeySet, Keyless, Matcher, NoIdentities, Pattern, Trust};
+pub use authority::{Authority, EmptyKeySet, Identity, IdentityMatcher, KeySet, Keyless, NoIdentities, Pattern, Trust};
 pub use envelope::pae;
 pub use key::{KeyError, KeyKind, PublicKey, Scheme};
 pub use reason::Rejection;

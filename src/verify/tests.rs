@@ -157,7 +157,10 @@ fn public_good_without_ctlogs() -> Arc<TrustedRoot> {
 }
 
 fn flavio(root: Arc<TrustedRoot>) -> Authority {
-    let id = Identity { subject: Matcher::Exact("flavio@castelli.me".into()), issuer: Matcher::regex(".*").unwrap() };
+    let id = Identity {
+        subject: IdentityMatcher::Exact("flavio@castelli.me".into()),
+        issuer: IdentityMatcher::regex(".*").unwrap(),
+    };
     Authority::new("kubewarden", Trust::Keyless(Keyless::new(root, vec![id]).unwrap()))
 }
 
@@ -211,8 +214,10 @@ fn keyless_negative_cases_each_have_their_own_reason() {
     // One byte of the payload changed: the certificate key no longer verifies it.
     assert_eq!(run(&flip(&payload, 40), &sig, &cert, &bundle, &auth), "wrong-key");
     // Another identity.
-    let other =
-        Identity { subject: Matcher::Exact("someone@example.com".into()), issuer: Matcher::regex(".*").unwrap() };
+    let other = Identity {
+        subject: IdentityMatcher::Exact("someone@example.com".into()),
+        issuer: IdentityMatcher::regex(".*").unwrap(),
+    };
     let other = Authority::new("other", Trust::Keyless(Keyless::new(root.clone(), vec![other]).unwrap()));
     assert_eq!(run(&payload, &sig, &cert, &bundle, &other), "identity-mismatch");
     // A trusted root without the 2021 CA: the certificate is from another root.
@@ -434,11 +439,11 @@ fn real_chains_statements_sign_and_verify_with_their_predicates() {
 
 #[test]
 fn identity_patterns_are_anchored() {
-    let m = Matcher::regex(r"https://github\.com/acme/.*").unwrap();
+    let m = IdentityMatcher::regex(r"https://github\.com/acme/.*").unwrap();
     assert!(m.matches("https://github.com/acme/app/.github/workflows/x.yml@refs/heads/main"));
     assert!(!m.matches("https://evil.example/?https://github.com/acme/x"));
-    assert!(!Matcher::regex("a|b").unwrap().matches("ab"));
-    assert!(!Matcher::Exact("a".into()).matches("ab"));
+    assert!(!IdentityMatcher::regex("a|b").unwrap().matches("ab"));
+    assert!(!IdentityMatcher::Exact("a".into()).matches("ab"));
 }
 
 #[test]

@@ -16,7 +16,7 @@ use x509_cert::der::{Decode, Encode, asn1::OctetString};
 use crate::artifact::{Artifacts, Layer, Origin};
 use crate::images::Digest;
 use crate::verify::tests::statement_json;
-use crate::verify::{Authority, Identity, Keyless, Matcher, Rejection, Trust, TrustedRoot, attestations, pae};
+use crate::verify::{Authority, Identity, IdentityMatcher, Keyless, Rejection, Trust, TrustedRoot, attestations, pae};
 
 /// 2024-01-01T00:00:00Z: the leaf's notBefore; it is valid for ten minutes, as Fulcio's are.
 const ISSUED: i64 = 1_704_067_200;
@@ -299,7 +299,8 @@ impl World {
             TrustedRoot::from_json(root.to_string().as_bytes())
                 .map_err(|e| Rejection::UntrustedCertificate(format!("test trusted root did not load: {e}")))?,
         );
-        let id = Identity { subject: Matcher::Exact(SUBJECT.into()), issuer: Matcher::Exact(OIDC.into()) };
+        let id =
+            Identity { subject: IdentityMatcher::Exact(SUBJECT.into()), issuer: IdentityMatcher::Exact(OIDC.into()) };
         let auth = Authority::new("fulcio", Trust::Keyless(Keyless::new(root, vec![id]).unwrap()));
         let image = Digest::parse(&format!("sha256:{IMAGE}")).unwrap();
         attestations(&artifacts, &[image], &[auth]).outcome()

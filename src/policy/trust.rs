@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::keys::{KeyRef, KeyStore};
-use crate::verify::{Authority, Identity, Keyless, Matcher, Trust, TrustedRoot};
+use crate::verify::{Authority, Identity, IdentityMatcher, Keyless, Trust, TrustedRoot};
 
 /// One `spec.authorities[]` entry as written.
 #[derive(Debug, Clone, Deserialize)]
@@ -90,8 +90,8 @@ pub fn compile(spec: &AuthoritySpec, base: &Path) -> Result<AuthoritySource, Str
 
 fn identity(spec: &IdentitySpec) -> Result<Identity, String> {
     let pick = |exact: &Option<String>, re: &Option<String>, what: &str| match (exact, re) {
-        (Some(v), None) => Ok(Matcher::Exact(v.clone())),
-        (None, Some(r)) => Matcher::regex(r).map_err(|e| format!("{what}RegExp {r:?}: {e}")),
+        (Some(v), None) => Ok(IdentityMatcher::Exact(v.clone())),
+        (None, Some(r)) => IdentityMatcher::regex(r).map_err(|e| format!("{what}RegExp {r:?}: {e}")),
         _ => Err(format!("identities: set exactly one of {what} or {what}RegExp")),
     };
     Ok(Identity {
