@@ -98,7 +98,7 @@ fn unmet(
             Some(Err(reason)) => unmet.push(reason.clone()),
             None => unmet.push(Reason::KeyUnavailable {
                 authority: source.name().to_owned(),
-                detail: "its keys were not loaded for this review".into(),
+                error: crate::keys::KeysError::NotLoaded(format!("the keys of authority {:?}", source.name())),
             }),
         }
     }

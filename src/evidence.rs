@@ -234,8 +234,8 @@ impl Gatherer {
         match source {
             AuthoritySource::Ready(authority) => Ok(authority.clone()),
             AuthoritySource::Key { name, key } => {
-                let unavailable = |detail: String| Reason::KeyUnavailable { authority: name.clone(), detail };
-                let keys = self.keys.key_set(std::slice::from_ref(key)).map_err(|e| unavailable(e.to_string()))?;
+                let unavailable = |error| Reason::KeyUnavailable { authority: name.clone(), error };
+                let keys = self.keys.key_set(std::slice::from_ref(key)).map_err(unavailable)?;
                 Ok(Arc::new(Authority::keys(name.clone(), keys)))
             }
         }
@@ -384,9 +384,9 @@ fn platforms_of(resolved: &Resolved) -> Vec<Digest> {
 }
 
 fn shutting_down() -> Reason {
-    Reason::Unmet { code: "shutting-down", message: "provgate is shutting down; retry".into() }
+    Reason::ShuttingDown
 }
 
 fn registry_reason(image: &ImageRef, error: &RegistryError) -> Reason {
-    Reason::Registry { image: image.to_string(), code: error.code(), detail: error.to_string() }
+    Reason::Registry { image: image.to_string(), error: error.clone() }
 }

@@ -26,10 +26,22 @@ pub enum Reason {
         .0.as_secs_f32()
     )]
     DeadlineExceeded(Duration),
-    #[error("{detail}")]
-    Registry { image: String, code: &'static str, detail: String },
-    #[error("authority {authority:?} has no usable key: {detail}")]
-    KeyUnavailable { authority: String, detail: String },
+    /// The registry did not give what judging `image` needs; the code is the registry error's.
+    #[error("{error}")]
+    Registry {
+        image: String,
+        #[source]
+        error: crate::registry::RegistryError,
+    },
+    /// An authority's key could not be read; the code is the key error's (a missing Secret, a missing data key…).
+    #[error("authority {authority:?} has no usable key: {error}")]
+    KeyUnavailable {
+        authority: String,
+        #[source]
+        error: crate::keys::KeysError,
+    },
+    #[error("provgate is shutting down; retry")]
+    ShuttingDown,
     #[error(
         "{image} is referenced by tag and this policy requires a digest: write it as image@sha256:<digest> so the \
          kubelet pulls exactly what was verified"
@@ -78,8 +90,10 @@ impl Reason {
             Self::UnreadableRequest(_) => "unreadable-request",
             Self::PoliciesNotLoaded => "policies-not-loaded",
             Self::DeadlineExceeded(_) => "deadline-exceeded",
-            Self::Registry { code, .. } | Self::Unmet { code, .. } => code,
-            Self::KeyUnavailable { .. } => "key-unavailable",
+            Self::Registry { error, .. } => error.code(),
+            Self::KeyUnavailable { error, .. } => error.code(),
+            Self::ShuttingDown => "shutting-down",
+            Self::Unmet { code, .. } => code,
             Self::TagNotPinned { .. } => "tag-not-pinned",
             Self::TooManyImages { .. } => "too-many-images",
             Self::ObjectTooLarge { .. } => "object-too-large",

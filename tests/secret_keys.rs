@@ -79,7 +79,7 @@ async fn keys_in_secrets_verify_rotate_and_fail_by_name() {
 
     api.put("provgate-system", "chains-public-key", &[("other.pub", &pem("chains"))]);
     let missing_key = until(&hook, &pod, |r| r["allowed"] == false).await;
-    assert_eq!(missing_key["auditAnnotations"]["reasons"], "key-unavailable", "{missing_key}");
+    assert_eq!(missing_key["auditAnnotations"]["reasons"], "key-missing-data-key", "{missing_key}");
     let message = missing_key["status"]["message"].as_str().unwrap();
     assert!(message.contains("authority \"chains\"") && message.contains("cosign.pub"), "{message}");
 
@@ -87,6 +87,6 @@ async fn keys_in_secrets_verify_rotate_and_fail_by_name() {
     let deleted =
         until(&hook, &pod, |r| r["status"]["message"].as_str().unwrap_or_default().contains("not found")).await;
     assert_eq!(deleted["allowed"], false);
-    assert_eq!(deleted["auditAnnotations"]["reasons"], "key-unavailable");
+    assert_eq!(deleted["auditAnnotations"]["reasons"], "key-secret-not-found");
     assert!(deleted["status"]["message"].as_str().unwrap().contains("provgate-system/chains-public-key"), "{deleted}");
 }
