@@ -8,9 +8,10 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
 use crate::evidence::{Authorities, ImageEvidence, Verification, Verifications};
+use crate::images::Digest;
 use crate::images::ImageRef;
 use crate::policy::eval::{ImageInfo, ImageInput, Limits, ReviewScope};
-use crate::policy::require::{check_attestation, check_signature};
+use crate::policy::require::{Platforms, check_attestation, check_signature};
 use crate::policy::{Policy, engine};
 use crate::reason::Reason;
 use crate::verify::{self, AttestationCheck, Authority, SignatureCheck};
@@ -63,6 +64,9 @@ fn signer(s: &verify::Signer) -> String {
     }
 }
 
+/// Each requirement in turn, each its own function below. Stops at the first step whose failure makes the later
+/// ones meaningless (no evidence, an authority without keys, a verification not gathered); the CEL validations run
+/// only when every requirement is met.
 fn unmet(
     policy: &Policy,
     image: &ImageRef,
@@ -71,37 +75,25 @@ fn unmet(
     context: &ReviewContext,
     verified: &mut Vec<String>,
 ) -> Vec<Reason> {
-    let mut unmet = Vec::new();
-    if policy.requirements.digest && image.digest().is_none() {
-        unmet.push(Reason::TagNotPinned { image: image.to_string() });
-    }
+    let mut unmet: Vec<Reason> = digest_pin(policy, image).into_iter().collect();
     if !policy.needs_evidence() {
         unmet.extend(validate(policy, image, &[], BTreeMap::new(), context));
         return unmet;
     }
-    let evidence = match evidence {
-        Some(Ok(evidence)) => evidence,
-        Some(Err(reason)) => {
-            unmet.push(reason.clone());
-            return unmet;
-        }
-        None => {
-            unmet
-                .push(Reason::Unmet { code: "no-evidence", message: "no evidence was gathered for this image".into() });
+    let evidence = match gathered(evidence) {
+        Ok(evidence) => evidence,
+        Err(reason) => {
+            unmet.push(reason);
             return unmet;
         }
     };
-    let mut resolved: Vec<Arc<Authority>> = Vec::new();
-    for source in &policy.authorities {
-        match authorities.get(&(policy.name.clone(), source.name().to_owned())) {
-            Some(Ok(authority)) => resolved.push(authority.clone()),
-            Some(Err(reason)) => unmet.push(reason.clone()),
-            None => unmet.push(Reason::KeyUnavailable {
-                authority: source.name().to_owned(),
-                error: crate::keys::KeysError::NotLoaded(format!("the keys of authority {:?}", source.name())),
-            }),
+    let resolved = match resolve_authorities(policy, authorities) {
+        Ok(resolved) => resolved,
+        Err(reasons) => {
+            unmet.extend(reasons);
+            return unmet;
         }
-    }
+    };
     if !unmet.is_empty() {
         return unmet;
     }
@@ -114,21 +106,100 @@ fn unmet(
     let signatures = SignatureCheck::merge(&evidence.digest, checks.iter().map(|c| &c.signatures));
     verified
         .extend(signatures.verified.iter().map(|s| format!("signature by {} ({})", s.authority(), signer(&s.signer))));
-    if let Some(need) = &policy.requirements.signature {
-        unmet.extend(check_signature(need, &signatures, &names).map(unmet_reason));
-        if policy.requirements.platforms == crate::policy::require::Platforms::All && !evidence.platforms.is_empty() {
-            unmet.extend(every_platform(need, evidence, &resolved, &names));
+    unmet.extend(signature_need(policy, &signatures, &names));
+    unmet.extend(platforms_need(policy, evidence, &resolved, &names));
+    let statements = counted_statements(&evidence.digest, &signatures, &checks);
+    let named = match attestation_needs(policy, &statements, &names, verified) {
+        Ok(named) => named,
+        Err(reasons) => {
+            unmet.extend(reasons);
+            return unmet;
+        }
+    };
+    if !unmet.is_empty() {
+        return unmet;
+    }
+    let signed: Vec<Value> = signatures
+        .verified
+        .iter()
+        .map(|s| json!({"authority": s.authority(), "dockerReference": s.docker_reference, "annotations": s.annotations}))
+        .collect();
+    validate(policy, &image, &signed, named, context).into_iter().collect()
+}
+
+/// `require.digest`: the image must be written by digest.
+fn digest_pin(policy: &Policy, image: &ImageRef) -> Option<Reason> {
+    (policy.requirements.digest && image.digest().is_none()).then(|| Reason::TagNotPinned { image: image.to_string() })
+}
+
+/// The evidence gathered for the image, or why there is none (a registry or deadline reason passes through).
+fn gathered(evidence: Option<&Result<Arc<ImageEvidence>, Reason>>) -> Result<&ImageEvidence, Reason> {
+    match evidence {
+        Some(Ok(evidence)) => Ok(evidence),
+        Some(Err(reason)) => Err(reason.clone()),
+        None => Err(Reason::Unmet { code: "no-evidence", message: "no evidence was gathered for this image".into() }),
+    }
+}
+
+/// Every authority of the policy with its keys or identities, or a reason for each one that has none.
+fn resolve_authorities(policy: &Policy, authorities: &Authorities) -> Result<Vec<Arc<Authority>>, Vec<Reason>> {
+    let mut resolved = Vec::new();
+    let mut missing = Vec::new();
+    for source in &policy.authorities {
+        match authorities.get(&(policy.name.clone(), source.name().to_owned())) {
+            Some(Ok(authority)) => resolved.push(authority.clone()),
+            Some(Err(reason)) => missing.push(reason.clone()),
+            None => missing.push(Reason::KeyUnavailable {
+                authority: source.name().to_owned(),
+                error: crate::keys::KeysError::NotLoaded(format!("the keys of authority {:?}", source.name())),
+            }),
         }
     }
-    // A statement about a platform manifest counts for the index only through a verified link: the index itself
-    // must carry a valid signature from one of this policy's authorities, so that its platform list is vouched
-    // for. Otherwise anyone could list a legitimately attested manifest in an index of their own.
-    let all_statements = AttestationCheck::merge(&evidence.digest, checks.iter().map(|c| &c.attestations));
-    let statements =
-        if signatures.verified.is_empty() { all_statements.about_only(&evidence.digest) } else { all_statements };
+    if missing.is_empty() { Ok(resolved) } else { Err(missing) }
+}
+
+/// `require.signature` over the image's own digest.
+fn signature_need(policy: &Policy, signatures: &SignatureCheck, names: &[Authority]) -> Option<Reason> {
+    let need = policy.requirements.signature.as_ref()?;
+    check_signature(need, signatures, names).map(unmet_reason)
+}
+
+/// `require.platforms: all` for an index: see [`every_platform`].
+fn platforms_need(
+    policy: &Policy,
+    evidence: &ImageEvidence,
+    resolved: &[Arc<Authority>],
+    names: &[Authority],
+) -> Vec<Reason> {
+    match &policy.requirements.signature {
+        Some(need) if policy.requirements.platforms == Platforms::All && !evidence.platforms.is_empty() => {
+            every_platform(need, evidence, resolved, names)
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// The statements that count for the image. A statement about a platform manifest counts for the index only
+/// through a verified link: the index itself must carry a valid signature from one of this policy's authorities, so
+/// that its platform list is vouched for. Otherwise anyone could list a legitimately attested manifest in an index
+/// of their own.
+fn counted_statements(digest: &Digest, signatures: &SignatureCheck, checks: &[&Verification]) -> AttestationCheck {
+    let all_statements = AttestationCheck::merge(digest, checks.iter().map(|c| &c.attestations));
+    if signatures.verified.is_empty() { all_statements.about_only(digest) } else { all_statements }
+}
+
+/// `require.attestations`: each named need over the counted statements. On success, the statements each name
+/// gives CEL; what verified is added to `verified` either way.
+fn attestation_needs(
+    policy: &Policy,
+    statements: &AttestationCheck,
+    names: &[Authority],
+    verified: &mut Vec<String>,
+) -> Result<BTreeMap<String, Vec<Value>>, Vec<Reason>> {
     let mut named: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    let mut unmet = Vec::new();
     for need in &policy.requirements.attestations {
-        match check_attestation(need, &statements, &names) {
+        match check_attestation(need, statements, names) {
             Ok(statements) => {
                 verified.extend(statements.iter().map(|s| {
                     format!(
@@ -148,15 +219,7 @@ fn unmet(
             Err(u) => unmet.push(unmet_reason(u)),
         }
     }
-    if !unmet.is_empty() {
-        return unmet;
-    }
-    let signed: Vec<Value> = signatures
-        .verified
-        .iter()
-        .map(|s| json!({"authority": s.authority(), "dockerReference": s.docker_reference, "annotations": s.annotations}))
-        .collect();
-    validate(policy, &image, &signed, named, context).into_iter().collect()
+    if unmet.is_empty() { Ok(named) } else { Err(unmet) }
 }
 
 /// The verifications of `authorities` among those gathered; None if one is missing (never judged as a pass).
@@ -164,7 +227,7 @@ fn checks_of<'a>(verified: &'a Verifications, authorities: &[Arc<Authority>]) ->
     authorities.iter().map(|a| verified.get(&a.cache_key()).map(Arc::as_ref)).collect()
 }
 
-fn not_gathered(digest: &crate::images::Digest) -> Reason {
+fn not_gathered(digest: &Digest) -> Reason {
     Reason::Unmet {
         code: "no-evidence",
         message: format!("the verification of {digest} under this policy's authorities was not gathered"),
@@ -236,3 +299,7 @@ fn validate(
         message: message.strip_prefix(&prefix).map(str::to_owned).unwrap_or(message),
     })
 }
+
+#[cfg(test)]
+#[path = "check_tests.rs"]
+mod tests;

@@ -390,3 +390,252 @@ fn shutting_down() -> Reason {
 fn registry_reason(image: &ImageRef, error: &RegistryError) -> Reason {
     Reason::Registry { image: image.to_string(), error: error.clone() }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    //! Gathering against the in-memory registry: what is asked, how often, and what is cached.
+
+    use std::path::PathBuf;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::images::{PodKind, extract};
+    use crate::policy::{PolicySet, load_sources};
+    use crate::registry::memory::{Call, MemoryRegistry};
+    use crate::verify::fixtures::{Key, artifacts, digest};
+
+    const APP: &str = "registry.example.com/team/app";
+    const OTHER: &str = "registry.example.com/team/other";
+
+    /// One policy per `(name, authorities, require)`, each authority's key inline, matching every image of
+    /// registry.example.com.
+    fn policies(specs: &[(&str, &[(&str, &Key)], &str)]) -> PolicySet {
+        let docs: Vec<String> = specs
+            .iter()
+            .map(|(name, authorities, require)| {
+                let mut doc = format!(
+                    "apiVersion: provgate.dev/v1alpha1\nkind: ImagePolicy\nmetadata: {{name: {name}}}\nspec:\n  \
+                     match: {{images: [\"registry.example.com/**\"]}}\n  require: {require}\n  authorities:\n"
+                );
+                for (authority, key) in *authorities {
+                    doc.push_str(&format!("    - name: {authority}\n      key: |\n"));
+                    for line in key.pem().lines() {
+                        doc.push_str(&format!("        {line}\n"));
+                    }
+                }
+                doc
+            })
+            .collect();
+        load_sources(&[(PathBuf::from("p.yaml"), docs.join("---\n"))]).unwrap()
+    }
+
+    fn plan_of(set: &PolicySet, images: &[&str]) -> Plan {
+        let containers: Vec<_> = images.iter().map(|i| json!({"name": "c", "image": i})).collect();
+        let fields = extract(PodKind::Pod, &json!({"spec": {"containers": containers}})).unwrap();
+        crate::plan::plan(fields, &[], set, "team-a")
+    }
+
+    fn gatherer(registry: &Arc<MemoryRegistry>, cache: CacheConfig) -> Gatherer {
+        Gatherer::new(registry.clone(), KeyStore::default(), cache)
+    }
+
+    async fn gather(g: &Gatherer, plan: &Plan) -> Gathered {
+        let budget = Duration::from_secs(10);
+        g.gather(plan, &Keychain::default(), Instant::now() + budget, budget).await
+    }
+
+    fn found<'a>(gathered: &'a Gathered, image: &str) -> &'a Result<Arc<ImageEvidence>, Reason> {
+        gathered.images.get(&ImageRef::parse(image).unwrap()).unwrap()
+    }
+
+    /// A single-platform image `tag` of `repository`, signed by `key`.
+    fn signed_image(r: &MemoryRegistry, repository: &str, tag: &str, label: &str, key: &Key) -> Digest {
+        let d = digest(label);
+        r.put_manifest(repository, &d, crate::registry::memory::MANIFEST);
+        r.tag(repository, tag, &d);
+        r.put_artifacts(repository, &d, artifacts(vec![key.signature(&d)], vec![]));
+        d
+    }
+
+    #[tokio::test]
+    async fn a_tag_is_asked_at_every_gather_and_may_point_elsewhere_the_next_time() {
+        let key = Key::new();
+        let r = Arc::new(MemoryRegistry::new());
+        let first = signed_image(&r, APP, "1", "first", &key);
+        let set = policies(&[("p", &[("a", &key)], "{signature: true}")]);
+        let plan = plan_of(&set, &[&format!("{APP}:1")]);
+        let g = gatherer(&r, CacheConfig::default());
+        assert_eq!(found(&gather(&g, &plan).await, &format!("{APP}:1")).as_ref().unwrap().digest, first);
+        assert_eq!(found(&gather(&g, &plan).await, &format!("{APP}:1")).as_ref().unwrap().digest, first);
+        assert_eq!(r.calls(Call::Head), 2, "a tag is asked at every review");
+        assert_eq!(r.calls(Call::Manifest), 0, "the HEAD answer named a single manifest");
+        assert_eq!(r.calls_for(Call::Artifacts, &first), 1, "what a digest holds is cached");
+        let moved = signed_image(&r, APP, "1", "moved", &key);
+        let again = gather(&g, &plan).await;
+        assert_eq!(found(&again, &format!("{APP}:1")).as_ref().unwrap().digest, moved);
+        assert_eq!((r.calls(Call::Head), r.calls_for(Call::Artifacts, &moved)), (3, 1));
+    }
+
+    #[tokio::test]
+    async fn a_digest_manifest_is_read_once() {
+        let key = Key::new();
+        let r = Arc::new(MemoryRegistry::new());
+        let d = signed_image(&r, APP, "1", "image", &key);
+        let set = policies(&[("p", &[("a", &key)], "{signature: true}")]);
+        let pinned = format!("{APP}@{d}");
+        let plan = plan_of(&set, &[&pinned]);
+        let g = gatherer(&r, CacheConfig::default());
+        for _ in 0..3 {
+            let gathered = gather(&g, &plan).await;
+            assert_eq!(found(&gathered, &pinned).as_ref().unwrap().digest, d);
+        }
+        assert_eq!(r.calls_for(Call::Manifest, &d), 1, "a manifest by digest cannot change: read once");
+        assert_eq!(r.calls_for(Call::Artifacts, &d), 1);
+    }
+
+    #[tokio::test]
+    async fn an_image_written_in_three_fields_is_gathered_once() {
+        let key = Key::new();
+        let r = Arc::new(MemoryRegistry::new());
+        let d = signed_image(&r, APP, "1", "image", &key);
+        let set = policies(&[("p", &[("a", &key)], "{signature: true}")]);
+        let image = format!("{APP}:1");
+        let plan = plan_of(&set, &[&image, &image, &image]);
+        assert_eq!(plan.images.len(), 3);
+        let g = gatherer(&r, CacheConfig::default());
+        let gathered = gather(&g, &plan).await;
+        assert_eq!(gathered.images.len(), 1);
+        assert_eq!(found(&gathered, &image).as_ref().unwrap().digest, d);
+        assert_eq!((r.calls(Call::Head), r.calls(Call::Artifacts), g.computed.get()), (1, 1, 1));
+    }
+
+    #[tokio::test]
+    async fn a_verification_is_computed_once_per_digest_and_authority_across_gathers() {
+        let (ka, kb) = (Key::new(), Key::new());
+        let r = Arc::new(MemoryRegistry::new());
+        let d = signed_image(&r, APP, "1", "image", &ka);
+        // Two policies share authority `a` (same name, same key): one verification serves both.
+        let set = policies(&[
+            ("p", &[("a", &ka), ("b", &kb)], "{signature: true}"),
+            ("q", &[("a", &ka)], "{signature: true}"),
+        ]);
+        let plan = plan_of(&set, &[&format!("{APP}:1"), &format!("{APP}@{d}")]);
+        let g = gatherer(&r, CacheConfig::default());
+        for _ in 0..2 {
+            let gathered = gather(&g, &plan).await;
+            let evidence = found(&gathered, &format!("{APP}:1")).as_ref().unwrap();
+            assert_eq!(evidence.verified.len(), 2, "one verification per authority");
+            let a = &evidence.verified[&ka.authority("a").cache_key()];
+            let b = &evidence.verified[&kb.authority("b").cache_key()];
+            assert_eq!((a.signatures.verified.len(), b.signatures.verified.len()), (1, 0));
+        }
+        // Two references of one digest under one identity share the cache, for each of the two authorities.
+        assert_eq!(g.computed.get(), 2);
+    }
+
+    #[tokio::test]
+    async fn platforms_are_fetched_only_for_a_verified_index_and_never_more_than_max_platforms() {
+        let (key, stranger) = (Key::new(), Key::new());
+        let (index, amd, arm, s390) = (digest("index"), digest("amd64"), digest("arm64"), digest("s390x"));
+        let attestation_manifest = digest("buildkit-attestation");
+        let all = "{signature: true, platforms: all}";
+        // (what, index signed by, policy require, maxPlatforms, platforms listed, want platforms fetched or a reason)
+        type Row<'a> = (&'a str, Option<&'a Key>, &'a str, usize, Vec<&'a Digest>, Result<usize, &'a str>);
+        let table: Vec<Row> = vec![
+            ("verified index", Some(&key), all, 32, vec![&amd, &arm], Ok(2)),
+            ("unsigned index", None, all, 32, vec![&amd, &arm], Ok(0)),
+            ("index signed by a stranger", Some(&stranger), all, 32, vec![&amd, &arm], Ok(0)),
+            ("platforms: index", Some(&key), "{signature: true}", 32, vec![&amd, &arm], Ok(0)),
+            ("at the cap", Some(&key), all, 2, vec![&amd, &arm], Ok(2)),
+            ("over the cap", Some(&key), all, 2, vec![&amd, &arm, &s390], Err("too-many-platforms")),
+        ];
+        for (what, signer, require, max_platforms, listed, want) in table {
+            let r = Arc::new(MemoryRegistry::new());
+            let mut entries: Vec<(Digest, &str, &str)> =
+                listed.iter().map(|d| ((*d).clone(), "linux", "amd64")).collect();
+            entries.push((attestation_manifest.clone(), "unknown", "unknown"));
+            r.put_index(APP, &index, &entries);
+            r.tag(APP, "1", &index);
+            let signatures = signer.map(|k| vec![k.signature(&index)]).unwrap_or_default();
+            r.put_artifacts(APP, &index, artifacts(signatures, vec![]));
+            for d in &listed {
+                r.put_artifacts(APP, d, artifacts(vec![key.signature(d)], vec![]));
+            }
+            let set = policies(&[("p", &[("a", &key)], require)]);
+            let g = gatherer(&r, CacheConfig { max_platforms, ..CacheConfig::default() });
+            let gathered = gather(&g, &plan_of(&set, &[&format!("{APP}:1")])).await;
+            let fetched = listed.iter().map(|d| r.calls_for(Call::Artifacts, d)).sum::<usize>();
+            assert_eq!(r.calls_for(Call::Artifacts, &attestation_manifest), 0, "{what}: BuildKit manifests skipped");
+            match (found(&gathered, &format!("{APP}:1")), want) {
+                (Ok(evidence), Ok(n)) => {
+                    assert_eq!(fetched, n, "{what}");
+                    assert_eq!(evidence.platforms.len(), listed.len(), "{what}");
+                    let checked = evidence.platforms_verified.as_ref().map(Vec::len);
+                    assert_eq!(checked, (n > 0).then_some(n), "{what}");
+                    for (_, verified) in evidence.platforms_verified.iter().flatten() {
+                        assert_eq!(verified.values().map(|v| v.signatures.verified.len()).sum::<usize>(), 1);
+                    }
+                }
+                (Err(reason), Err(code)) => {
+                    assert_eq!(reason.code(), code, "{what}: {reason}");
+                    assert_eq!(fetched, 0, "{what}: nothing fetched past the cap");
+                }
+                (got, _) => panic!("{what}: {got:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_registry_error_becomes_a_reason_for_its_image_while_others_gather() {
+        let key = Key::new();
+        let r = Arc::new(MemoryRegistry::new());
+        let app = signed_image(&r, APP, "1", "app", &key);
+        let other = signed_image(&r, OTHER, "1", "other", &key);
+        let refused = RegistryError::Unauthorized {
+            registry: "registry.example.com".into(),
+            repository: "team/app".into(),
+            detail: "401 Unauthorized".into(),
+        };
+        let set = policies(&[("p", &[("a", &key)], "{signature: true}")]);
+        let plan = plan_of(&set, &[&format!("{APP}:1"), &format!("{OTHER}:1")]);
+        let g = gatherer(&r, CacheConfig::default());
+        for call in [Call::Head, Call::Artifacts] {
+            r.fail(call, Some(APP), refused.clone());
+            let gathered = gather(&g, &plan).await;
+            match found(&gathered, &format!("{APP}:1")) {
+                Err(reason @ Reason::Registry { error, .. }) => {
+                    assert_eq!((reason.code(), error), ("registry-unauthorized", &refused));
+                }
+                got => panic!("{call:?}: {got:?}"),
+            }
+            assert_eq!(found(&gathered, &format!("{OTHER}:1")).as_ref().unwrap().digest, other, "{call:?}");
+            r.heal();
+        }
+        // The failure was not cached: the next review gathers the image.
+        let gathered = gather(&g, &plan).await;
+        assert_eq!(found(&gathered, &format!("{APP}:1")).as_ref().unwrap().digest, app);
+    }
+
+    #[tokio::test]
+    async fn a_key_that_cannot_be_loaded_is_a_reason_for_its_authority_and_others_still_verify() {
+        let key = Key::new();
+        let r = Arc::new(MemoryRegistry::new());
+        signed_image(&r, APP, "1", "app", &key);
+        let text = format!(
+            "apiVersion: provgate.dev/v1alpha1\nkind: ImagePolicy\nmetadata: {{name: p}}\nspec:\n  match: {{images: \
+             [\"registry.example.com/**\"]}}\n  authorities:\n    - {{name: secret, key: \"k8s://keys/cosign\"}}\n    \
+             - name: a\n      key: |\n{}",
+            key.pem().lines().map(|l| format!("        {l}\n")).collect::<String>()
+        );
+        let set = load_sources(&[(PathBuf::from("p.yaml"), text)]).unwrap();
+        let g = gatherer(&r, CacheConfig::default());
+        let gathered = gather(&g, &plan_of(&set, &[&format!("{APP}:1")])).await;
+        let secret = gathered.authorities[&("p".to_owned(), "secret".to_owned())].as_ref().unwrap_err();
+        assert_eq!(secret.code(), "key-no-client");
+        assert!(gathered.authorities[&("p".to_owned(), "a".to_owned())].is_ok());
+        let evidence = found(&gathered, &format!("{APP}:1")).as_ref().unwrap();
+        assert_eq!(evidence.verified.len(), 1, "only the authority with a key is verified");
+    }
+}

@@ -5,6 +5,8 @@ mod auth;
 mod budget;
 mod config;
 mod error;
+#[cfg(any(test, feature = "test-registry"))]
+pub mod memory;
 mod token;
 mod transport;
 

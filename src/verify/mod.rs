@@ -326,4 +326,6 @@ pub(crate) fn b64(s: &str) -> Result<Vec<u8>, String> {
 }
 
 #[cfg(test)]
+pub(crate) mod fixtures;
+#[cfg(test)]
 mod tests;
