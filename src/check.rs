@@ -8,8 +8,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
 use crate::evidence::{Authorities, ImageEvidence, Verification, Verifications};
-use crate::images::Digest;
-use crate::images::ImageRef;
+use crate::images::{Digest, ImageRef};
 use crate::policy::eval::{ImageInfo, ImageInput, Limits, ReviewScope};
 use crate::policy::require::{Platforms, check_attestation, check_signature};
 use crate::policy::{Policy, engine};

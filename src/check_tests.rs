@@ -154,7 +154,8 @@ fn resolve_authorities_table() {
     let failed = Reason::KeyUnavailable { authority: "b".into(), error: failed };
     let mut with_failed = resolved(&[&k.authorities[0]]);
     with_failed.insert(("p".into(), "b".into()), Err(failed.clone()));
-    let table: Vec<(&str, Authorities, Result<Vec<&str>, Vec<Reason>>)> = vec![
+    type Row<'a> = (&'a str, Authorities, Result<Vec<&'a str>, Vec<Reason>>);
+    let table: Vec<Row> = vec![
         ("both resolved", resolved(&[&k.authorities[0], &k.authorities[1]]), Ok(vec!["a", "b"])),
         ("b failed", with_failed, Err(vec![failed])),
         (
@@ -227,7 +228,7 @@ fn signature_need_table() {
         let p = policy(names, spec);
         let authorities: Vec<&Authority> = k.all().into_iter().take(names.len()).collect();
         let check = signature_check(&artifacts(k.signed(&d, by), vec![]), &d, &authorities);
-        let owned: Vec<Authority> = authorities.iter().map(|a| Authority::clone(a)).collect();
+        let owned: Vec<Authority> = authorities.iter().copied().cloned().collect();
         let got = signature_need(&p, &check, &owned);
         assert_eq!(got.as_ref().map(Reason::code), *want, "{names:?} {spec} signed by {by:?}: {got:?}");
     }
@@ -322,8 +323,9 @@ fn attestation_needs_table() {
     ];
     for (what, names, spec, index_by, layers, want) in table {
         let authorities: Vec<&Authority> = k.all().into_iter().take(names.len()).collect();
-        let owned: Vec<Authority> = authorities.iter().map(|a| Authority::clone(a)).collect();
-        let found = evidence(&index, &[amd.clone()], &artifacts(k.signed(&index, index_by), layers), &authorities);
+        let owned: Vec<Authority> = authorities.iter().copied().cloned().collect();
+        let found =
+            evidence(&index, std::slice::from_ref(&amd), &artifacts(k.signed(&index, index_by), layers), &authorities);
         let arcs: Vec<Arc<Authority>> = owned.iter().cloned().map(Arc::new).collect();
         let checks = checks_of(&found.verified, &arcs).unwrap();
         let signatures = SignatureCheck::merge(&index, checks.iter().map(|c| &c.signatures));

@@ -482,4 +482,82 @@ mod tests {
         assert_eq!(combine(&[f(Mode::Audit), f(Mode::Warn)]), Some(Outcome::Warned));
         assert_eq!(combine(&[f(Mode::Warn), f(Mode::Enforce), f(Mode::Audit)]), Some(Outcome::Denied));
     }
+
+    /// A policy `name` in `mode` trusting `key` as authority `a`, for every image of registry.example.com.
+    fn signed_by(name: &str, mode: &str, key: &crate::verify::fixtures::Key) -> String {
+        let pem: String = key.pem().lines().map(|l| format!("        {l}\n")).collect();
+        format!(
+            "apiVersion: provgate.dev/v1alpha1\nkind: ImagePolicy\nmetadata: {{name: {name}}}\nspec:\n  mode: {mode}\n  \
+             match: {{images: [\"registry.example.com/**\"]}}\n  authorities:\n    - name: a\n      key: |\n{pem}"
+        )
+    }
+
+    /// The evidence branch over what a real gather made of an in-memory registry: the signed image is admitted and
+    /// pinned to its digest, its tampered twin (signed by another key) is denied with the verifier's reason, a
+    /// registry error denies only its image, and a warn-mode policy only warns.
+    #[tokio::test]
+    async fn the_evidence_branch_admits_what_verified_and_denies_its_tampered_twin() {
+        use crate::evidence::{CacheConfig, Gatherer};
+        use crate::registry::memory::{Call, MANIFEST, MemoryRegistry};
+        use crate::registry::{Keychain, RegistryError};
+        use crate::verify::fixtures::{Key, artifacts, digest};
+        use std::sync::Arc;
+        use std::time::Duration;
+
+        let (key, stranger) = (Key::new(), Key::new());
+        let registry = Arc::new(MemoryRegistry::new());
+        let mut digests = Vec::new();
+        for (repository, signer) in [("team/app", &key), ("team/twin", &stranger), ("team/gone", &key)] {
+            let (repository, d) = (format!("registry.example.com/{repository}"), digest(repository));
+            registry.put_manifest(&repository, &d, MANIFEST);
+            registry.tag(&repository, "1", &d);
+            registry.put_artifacts(&repository, &d, artifacts(vec![signer.signature(&d)], vec![]));
+            digests.push(d);
+        }
+        let refused = RegistryError::Unauthorized {
+            registry: "registry.example.com".into(),
+            repository: "team/gone".into(),
+            detail: "401".into(),
+        };
+        registry.fail(Call::Artifacts, Some("registry.example.com/team/gone"), refused);
+        let images = [
+            "registry.example.com/team/app:1",
+            "registry.example.com/team/twin:1",
+            "registry.example.com/team/gone:1",
+            "registry.example.com/team/app:1",
+        ];
+        let gatherer = Gatherer::new(registry.clone(), crate::keys::KeyStore::default(), CacheConfig::default());
+        let context = ReviewContext::new(&json!({}), "team-a", &json!({}), chrono::DateTime::UNIX_EPOCH);
+        let review = |mode: &str| load_sources(&[(PathBuf::from("p.yaml"), signed_by("team", mode, &key))]).unwrap();
+
+        let set = review("enforce");
+        let planned = plan(fields(&images), &[], &set, "team-a");
+        let budget = Duration::from_secs(10);
+        let deadline = tokio::time::Instant::now() + budget;
+        let gathered = gatherer.gather(&planned, &Keychain::default(), deadline, budget).await;
+        let d = decide(&planned, &gathered, &context, NoMatch::Deny, &|| None);
+        let outcomes: Vec<Outcome> = d.images.iter().map(|i| i.outcome).collect();
+        assert_eq!(outcomes, [Outcome::Allowed, Outcome::Denied, Outcome::Denied, Outcome::Allowed]);
+        assert_eq!(d.verdict(), Verdict::Deny);
+        assert_eq!(d.reason_codes(), vec!["wrong-key", "registry-unauthorized"]);
+        let app = &d.images[0];
+        assert_eq!(app.image.as_ref().and_then(|i| i.digest()), Some(&digests[0]), "pinned to what verified");
+        assert_eq!(app.policies, vec!["team".to_string()]);
+        assert!(app.verified.iter().any(|v| v.starts_with("signature by a (key sha256:")), "{:?}", app.verified);
+        let twin = &d.images[1];
+        assert!(twin.verified.is_empty());
+        assert_eq!((twin.failures[0].policy.as_deref(), twin.failures[0].mode), (Some("team"), Mode::Enforce));
+        assert!(twin.explain().contains("signature does not verify with key"), "{}", twin.explain());
+        let message = d.denial_message().unwrap();
+        assert!(message.contains("team/twin") && message.contains("team/gone") && !message.contains("team/app"));
+
+        // The same evidence under a warn-mode policy: admitted, with the failures as warnings.
+        let set = review("warn");
+        let planned = plan(fields(&images), &[], &set, "team-a");
+        let d = decide(&planned, &gathered, &context, NoMatch::Deny, &|| None);
+        assert_eq!(d.verdict(), Verdict::Warn);
+        let warnings = d.warnings();
+        assert!(warnings.iter().any(|w| w.contains("team/twin") && w.contains("signature does not verify")));
+        assert!(warnings.iter().any(|w| w.contains("pin it as @")), "{warnings:?}");
+    }
 }

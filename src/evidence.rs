@@ -411,7 +411,10 @@ mod tests {
 
     /// One policy per `(name, authorities, require)`, each authority's key inline, matching every image of
     /// registry.example.com.
-    fn policies(specs: &[(&str, &[(&str, &Key)], &str)]) -> PolicySet {
+    /// (policy name, its authorities with their keys, its `require`).
+    type Spec<'a> = (&'a str, &'a [(&'a str, &'a Key)], &'a str);
+
+    fn policies(specs: &[Spec]) -> PolicySet {
         let docs: Vec<String> = specs
             .iter()
             .map(|(name, authorities, require)| {
