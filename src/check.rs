@@ -12,7 +12,7 @@ use crate::images::{Digest, ImageRef};
 use crate::policy::eval::{ImageInfo, ImageInput, Limits, ReviewScope};
 use crate::policy::require::{Platforms, check_attestation, check_signature};
 use crate::policy::{Policy, engine};
-use crate::reason::Reason;
+use crate::reason::{Reason, Requirement};
 use crate::verify::{self, AttestationCheck, Authority, SignatureCheck};
 
 /// What CEL sees of the request, besides the image: converted once per review, shared by every image and policy.
@@ -136,7 +136,10 @@ fn gathered(evidence: Option<&Result<Arc<ImageEvidence>, Reason>>) -> Result<&Im
     match evidence {
         Some(Ok(evidence)) => Ok(evidence),
         Some(Err(reason)) => Err(reason.clone()),
-        None => Err(Reason::Unmet { code: "no-evidence", message: "no evidence was gathered for this image".into() }),
+        None => Err(Reason::Unmet {
+            requirement: Requirement::NoEvidence,
+            message: "no evidence was gathered for this image".into(),
+        }),
     }
 }
 
@@ -228,7 +231,7 @@ fn checks_of<'a>(verified: &'a Verifications, authorities: &[Arc<Authority>]) ->
 
 fn not_gathered(digest: &Digest) -> Reason {
     Reason::Unmet {
-        code: "no-evidence",
+        requirement: Requirement::NoEvidence,
         message: format!("the verification of {digest} under this policy's authorities was not gathered"),
     }
 }
@@ -243,7 +246,7 @@ fn every_platform(
 ) -> Vec<Reason> {
     let Some(platforms) = &evidence.platforms_verified else {
         return vec![Reason::Unmet {
-            code: "platforms-unchecked",
+            requirement: Requirement::PlatformsUnchecked,
             message: format!(
                 "the platform manifests of {} were not checked: its index carries no valid signature from {}, and \
                  every platform must be signed",
@@ -260,14 +263,17 @@ fn every_platform(
         };
         let check = SignatureCheck::merge(digest, checks.iter().map(|c| &c.signatures));
         if let Some(u) = check_signature(need, &check, names) {
-            unmet.push(Reason::Unmet { code: u.code, message: format!("platform manifest {digest}: {}", u.message) });
+            unmet.push(Reason::Unmet {
+                requirement: u.requirement,
+                message: format!("platform manifest {digest}: {}", u.message),
+            });
         }
     }
     unmet
 }
 
 fn unmet_reason(u: crate::policy::require::Unmet) -> Reason {
-    Reason::Unmet { code: u.code, message: u.message }
+    Reason::from(u)
 }
 
 /// Runs the CEL validations over verified evidence, once per verified provenance statement.
@@ -281,7 +287,7 @@ fn validate(
     if policy.validations.is_empty() {
         return None;
     }
-    let too_large = |message: String| Reason::Unmet { code: "evidence-too-large", message };
+    let too_large = |message: String| Reason::Unmet { requirement: Requirement::EvidenceTooLarge, message };
     let scope = match &context.scope {
         Ok(scope) => scope,
         Err(e) => return Some(too_large(e.clone())),
@@ -294,7 +300,7 @@ fn validate(
     // The failure is reported under the policy's name already; keep only what failed.
     let prefix = format!("policy {}: ", policy.name);
     outcome.explain().map(|message| Reason::Unmet {
-        code: "validation-failed",
+        requirement: Requirement::Validation,
         message: message.strip_prefix(&prefix).map(str::to_owned).unwrap_or(message),
     })
 }

@@ -62,9 +62,10 @@ pub enum Reason {
          require.platforms: all; use platforms: index, or raise cache.maxPlatforms"
     )]
     TooManyPlatforms { image: String, count: usize, max: usize },
-    /// A requirement or validation the verified evidence does not meet.
+    /// A requirement or validation the verified evidence does not meet; the code is the requirement's (or the
+    /// layer rejection's behind it).
     #[error("{message}")]
-    Unmet { code: &'static str, message: String },
+    Unmet { requirement: Requirement, message: String },
     /// Every review slot stayed busy for as long as this review could wait.
     #[error(
         "provgate is already judging its limit of {limit} reviews at once and no slot freed within {}s; retry, or \
@@ -93,13 +94,48 @@ impl Reason {
             Self::Registry { error, .. } => error.code(),
             Self::KeyUnavailable { error, .. } => error.code(),
             Self::ShuttingDown => "shutting-down",
-            Self::Unmet { code, .. } => code,
+            Self::Unmet { requirement, .. } => requirement.code(),
             Self::TagNotPinned { .. } => "tag-not-pinned",
             Self::TooManyImages { .. } => "too-many-images",
             Self::ObjectTooLarge { .. } => "object-too-large",
             Self::TooManyPlatforms { .. } => "too-many-platforms",
             Self::Overloaded { .. } => "overloaded",
             Self::InternalError => "internal-error",
+        }
+    }
+}
+
+/// What kind of requirement the verified evidence did not meet, with the layer rejection behind it when one
+/// explains it (the code is then the rejection's: `unsigned`, `wrong-key`, `subject-mismatch`…).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Requirement {
+    /// `require.signature` (or, under `platforms: all`, a platform manifest's signature).
+    Signature(Option<crate::verify::Rejection>),
+    /// One of `require.attestations`.
+    Attestation(Option<crate::verify::Rejection>),
+    /// Attestations verified, but none of the predicate type required.
+    PredicateType,
+    /// Nothing was gathered for the image or an authority (never a pass).
+    NoEvidence,
+    /// `platforms: all`, but the index carries no valid signature, so its platforms were not checked.
+    PlatformsUnchecked,
+    /// A CEL validation failed or could not be evaluated.
+    Validation,
+    /// The verified evidence is larger than CEL evaluates.
+    EvidenceTooLarge,
+}
+
+impl Requirement {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Signature(Some(r)) | Self::Attestation(Some(r)) => r.code(),
+            Self::Signature(None) => "signature-threshold",
+            Self::Attestation(None) => "attestation-threshold",
+            Self::PredicateType => "predicate-type-mismatch",
+            Self::NoEvidence => "no-evidence",
+            Self::PlatformsUnchecked => "platforms-unchecked",
+            Self::Validation => "validation-failed",
+            Self::EvidenceTooLarge => "evidence-too-large",
         }
     }
 }

@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
+use crate::reason::Requirement;
 use crate::verify::{AttestationCheck, SignatureCheck};
 
 /// `spec.require` as written.
@@ -260,11 +261,17 @@ impl Requirements {
     }
 }
 
-/// One unmet requirement: a stable code and the words a user acts on.
+/// One unmet requirement: what kind (its code) and the words a user acts on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unmet {
-    pub code: &'static str,
+    pub requirement: Requirement,
     pub message: String,
+}
+
+impl From<Unmet> for crate::reason::Reason {
+    fn from(u: Unmet) -> Self {
+        Self::Unmet { requirement: u.requirement, message: u.message }
+    }
 }
 
 /// Authorities whose items verified.
@@ -280,9 +287,8 @@ pub fn check_signature(need: &Need, check: &SignatureCheck, authorities: &[crate
     if need.satisfied_by(&vouched(check.verified.iter())) {
         return None;
     }
-    let code = check.outcome().err().map_or("signature-threshold", |r| r.code());
     Some(Unmet {
-        code,
+        requirement: Requirement::Signature(check.outcome().err()),
         message: format!("no valid signature from {}: {}", need.describe(), check.explain(authorities)),
     })
 }
@@ -310,13 +316,13 @@ pub fn check_attestation<'c>(
     } else {
         check.explain(authorities)
     };
-    let code = if matching.is_empty() && !check.verified.is_empty() {
-        "predicate-type-mismatch"
+    let requirement = if matching.is_empty() && !check.verified.is_empty() {
+        Requirement::PredicateType
     } else {
-        check.outcome().err().map_or("attestation-threshold", |r| r.code())
+        Requirement::Attestation(check.outcome().err())
     };
     Err(Unmet {
-        code,
+        requirement,
         message: format!(
             "attestation {:?} ({}) not satisfied by {}: {detail}",
             need.name,
