@@ -13,7 +13,7 @@ use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::credentials::PullSecrets;
 use crate::engine::{Engine, ReviewLimits};
-use crate::evidence::Gatherer;
+use crate::gather::Gatherer;
 use crate::keys::{KeyRef, KeyStore, SecretRef, SecretWatch};
 use crate::metrics::Metrics;
 use crate::policy::PolicyStore;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
-use crate::evidence::{Authorities, ImageEvidence, Verification, Verifications};
+use crate::gather::{Authorities, ImageEvidence, Verification, Verifications};
 use crate::images::{Digest, ImageRef};
 use crate::policy::eval::{ImageInfo, ImageInput, Limits, ReviewScope};
 use crate::policy::require::{Platforms, check_attestation, check_signature};
@@ -151,9 +151,9 @@ fn resolve_authorities(policy: &Policy, authorities: &Authorities) -> Result<Vec
         match authorities.get(&(policy.name.clone(), source.name().to_owned())) {
             Some(Ok(authority)) => resolved.push(authority.clone()),
             Some(Err(reason)) => missing.push(reason.clone()),
-            None => missing.push(Reason::KeyUnavailable {
-                authority: source.name().to_owned(),
-                error: crate::keys::KeysError::NotLoaded(format!("the keys of authority {:?}", source.name())),
+            None => missing.push(Reason::Unmet {
+                requirement: Requirement::NoEvidence,
+                message: format!("the keys of authority {:?} were not gathered for this review", source.name()),
             }),
         }
     }

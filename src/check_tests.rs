@@ -161,9 +161,9 @@ fn resolve_authorities_table() {
         (
             "b missing",
             resolved(&[&k.authorities[0]]),
-            Err(vec![Reason::KeyUnavailable {
-                authority: "b".into(),
-                error: crate::keys::KeysError::NotLoaded("the keys of authority \"b\"".into()),
+            Err(vec![Reason::Unmet {
+                requirement: crate::reason::Requirement::NoEvidence,
+                message: "the keys of authority \"b\" were not gathered for this review".into(),
             }]),
         ),
         ("both missing", Authorities::new(), Err(vec![])),
@@ -172,7 +172,7 @@ fn resolve_authorities_table() {
         let got = resolve_authorities(&p, &authorities);
         match (got, want) {
             (Ok(got), Ok(want)) => assert_eq!(got.iter().map(|a| a.name()).collect::<Vec<_>>(), want, "{what}"),
-            (Err(got), Err(want)) if want.is_empty() => assert_eq!(codes(&got), ["key-not-loaded"; 2], "{what}"),
+            (Err(got), Err(want)) if want.is_empty() => assert_eq!(codes(&got), ["no-evidence"; 2], "{what}"),
             (Err(got), Err(want)) => assert_eq!(got, want, "{what}"),
             (got, _) => panic!("{what}: {got:?}"),
         }
@@ -181,7 +181,7 @@ fn resolve_authorities_table() {
     let mut other = Authorities::new();
     other.insert(("q".into(), "a".into()), Ok(Arc::new(k.authorities[0].clone())));
     other.insert(("q".into(), "b".into()), Ok(Arc::new(k.authorities[1].clone())));
-    assert_eq!(codes(&resolve_authorities(&p, &other).unwrap_err()), ["key-not-loaded"; 2]);
+    assert_eq!(codes(&resolve_authorities(&p, &other).unwrap_err()), ["no-evidence"; 2]);
 }
 
 // ---- signature need ----
@@ -438,7 +438,7 @@ fn check_table() {
             resolved(&[a]),
             &["tag-not-pinned", "registry-not-found"],
         ),
-        ("key missing", &sig, tagged(), signed("a"), Authorities::new(), &["key-not-loaded"]),
+        ("key missing", &sig, tagged(), signed("a"), Authorities::new(), &["no-evidence"]),
         ("verification not gathered", &sig, tagged(), not_gathered, resolved(&[a]), &["no-evidence"]),
     ];
     for (what, policy, image, found, authorities, want) in table {

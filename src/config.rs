@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use crate::credentials::CredentialsConfig;
 use crate::decide::NoMatch;
-use crate::evidence::CacheConfig;
+use crate::gather::CacheConfig;
 use crate::registry::RegistryConfig;
 
 #[derive(Debug, Clone, Deserialize)]

@@ -7,7 +7,7 @@ use std::rc::Rc;
 use serde::{Deserialize, Serialize};
 
 use crate::check::{Checked, ReviewContext, check};
-use crate::evidence::Gathered;
+use crate::gather::Gathered;
 use crate::images::ImageRef;
 use crate::plan::{Plan, PlannedImage, Step};
 use crate::policy::Mode;
@@ -497,7 +497,7 @@ mod tests {
     /// registry error denies only its image, and a warn-mode policy only warns.
     #[tokio::test]
     async fn the_evidence_branch_admits_what_verified_and_denies_its_tampered_twin() {
-        use crate::evidence::{CacheConfig, Gatherer};
+        use crate::gather::{CacheConfig, Gatherer};
         use crate::registry::memory::{Call, MANIFEST, MemoryRegistry};
         use crate::registry::{Keychain, RegistryError};
         use crate::verify::fixtures::{Key, artifacts, digest};

@@ -12,7 +12,7 @@ use std::time::Duration;
 use crate::check::ReviewContext;
 use crate::credentials::PullSecrets;
 use crate::decide::{self, Decision, NoMatch};
-use crate::evidence::Gatherer;
+use crate::gather::Gatherer;
 use crate::images::{self, PodKind};
 use crate::policy::PolicyStore;
 use crate::reason::Reason;

@@ -9,7 +9,7 @@ use serde_json::json;
 use crate::artifact::{Artifacts, Layer, Origin};
 use crate::decide::{Decision, ImageDecision, Verdict};
 use crate::engine::Engine;
-use crate::evidence::{Gatherer, Inspected};
+use crate::gather::{Gatherer, Inspected};
 use crate::images::ImageRef;
 use crate::policy::{LoadErrors, PolicySet, load_sources};
 use crate::request::{GroupVersionKind, Operation, Request, UserInfo};
