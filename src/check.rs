@@ -5,11 +5,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::gather::{Authorities, ImageEvidence, Verification, Verifications};
 use crate::images::{Digest, ImageRef};
-use crate::policy::eval::{ImageInfo, ImageInput, Limits, ReviewScope};
+use crate::policy::eval::{ImageInput, Limits, ReviewScope};
 use crate::policy::require::{Platforms, check_attestation, check_signature};
 use crate::policy::{Policy, engine};
 use crate::reason::{Reason, Requirement};
@@ -76,7 +76,7 @@ fn unmet(
 ) -> Vec<Reason> {
     let mut unmet: Vec<Reason> = digest_pin(policy, image).into_iter().collect();
     if !policy.needs_evidence() {
-        unmet.extend(validate(policy, image, &[], BTreeMap::new(), context));
+        unmet.extend(validate(policy, &ImageInput::verified(image, &[], &BTreeMap::new()), context));
         return unmet;
     }
     let evidence = match gathered(evidence) {
@@ -118,12 +118,7 @@ fn unmet(
     if !unmet.is_empty() {
         return unmet;
     }
-    let signed: Vec<Value> = signatures
-        .verified
-        .iter()
-        .map(|s| json!({"authority": s.authority(), "dockerReference": s.docker_reference, "annotations": s.annotations}))
-        .collect();
-    validate(policy, &image, &signed, named, context).into_iter().collect()
+    validate(policy, &ImageInput::verified(&image, &signatures.verified, &named), context).into_iter().collect()
 }
 
 /// `require.digest`: the image must be written by digest.
@@ -192,13 +187,13 @@ fn counted_statements(digest: &Digest, signatures: &SignatureCheck, checks: &[&V
 
 /// `require.attestations`: each named need over the counted statements. On success, the statements each name
 /// gives CEL; what verified is added to `verified` either way.
-fn attestation_needs(
+fn attestation_needs<'s>(
     policy: &Policy,
-    statements: &AttestationCheck,
+    statements: &'s AttestationCheck,
     names: &[Authority],
     verified: &mut Vec<String>,
-) -> Result<BTreeMap<String, Vec<Value>>, Vec<Reason>> {
-    let mut named: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+) -> Result<Named<'s>, Vec<Reason>> {
+    let mut named: Named<'s> = BTreeMap::new();
     let mut unmet = Vec::new();
     for need in &policy.requirements.attestations {
         match check_attestation(need, statements, names) {
@@ -212,11 +207,7 @@ fn attestation_needs(
                         signer(&s.signer)
                     )
                 }));
-                let views = statements
-                    .iter()
-                    .map(|s| json!({"predicateType": s.predicate_type, "subject": s.subject, "predicate": s.predicate}))
-                    .collect();
-                named.insert(need.name.clone(), views);
+                named.insert(need.name.clone(), statements);
             }
             Err(u) => unmet.push(unmet_reason(u)),
         }
@@ -276,14 +267,11 @@ fn unmet_reason(u: crate::policy::require::Unmet) -> Reason {
     Reason::from(u)
 }
 
+/// The verified statements that count, by attestation name.
+type Named<'s> = BTreeMap<String, Vec<&'s crate::verify::Verified<crate::verify::Statement>>>;
+
 /// Runs the CEL validations over verified evidence, once per verified provenance statement.
-fn validate(
-    policy: &Policy,
-    image: &ImageRef,
-    signatures: &[Value],
-    attestations: BTreeMap<String, Vec<Value>>,
-    context: &ReviewContext,
-) -> Option<Reason> {
+fn validate(policy: &Policy, input: &ImageInput, context: &ReviewContext) -> Option<Reason> {
     if policy.validations.is_empty() {
         return None;
     }
@@ -292,8 +280,7 @@ fn validate(
         Ok(scope) => scope,
         Err(e) => return Some(too_large(e.clone())),
     };
-    let input = ImageInput { image: ImageInfo::from_ref(image), signatures: signatures.to_vec(), attestations };
-    let outcome = match scope.evaluate(&input, &Limits::default(), &policy.name, &policy.validations) {
+    let outcome = match scope.evaluate(input, &Limits::default(), &policy.name, &policy.validations) {
         Ok(outcome) => outcome,
         Err(e) => return Some(too_large(e.to_string())),
     };

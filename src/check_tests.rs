@@ -2,6 +2,7 @@
 //! (`verify::fixtures`): nothing verified is faked.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use serde_json::json;
 use std::path::PathBuf;
 
 use super::*;

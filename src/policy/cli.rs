@@ -146,18 +146,15 @@ pub fn run(path: &Path, options: &TestOptions) -> Result<TestRun, String> {
         None => json!({}),
     };
     let kind = object.get("kind").cloned().unwrap_or_else(|| json!("Pod"));
-    let evidence = CelInput {
-        image: ImageInfo::from_ref(&image),
-        signatures: options.signatures.clone(),
-        attestations: BTreeMap::from([(
-            options.attestation.clone().unwrap_or_else(|| "provenance".into()),
-            vec![statement],
-        )]),
+    let evidence = CelInput::unverified_for_policy_test(
+        ImageInfo::from_ref(&image),
+        options.signatures.clone(),
+        BTreeMap::from([(options.attestation.clone().unwrap_or_else(|| "provenance".into()), vec![statement])]),
         object,
-        namespace: namespace.clone(),
-        request: json!({"operation": "CREATE", "userInfo": {"username": "provgate-policy-test"}, "kind": {"kind": kind}}),
-        now: options.now.unwrap_or_else(Utc::now),
-    };
+        namespace.clone(),
+        json!({"operation": "CREATE", "userInfo": {"username": "provgate-policy-test"}, "kind": {"kind": kind}}),
+        options.now.unwrap_or_else(Utc::now),
+    );
     let policies = set.matching(&image, &namespace);
     if policies.is_empty() {
         return Err(format!("no policy under {} matches {image} in namespace {namespace:?}", path.display()));

@@ -2,6 +2,7 @@
 
 use super::cel::{CelEngine, CompileError, Expression, json_to_value, type_name};
 use super::provenance::Provenance;
+use crate::verify::{ImageSignature, Statement, Verified};
 use cel::{Context, Value};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -45,20 +46,37 @@ impl CelEngine {
     }
 }
 
-/// The data CEL sees for one image. Built by the caller from verified evidence only.
+/// Everything CEL sees for one image in one request, in one value: what `provgate policy test` evaluates over a
+/// local statement. Admission builds its input from `Verified` values instead ([`ReviewScope`], [`ImageInput`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct CelInput {
-    pub image: ImageInfo,
-    /// Verified signature payloads, `{authority, dockerReference, annotations}`.
-    pub signatures: Vec<serde_json::Value>,
-    /// Attestation name to the verified in-toto statements (whole statements; CEL sees
-    /// `{predicateType, subject, predicate}`).
-    pub attestations: BTreeMap<String, Vec<serde_json::Value>>,
-    pub object: serde_json::Value,
-    pub namespace: String,
+    image: ImageInfo,
+    /// Signature payloads, `{authority, dockerReference, annotations}`.
+    signatures: Vec<serde_json::Value>,
+    /// Attestation name to in-toto statements (whole statements; CEL sees `{predicateType, subject, predicate}`).
+    attestations: BTreeMap<String, Vec<serde_json::Value>>,
+    object: serde_json::Value,
+    namespace: String,
     /// `{operation, userInfo, kind}`; CEL also sees `namespace` in it, since CEL reserves the word `namespace`.
-    pub request: serde_json::Value,
-    pub now: DateTime<Utc>,
+    request: serde_json::Value,
+    now: DateTime<Utc>,
+}
+
+impl CelInput {
+    /// Input whose statements and signatures were NOT verified: only for `provgate policy test`, which evaluates
+    /// policies over a local file to show what they would say.
+    #[allow(clippy::too_many_arguments)]
+    pub fn unverified_for_policy_test(
+        image: ImageInfo,
+        signatures: Vec<serde_json::Value>,
+        attestations: BTreeMap<String, Vec<serde_json::Value>>,
+        object: serde_json::Value,
+        namespace: String,
+        request: serde_json::Value,
+        now: DateTime<Utc>,
+    ) -> Self {
+        Self { image, signatures, attestations, object, namespace, request, now }
+    }
 }
 
 /// The CEL `image` variable; absent parts are `""`.
@@ -250,14 +268,39 @@ pub struct ReviewScope {
     context: Context<'static, 'static>,
 }
 
-/// One image's verified evidence as CEL reads it.
+/// One image's verified evidence as CEL reads it. It can only be built from `Verified` values.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImageInput {
-    pub image: ImageInfo,
+    image: ImageInfo,
     /// Verified signature payloads, `{authority, dockerReference, annotations}`.
-    pub signatures: Vec<serde_json::Value>,
-    /// Attestation name to the verified statements.
-    pub attestations: BTreeMap<String, Vec<serde_json::Value>>,
+    signatures: Vec<serde_json::Value>,
+    /// Attestation name to the verified statements, `{predicateType, subject, predicate}`.
+    attestations: BTreeMap<String, Vec<serde_json::Value>>,
+}
+
+impl ImageInput {
+    /// The CEL view of `image` with what verified for it: its signatures, and its statements by attestation name.
+    pub fn verified(
+        image: &crate::images::ImageRef,
+        signatures: &[Verified<ImageSignature>],
+        attestations: &BTreeMap<String, Vec<&Verified<Statement>>>,
+    ) -> Self {
+        let signatures = signatures
+            .iter()
+            .map(|s| json!({"authority": s.authority(), "dockerReference": s.docker_reference, "annotations": s.annotations}))
+            .collect();
+        let attestations = attestations
+            .iter()
+            .map(|(name, list)| {
+                let views = list
+                    .iter()
+                    .map(|s| json!({"predicateType": s.predicate_type, "subject": s.subject, "predicate": s.predicate}))
+                    .collect();
+                (name.clone(), views)
+            })
+            .collect();
+        Self { image: ImageInfo::from_ref(image), signatures, attestations }
+    }
 }
 
 impl CelEngine {
