@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::registry::Keychain;
+use crate::registry::HostCredentials;
 
 /// Config `credentials:`.
 #[derive(Debug, Clone, Deserialize)]
@@ -47,7 +47,7 @@ fn split(s: &str) -> Option<(&str, &str)> {
     s.split_once('/').filter(|(ns, name)| !ns.is_empty() && !name.is_empty() && !name.contains('/'))
 }
 
-type Cached = Arc<Option<Keychain>>;
+type Cached = Arc<Option<HostCredentials>>;
 
 /// Reads pull secrets through the Kubernetes API, when there is one.
 pub struct PullSecrets {
@@ -70,9 +70,9 @@ impl PullSecrets {
 
     /// The credentials a Pod with `pod_spec` in `namespace` pulls with. Unreadable or missing Secrets are skipped,
     /// as the kubelet skips them: the registry then refuses, and that refusal is the denial.
-    pub async fn keychain(&self, namespace: &str, pod_spec: Option<&Value>) -> Keychain {
-        let mut keychain = Keychain::default();
-        let Some(client) = &self.client else { return keychain };
+    pub async fn credentials(&self, namespace: &str, pod_spec: Option<&Value>) -> HostCredentials {
+        let mut credentials = HostCredentials::default();
+        let Some(client) = &self.client else { return credentials };
         let mut names: Vec<(String, String)> = Vec::new();
         if self.config.image_pull_secrets {
             let spec = pod_spec.cloned().unwrap_or(Value::Null);
@@ -85,10 +85,10 @@ impl PullSecrets {
         names.extend(self.config.secrets.iter().filter_map(|s| split(s)).map(|(ns, n)| (ns.to_owned(), n.to_owned())));
         for (ns, name) in names {
             if let Some(found) = self.secret(client, &ns, &name).await.as_ref() {
-                keychain.merge(found.clone());
+                credentials.merge(found.clone());
             }
         }
-        keychain
+        credentials
     }
 
     async fn account_pull_secrets(&self, client: &kube::Client, ns: &str, name: &str) -> Arc<Vec<String>> {
@@ -131,12 +131,12 @@ impl PullSecrets {
     }
 }
 
-/// The keychain in a `kubernetes.io/dockerconfigjson` (or legacy `dockercfg`) Secret.
-fn docker_config(mut secret: Secret, ns: &str, name: &str) -> Option<Keychain> {
+/// The credentials in a `kubernetes.io/dockerconfigjson` (or legacy `dockercfg`) Secret.
+fn docker_config(mut secret: Secret, ns: &str, name: &str) -> Option<HostCredentials> {
     let mut data = secret.data.take().unwrap_or_default();
     let bytes = data.remove(".dockerconfigjson").or_else(|| data.remove(".dockercfg"))?;
-    match Keychain::from_docker_config(&bytes.0) {
-        Ok(keychain) => Some(keychain),
+    match HostCredentials::from_docker_config(&bytes.0) {
+        Ok(credentials) => Some(credentials),
         Err(e) => {
             tracing::warn!(namespace = ns, secret = name, error = %e, "pull secret is not a docker config");
             None

@@ -499,7 +499,7 @@ mod tests {
     async fn the_evidence_branch_admits_what_verified_and_denies_its_tampered_twin() {
         use crate::gather::{CacheConfig, Gatherer};
         use crate::registry::memory::{Call, MANIFEST, MemoryRegistry};
-        use crate::registry::{Keychain, RegistryError};
+        use crate::registry::{HostCredentials, RegistryError};
         use crate::verify::fixtures::{Key, artifacts, digest};
         use std::sync::Arc;
         use std::time::Duration;
@@ -534,7 +534,7 @@ mod tests {
         let planned = plan(fields(&images), &[], &set, "team-a");
         let budget = Duration::from_secs(10);
         let deadline = tokio::time::Instant::now() + budget;
-        let gathered = gatherer.gather(&planned, &Keychain::default(), deadline, budget).await;
+        let gathered = gatherer.gather(&planned, &HostCredentials::default(), deadline, budget).await;
         let d = decide(&planned, &gathered, &context, NoMatch::Deny, &|| None);
         let outcomes: Vec<Outcome> = d.images.iter().map(|i| i.outcome).collect();
         assert_eq!(outcomes, [Outcome::Allowed, Outcome::Denied, Outcome::Denied, Outcome::Allowed]);

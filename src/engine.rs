@@ -16,7 +16,7 @@ use crate::gather::Gatherer;
 use crate::images::{self, PodKind};
 use crate::policy::PolicyStore;
 use crate::reason::Reason;
-use crate::registry::Keychain;
+use crate::registry::HostCredentials;
 use crate::request::{Operation, Request};
 
 /// Caps on one review's work (config `maxImagesPerReview`, `maxObjectBytes`).
@@ -95,13 +95,13 @@ impl Engine {
         let namespace = request.namespace();
         let plan = crate::plan::plan(fields, &previous, &policies, namespace);
         let deadline = arrived + self.deadline;
-        let keychain = if plan.needs_evidence() {
-            let lookup = self.pull_secrets.keychain(namespace, images::pod_spec(kind, object));
+        let credentials = if plan.needs_evidence() {
+            let lookup = self.pull_secrets.credentials(namespace, images::pod_spec(kind, object));
             tokio::time::timeout_at(deadline, lookup).await.unwrap_or_default()
         } else {
-            Keychain::default()
+            HostCredentials::default()
         };
-        let gathered = self.gatherer.gather(&plan, &keychain, deadline, self.deadline).await;
+        let gathered = self.gatherer.gather(&plan, &credentials, deadline, self.deadline).await;
         let late = Reason::DeadlineExceeded(self.deadline);
         let Ok(Ok(permit)) = tokio::time::timeout_at(deadline, self.judging.clone().acquire_owned()).await else {
             return Decision::deny_request(late);

@@ -21,7 +21,7 @@ use crate::policy::Policy;
 use crate::policy::require::Platforms;
 use crate::policy::trust::AuthoritySource;
 use crate::reason::Reason;
-use crate::registry::{Budget, Credentials, Head, Keychain, Registry, RegistryError, Resolved};
+use crate::registry::{Budget, Credentials, Head, HostCredentials, Registry, RegistryError, Resolved};
 use crate::verify::{self, AttestationCheck, Authority, SignatureCheck};
 
 /// What one authority verified of one manifest digest.
@@ -167,8 +167,14 @@ impl Gatherer {
     }
 
     /// Gathers evidence for every image a policy needs it for, all at once, within `deadline`.
-    /// `keychain` holds the review's pull credentials; hosts it does not name use the config's.
-    pub async fn gather(&self, plan: &Plan, keychain: &Keychain, deadline: Instant, budget: Duration) -> Gathered {
+    /// `credentials` holds the review's pull credentials; hosts it does not name use the config's.
+    pub async fn gather(
+        &self,
+        plan: &Plan,
+        credentials: &HostCredentials,
+        deadline: Instant,
+        budget: Duration,
+    ) -> Gathered {
         let mut authorities = Authorities::new();
         for planned in &plan.images {
             if let Step::Judge { policies, .. } = &planned.step {
@@ -204,7 +210,7 @@ impl Gatherer {
                 .flat_map(of)
                 .map(|a| a.cache_key())
                 .collect();
-            let creds = keychain.for_host(image.registry());
+            let creds = credentials.for_host(image.registry());
             let (review, bytes) = (&review, &bytes);
             async move {
                 let work = async {
@@ -446,7 +452,7 @@ mod tests {
 
     async fn gather(g: &Gatherer, plan: &Plan) -> Gathered {
         let budget = Duration::from_secs(10);
-        g.gather(plan, &Keychain::default(), Instant::now() + budget, budget).await
+        g.gather(plan, &HostCredentials::default(), Instant::now() + budget, budget).await
     }
 
     fn found<'a>(gathered: &'a Gathered, image: &str) -> &'a Result<Arc<ImageEvidence>, Reason> {

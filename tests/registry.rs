@@ -12,7 +12,7 @@ use base64::Engine as _;
 use provgate::artifact::Origin;
 use provgate::images::{Digest, ImageRef};
 use provgate::registry::{
-    Credentials, HostConfig, Keychain, PlatformManifest, Registry, RegistryClient, RegistryConfig, RegistryError,
+    Credentials, HostConfig, HostCredentials, PlatformManifest, Registry, RegistryClient, RegistryConfig, RegistryError,
 };
 use serde_json::json;
 use support::registry::*;
@@ -303,8 +303,8 @@ async fn tls_with_basic_auth_and_credentials_from_dockerconfigjson() {
     let img = image(&format!("{a}/team/app:v1"));
     let r = client(&[(&a, reg.host_config())], |_| {});
 
-    let keychain = Keychain::from_docker_config(&docker_config(&a, "alice", "wonderland")).unwrap();
-    let alice = keychain.for_host(&a);
+    let credentials = HostCredentials::from_docker_config(&docker_config(&a, "alice", "wonderland")).unwrap();
+    let alice = credentials.for_host(&a);
     assert_eq!(alice, Credentials::basic("alice", "wonderland"));
     let resolved = r.resolve(&img, &alice, &r.budget(), soon(10)).await.unwrap();
     assert_eq!(resolved.digest, digest(&f.single));

@@ -1,4 +1,4 @@
-//! Pull credentials: identities, dockerconfigjson parsing, and the host → credentials keychain.
+//! Pull credentials: identities, dockerconfigjson parsing, and the host → credentials credentials.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -81,11 +81,11 @@ struct AuthEntry {
 
 /// Credentials per registry host. Hosts are normalised the way image references are (`docker.io` for Docker Hub).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Keychain {
+pub struct HostCredentials {
     hosts: BTreeMap<String, Credentials>,
 }
 
-impl Keychain {
+impl HostCredentials {
     /// Parses a `.dockerconfigjson` (`{"auths":{...}}`) or legacy `.dockercfg` (the map alone) document.
     pub fn from_docker_config(bytes: &[u8]) -> Result<Self, CredentialsError> {
         let value: serde_json::Value =
@@ -111,7 +111,7 @@ impl Keychain {
     }
 
     /// Adds every entry of `other` not already present (earlier sources win, as the kubelet orders pull secrets).
-    pub fn merge(&mut self, other: Keychain) {
+    pub fn merge(&mut self, other: HostCredentials) {
         for (host, creds) in other.hosts {
             self.hosts.entry(host).or_insert(creds);
         }
@@ -165,29 +165,29 @@ mod tests {
             "https://index.docker.io/v1/":{"auth":"dXNlcjpwYTpzcw=="},
             "reg.example:5000":{"username":"bob","password":"pw"},
             "ghcr.io":{"identitytoken":"tok"}}}"#;
-        let k = Keychain::from_docker_config(doc).unwrap();
+        let k = HostCredentials::from_docker_config(doc).unwrap();
         assert_eq!(k.for_host("docker.io"), Credentials::basic("user", "pa:ss"));
         assert_eq!(k.for_host("REG.example:5000"), Credentials::basic("bob", "pw"));
         assert_eq!(k.for_host("ghcr.io"), Credentials::Bearer("tok".into()));
         assert_eq!(k.for_host("quay.io"), Credentials::Anonymous);
-        let legacy = Keychain::from_docker_config(br#"{"quay.io":{"auth":"YTpi"}}"#).unwrap();
+        let legacy = HostCredentials::from_docker_config(br#"{"quay.io":{"auth":"YTpi"}}"#).unwrap();
         assert_eq!(legacy.for_host("quay.io"), Credentials::basic("a", "b"));
     }
 
     #[test]
     fn bad_documents_are_errors() {
-        assert!(matches!(Keychain::from_docker_config(b"nope"), Err(CredentialsError::Json(_))));
+        assert!(matches!(HostCredentials::from_docker_config(b"nope"), Err(CredentialsError::Json(_))));
         let bad = br#"{"auths":{"r":{"auth":"!!"}}}"#;
-        assert_eq!(Keychain::from_docker_config(bad), Err(CredentialsError::BadAuth("r".into())));
+        assert_eq!(HostCredentials::from_docker_config(bad), Err(CredentialsError::BadAuth("r".into())));
         let empty = br#"{"auths":{"r":{}}}"#;
-        assert_eq!(Keychain::from_docker_config(empty), Err(CredentialsError::Empty("r".into())));
+        assert_eq!(HostCredentials::from_docker_config(empty), Err(CredentialsError::Empty("r".into())));
     }
 
     #[test]
     fn merge_keeps_first_and_fingerprints_differ_per_identity() {
-        let mut a = Keychain::default();
+        let mut a = HostCredentials::default();
         a.insert("r", Credentials::basic("a", "1"));
-        let mut b = Keychain::default();
+        let mut b = HostCredentials::default();
         b.insert("r", Credentials::basic("b", "2"));
         b.insert("s", Credentials::basic("b", "2"));
         a.merge(b);

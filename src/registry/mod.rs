@@ -20,7 +20,7 @@ use reqwest::StatusCode;
 use reqwest::header;
 use tokio::time::Instant;
 
-pub use auth::{Credentials, CredentialsError, Keychain};
+pub use auth::{Credentials, CredentialsError, HostCredentials};
 pub use budget::Budget;
 pub use config::{HostConfig, RegistryConfig};
 pub use error::RegistryError;
@@ -165,7 +165,7 @@ pub enum SetupError {
 pub struct RegistryClient {
     config: RegistryConfig,
     hosts: HashMap<String, HostTransport>,
-    defaults: Keychain,
+    defaults: HostCredentials,
     /// Sessions keyed by (host, identity fingerprint): a token never serves another identity.
     sessions: moka::future::Cache<(String, String), Arc<Session>>,
     /// Bytes read from registries and held by reviews in progress (`registries.maxBytesInFlight`).
@@ -177,7 +177,7 @@ impl RegistryClient {
     pub fn new(config: RegistryConfig) -> Result<Self, SetupError> {
         config.check_budgets().map_err(SetupError::Budgets)?;
         let mut hosts = HashMap::new();
-        let mut defaults = Keychain::default();
+        let mut defaults = HostCredentials::default();
         for (host, hc) in &config.hosts {
             let ca_pem = match &hc.ca_bundle {
                 Some(path) => {
@@ -201,9 +201,9 @@ impl RegistryClient {
                     path: path.display().to_string(),
                     detail,
                 };
-                let keychain =
-                    Keychain::from_docker_config(&read(path).map_err(err)?).map_err(|e| err(e.to_string()))?;
-                match keychain.for_host(host) {
+                let credentials =
+                    HostCredentials::from_docker_config(&read(path).map_err(err)?).map_err(|e| err(e.to_string()))?;
+                match credentials.for_host(host) {
                     Credentials::Anonymous => return Err(err(format!("has no entry for {host}"))),
                     creds => defaults.insert(host, creds),
                 }

@@ -36,6 +36,19 @@ pub(super) fn http_answer(status: u16, content_type: &str, body: &[u8], headers:
     out
 }
 
+/// The status line and headers of a `Connection: close` answer; `Content-Length` when `length` is given.
+pub(super) fn response_head(status: u16, headers: &[(String, String)], length: Option<usize>) -> String {
+    let mut out = format!("HTTP/1.1 {status} X\r\nConnection: close\r\n");
+    if let Some(n) = length {
+        out.push_str(&format!("Content-Length: {n}\r\n"));
+    }
+    for (k, v) in headers {
+        out.push_str(&format!("{k}: {v}\r\n"));
+    }
+    out.push_str("\r\n");
+    out
+}
+
 /// One canned answer.
 #[derive(Clone, Debug)]
 pub struct Canned {
@@ -108,14 +121,8 @@ impl CannedServer {
                     held.push(conn);
                     continue;
                 }
-                let mut out = format!("HTTP/1.1 {} X\r\nConnection: close\r\n", answer.status);
-                if !answer.no_length {
-                    out.push_str(&format!("Content-Length: {}\r\n", answer.body.len()));
-                }
-                for (k, v) in &answer.headers {
-                    out.push_str(&format!("{k}: {v}\r\n"));
-                }
-                out.push_str("\r\n");
+                let out =
+                    response_head(answer.status, &answer.headers, (!answer.no_length).then_some(answer.body.len()));
                 let _ = conn.write_all(out.as_bytes());
                 if method != "HEAD" {
                     let _ = conn.write_all(&answer.body);

@@ -382,14 +382,11 @@ fn serve(mut conn: impl Read + Write, state: &Mutex<State>, stop: &AtomicBool, o
     if !pause(if answer.stall { Duration::from_secs(3600) } else { answer.delay }, stop) {
         return;
     }
-    let mut out = format!("HTTP/1.1 {} X\r\nConnection: close\r\n", answer.status);
-    if !answer.no_length {
-        out.push_str(&format!("Content-Length: {}\r\n", answer.body.len()));
-    }
-    for (k, v) in &answer.headers {
-        out.push_str(&format!("{k}: {v}\r\n"));
-    }
-    out.push_str("\r\n");
+    let out = super::canned::response_head(
+        answer.status,
+        &answer.headers,
+        (!answer.no_length).then_some(answer.body.len() as usize),
+    );
     if conn.write_all(out.as_bytes()).is_err() || conn.flush().is_err() || method == "HEAD" {
         return;
     }
