@@ -21,7 +21,7 @@ use crate::policy::Policy;
 use crate::policy::require::Platforms;
 use crate::policy::trust::AuthoritySource;
 use crate::reason::Reason;
-use crate::registry::{Budget, Credentials, Head, HostCredentials, Registry, RegistryError, Resolved};
+use crate::registry::{Budget, Credentials, Head, HostCredentials, Registry, RegistryError, Resolved, Wanted};
 use crate::verify::{self, AttestationCheck, Authority, SignatureCheck};
 
 /// What one authority verified of one manifest digest.
@@ -128,9 +128,9 @@ pub struct Gatherer {
     /// same tag sharing one request.
     tags: Flights<(String, String), Result<Head, RegistryError>>,
     /// (repository, digest, credentials identity) -> its artifacts.
-    artifacts: moka::future::Cache<(String, Digest, String), Arc<Artifacts>>,
+    artifacts: moka::future::Cache<(String, Digest, String, Wanted), Arc<Artifacts>>,
     /// (repository, digest, credentials identity, authority cache key) -> what that authority verified of them.
-    verifications: moka::future::Cache<(String, Digest, String, String), Arc<Verification>>,
+    verifications: moka::future::Cache<(String, Digest, String, String, Wanted), Arc<Verification>>,
     /// Bounds the images being fetched at once, so a burst of reviews cannot open unbounded connections.
     fetching: tokio::sync::Semaphore,
     /// Counts verifications computed (cache misses).
@@ -211,11 +211,14 @@ impl Gatherer {
                 .map(|a| a.cache_key())
                 .collect();
             let creds = credentials.for_host(image.registry());
+            // The `.att` tag is read only when some governing policy requires an attestation.
+            let wanted = Wanted { attestations: needing.iter().any(|p| !p.requirements.attestations.is_empty()) };
             let (review, bytes) = (&review, &bytes);
             async move {
                 let work = async {
                     let _slot = review.acquire().await.map_err(|_| shutting_down())?;
-                    self.image(image, &creds, &all, &every_platform, bytes, deadline).await
+                    let authorities = Authorized { all: &all, every_platform: &every_platform, wanted };
+                    self.image(image, &creds, &authorities, bytes, deadline).await
                 };
                 let result = match tokio::time::timeout_at(deadline, work).await {
                     Ok(result) => result.map(Arc::new),
@@ -232,7 +235,12 @@ impl Gatherer {
     pub async fn inspect(&self, image: &ImageRef, deadline: Instant) -> Result<Inspected, Reason> {
         let (creds, bytes) = (Credentials::Anonymous, self.registry.budget());
         let resolved = self.resolve(image, &creds, &bytes, deadline).await?;
-        let artifacts = self.artifacts_of(image, &resolved.digest, &creds, &bytes, deadline).await?;
+        // What a review already fetched is reported as it is; otherwise everything is read.
+        let cached = self.artifacts.get(&(image.name(), resolved.digest.clone(), creds.fingerprint(), NO_ATT)).await;
+        let artifacts = match cached {
+            Some(found) => found,
+            None => self.artifacts_of(image, &resolved.digest, &creds, Wanted::ALL, &bytes, deadline).await?,
+        };
         Ok(Inspected { digest: resolved.digest.clone(), platforms: platforms_of(&resolved), artifacts })
     }
 
@@ -283,32 +291,39 @@ impl Gatherer {
         image: &ImageRef,
         digest: &Digest,
         creds: &Credentials,
+        wanted: Wanted,
         bytes: &Budget,
         deadline: Instant,
     ) -> Result<Arc<Artifacts>, Reason> {
-        let key = (image.name(), digest.clone(), creds.fingerprint());
+        let key = (image.name(), digest.clone(), creds.fingerprint(), wanted);
+        // Everything fetched serves a caller that needs less.
+        if !wanted.attestations
+            && let Some(all) = self.artifacts.get(&(key.0.clone(), key.1.clone(), key.2.clone(), Wanted::ALL)).await
+        {
+            return Ok(all);
+        }
         self.artifacts
             .try_get_with(key, async {
-                self.registry.artifacts(image, digest, creds, bytes, deadline).await.map(Arc::new)
+                self.registry.artifacts(image, digest, creds, wanted, bytes, deadline).await.map(Arc::new)
             })
             .await
             .map_err(|e| registry_reason(image, &e))
     }
 
-    /// What `authority` verifies of `digest`'s artifacts: computed once per (digest, authority, credentials) on a
-    /// blocking thread, and cached.
+    /// What `authority` verifies of `digest`'s artifacts: computed once per (digest, authority, credentials, what
+    /// was fetched) on a blocking thread, and cached.
     async fn verification(
         &self,
         image: &ImageRef,
         digest: &Digest,
         platforms: &[Digest],
-        artifacts: &Arc<Artifacts>,
+        fetched: Fetched<'_>,
         creds: &Credentials,
         authority: &Authority,
     ) -> Result<Arc<Verification>, Reason> {
-        let key = (image.name(), digest.clone(), creds.fingerprint(), authority.cache_key());
+        let key = (image.name(), digest.clone(), creds.fingerprint(), authority.cache_key(), fetched.wanted);
         let (artifacts, digest, platforms, authority) =
-            (artifacts.clone(), digest.clone(), platforms.to_vec(), authority.clone());
+            (fetched.artifacts.clone(), digest.clone(), platforms.to_vec(), authority.clone());
         let computed = self.computed.clone();
         self.verifications
             .try_get_with(key, async move {
@@ -331,12 +346,12 @@ impl Gatherer {
         image: &ImageRef,
         digest: &Digest,
         platforms: &[Digest],
-        artifacts: &Arc<Artifacts>,
+        fetched: Fetched<'_>,
         creds: &Credentials,
         authorities: &[Authority],
     ) -> Result<Verifications, Reason> {
         let checks = authorities.iter().map(|a| async move {
-            let v = self.verification(image, digest, platforms, artifacts, creds, a).await?;
+            let v = self.verification(image, digest, platforms, fetched, creds, a).await?;
             Ok::<_, Reason>((a.cache_key(), v))
         });
         futures::future::try_join_all(checks).await.map(|v| v.into_iter().collect())
@@ -349,17 +364,18 @@ impl Gatherer {
         &self,
         image: &ImageRef,
         creds: &Credentials,
-        authorities: &[Authority],
-        every_platform: &[String],
+        authorized: &Authorized<'_>,
         bytes: &Budget,
         deadline: Instant,
     ) -> Result<ImageEvidence, Reason> {
+        let (authorities, every_platform, wanted) = (authorized.all, authorized.every_platform, authorized.wanted);
         let _permit = self.fetching.acquire().await.map_err(|_| shutting_down())?;
         let resolved = self.resolve(image, creds, bytes, deadline).await?;
         let digest = resolved.digest.clone();
         let platforms = platforms_of(&resolved);
-        let artifacts = self.artifacts_of(image, &digest, creds, bytes, deadline).await?;
-        let verified = self.verify_all(image, &digest, &platforms, &artifacts, creds, authorities).await?;
+        let artifacts = self.artifacts_of(image, &digest, creds, wanted, bytes, deadline).await?;
+        let fetched = Fetched { artifacts: &artifacts, wanted };
+        let verified = self.verify_all(image, &digest, &platforms, fetched, creds, authorities).await?;
         let index_vouched =
             every_platform.iter().any(|key| verified.get(key).is_some_and(|v| !v.signatures.verified.is_empty()));
         let mut platforms_verified = None;
@@ -369,8 +385,10 @@ impl Gatherer {
                 return Err(Reason::TooManyPlatforms { image: image.to_string(), count, max });
             }
             let fetches = platforms.iter().cloned().map(|d| async move {
-                let found = self.artifacts_of(image, &d, creds, bytes, deadline).await?;
-                let checks = self.verify_all(image, &d, &[], &found, creds, authorities).await?;
+                // A platform needs only its signature.
+                let found = self.artifacts_of(image, &d, creds, NO_ATT, bytes, deadline).await?;
+                let fetched = Fetched { artifacts: &found, wanted: NO_ATT };
+                let checks = self.verify_all(image, &d, &[], fetched, creds, authorities).await?;
                 Ok::<_, Reason>((d, checks))
             });
             platforms_verified = Some(futures::stream::iter(fetches).buffered(PLATFORMS_AT_ONCE).try_collect().await?);
@@ -387,6 +405,25 @@ fn platforms_of(resolved: &Resolved) -> Vec<Digest> {
         .filter(|p| p.os != "unknown" && p.architecture != "unknown")
         .map(|p| p.digest.clone())
         .collect()
+}
+
+/// Artifacts without the `.att` tag.
+const NO_ATT: Wanted = Wanted { attestations: false };
+
+/// Artifacts as fetched, and what was asked for (part of every cache key that depends on them).
+#[derive(Clone, Copy)]
+struct Fetched<'a> {
+    artifacts: &'a Arc<Artifacts>,
+    wanted: Wanted,
+}
+
+/// Who judges one image, and what that needs fetched.
+struct Authorized<'a> {
+    /// Every authority of the governing policies.
+    all: &'a [Authority],
+    /// Cache keys of the authorities of policies that require every platform.
+    every_platform: &'a [String],
+    wanted: Wanted,
 }
 
 fn shutting_down() -> Reason {

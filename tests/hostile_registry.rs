@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use provgate::config::Config;
 use provgate::images::{Digest, ImageRef};
-use provgate::registry::{Credentials, Head, Registry, RegistryClient, RegistryConfig};
+use provgate::registry::{Credentials, Head, Registry, RegistryClient, RegistryConfig, Wanted};
 use serde_json::{Value, json};
 use support::registry::*;
 use support::webhook::{Webhook, review};
@@ -374,11 +374,11 @@ async fn reads_beyond_the_bytes_in_flight_wait_then_fail_clearly() {
     let d = Digest::parse(&subject).unwrap();
     let anon = Credentials::Anonymous;
     let (first, second) = (r.budget(), r.budget());
-    let slow = r.artifacts(&img, &d, &anon, &first, soon(10_000));
+    let slow = r.artifacts(&img, &d, &anon, Wanted::ALL, &first, soon(10_000));
     let waiting = async {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let started = Instant::now();
-        let result = r.artifacts(&img, &d, &anon, &second, soon(1000)).await;
+        let result = r.artifacts(&img, &d, &anon, Wanted::ALL, &second, soon(1000)).await;
         (result, started.elapsed())
     };
     let (slow, (waited, took)) = futures::join!(slow, waiting);
@@ -388,7 +388,7 @@ async fn reads_beyond_the_bytes_in_flight_wait_then_fail_clearly() {
     assert!(err.to_string().contains("registries.maxBytesInFlight"), "{err}");
     assert!(took >= Duration::from_millis(900), "{took:?}");
     drop(first);
-    let third = r.artifacts(&img, &d, &anon, &r.budget(), soon(10_000)).await.unwrap();
+    let third = r.artifacts(&img, &d, &anon, Wanted::ALL, &r.budget(), soon(10_000)).await.unwrap();
     assert_eq!(third.signatures[0].data.len(), 1 << 20, "room again once the first review let go");
 }
 
@@ -415,4 +415,26 @@ async fn images_beyond_the_review_budget_are_a_clear_denial() {
     assert_eq!(response["allowed"], false, "{response}");
     let text = message(&response);
     assert!(text.contains("registries.maxReviewBytes"), "{text}");
+}
+
+/// Fetch only what is needed: a signature-only policy never reads the `.att` tag, and a registry without the
+/// referrers API is asked for it once, then its tag-schema fallback is read directly.
+#[tokio::test]
+async fn a_signature_only_policy_reads_no_attestations_and_the_missing_referrers_api_is_remembered() {
+    let h = Hostile::start();
+    let (one, two) = (image(&h, "team/app", "v1"), image(&h, "team/app", "v2"));
+    for d in [&one, &two] {
+        sign_with(&h, "team/app", d, &[]);
+    }
+    let (hook, _keys) = webhook(&h, |_| {}).await;
+    let att = |d: &str| format!("/v2/team/app/manifests/sha256-{}.att", &d[7..]);
+    let api = |d: &str| format!("/v2/team/app/referrers/{d}");
+    let schema = |d: &str| format!("/v2/team/app/manifests/sha256-{}", &d[7..]);
+    hook.review(&pod(&format!("{}/team/app@{one}", h.addr))).await;
+    assert_eq!(h.hits(&att(&one)), 0, "no policy requires an attestation");
+    assert_eq!((h.hits(&api(&one)), h.hits(&schema(&one))), (1, 1), "the API answered 404; the fallback was read");
+    hook.review(&pod(&format!("{}/team/app@{two}", h.addr))).await;
+    assert_eq!(h.hits(&api(&two)), 0, "the registry is known to lack the referrers API");
+    assert_eq!(h.hits(&schema(&two)), 1);
+    assert_eq!(h.hits(&att(&two)), 0);
 }

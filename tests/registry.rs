@@ -12,7 +12,8 @@ use base64::Engine as _;
 use provgate::artifact::Origin;
 use provgate::images::{Digest, ImageRef};
 use provgate::registry::{
-    Credentials, HostConfig, HostCredentials, PlatformManifest, Registry, RegistryClient, RegistryConfig, RegistryError,
+    Credentials, HostConfig, HostCredentials, PlatformManifest, Registry, RegistryClient, RegistryConfig,
+    RegistryError, Wanted,
 };
 use serde_json::json;
 use support::registry::*;
@@ -161,7 +162,7 @@ async fn plain_http_tags_indexes_docker_lists_cosign_tags_and_tag_schema_referre
 
     // Cosign tags and the referrers tag schema (docker-registry has no referrers API).
     let art = r
-        .artifacts(&image(&format!("{a}/team/app:v1")), &digest(&f.single), &anon, &r.budget(), soon(10))
+        .artifacts(&image(&format!("{a}/team/app:v1")), &digest(&f.single), &anon, Wanted::ALL, &r.budget(), soon(10))
         .await
         .unwrap();
     assert_eq!(art.signatures.len(), 1);
@@ -191,7 +192,7 @@ async fn plain_http_tags_indexes_docker_lists_cosign_tags_and_tag_schema_referre
 
     // Nothing stored for the index: empty, not an error.
     let none = r
-        .artifacts(&image(&format!("{a}/team/multi:v1")), &digest(&index), &anon, &r.budget(), soon(10))
+        .artifacts(&image(&format!("{a}/team/multi:v1")), &digest(&index), &anon, Wanted::ALL, &r.budget(), soon(10))
         .await
         .unwrap();
     assert!(none.is_empty());
@@ -216,7 +217,8 @@ async fn referrers_api_on_ferro() {
     let img = image(&format!("{}/team/app:v1", ferro.addr));
     let resolved = r.resolve(&img, &Credentials::Anonymous, &r.budget(), soon(10)).await.unwrap();
     assert_eq!(resolved.digest, digest(&f.single));
-    let art = r.artifacts(&img, &resolved.digest, &Credentials::Anonymous, &r.budget(), soon(10)).await.unwrap();
+    let art =
+        r.artifacts(&img, &resolved.digest, &Credentials::Anonymous, Wanted::ALL, &r.budget(), soon(10)).await.unwrap();
     assert!(art.signatures.is_empty() && art.attestations.is_empty(), "no .sig/.att pushed: none, not an error");
     let mut got: Vec<_> = art.bundles.iter().map(|l| l.data.clone()).collect();
     got.sort();
@@ -274,7 +276,10 @@ async fn referrers_pages_are_followed_through_link_headers() {
     let server = CannedServer::start(routes);
     let r = client(&[(&server.addr, server.host_config())], |_| {});
     let img = image(&format!("{}/team/app:v1", server.addr));
-    let art = r.artifacts(&img, &digest(&subject), &Credentials::Anonymous, &r.budget(), soon(10)).await.unwrap();
+    let art = r
+        .artifacts(&img, &digest(&subject), &Credentials::Anonymous, Wanted::ALL, &r.budget(), soon(10))
+        .await
+        .unwrap();
     let mut got: Vec<_> = art.bundles.iter().map(|l| l.data.clone()).collect();
     got.sort();
     let mut want = vec![b1, b2];
@@ -283,8 +288,10 @@ async fn referrers_pages_are_followed_through_link_headers() {
     assert_eq!(server.hits(&second), 1, "the second page was fetched once");
     assert_eq!(server.hits(&format!("/v2/team/app/blobs/{}", layer3.digest)), 0, "the stranger's layer is not read");
     let evil_img = image(&format!("{}/team/evil:v1", server.addr));
-    let err =
-        r.artifacts(&evil_img, &digest(&subject), &Credentials::Anonymous, &r.budget(), soon(10)).await.unwrap_err();
+    let err = r
+        .artifacts(&evil_img, &digest(&subject), &Credentials::Anonymous, Wanted::ALL, &r.budget(), soon(10))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), "registry-malformed", "{err}");
 }
 
@@ -308,7 +315,7 @@ async fn tls_with_basic_auth_and_credentials_from_dockerconfigjson() {
     assert_eq!(alice, Credentials::basic("alice", "wonderland"));
     let resolved = r.resolve(&img, &alice, &r.budget(), soon(10)).await.unwrap();
     assert_eq!(resolved.digest, digest(&f.single));
-    let art = r.artifacts(&img, &resolved.digest, &alice, &r.budget(), soon(10)).await.unwrap();
+    let art = r.artifacts(&img, &resolved.digest, &alice, Wanted::ALL, &r.budget(), soon(10)).await.unwrap();
     assert_eq!(art.signatures.len(), 1);
     assert_eq!(art.signatures[0].data, f.payload);
 
@@ -365,8 +372,8 @@ async fn tls_with_bearer_tokens_keeps_credentials_per_identity() {
     let (a1, b1, a2, b2) = futures::join!(
         r.resolve(&img, &alice, &bytes, soon(10)),
         r.resolve(&img, &bob, &bytes, soon(10)),
-        r.artifacts(&img, &d, &alice, &bytes, soon(10)),
-        r.artifacts(&img, &d, &bob, &bytes, soon(10)),
+        r.artifacts(&img, &d, &alice, Wanted::ALL, &bytes, soon(10)),
+        r.artifacts(&img, &d, &bob, Wanted::ALL, &bytes, soon(10)),
     );
     assert_eq!(a1.unwrap().digest, digest(&f.single));
     assert_eq!(a2.unwrap().attestations.len(), 1);
@@ -376,7 +383,7 @@ async fn tls_with_bearer_tokens_keeps_credentials_per_identity() {
     assert_eq!(err.code(), "registry-unauthorized", "{err}");
     let err = r.resolve(&img, &Credentials::Anonymous, &r.budget(), soon(10)).await.unwrap_err();
     assert_eq!(err.code(), "registry-unauthorized", "{err}");
-    let art = r.artifacts(&img, &digest(&f.single), &alice, &r.budget(), soon(10)).await.unwrap();
+    let art = r.artifacts(&img, &digest(&f.single), &alice, Wanted::ALL, &r.budget(), soon(10)).await.unwrap();
     assert_eq!(art.attestations.len(), 1);
     assert_eq!(art.attestations[0].data, f.envelope);
     let seen = reg.tokens.as_ref().unwrap().users_seen();
@@ -503,7 +510,10 @@ async fn content_not_matching_its_digest_is_refused() {
     let server = CannedServer::start(routes);
     let r = client(&[(&server.addr, server.host_config())], |_| {});
     let img = image(&format!("{}/team/app:v1", server.addr));
-    let err = r.artifacts(&img, &digest(&real), &Credentials::Anonymous, &r.budget(), soon(5)).await.unwrap_err();
+    let err = r
+        .artifacts(&img, &digest(&real), &Credentials::Anonymous, Wanted::ALL, &r.budget(), soon(5))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), "registry-digest-mismatch", "{err}");
 
     // A manifest fetched by tag whose stated digest does not match its bytes.
@@ -513,7 +523,10 @@ async fn content_not_matching_its_digest_is_refused() {
     let server = CannedServer::start(routes);
     let r = client(&[(&server.addr, server.host_config())], |_| {});
     let img = image(&format!("{}/team/app:v1", server.addr));
-    let err = r.artifacts(&img, &digest(&real), &Credentials::Anonymous, &r.budget(), soon(5)).await.unwrap_err();
+    let err = r
+        .artifacts(&img, &digest(&real), &Credentials::Anonymous, Wanted::ALL, &r.budget(), soon(5))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), "registry-digest-mismatch", "{err}");
 }
 
@@ -540,8 +553,10 @@ async fn oversized_blobs_and_manifests_are_refused_at_the_cap() {
         let server = CannedServer::start(routes);
         let r = client(&[(&server.addr, server.host_config())], |c| c.max_blob_bytes = 1024);
         let img = image(&format!("{}/team/app:v1", server.addr));
-        let err =
-            r.artifacts(&img, &digest(&subject), &Credentials::Anonymous, &r.budget(), soon(5)).await.unwrap_err();
+        let err = r
+            .artifacts(&img, &digest(&subject), &Credentials::Anonymous, Wanted::ALL, &r.budget(), soon(5))
+            .await
+            .unwrap_err();
         assert!(matches!(err, RegistryError::TooLarge { limit: 1024, .. }), "no_length={no_length}: {err}");
     }
     // A declared size above the cap is refused before any download.
@@ -551,7 +566,10 @@ async fn oversized_blobs_and_manifests_are_refused_at_the_cap() {
     let server = CannedServer::start(routes);
     let r = client(&[(&server.addr, server.host_config())], |c| c.max_blob_bytes = 1024);
     let img = image(&format!("{}/team/app:v1", server.addr));
-    let err = r.artifacts(&img, &digest(&subject), &Credentials::Anonymous, &r.budget(), soon(5)).await.unwrap_err();
+    let err = r
+        .artifacts(&img, &digest(&subject), &Credentials::Anonymous, Wanted::ALL, &r.budget(), soon(5))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), "registry-too-large", "{err}");
     assert_eq!(server.hits(&blob_target), 0);
     // Manifests have their own cap.
@@ -581,8 +599,10 @@ async fn blob_redirects_are_followed_but_bounded() {
     routes.insert("/cdn/payload".to_owned(), Canned::ok("application/octet-stream", payload.clone()));
     let server = CannedServer::start(routes);
     let r = client(&[(&server.addr, server.host_config())], |_| {});
-    let art =
-        r.artifacts(&img(&server), &digest(&subject), &Credentials::Anonymous, &r.budget(), soon(5)).await.unwrap();
+    let art = r
+        .artifacts(&img(&server), &digest(&subject), &Credentials::Anonymous, Wanted::ALL, &r.budget(), soon(5))
+        .await
+        .unwrap();
     assert_eq!(art.signatures.len(), 1);
     assert_eq!(art.signatures[0].data, payload);
     assert_eq!(server.hits("/cdn/payload"), 1);
@@ -593,8 +613,10 @@ async fn blob_redirects_are_followed_but_bounded() {
     routes.insert(blob_target.clone(), Canned::status(307).header("Location", &blob_target));
     let server = CannedServer::start(routes);
     let r = client(&[(&server.addr, server.host_config())], |c| c.max_redirects = 3);
-    let err =
-        r.artifacts(&img(&server), &digest(&subject), &Credentials::Anonymous, &r.budget(), soon(5)).await.unwrap_err();
+    let err = r
+        .artifacts(&img(&server), &digest(&subject), &Credentials::Anonymous, Wanted::ALL, &r.budget(), soon(5))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), "registry-unreachable", "{err}");
     assert!(err.to_string().contains("redirect"), "{err}");
     assert_eq!(server.hits(&blob_target), 4, "the first request and three redirects");

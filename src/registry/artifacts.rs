@@ -53,16 +53,16 @@ pub(crate) async fn gather(
     cfg: &RegistryConfig,
     repo: &str,
     digest: &Digest,
+    wanted: super::Wanted,
     budget: &Budget,
     deadline: Instant,
 ) -> Result<Artifacts, RegistryError> {
     let f = Fetch { s, cfg, repo, budget, deadline, blobs: Mutex::new(HashMap::new()) };
     let (sig_tag, att_tag) = (format!("{}.sig", digest.tag_form()), format!("{}.att", digest.tag_form()));
-    let (sig, att, refs) = futures::try_join!(
-        tagged(&f, &sig_tag, Origin::SigTag),
-        tagged(&f, &att_tag, Origin::AttTag),
-        referrers(&f, digest),
-    )?;
+    let attestations =
+        async { if wanted.attestations { tagged(&f, &att_tag, Origin::AttTag).await } else { Ok(Vec::new()) } };
+    let (sig, att, refs) =
+        futures::try_join!(tagged(&f, &sig_tag, Origin::SigTag), attestations, referrers(&f, digest))?;
     let mut out = Artifacts::default();
     for layer in sig.into_iter().chain(att).chain(refs) {
         match kind(&layer.media_type) {
@@ -181,7 +181,8 @@ pub(crate) async fn blob(
 
 /// Layers of every referrer of `digest`: the referrers API, or the tag schema where the API is missing.
 async fn referrers(f: &Fetch<'_>, digest: &Digest) -> Result<Vec<Layer>, RegistryError> {
-    let descriptors = match referrers_api(f, digest).await? {
+    let api = if f.s.lacks_referrers_api() { None } else { referrers_api(f, digest).await? };
+    let descriptors = match api {
         Some(found) => found,
         None => referrers_tag(f, digest).await?,
     };
@@ -240,6 +241,8 @@ async fn referrers_api(
         }
         let reply = s.request(Want::Referrers, repo, &url, &what, f.budget, f.deadline).await?;
         if pages == 0 && matches!(reply.status, StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED) {
+            // A registry with the API never answers 404 or 405 here (distribution-spec 1.1): it has none.
+            s.note_no_referrers_api();
             return Ok(None);
         }
         expect_ok(s, &reply, &what)?;

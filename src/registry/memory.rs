@@ -201,17 +201,23 @@ impl Registry for MemoryRegistry {
             .ok_or_else(|| Self::not_found(image, format!("manifest {}@{digest}", image.repository())))
     }
 
-    /// No artifacts stored is an empty value, as from a real registry.
+    /// No artifacts stored is an empty value, as from a real registry. Without `wanted.attestations`, the layers
+    /// stored under the `.att` tag are left out, as the real client does not read that tag.
     async fn artifacts(
         &self,
         image: &ImageRef,
         digest: &Digest,
         _creds: &Credentials,
+        wanted: super::Wanted,
         _budget: &Budget,
         _deadline: Instant,
     ) -> Result<Artifacts, RegistryError> {
         self.record(Call::Artifacts, Some(image), Some(digest))?;
-        Ok(self.state().artifacts.get(&(image.name(), digest.clone())).cloned().unwrap_or_default())
+        let mut found = self.state().artifacts.get(&(image.name(), digest.clone())).cloned().unwrap_or_default();
+        if !wanted.attestations {
+            found.attestations.retain(|l| l.origin != crate::artifact::Origin::AttTag);
+        }
+        Ok(found)
     }
 }
 
@@ -246,7 +252,12 @@ mod tests {
         );
         let missing = r.head(&image("registry.example.com/team/app:2"), &creds, &budget, deadline).await;
         assert_eq!(missing.unwrap_err().code(), "registry-not-found");
-        assert!(r.artifacts(&tagged, &amd, &creds, &budget, deadline).await.unwrap().is_empty());
+        assert!(
+            r.artifacts(&tagged, &amd, &creds, crate::registry::Wanted::ALL, &budget, deadline)
+                .await
+                .unwrap()
+                .is_empty()
+        );
         assert_eq!((r.calls(Call::Head), r.calls(Call::Manifest), r.calls(Call::Artifacts)), (3, 1, 1));
         assert_eq!((r.calls(Call::Budget), r.calls_for(Call::Head, &amd)), (1, 1));
 
@@ -257,10 +268,16 @@ mod tests {
         };
         r.fail(Call::Artifacts, Some("registry.example.com/team/app"), refused.clone());
         let other = image("registry.example.com/team/other:1");
-        assert_eq!(r.artifacts(&tagged, &amd, &creds, &budget, deadline).await, Err(refused));
-        assert!(r.artifacts(&other, &amd, &creds, &budget, deadline).await.is_ok(), "only that repository fails");
+        assert_eq!(
+            r.artifacts(&tagged, &amd, &creds, crate::registry::Wanted::ALL, &budget, deadline).await,
+            Err(refused)
+        );
+        assert!(
+            r.artifacts(&other, &amd, &creds, crate::registry::Wanted::ALL, &budget, deadline).await.is_ok(),
+            "only that repository fails"
+        );
         r.heal();
-        assert!(r.artifacts(&tagged, &amd, &creds, &budget, deadline).await.is_ok());
+        assert!(r.artifacts(&tagged, &amd, &creds, crate::registry::Wanted::ALL, &budget, deadline).await.is_ok());
         assert_eq!(r.calls(Call::Artifacts), 4);
     }
 }

@@ -145,9 +145,22 @@ pub trait Registry: Send + Sync {
         image: &ImageRef,
         digest: &Digest,
         creds: &Credentials,
+        wanted: Wanted,
         budget: &Budget,
         deadline: Instant,
     ) -> Result<Artifacts, RegistryError>;
+}
+
+/// Which artifacts a caller needs. Referrers are read either way: signature and attestation bundles both live there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Wanted {
+    /// Read the cosign `.att` tag (some governing policy requires an attestation).
+    pub attestations: bool,
+}
+
+impl Wanted {
+    /// Everything (for reports).
+    pub const ALL: Self = Self { attestations: true };
 }
 
 /// The registry configuration cannot be used.
@@ -303,12 +316,13 @@ impl Registry for RegistryClient {
         image: &ImageRef,
         digest: &Digest,
         creds: &Credentials,
+        wanted: Wanted,
         budget: &Budget,
         deadline: Instant,
     ) -> Result<Artifacts, RegistryError> {
         let s = self.session(image.registry(), creds).await?;
         let budget = budget.image(&self.config);
-        artifacts::gather(&s, &self.config, image.repository(), digest, &budget, deadline).await
+        artifacts::gather(&s, &self.config, image.repository(), digest, wanted, &budget, deadline).await
     }
 }
 

@@ -27,6 +27,9 @@ const ERROR_BODY_CAP: u64 = 16 << 10;
 /// First backoff before a retry; doubles each time, and a `Retry-After` header overrides it.
 const BACKOFF: Duration = Duration::from_millis(200);
 
+/// How long a registry that lacks the referrers API is remembered as lacking it.
+pub(crate) const REFERRERS_API_TTL: Duration = Duration::from_secs(600);
+
 /// What the transport of one host needs, prepared once from the config.
 #[derive(Clone, Default)]
 pub(crate) struct HostTransport {
@@ -77,6 +80,9 @@ pub(crate) struct Session {
     auth: moka::future::Cache<String, Authz>,
     /// The challenge of `/v2/` (None: no usable challenge), and until when it is reused.
     challenge: Mutex<Option<(Option<Challenge>, Instant)>>,
+    /// Until when this registry is known to lack the referrers API (it answered 404 or 405), so that the tag-schema
+    /// fallback is read directly, at one request per image instead of two.
+    no_referrers_api: Mutex<Option<Instant>>,
     call_timeout: Duration,
     retries: u32,
     max_manifest: u64,
@@ -117,6 +123,7 @@ impl Session {
             creds,
             auth,
             challenge: Mutex::new(None),
+            no_referrers_api: Mutex::new(None),
             call_timeout: cfg.call_timeout,
             retries: cfg.retries,
             max_manifest: cfg.max_manifest_bytes,
@@ -126,6 +133,18 @@ impl Session {
 
     pub fn host(&self) -> &str {
         &self.host
+    }
+
+    /// Whether the registry was seen lacking the referrers API within the last [`REFERRERS_API_TTL`].
+    pub fn lacks_referrers_api(&self) -> bool {
+        let known = self.no_referrers_api.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        known.is_some_and(|until| until > Instant::now())
+    }
+
+    /// Records that the registry answered the referrers API with 404 or 405.
+    pub fn note_no_referrers_api(&self) {
+        let mut known = self.no_referrers_api.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *known = Some(Instant::now() + REFERRERS_API_TTL);
     }
 
     /// `<scheme>://<host>/v2/<repo>/<rest>`.
