@@ -234,7 +234,7 @@ impl Gatherer {
     /// The registry data of one image (digest, platforms, artifacts), as `gather` would fetch it (cached).
     pub async fn inspect(&self, image: &ImageRef, deadline: Instant) -> Result<Inspected, Reason> {
         let (creds, bytes) = (Credentials::Anonymous, self.registry.budget());
-        let resolved = self.resolve(image, &creds, &bytes, deadline).await?;
+        let resolved = self.resolve(image, &creds, true, &bytes, deadline).await?;
         // What a review already fetched is reported as it is; otherwise everything is read.
         let cached = self.artifacts.get(&(image.name(), resolved.digest.clone(), creds.fingerprint(), NO_ATT)).await;
         let artifacts = match cached {
@@ -257,10 +257,13 @@ impl Gatherer {
 
     /// What `image` names now: a tag is asked at every review (reviews of the same tag at the same moment share
     /// one request); what a digest names is read once and cached, since it cannot change.
+    /// The manifest itself is read only when `platforms` are needed (an attestation may name a platform, or a
+    /// policy requires every platform): a signature binds the digest, whatever it names.
     async fn resolve(
         &self,
         image: &ImageRef,
         creds: &Credentials,
+        platforms: bool,
         bytes: &Budget,
         deadline: Instant,
     ) -> Result<Arc<Resolved>, Reason> {
@@ -272,9 +275,8 @@ impl Gatherer {
             self.tags.run((image.to_string(), identity.clone()), deadline, || ask).await
         }
         .map_err(|e| registry_reason(image, &e))?;
-        if !head.needs_manifest()
-            && let Some(media_type) = head.media_type
-        {
+        if !platforms || !head.needs_manifest() {
+            let media_type = head.media_type.unwrap_or_default();
             return Ok(Arc::new(Resolved { digest: head.digest, media_type, platforms: Vec::new() }));
         }
         let key = (format!("{}@{}", image.name(), head.digest), identity);
@@ -370,7 +372,8 @@ impl Gatherer {
     ) -> Result<ImageEvidence, Reason> {
         let (authorities, every_platform, wanted) = (authorized.all, authorized.every_platform, authorized.wanted);
         let _permit = self.fetching.acquire().await.map_err(|_| shutting_down())?;
-        let resolved = self.resolve(image, creds, bytes, deadline).await?;
+        let platforms_needed = wanted.attestations || !every_platform.is_empty();
+        let resolved = self.resolve(image, creds, platforms_needed, bytes, deadline).await?;
         let digest = resolved.digest.clone();
         let platforms = platforms_of(&resolved);
         let artifacts = self.artifacts_of(image, &digest, creds, wanted, bytes, deadline).await?;
@@ -525,20 +528,27 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_digest_manifest_is_read_once() {
+    async fn a_digest_manifest_is_read_once_and_only_when_platforms_matter() {
         let key = Key::new();
         let r = Arc::new(MemoryRegistry::new());
         let d = signed_image(&r, APP, "1", "image", &key);
-        let set = policies(&[("p", &[("a", &key)], "{signature: true}")]);
         let pinned = format!("{APP}@{d}");
-        let plan = plan_of(&set, &[&pinned]);
+        // An attestation may name a platform of an index, so the manifest is read: once, since it cannot change.
+        let attested = policies(&[("p", &[("a", &key)], "{attestations: [{name: p, predicateType: slsa}]}")]);
         let g = gatherer(&r, CacheConfig::default());
         for _ in 0..3 {
-            let gathered = gather(&g, &plan).await;
+            let gathered = gather(&g, &plan_of(&attested, &[&pinned])).await;
             assert_eq!(found(&gathered, &pinned).as_ref().unwrap().digest, d);
         }
         assert_eq!(r.calls_for(Call::Manifest, &d), 1, "a manifest by digest cannot change: read once");
         assert_eq!(r.calls_for(Call::Artifacts, &d), 1);
+        // A signature binds the digest whatever it names: no manifest is read at all.
+        let r = Arc::new(MemoryRegistry::new());
+        let d = signed_image(&r, APP, "1", "image", &key);
+        let signed = policies(&[("p", &[("a", &key)], "{signature: true}")]);
+        let gathered = gather(&gatherer(&r, CacheConfig::default()), &plan_of(&signed, &[&pinned])).await;
+        assert_eq!(found(&gathered, &pinned).as_ref().unwrap().digest, d);
+        assert_eq!(r.calls_for(Call::Manifest, &d), 0);
     }
 
     #[tokio::test]
@@ -617,7 +627,9 @@ mod tests {
             match (found(&gathered, &format!("{APP}:1")), want) {
                 (Ok(evidence), Ok(n)) => {
                     assert_eq!(fetched, n, "{what}");
-                    assert_eq!(evidence.platforms.len(), listed.len(), "{what}");
+                    // Platforms are listed only where they matter (`platforms: all` here).
+                    let listing = if require == all { listed.len() } else { 0 };
+                    assert_eq!(evidence.platforms.len(), listing, "{what}");
                     let checked = evidence.platforms_verified.as_ref().map(Vec::len);
                     assert_eq!(checked, (n > 0).then_some(n), "{what}");
                     for (_, verified) in evidence.platforms_verified.iter().flatten() {

@@ -433,8 +433,11 @@ async fn a_signature_only_policy_reads_no_attestations_and_the_missing_referrers
     hook.review(&pod(&format!("{}/team/app@{one}", h.addr))).await;
     assert_eq!(h.hits(&att(&one)), 0, "no policy requires an attestation");
     assert_eq!((h.hits(&api(&one)), h.hits(&schema(&one))), (1, 1), "the API answered 404; the fallback was read");
+    let before = h.total();
     hook.review(&pod(&format!("{}/team/app@{two}", h.addr))).await;
     assert_eq!(h.hits(&api(&two)), 0, "the registry is known to lack the referrers API");
+    assert_eq!(h.hits(&format!("/v2/team/app/manifests/{two}")), 0, "a signature binds the digest: no manifest read");
+    assert_eq!(h.total() - before, 2, "the .sig manifest and the referrers index, nothing else");
     assert_eq!(h.hits(&schema(&two)), 1);
     assert_eq!(h.hits(&att(&two)), 0);
 }

@@ -165,7 +165,7 @@ async fn validate(State(webhook): State<Arc<Webhook>>, request: axum::extract::R
     let record = audit::record(&incoming.uid, incoming.request.as_ref().ok(), &decision, elapsed, time);
     webhook.audit.write(&record).await;
     abandoned.answered = true;
-    tracing::info!(latency_ms = record.latency_ms, "reviewed");
+    tracing::debug!(latency_ms = record.latency_ms, "reviewed");
     axum::Json(response::build(&incoming.uid, &decision)).into_response()
 }
 
