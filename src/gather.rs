@@ -235,8 +235,13 @@ impl Gatherer {
     pub async fn inspect(&self, image: &ImageRef, deadline: Instant) -> Result<Inspected, Reason> {
         let (creds, bytes) = (Credentials::Anonymous, self.registry.budget());
         let resolved = self.resolve(image, &creds, true, &bytes, deadline).await?;
-        // What a review already fetched is reported as it is; otherwise everything is read.
-        let cached = self.artifacts.get(&(image.name(), resolved.digest.clone(), creds.fingerprint(), NO_ATT)).await;
+        // What a review already fetched is reported as it is (everything it read, if it read everything);
+        // otherwise everything is read.
+        let key = |wanted| (image.name(), resolved.digest.clone(), creds.fingerprint(), wanted);
+        let cached = match self.artifacts.get(&key(Wanted::ALL)).await {
+            Some(all) => Some(all),
+            None => self.artifacts.get(&key(NO_ATT)).await,
+        };
         let artifacts = match cached {
             Some(found) => found,
             None => self.artifacts_of(image, &resolved.digest, &creds, Wanted::ALL, &bytes, deadline).await?,
