@@ -135,7 +135,7 @@ pub fn engine_with(
     let registry = Arc::new(RegistryClient::new(config.registries.clone())?);
     let mut gatherer = Gatherer::new(registry, keys, config.cache);
     if let Some(metrics) = metrics {
-        gatherer = gatherer.count_verifications(metrics.verifications.clone());
+        gatherer = gatherer.with_metrics(metrics.gather.clone());
     }
     let gatherer = Arc::new(gatherer);
     let pull_secrets = Arc::new(PullSecrets::new(kube, config.credentials.clone()));

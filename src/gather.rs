@@ -6,10 +6,14 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::future::join_all;
 use futures::{StreamExt as _, TryStreamExt as _};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::time::Instant;
 
 use crate::artifact::Artifacts;
@@ -133,8 +137,8 @@ pub struct Gatherer {
     verifications: moka::future::Cache<(String, Digest, String, String, Wanted), Arc<Verification>>,
     /// Bounds the images being fetched at once, so a burst of reviews cannot open unbounded connections.
     fetching: tokio::sync::Semaphore,
-    /// Counts verifications computed (cache misses).
-    computed: prometheus_client::metrics::counter::Counter,
+    /// Verifications computed, cache lookups, verification time.
+    metrics: GatherMetrics,
 }
 
 impl Gatherer {
@@ -156,13 +160,13 @@ impl Gatherer {
             .build();
         let fetching = tokio::sync::Semaphore::new(cache.max_concurrent_fetches.max(1));
         let tags = Flights::default();
-        let computed = Default::default();
-        Self { registry, keys, config: cache, manifests, tags, artifacts, verifications, fetching, computed }
+        let metrics = GatherMetrics::default();
+        Self { registry, keys, config: cache, manifests, tags, artifacts, verifications, fetching, metrics }
     }
 
-    /// Counts each verification computed into `counter` (the `provgate_verifications_total` metric).
-    pub fn count_verifications(mut self, counter: prometheus_client::metrics::counter::Counter) -> Self {
-        self.computed = counter;
+    /// Counts into `metrics` (registered on the metrics endpoint by [`crate::metrics::Metrics::new`]).
+    pub fn with_metrics(mut self, metrics: GatherMetrics) -> Self {
+        self.metrics = metrics;
         self
     }
 
@@ -285,12 +289,16 @@ impl Gatherer {
             return Ok(Arc::new(Resolved { digest: head.digest, media_type, platforms: Vec::new() }));
         }
         let key = (format!("{}@{}", image.name(), head.digest), identity);
-        self.manifests
+        let missed = AtomicBool::new(false);
+        let answer = self
+            .manifests
             .try_get_with(key, async {
+                missed.store(true, Ordering::Relaxed);
                 self.registry.manifest(image, &head.digest, creds, bytes, deadline).await.map(Arc::new)
             })
-            .await
-            .map_err(|e| registry_reason(image, &e))
+            .await;
+        self.metrics.looked_up("manifests", missed.load(Ordering::Relaxed));
+        answer.map_err(|e| registry_reason(image, &e))
     }
 
     async fn artifacts_of(
@@ -309,12 +317,16 @@ impl Gatherer {
         {
             return Ok(all);
         }
-        self.artifacts
+        let missed = AtomicBool::new(false);
+        let answer = self
+            .artifacts
             .try_get_with(key, async {
+                missed.store(true, Ordering::Relaxed);
                 self.registry.artifacts(image, digest, creds, wanted, bytes, deadline).await.map(Arc::new)
             })
-            .await
-            .map_err(|e| registry_reason(image, &e))
+            .await;
+        self.metrics.looked_up("artifacts", missed.load(Ordering::Relaxed));
+        answer.map_err(|e| registry_reason(image, &e))
     }
 
     /// What `authority` verifies of `digest`'s artifacts: computed once per (digest, authority, credentials, what
@@ -331,20 +343,28 @@ impl Gatherer {
         let key = (image.name(), digest.clone(), creds.fingerprint(), authority.cache_key(), fetched.wanted);
         let (artifacts, digest, platforms, authority) =
             (fetched.artifacts.clone(), digest.clone(), platforms.to_vec(), authority.clone());
-        let computed = self.computed.clone();
-        self.verifications
+        let metrics = self.metrics.clone();
+        let missed = Arc::new(AtomicBool::new(false));
+        let miss = missed.clone();
+        let answer = self
+            .verifications
             .try_get_with(key, async move {
+                miss.store(true, Ordering::Relaxed);
                 tokio::task::spawn_blocking(move || {
-                    computed.inc();
-                    Arc::new(Verification::of(&artifacts, &digest, &platforms, &authority))
+                    let started = std::time::Instant::now();
+                    let verification = Verification::of(&artifacts, &digest, &platforms, &authority);
+                    metrics.verifications.inc();
+                    metrics.verification_seconds.observe(started.elapsed().as_secs_f64());
+                    Arc::new(verification)
                 })
                 .await
             })
-            .await
-            .map_err(|e| {
-                tracing::error!(error = %e, "a verification failed");
-                Reason::InternalError
-            })
+            .await;
+        self.metrics.looked_up("verifications", missed.load(Ordering::Relaxed));
+        answer.map_err(|e| {
+            tracing::error!(error = %e, "a verification failed");
+            Reason::InternalError
+        })
     }
 
     /// Every authority's verification of `digest`.
@@ -413,6 +433,43 @@ fn platforms_of(resolved: &Resolved) -> Vec<Digest> {
         .filter(|p| p.os != "unknown" && p.architecture != "unknown")
         .map(|p| p.digest.clone())
         .collect()
+}
+
+/// Labels of `provgate_cache_requests_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct CacheLabels {
+    pub cache: &'static str,
+    /// `hit` or `miss`.
+    pub result: &'static str,
+}
+
+/// What the gatherer counts; `metrics` registers these on the metrics endpoint.
+#[derive(Clone)]
+pub struct GatherMetrics {
+    /// Verifications computed: one per (digest, authority, credentials, fetch) not found in the cache.
+    pub verifications: Counter,
+    /// Cache lookups by cache (`manifests`, `artifacts`, `verifications`) and result.
+    pub cache: Family<CacheLabels, Counter>,
+    /// Seconds to compute one verification (signature checks of one digest under one authority).
+    pub verification_seconds: Histogram,
+}
+
+impl Default for GatherMetrics {
+    fn default() -> Self {
+        let buckets = [0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5];
+        Self {
+            verifications: Counter::default(),
+            cache: Family::default(),
+            verification_seconds: Histogram::new(buckets),
+        }
+    }
+}
+
+impl GatherMetrics {
+    fn looked_up(&self, cache: &'static str, missed: bool) {
+        let result = if missed { "miss" } else { "hit" };
+        self.cache.get_or_create(&CacheLabels { cache, result }).inc();
+    }
 }
 
 /// Artifacts without the `.att` tag.
@@ -569,7 +626,7 @@ mod tests {
         let gathered = gather(&g, &plan).await;
         assert_eq!(gathered.images.len(), 1);
         assert_eq!(found(&gathered, &image).as_ref().unwrap().digest, d);
-        assert_eq!((r.calls(Call::Head), r.calls(Call::Artifacts), g.computed.get()), (1, 1, 1));
+        assert_eq!((r.calls(Call::Head), r.calls(Call::Artifacts), g.metrics.verifications.get()), (1, 1, 1));
     }
 
     #[tokio::test]
@@ -593,7 +650,7 @@ mod tests {
             assert_eq!((a.signatures.verified.len(), b.signatures.verified.len()), (1, 0));
         }
         // Two references of one digest under one identity share the cache, for each of the two authorities.
-        assert_eq!(g.computed.get(), 2);
+        assert_eq!(g.metrics.verifications.get(), 2);
     }
 
     #[tokio::test]

@@ -18,25 +18,37 @@ pub struct Metrics {
     registry: Registry,
     decisions: Family<DecisionLabels, Counter>,
     latency: Histogram,
-    /// Verifications computed: one per (digest, authority, credentials) that was not cached.
-    pub verifications: Counter,
+    /// What the gatherer counts (verifications, cache lookups, verification time).
+    pub gather: crate::gather::GatherMetrics,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
+        Self::new(crate::gather::GatherMetrics::default())
+    }
+}
+
+impl Metrics {
+    /// The registry of every metric, with the gatherer's `gather` counters.
+    pub fn new(gather: crate::gather::GatherMetrics) -> Self {
         let mut registry = Registry::with_prefix("provgate");
         let decisions = Family::<DecisionLabels, Counter>::default();
         registry.register("admission_decisions", "Admission decisions by verdict and first reason", decisions.clone());
         let buckets = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
         let latency = Histogram::new(buckets);
         registry.register("admission_duration_seconds", "Time to answer one AdmissionReview", latency.clone());
-        let verifications = Counter::default();
         registry.register(
             "verifications",
             "Signature and attestation verifications computed, one per (digest, authority) not found in the cache",
-            verifications.clone(),
+            gather.verifications.clone(),
         );
-        Self { registry, decisions, latency, verifications }
+        registry.register("cache_requests", "Cache lookups by cache and result (hit, miss)", gather.cache.clone());
+        registry.register(
+            "verification_duration_seconds",
+            "Time to verify one digest's artifacts under one authority",
+            gather.verification_seconds.clone(),
+        );
+        Self { registry, decisions, latency, gather }
     }
 }
 

@@ -449,4 +449,26 @@ async fn an_image_is_verified_once_per_authority_however_often_it_is_reviewed() 
     }
     let (n, metrics) = counted().await;
     assert_eq!(n, 1, "one digest, one authority: one verification for three fields and three reviews: {metrics}");
+    // The exposition parses as Prometheus text, and the cache lookups add up: one miss, then hits.
+    let lines = metrics.lines().map(|l| Ok(l.to_owned()));
+    let scrape = prometheus_parse::Scrape::parse(lines).unwrap();
+    let lookups = |cache: &str, result: &str| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| {
+                s.metric == "provgate_cache_requests_total"
+                    && s.labels.get("cache") == Some(cache)
+                    && s.labels.get("result") == Some(result)
+            })
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+                _ => panic!("{s:?}"),
+            })
+    };
+    for cache in ["artifacts", "verifications"] {
+        assert_eq!((lookups(cache, "miss"), lookups(cache, "hit")), (Some(1.0), Some(2.0)), "{cache}: {metrics}");
+    }
+    let verified = scrape.samples.iter().find(|s| s.metric == "provgate_verification_duration_seconds_count");
+    assert!(verified.is_some(), "verification time is measured: {metrics}");
 }
