@@ -448,7 +448,7 @@ mod tests {
 
     #[test]
     fn request_denial_carries_its_reason() {
-        let d = Decision::deny_request(Reason::PoliciesNotLoaded);
+        let d = Decision::deny_request(Reason::PoliciesNotLoaded { why: "x".into() });
         assert_eq!(d.verdict(), Verdict::Deny);
         assert!(d.denial_message().unwrap().contains("no valid policy set"));
         assert_eq!(d.reason_codes(), vec!["policies-not-loaded"]);
@@ -476,7 +476,8 @@ mod tests {
 
     #[test]
     fn combine_prefers_the_strictest_mode() {
-        let f = |mode| Failure { policy: Some("p".into()), mode, reason: Reason::PoliciesNotLoaded };
+        let f =
+            |mode| Failure { policy: Some("p".into()), mode, reason: Reason::PoliciesNotLoaded { why: "x".into() } };
         assert_eq!(combine(&[]), None);
         assert_eq!(combine(&[f(Mode::Audit)]), Some(Outcome::Audited));
         assert_eq!(combine(&[f(Mode::Audit), f(Mode::Warn)]), Some(Outcome::Warned));

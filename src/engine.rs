@@ -59,7 +59,11 @@ impl Engine {
             return Decision::allow_without_images();
         }
         let Some(policies) = self.policies.current() else {
-            return Decision::deny_request(Reason::PoliciesNotLoaded);
+            let why = match self.policies.last_error() {
+                Some(errors) => errors.to_string().replace('\n', "; "),
+                None => "the policy files have not been read yet".to_owned(),
+            };
+            return Decision::deny_request(Reason::PoliciesNotLoaded { why });
         };
         let kind_name = &request.kind.kind;
         let Some(kind) = PodKind::from_group_kind(&request.kind.group, kind_name) else {

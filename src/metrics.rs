@@ -78,7 +78,7 @@ mod tests {
     #[test]
     fn decisions_are_counted_by_verdict_and_reason() {
         let m = Metrics::default();
-        m.observe(&Decision::deny_request(Reason::PoliciesNotLoaded), 0.01);
+        m.observe(&Decision::deny_request(Reason::PoliciesNotLoaded { why: "x".into() }), 0.01);
         m.observe(&Decision::allow_without_images(), 0.001);
         let text = m.render();
         assert!(

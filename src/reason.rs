@@ -18,8 +18,8 @@ pub enum Reason {
     UnreadableObject { kind: String, problem: String },
     #[error("the request cannot be read: {0}")]
     UnreadableRequest(String),
-    #[error("provgate has no valid policy set loaded yet; fix the policy files (see `provgate policy check`)")]
-    PoliciesNotLoaded,
+    #[error("provgate has no valid policy set loaded yet: {why}; fix the policy files (see `provgate policy check`)")]
+    PoliciesNotLoaded { why: String },
     #[error(
         "verification did not finish within the {}s deadline; the registry may be slow or unreachable, retry \
          or check provgate's registry settings",
@@ -89,7 +89,7 @@ impl Reason {
             Self::NoPolicy { .. } => "no-policy",
             Self::UnreadableObject { .. } => "unreadable-object",
             Self::UnreadableRequest(_) => "unreadable-request",
-            Self::PoliciesNotLoaded => "policies-not-loaded",
+            Self::PoliciesNotLoaded { .. } => "policies-not-loaded",
             Self::DeadlineExceeded(_) => "deadline-exceeded",
             Self::Registry { error, .. } => error.code(),
             Self::KeyUnavailable { error, .. } => error.code(),

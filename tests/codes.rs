@@ -23,7 +23,7 @@ fn reasons() -> Vec<Reason> {
         Reason::NoPolicy { image: s(), namespace: s(), no_match: "deny" },
         Reason::UnreadableObject { kind: s(), problem: s() },
         Reason::UnreadableRequest(s()),
-        Reason::PoliciesNotLoaded,
+        Reason::PoliciesNotLoaded { why: s() },
         Reason::DeadlineExceeded(Duration::from_secs(1)),
         Reason::ShuttingDown,
         Reason::TagNotPinned { image: s() },
@@ -39,7 +39,7 @@ fn reasons() -> Vec<Reason> {
             | Reason::NoPolicy { .. }
             | Reason::UnreadableObject { .. }
             | Reason::UnreadableRequest(_)
-            | Reason::PoliciesNotLoaded
+            | Reason::PoliciesNotLoaded { .. }
             | Reason::DeadlineExceeded(_)
             | Reason::ShuttingDown
             | Reason::TagNotPinned { .. }

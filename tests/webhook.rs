@@ -231,6 +231,10 @@ async fn broken_policies_deny_everything_and_report_not_ready() {
     let response = hook.review(&review("pod-create")).await;
     assert_eq!(response["allowed"], false);
     assert!(message(&response).contains("no valid policy set"), "{response}");
+    assert!(
+        message(&response).contains("team.yaml:7: spec: unknown field `colour`"),
+        "the denial quotes why: {response}"
+    );
     let (status, body) = hook.admin_get("/readyz").await;
     assert_eq!(status, 503);
     assert!(body.contains("team.yaml:7: spec: unknown field `colour`"), "{body}");

@@ -89,7 +89,9 @@ mod tests {
 
     #[test]
     fn denial_has_403_reason_and_message() {
-        let out = serde_json::to_value(build("u1", &Decision::deny_request(Reason::PoliciesNotLoaded))).unwrap();
+        let out =
+            serde_json::to_value(build("u1", &Decision::deny_request(Reason::PoliciesNotLoaded { why: "x".into() })))
+                .unwrap();
         assert_eq!(out["apiVersion"], "admission.k8s.io/v1");
         assert_eq!(out["kind"], "AdmissionReview");
         let r = &out["response"];
