@@ -69,10 +69,12 @@ pub async fn start_with(config: Config, kube: Option<kube::Client>) -> anyhow::R
             tracing::error!(path = %config.policies.display(), %errors, "policies do not load; not ready, denying every review until they do")
         }
     }
-    let metrics = Arc::new(Metrics::default());
     let (cert, key) = serving_pair(&config)?;
     let files = tls::TlsFiles { cert, key, client_ca: config.tls.client_ca_file.clone() };
     let server_tls = tls::ServerTls::load(&files)?;
+    let mut metrics = Metrics::default();
+    metrics.register_certificate_expiry(server_tls.expiry());
+    let metrics = Arc::new(metrics);
     if let Some(ca) = &files.client_ca {
         tracing::info!(client_ca = %ca.display(), "clients must present a certificate issued by this CA");
     }

@@ -60,6 +60,15 @@ impl Metrics {
         self.latency.observe(seconds);
     }
 
+    /// Exposes the serving certificate's expiry (kept up to date by the TLS reloader).
+    pub fn register_certificate_expiry(&mut self, gauge: prometheus_client::metrics::gauge::Gauge) {
+        self.registry.register(
+            "serving_certificate_expiry_timestamp_seconds",
+            "When the serving certificate expires, in Unix seconds",
+            gauge,
+        );
+    }
+
     /// The OpenMetrics text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();

@@ -35,13 +35,39 @@ pub enum TlsError {
 #[derive(Clone)]
 pub struct ServerTls {
     current: Arc<ArcSwap<ServerConfig>>,
+    /// The serving certificate's notAfter, in Unix seconds (`provgate_serving_certificate_expiry_timestamp_seconds`).
+    expiry: prometheus_client::metrics::gauge::Gauge,
 }
 
 impl ServerTls {
     /// Builds the configuration from `files`.
     pub fn load(files: &TlsFiles) -> Result<Self, TlsError> {
-        let config = build(&Material::read(files)?, files)?;
-        Ok(Self { current: Arc::new(ArcSwap::from_pointee(config)) })
+        let material = Material::read(files)?;
+        let config = build(&material, files)?;
+        let tls = Self { current: Arc::new(ArcSwap::from_pointee(config)), expiry: Default::default() };
+        tls.note_expiry(&material, files);
+        Ok(tls)
+    }
+
+    /// The gauge holding the serving certificate's expiry, for the metrics endpoint.
+    pub fn expiry(&self) -> prometheus_client::metrics::gauge::Gauge {
+        self.expiry.clone()
+    }
+
+    /// Records when the serving certificate expires, and says so in the log (a warning within 30 days).
+    fn note_expiry(&self, material: &Material, files: &TlsFiles) {
+        let Some(not_after) = not_after(&material.cert) else {
+            tracing::warn!(cert = %files.cert.display(), "cannot read the serving certificate's expiry");
+            return;
+        };
+        self.expiry.set(not_after);
+        let left = not_after - chrono::Utc::now().timestamp();
+        let at = chrono::DateTime::from_timestamp(not_after, 0).map(|t| t.to_rfc3339()).unwrap_or_default();
+        if left < 30 * 24 * 3600 {
+            tracing::warn!(cert = %files.cert.display(), expires = %at, days_left = left / 86_400, "the serving certificate expires soon; renew it");
+        } else {
+            tracing::info!(cert = %files.cert.display(), expires = %at, "serving certificate loaded");
+        }
     }
 
     /// The configuration new handshakes use.
@@ -64,6 +90,7 @@ impl ServerTls {
             match build(&material, &files) {
                 Ok(config) => {
                     self.current.store(Arc::new(config));
+                    self.note_expiry(&material, &files);
                     tracing::info!(cert = %files.cert.display(), client_ca = ?files.client_ca, "TLS configuration reloaded");
                 }
                 Err(e) => {
@@ -92,6 +119,14 @@ impl Material {
             client_ca: files.client_ca.as_deref().map(read).transpose()?,
         })
     }
+}
+
+/// The notAfter of the first certificate of a PEM chain, in Unix seconds.
+fn not_after(pem: &[u8]) -> Option<i64> {
+    use x509_cert::der::Decode as _;
+    let der = rustls_pemfile::certs(&mut &pem[..]).next()?.ok()?;
+    let cert = x509_cert::Certificate::from_der(der.as_ref()).ok()?;
+    i64::try_from(cert.tbs_certificate().validity().not_after.to_unix_duration().as_secs()).ok()
 }
 
 fn build(material: &Material, files: &TlsFiles) -> Result<ServerConfig, TlsError> {

@@ -257,6 +257,13 @@ async fn admin_port_reports_health_readiness_and_metrics() {
         metrics.contains(r#"provgate_admission_decisions_total{decision="deny",reason="no-policy"} 1"#),
         "{metrics}"
     );
+    // The serving certificate's expiry, as the certificate says (the harness issues it for a year or more).
+    let expiry: i64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("provgate_serving_certificate_expiry_timestamp_seconds ")?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no certificate expiry in {metrics}"));
+    let now = chrono::Utc::now().timestamp();
+    assert!(expiry > now + 300 * 86_400, "expires at {expiry}, now {now}");
 }
 
 #[tokio::test]
