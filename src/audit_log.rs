@@ -367,14 +367,20 @@ pub fn table(rows: &[Row], matched: &[&Entry]) -> String {
     let denials: u64 = rows.iter().map(|r| r.count).sum();
     let _ = writeln!(
         out,
-        "{} decisions matched ({} allow, {} warn, {} deny); {denials} denials in {} groups",
-        matched.len(),
+        "{} matched ({} allow, {} warn, {} deny); {} in {}",
+        counted(matched.len() as u64, "decision"),
         count("allow"),
         count("warn"),
         count("deny"),
-        rows.len()
+        counted(denials, "denial"),
+        counted(rows.len() as u64, "group"),
     );
     out
+}
+
+/// `1 denial`, `2 denials`.
+fn counted(n: u64, noun: &str) -> String {
+    if n == 1 { format!("1 {noun}") } else { format!("{n} {noun}s") }
 }
 
 /// One decision in full: the request, then every image with what verified or failed.
@@ -724,6 +730,10 @@ mod tests {
         assert!(out.contains("decision u3: deny at 2026-11-30T10:01:00Z"), "{out}");
         assert!(out.contains("outcome:  denied (signature-missing)"), "{out}");
         assert!(out.contains("failed:   failed: signature-missing"), "{out}");
+
+        let first = sample().lines().nth(1).unwrap().to_owned();
+        let (_, out, _) = run_with(stdin(), &first);
+        assert!(out.ends_with("\n1 decision matched (0 allow, 0 warn, 1 deny); 1 denial in 1 group\n"), "{out}");
 
         assert_eq!(run_with(Options { show: Some("nope".into()), ..stdin() }, &sample()).0, 2);
         assert_eq!(run_with(Options::default(), "").0, 2);
