@@ -118,6 +118,7 @@ pub(crate) enum CertsCommand {
 }
 
 #[derive(Args)]
+#[command(subcommand_precedence_over_arg = true)]
 pub(crate) struct AuditArgs {
     #[command(subcommand)]
     pub(crate) command: Option<AuditCommand>,
@@ -133,8 +134,10 @@ pub(crate) struct AuditArgs {
     /// Only decisions at or before this time: a duration ago or an RFC 3339 time.
     #[arg(long, global = true)]
     pub(crate) until: Option<String>,
+    /// Only requests in this namespace.
     #[arg(long, global = true)]
     pub(crate) namespace: Option<String>,
+    /// Only this decision.
     #[arg(long, global = true, value_parser = ["allow", "warn", "deny"])]
     pub(crate) decision: Option<String>,
     /// Only denials (--decision deny).
@@ -158,7 +161,7 @@ pub(crate) struct AuditArgs {
 
 #[derive(Subcommand)]
 pub(crate) enum AuditCommand {
-    /// One decision in full: the request, every image, what verified or failed.
+    /// One decision in full: the request, every image, what verified or failed (JSON: the records with this uid).
     Show {
         /// The AdmissionReview uid.
         uid: String,

@@ -160,6 +160,11 @@ async fn audit_reads_what_the_webhook_wrote() {
         assert!(out.contains(&format!("  image {}\n", image["ref"].as_str().unwrap())), "{image}: {out}");
     }
 
+    // The log may also come before `show`, and `show` answers in JSON too.
+    let (code, json, _) = audit(&[path(&plain), "show", "d-4", "--output", "json"], None);
+    assert_eq!(code, 0);
+    assert_eq!(serde_json::from_str::<Value>(&json).unwrap(), json!([record]));
+
     // Usage errors and unreadable logs exit with 2.
     assert_eq!(audit(&["show", "nope", "--log", path(&plain)], None).0, 2);
     assert_eq!(audit(&[path(&plain), "--since", "soon"], None).0, 2);
