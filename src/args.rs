@@ -25,6 +25,8 @@ pub(crate) enum Command {
     /// Create webhook serving certificates.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Read decision logs back: denials grouped by namespace, image, policy and reason, or one decision in full.
+    Audit(AuditArgs),
 }
 
 #[derive(Args)]
@@ -112,5 +114,56 @@ pub(crate) enum CertsCommand {
         namespace: String,
         #[arg(long, default_value = "certs")]
         out: PathBuf,
+    },
+}
+
+#[derive(Args)]
+#[command(subcommand_precedence_over_arg = true)]
+pub(crate) struct AuditArgs {
+    #[command(subcommand)]
+    pub(crate) command: Option<AuditCommand>,
+    /// Decision logs to read: files (gzip-compressed rotations included) or - for standard input.
+    #[arg(value_name = "LOG")]
+    pub(crate) logs: Vec<String>,
+    /// A decision log to read (repeatable; - is standard input).
+    #[arg(long = "log", value_name = "LOG", global = true)]
+    pub(crate) log: Vec<String>,
+    /// Only decisions at or after this time: a duration ago (1h, 30m) or an RFC 3339 time.
+    #[arg(long, global = true)]
+    pub(crate) since: Option<String>,
+    /// Only decisions at or before this time: a duration ago or an RFC 3339 time.
+    #[arg(long, global = true)]
+    pub(crate) until: Option<String>,
+    /// Only requests in this namespace.
+    #[arg(long, global = true)]
+    pub(crate) namespace: Option<String>,
+    /// Only this decision.
+    #[arg(long, global = true, value_parser = ["allow", "warn", "deny"])]
+    pub(crate) decision: Option<String>,
+    /// Only denials (--decision deny).
+    #[arg(long, global = true, conflicts_with = "decision")]
+    pub(crate) denied: bool,
+    /// Only images governed by this policy.
+    #[arg(long, global = true)]
+    pub(crate) policy: Option<String>,
+    /// Only images whose reference matches this glob (* within a path segment, ** across segments).
+    #[arg(long, global = true)]
+    pub(crate) image: Option<String>,
+    /// Only this reason code (of an image, or of a request denied as a whole).
+    #[arg(long, global = true)]
+    pub(crate) reason: Option<String>,
+    /// Only requests by this user.
+    #[arg(long, global = true)]
+    pub(crate) user: Option<String>,
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    pub(crate) output: Output,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum AuditCommand {
+    /// One decision in full: the request, every image, what verified or failed (JSON: the records with this uid).
+    Show {
+        /// The AdmissionReview uid.
+        uid: String,
     },
 }

@@ -12,6 +12,9 @@ use crate::request::Request;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Record {
+    /// The record format's version: 1.
+    #[serde(default = "version")]
+    pub v: u32,
     pub time: String,
     pub uid: String,
     pub namespace: String,
@@ -46,6 +49,13 @@ pub struct ImageRecord {
     pub verified: Vec<String>,
 }
 
+/// The version of the record format this build writes.
+pub const VERSION: u32 = 1;
+
+fn version() -> u32 {
+    VERSION
+}
+
 fn label<T: Serialize>(value: &T) -> String {
     serde_json::to_value(value).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
 }
@@ -67,6 +77,7 @@ pub fn record(uid: &str, request: Option<&Request>, decision: &Decision, latency
         })
         .collect();
     Record {
+        v: VERSION,
         time,
         uid: uid.to_owned(),
         namespace: request.map(|r| r.namespace().to_owned()).unwrap_or_default(),

@@ -5,6 +5,7 @@ pub mod admission;
 pub mod app;
 pub mod artifact;
 pub mod audit;
+pub mod audit_log;
 pub mod certs;
 pub mod check;
 pub mod config;

@@ -7,7 +7,7 @@ use clap::Parser as _;
 use provgate::config::Config;
 
 mod args;
-use args::{CertsCommand, Cli, Command, Output, PolicyCommand, ServeArgs, VerifyArgs};
+use args::{AuditArgs, AuditCommand, CertsCommand, Cli, Command, Output, PolicyCommand, ServeArgs, VerifyArgs};
 
 fn main() -> ExitCode {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -34,6 +34,7 @@ fn main() -> ExitCode {
             };
             return report(provgate::policy::cli::test(&args.path, &options));
         }
+        Command::Audit(args) => return ExitCode::from(provgate::audit_log::run_stdio(&audit_options(args))),
         Command::Certs(CertsCommand::Generate { service, namespace, out }) => {
             certs_generate(&service, &namespace, &out)
         }
@@ -112,6 +113,25 @@ fn verify_report(args: &VerifyArgs) -> anyhow::Result<provgate::oneshot::Report>
         let gatherer = engine.gatherer.clone();
         Ok(provgate::oneshot::verify(&engine, &gatherer, &args.images, &args.namespace).await)
     })
+}
+
+fn audit_options(args: AuditArgs) -> provgate::audit_log::Options {
+    provgate::audit_log::Options {
+        logs: args.log.into_iter().chain(args.logs).collect(),
+        query: provgate::audit_log::Query {
+            since: args.since,
+            until: args.until,
+            namespace: args.namespace,
+            decision: args.decision,
+            denied: args.denied,
+            policy: args.policy,
+            image: args.image,
+            reason: args.reason,
+            user: args.user,
+        },
+        json: matches!(args.output, Output::Json),
+        show: args.command.map(|AuditCommand::Show { uid }| uid),
+    }
 }
 
 fn report(report: provgate::policy::cli::CommandOutput) -> ExitCode {
