@@ -39,9 +39,16 @@ fn the_webhook_fails_closed_within_its_timeout_and_excludes_itself() {
     assert_eq!(webhook["clientConfig"]["service"]["path"], "/validate");
     let expr = &webhook["namespaceSelector"]["matchExpressions"][0];
     assert_eq!((expr["key"].as_str(), expr["operator"].as_str()), (Some("kubernetes.io/metadata.name"), Some("NotIn")));
-    for ns in ["kube-system", "provgate-system"] {
+    for ns in ["kube-system", "kube-public", "kube-node-lease", "provgate-system", "tekton-pipelines", "tekton-chains"]
+    {
         assert!(expr["values"].as_array().unwrap().contains(&json!(ns)), "{ns} must be excluded");
     }
+    let ignore = &webhook["namespaceSelector"]["matchExpressions"][1];
+    assert_eq!(
+        (ignore["key"].as_str(), ignore["operator"].as_str(), &ignore["values"]),
+        (Some("provgate.dev/ignore"), Some("NotIn"), &json!(["true"])),
+        "namespaces labelled provgate.dev/ignore=true are not judged"
+    );
     let resources: Vec<&str> = webhook["rules"]
         .as_array()
         .unwrap()
@@ -71,6 +78,11 @@ fn the_webhook_fails_closed_within_its_timeout_and_excludes_itself() {
     .unwrap();
     let timeout = webhook["timeoutSeconds"].as_u64().unwrap();
     assert!(config.deadline.as_secs() < timeout, "the internal deadline must end before the apiserver gives up");
+    assert_eq!(
+        config.no_match,
+        provgate::decide::NoMatch::Warn,
+        "the shipped rollout starts in warn, as the README says"
+    );
 }
 
 #[test]
@@ -110,4 +122,5 @@ fn the_shipped_policies_load() {
     let set = provgate::policy::load(&deploy().join("policies")).unwrap();
     assert_eq!(set.policies().len(), 1);
     assert!(set.policies()[0].needs_evidence());
+    assert_eq!(set.policies()[0].mode, provgate::policy::Mode::Warn, "the starter policy warns first");
 }
