@@ -77,7 +77,7 @@ impl Engine {
         let Some(object) = request.object.as_ref().filter(|o| o.is_object()) else {
             return Decision::deny_request(unreadable("the request carries no object".into()));
         };
-        let size = json_size(object, self.limits.max_object_bytes);
+        let size = crate::policy::eval::json_size(object, self.limits.max_object_bytes);
         if size > self.limits.max_object_bytes {
             let max = self.limits.max_object_bytes;
             return Decision::deny_request(Reason::ObjectTooLarge { kind: kind_name.clone(), size, max });
@@ -156,21 +156,4 @@ impl Drop for Abandoned {
     fn drop(&mut self) {
         self.0.store(true, Ordering::Relaxed);
     }
-}
-
-/// The size of `value` as JSON, counting no further than just past `max`.
-fn json_size(value: &serde_json::Value, max: usize) -> usize {
-    struct Count(usize, usize);
-    impl std::io::Write for Count {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0 += buf.len();
-            if self.0 > self.1 { Err(std::io::Error::other("over")) } else { Ok(buf.len()) }
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut count = Count(0, max);
-    let _ = serde_json::to_writer(&mut count, value);
-    count.0
 }

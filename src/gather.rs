@@ -289,16 +289,8 @@ impl Gatherer {
             return Ok(Arc::new(Resolved { digest: head.digest, media_type, platforms: Vec::new() }));
         }
         let key = (format!("{}@{}", image.name(), head.digest), identity);
-        let missed = AtomicBool::new(false);
-        let answer = self
-            .manifests
-            .try_get_with(key, async {
-                missed.store(true, Ordering::Relaxed);
-                self.registry.manifest(image, &head.digest, creds, bytes, deadline).await.map(Arc::new)
-            })
-            .await;
-        self.metrics.looked_up("manifests", missed.load(Ordering::Relaxed));
-        answer.map_err(|e| registry_reason(image, &e))
+        let fetch = async { self.registry.manifest(image, &head.digest, creds, bytes, deadline).await.map(Arc::new) };
+        self.metrics.cached("manifests", &self.manifests, key, fetch).await.map_err(|e| registry_reason(image, &e))
     }
 
     async fn artifacts_of(
@@ -317,16 +309,9 @@ impl Gatherer {
         {
             return Ok(all);
         }
-        let missed = AtomicBool::new(false);
-        let answer = self
-            .artifacts
-            .try_get_with(key, async {
-                missed.store(true, Ordering::Relaxed);
-                self.registry.artifacts(image, digest, creds, wanted, bytes, deadline).await.map(Arc::new)
-            })
-            .await;
-        self.metrics.looked_up("artifacts", missed.load(Ordering::Relaxed));
-        answer.map_err(|e| registry_reason(image, &e))
+        let fetch =
+            async { self.registry.artifacts(image, digest, creds, wanted, bytes, deadline).await.map(Arc::new) };
+        self.metrics.cached("artifacts", &self.artifacts, key, fetch).await.map_err(|e| registry_reason(image, &e))
     }
 
     /// What `authority` verifies of `digest`'s artifacts: computed once per (digest, authority, credentials, what
@@ -344,24 +329,18 @@ impl Gatherer {
         let (artifacts, digest, platforms, authority) =
             (fetched.artifacts.clone(), digest.clone(), platforms.to_vec(), authority.clone());
         let metrics = self.metrics.clone();
-        let missed = Arc::new(AtomicBool::new(false));
-        let miss = missed.clone();
-        let answer = self
-            .verifications
-            .try_get_with(key, async move {
-                miss.store(true, Ordering::Relaxed);
-                tokio::task::spawn_blocking(move || {
-                    let started = std::time::Instant::now();
-                    let verification = Verification::of(&artifacts, &digest, &platforms, &authority);
-                    metrics.verifications.inc();
-                    metrics.verification_seconds.observe(started.elapsed().as_secs_f64());
-                    Arc::new(verification)
-                })
-                .await
+        // Spawned only when awaited, that is on a miss.
+        let compute = async move {
+            tokio::task::spawn_blocking(move || {
+                let started = std::time::Instant::now();
+                let verification = Verification::of(&artifacts, &digest, &platforms, &authority);
+                metrics.verifications.inc();
+                metrics.verification_seconds.observe(started.elapsed().as_secs_f64());
+                Arc::new(verification)
             })
-            .await;
-        self.metrics.looked_up("verifications", missed.load(Ordering::Relaxed));
-        answer.map_err(|e| {
+            .await
+        };
+        self.metrics.cached("verifications", &self.verifications, key, compute).await.map_err(|e| {
             tracing::error!(error = %e, "a verification failed");
             Reason::InternalError
         })
@@ -466,9 +445,31 @@ impl Default for GatherMetrics {
 }
 
 impl GatherMetrics {
-    fn looked_up(&self, cache: &'static str, missed: bool) {
-        let result = if missed { "miss" } else { "hit" };
+    /// The cached answer for `key`, or `make`'s (one in flight per key), counted as a hit or a miss of `cache`.
+    /// `make` runs only on a miss.
+    async fn cached<K, V, E, F>(
+        &self,
+        cache: &'static str,
+        store: &moka::future::Cache<K, V>,
+        key: K,
+        make: F,
+    ) -> Result<V, Arc<E>>
+    where
+        K: std::hash::Hash + Eq + Send + Sync + 'static,
+        V: Clone + Send + Sync + 'static,
+        E: Send + Sync + 'static,
+        F: std::future::Future<Output = Result<V, E>>,
+    {
+        let missed = AtomicBool::new(false);
+        let answer = store
+            .try_get_with(key, async {
+                missed.store(true, Ordering::Relaxed);
+                make.await
+            })
+            .await;
+        let result = if missed.load(Ordering::Relaxed) { "miss" } else { "hit" };
         self.cache.get_or_create(&CacheLabels { cache, result }).inc();
+        answer
     }
 }
 

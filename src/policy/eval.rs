@@ -170,17 +170,24 @@ impl Limits {
 
 /// Whether `doc` serialises to at most `max` bytes; stops writing as soon as it does not.
 fn fits(doc: &serde_json::Value, max: usize) -> bool {
-    struct Budget(usize);
-    impl Write for Budget {
+    json_size(doc, max) <= max
+}
+
+/// The size of `doc` as JSON, counting no further than just past `max` (serialisation stops there).
+pub fn json_size(doc: &serde_json::Value, max: usize) -> usize {
+    struct Count(usize, usize);
+    impl Write for Count {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0 = self.0.checked_sub(buf.len()).ok_or_else(|| std::io::Error::other("over budget"))?;
-            Ok(buf.len())
+            self.0 += buf.len();
+            if self.0 > self.1 { Err(std::io::Error::other("over budget")) } else { Ok(buf.len()) }
         }
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
     }
-    serde_json::to_writer(Budget(max), doc).is_ok()
+    let mut count = Count(0, max);
+    let _ = serde_json::to_writer(&mut count, doc);
+    count.0
 }
 
 /// The provenance view: the first statement, in attestation-name order, whose predicate is provenance.
