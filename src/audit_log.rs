@@ -104,12 +104,20 @@ fn read_stream<R: Read>(mut reader: BufReader<R>, log: &mut Log) -> std::io::Res
     }
 }
 
+/// The longest line read as a record (a record of 256 images with their messages is well under 1 MiB). A longer
+/// line is not a record: it is skipped without being held in memory whole.
+const MAX_LINE: u64 = 4 << 20;
+
 fn read_lines(mut reader: impl BufRead, log: &mut Log, gzip: bool) -> std::io::Result<()> {
     let mut line = Vec::new();
     loop {
         line.clear();
-        match reader.read_until(b'\n', &mut line) {
+        match reader.by_ref().take(MAX_LINE + 1).read_until(b'\n', &mut line) {
             Ok(0) => return Ok(()),
+            Ok(n) if n as u64 > MAX_LINE && line.last() != Some(&b'\n') => {
+                log.skipped += 1;
+                skip_line(&mut reader)?;
+            }
             Ok(_) => add_line(&line, log),
             // A gzip file cut short (a rotation still being written): what was read is kept, its tail skipped.
             Err(e) if gzip && e.kind() == std::io::ErrorKind::UnexpectedEof => {
@@ -119,6 +127,26 @@ fn read_lines(mut reader: impl BufRead, log: &mut Log, gzip: bool) -> std::io::R
                 return Ok(());
             }
             Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Reads past the rest of the current line, a buffer at a time.
+fn skip_line(reader: &mut impl BufRead) -> std::io::Result<()> {
+    loop {
+        let buf = reader.fill_buf()?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        match buf.iter().position(|b| *b == b'\n') {
+            Some(at) => {
+                reader.consume(at + 1);
+                return Ok(());
+            }
+            None => {
+                let n = buf.len();
+                reader.consume(n);
+            }
         }
     }
 }
@@ -739,5 +767,18 @@ mod tests {
         assert_eq!(run_with(Options::default(), "").0, 2);
         let bad = Options { query: Query { since: Some("soon".into()), ..Query::default() }, ..stdin() };
         assert_eq!(run_with(bad, &sample()).0, 2);
+    }
+
+    #[test]
+    fn a_line_longer_than_any_record_is_skipped_without_being_held() {
+        let record = sample().lines().next().unwrap().to_owned();
+        let mut text = format!("{record}\n");
+        text.push_str(&"x".repeat(MAX_LINE as usize + 10));
+        text.push('\n');
+        text.push_str(&record);
+        text.push('\n');
+        let mut log = Log::default();
+        read_lines(std::io::Cursor::new(text.into_bytes()), &mut log, false).unwrap();
+        assert_eq!((log.entries.len(), log.skipped), (2, 1), "the records around the huge line are read");
     }
 }
