@@ -1,12 +1,14 @@
 # A real Kubernetes API server for tests/kube_e2e.rs: Debian etcd-server, and kube-apiserver built ONCE from
 # Debian's `kubernetes` source package (1.20, vendored, offline with Debian's Go) and cached under
 # $PROVGATE_CACHE/kube/bin (scratch tree in $PROVGATE_CACHE/kube/src, removed after; nothing lands in the repo).
-# Later runs only check that the cached binary runs `--version`.
+# Later runs only check that the cached binary runs `--version` and was built by this recipe (the stamp).
 apt_ensure etcd-server
 need etcd "apt-get install etcd-server"
 kube_dir="$PROVGATE_CACHE/kube"
 kube_apiserver="$kube_dir/bin/kube-apiserver"
-if ! "$kube_apiserver" --version >/dev/null 2>&1; then
+# Bump when the recipe changes, so a cached binary from an older recipe is rebuilt.
+kube_recipe="2: vendored modern-go/reflect2 replaced by Debian's 1.0.2"
+if ! "$kube_apiserver" --version >/dev/null 2>&1 || [ "$(cat "$kube_dir/bin/recipe" 2>/dev/null)" != "$kube_recipe" ]; then
   echo "scripts/test: building kube-apiserver from Debian's kubernetes source package into $kube_dir (once, 5-10 min)" >&2
   # Source packages need a deb-src entry. The package is bookworm's (1.20.5+really1.20.2, vendored) and builds
   # with bookworm's Go 1.19; add the entry (deb822) unless apt already knows the source package.
@@ -17,7 +19,12 @@ if ! "$kube_apiserver" --version >/dev/null 2>&1; then
       'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg' | as_root tee "$src_list" >/dev/null
     as_root apt-get update -qq
   fi
-  apt_ensure golang-go dpkg-dev rsync make
+  # The vendored modern-go/reflect2 1.0.1 faults under Go >= 1.18 when the apiserver iterates a map through it
+  # (it does so to record a mutating webhook's JSON patch: "fatal error: fault" in UnsafeMapType.UnsafeIterate,
+  # modern-go/reflect2#26). Debian packages the fixed 1.0.2; it replaces the vendored copy below.
+  apt_ensure golang-go dpkg-dev rsync make golang-github-modern-go-reflect2-dev
+  reflect2_src=/usr/share/gocode/src/github.com/modern-go/reflect2
+  [ -f "$reflect2_src/reflect2.go" ] || { echo "scripts/test: $reflect2_src is missing: apt-get install golang-github-modern-go-reflect2-dev" >&2; exit 1; }
   need go "apt-get install golang-go"
   rm -rf "$kube_dir/src"
   mkdir -p "$kube_dir/src" "$kube_dir/bin"
@@ -27,6 +34,9 @@ if ! "$kube_apiserver" --version >/dev/null 2>&1; then
   }
   (
     cd "$kube_dir/src/tree"
+    # Only the sources change; the module metadata keeps naming 1.0.1, which -mod=vendor does not check.
+    rm -rf vendor/github.com/modern-go/reflect2
+    cp -r "$reflect2_src" vendor/github.com/modern-go/reflect2
     mkdir -p .go/src/k8s.io
     ln -sfn ../../.. .go/src/k8s.io/kubernetes
     cd .go/src/k8s.io/kubernetes
@@ -36,6 +46,7 @@ if ! "$kube_apiserver" --version >/dev/null 2>&1; then
       make WHAT=cmd/kube-apiserver >&2
   ) || { echo "scripts/test: building kube-apiserver failed (see above)" >&2; exit 1; }
   install -m 0755 "$kube_dir/src/tree/_output/bin/kube-apiserver" "$kube_apiserver"
+  printf '%s\n' "$kube_recipe" > "$kube_dir/bin/recipe"
   rm -rf "$kube_dir/src"
   "$kube_apiserver" --version >&2
 fi
