@@ -208,6 +208,16 @@ async fn what_is_unsigned_denied_pinned_or_unreadable_is_not_patched_and_a_dry_r
     assert_eq!(patch_of(&dry), patch_of(&wet));
     assert_eq!(patch_of(&dry).len(), 1);
 
+    // UPDATE: a field the stored object holds as it is stays (no restart or rollout for an unrelated change); a
+    // changed field is pinned.
+    let mut update = pod(&[&signed, &world.image("moving")]);
+    update["request"]["operation"] = json!("UPDATE");
+    update["request"]["oldObject"] = pod(&[&signed, &unsigned])["request"]["object"].clone();
+    let ops = patch_of(&mutate(&hook, &update).await);
+    let paths: Vec<&str> = ops.iter().map(|op| op["path"].as_str().unwrap()).collect();
+    assert_eq!(paths, ["/spec/containers/1/image"]);
+    assert_eq!(hook.review(&patched(&update, &ops)).await["allowed"], true);
+
     // An object of an odd shape is answered (allowed, nothing patched); validation denies it.
     for spec in [
         json!({"containers": [{"name": "a", "image": {"reference": signed}}]}),

@@ -4,7 +4,8 @@
 //! Mutation agrees with validation: the object as pinned is judged again (the verifications are cached), and a
 //! field is pinned only when that judgement admits it with no failure in any mode. When the pinned object would be
 //! denied, nothing is pinned and validation denies the request as written. Digests already written, images that
-//! no policy with authorities governs, and images that fail a policy (in warn or audit mode too) stay as written.
+//! no policy with authorities governs, and images that fail a policy (in warn or audit mode too) stay as written;
+//! so does, on UPDATE, a field the stored object holds as it is (see [`kept`]).
 //! Nothing is written to the audit log here: the validating call that follows records the decision.
 
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use super::{Webhook, refuse, response};
 use crate::decide::{Decision, ImageDecision, Outcome, Verdict};
 use crate::images::{self, ImageRef};
 use crate::reason::Reason;
+use crate::request::Operation;
 
 /// One image field rewritten to the digest that verified.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +30,8 @@ pub struct Pin {
     pub field: String,
     /// Where the field is (RFC 6901).
     pub pointer: PointerBuf,
+    /// The reference as written.
+    pub written: String,
     /// The reference as written with `@digest` appended, e.g. `registry.example.com/app:1.0@sha256:…`.
     pub value: String,
 }
@@ -70,8 +74,12 @@ pub(super) async fn handle(State(webhook): State<Arc<Webhook>>, request: axum::e
 /// the object as pinned admits them. Both reviews count from `started`, within the same deadline.
 pub(super) async fn pins(webhook: &Webhook, request: &Request, started: tokio::time::Instant) -> Vec<Pin> {
     let Some(object) = request.object.as_ref() else { return Vec::new() };
-    let written = webhook.judge(request, started).await;
-    let candidates = candidates(&written, object);
+    let as_written = webhook.judge(request, started).await;
+    let old = match request.operation {
+        Operation::Update => request.old_object.as_ref(),
+        _ => None,
+    };
+    let candidates: Vec<Pin> = candidates(&as_written, object).into_iter().filter(|pin| !kept(pin, old)).collect();
     if candidates.is_empty() {
         return candidates;
     }
@@ -123,8 +131,16 @@ fn candidate(image: &ImageDecision, object: &Value) -> Option<Pin> {
     (reread.name() == verified.name() && reread.digest() == Some(digest)).then(|| Pin {
         field: image.field.clone(),
         pointer,
+        written: image.raw.clone(),
         value,
     })
+}
+
+/// Whether an UPDATE leaves `pin`'s field as the stored object has it: the same string at the same place. Such a
+/// field is not pinned, so an unrelated update (a label, a scale) never restarts a Pod's container or rolls out a
+/// Deployment; every Pod is pinned when it is created, which is when its images are pulled.
+fn kept(pin: &Pin, old: Option<&Value>) -> bool {
+    old.and_then(|o| o.pointer(pin.pointer.as_str())).and_then(Value::as_str) == Some(pin.written.as_str())
 }
 
 /// The candidates that the decision on the pinned object admits: none if it denies; otherwise each whose field
@@ -280,6 +296,16 @@ mod tests {
         json_patch::patch(&mut patched, &patch(&pins).0).unwrap();
         assert_eq!(patched["a"]["b"]["c~d"], "x", "the neighbour is untouched");
         assert!(patched["a/b"]["c~d"].as_str().unwrap().ends_with(&digest().to_string()));
+    }
+
+    #[test]
+    fn an_update_pins_only_fields_it_changes() {
+        let object = pod(&["registry.example.com/team/app:1.0", "registry.example.com/team/b:2"]);
+        let pins = candidates(&decided(&object, Outcome::Allowed, Vec::new()), &object);
+        let stored = pod(&["registry.example.com/team/app:1.0", "registry.example.com/team/b:1"]);
+        let changed: Vec<&str> = pins.iter().filter(|p| !kept(p, Some(&stored))).map(|p| p.field.as_str()).collect();
+        assert_eq!(changed, ["spec.containers[1].image"]);
+        assert!(pins.iter().all(|p| !kept(p, None)), "a CREATE pins every candidate");
     }
 
     #[test]
