@@ -253,6 +253,30 @@ pub fn extract(kind: PodKind, object: &Value) -> Result<Vec<ImageField>, ShapeEr
     Ok(fields)
 }
 
+/// The RFC 6901 JSON pointer of a field path that [`extract`] gives (`spec.volumes[1].image.reference` is
+/// `/spec/volumes/1/image/reference`), each name escaped (`~` as `~0`, `/` as `~1`); `None` for a path of another
+/// shape. [`extract`] builds paths from fixed field names and list indices only, so the split is exact.
+pub fn json_pointer(path: &str) -> Option<json_patch::jsonptr::PointerBuf> {
+    let mut pointer = json_patch::jsonptr::PointerBuf::new();
+    for segment in path.split('.') {
+        let (name, index) = match segment.strip_suffix(']').and_then(|s| s.split_once('[')) {
+            Some((name, index)) => (name, Some(index)),
+            None => (segment, None),
+        };
+        if name.is_empty() || name.contains(['[', ']']) {
+            return None;
+        }
+        pointer.push_back(name);
+        if let Some(index) = index {
+            if index.is_empty() || !index.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            pointer.push_back(index.parse::<usize>().ok()?);
+        }
+    }
+    Some(pointer)
+}
+
 fn array_at<'a>(spec: &'a Value, path: &str, key: &str) -> Result<&'a [Value], ShapeError> {
     match spec.get(key) {
         None | Some(Value::Null) => Ok(&[]),
@@ -424,6 +448,44 @@ mod tests {
         for (kind, object, path) in table {
             let err = extract(*kind, object).unwrap_err();
             assert_eq!(err.path, *path, "{object}");
+        }
+    }
+
+    #[test]
+    fn field_paths_become_escaped_json_pointers() {
+        let table: &[(&str, Option<&str>)] = &[
+            ("spec.containers[0].image", Some("/spec/containers/0/image")),
+            ("spec.volumes[12].image.reference", Some("/spec/volumes/12/image/reference")),
+            (
+                "spec.jobTemplate.spec.template.spec.initContainers[3].image",
+                Some("/spec/jobTemplate/spec/template/spec/initContainers/3/image"),
+            ),
+            ("a~b.c/d[1]", Some("/a~0b/c~1d/1")),
+            ("", None),
+            ("spec..image", None),
+            ("spec.containers[].image", None),
+            ("spec.containers[-1].image", None),
+            ("spec.containers[x].image", None),
+            ("spec.containers[0][1]", None),
+            ("[0]", None),
+        ];
+        for (path, want) in table {
+            assert_eq!(json_pointer(path).as_ref().map(|p| p.as_str()), *want, "{path:?}");
+        }
+    }
+
+    #[test]
+    fn every_extracted_path_points_at_its_own_string() {
+        let spec = pod_spec();
+        for (kind, object) in [
+            (PodKind::Pod, json!({"spec": spec})),
+            (PodKind::Deployment, json!({"spec": {"template": {"spec": spec}}})),
+            (PodKind::CronJob, json!({"spec": {"jobTemplate": {"spec": {"template": {"spec": spec}}}}})),
+        ] {
+            for field in extract(kind, &object).unwrap() {
+                let pointer = json_pointer(&field.path).unwrap();
+                assert_eq!(object.pointer(pointer.as_str()).and_then(Value::as_str), Some(field.raw.as_str()));
+            }
         }
     }
 

@@ -124,3 +124,18 @@ fn the_shipped_policies_load() {
     assert!(set.policies()[0].needs_evidence());
     assert_eq!(set.policies()[0].mode, provgate::policy::Mode::Warn, "the starter policy warns first");
 }
+
+#[test]
+fn the_mutating_webhook_pins_what_the_validating_one_judges_and_is_reinvoked() {
+    let docs = documents();
+    let validating = &find(&docs, "ValidatingWebhookConfiguration")["webhooks"][0];
+    let mutating = &find(&docs, "MutatingWebhookConfiguration")["webhooks"][0];
+    assert_eq!(mutating["clientConfig"]["service"]["path"], "/mutate");
+    assert_eq!(mutating["reinvocationPolicy"], "IfNeeded", "images added by later mutating webhooks are pinned too");
+    for key in ["rules", "namespaceSelector", "timeoutSeconds", "failurePolicy", "sideEffects", "matchPolicy"] {
+        assert_eq!(mutating[key], validating[key], "{key} differs between the two webhook configurations");
+    }
+    assert_eq!(mutating["admissionReviewVersions"], json!(["v1"]));
+    let (m, v) = (&mutating["clientConfig"]["service"], &validating["clientConfig"]["service"]);
+    assert_eq!((&m["namespace"], &m["name"], &m["port"]), (&v["namespace"], &v["name"], &v["port"]));
+}

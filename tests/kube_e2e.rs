@@ -386,3 +386,83 @@ async fn with_a_client_ca_only_the_apiserver_presenting_its_certificate_is_serve
     assert!(other.audit_records().is_empty(), "nothing reached the webhook without a client certificate");
     assert!(pods.get_opt("no-client-cert").await.unwrap().is_none());
 }
+
+/// The mutating configuration sending what [`webhook_configuration`] sends (same rules and namespaceSelector) to
+/// `hook`'s `/mutate`, reinvoked when a later mutating webhook changes the object.
+fn mutating_configuration(hook: &Webhook) -> k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration {
+    let mut config = serde_json::to_value(webhook_configuration(hook)).unwrap();
+    let webhook = &mut config["webhooks"][0];
+    webhook["name"] = json!(PIN_WEBHOOK);
+    webhook["reinvocationPolicy"] = json!("IfNeeded");
+    webhook["clientConfig"]["url"] = json!(format!("https://127.0.0.1:{}/mutate", hook.running.https.port()));
+    config["metadata"]["name"] = json!(PIN_WEBHOOK);
+    config["kind"] = json!("MutatingWebhookConfiguration");
+    object(config)
+}
+
+const PIN_WEBHOOK: &str = "pin.provgate.dev";
+
+/// A kube-apiserver built with Go 1.18 or later and its vendored github.com/modern-go/reflect2 v1.0.1 dies the
+/// first time it records a mutating webhook's JSONPatch (json-iterator's map iteration faults:
+/// modern-go/reflect2#26, fixed in v1.0.2). Says so, rather than a bare "connection refused".
+fn assert_apiserver_survives_patches(cluster: &Cluster) {
+    let log = cluster.log();
+    assert!(
+        !log.contains("reflect2.(*UnsafeMapType).UnsafeIterate"),
+        "this kube-apiserver crashed recording the webhook's JSONPatch (its vendored modern-go/reflect2 v1.0.1 \
+         faults under Go >= 1.18; modern-go/reflect2#26). Rebuild it with reflect2 v1.0.2 (Debian's \
+         golang-github-modern-go-reflect2-dev) over vendor/github.com/modern-go/reflect2. Log:\n{}",
+        log.lines().skip_while(|l| !l.starts_with("fatal error")).take(40).collect::<Vec<_>>().join("\n")
+    );
+}
+
+#[tokio::test]
+async fn with_the_mutating_webhook_a_pod_created_by_tag_is_stored_pinned_to_the_verified_digest() {
+    use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+    let _one = ONE_CLUSTER.lock().await;
+    let images = Images::start();
+    let cluster = Cluster::start().await;
+    let client = cluster.client();
+    namespace(&client, NS, false).await;
+    let hook = images.webhook(&images.keys.path().join("chains.pub").display().to_string(), None).await;
+    register(&client, &hook, &images.image("signed")).await;
+    let (signed, unsigned) = (images.image("signed"), images.image("unsigned"));
+    let pinned = format!("{signed}@{}", images.signed_digest);
+
+    let configs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    configs.create(&PostParams::default(), &mutating_configuration(&hook)).await.unwrap();
+    // Wait (at most 30 s) until the apiserver calls /mutate: a dry run comes back pinned.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let dry = PostParams { dry_run: true, ..PostParams::default() };
+    let start = Instant::now();
+    loop {
+        let probe = pods.create(&dry, &pod("probe", &signed)).await;
+        let image = probe.as_ref().ok().and_then(|p| p.spec.as_ref()?.containers[0].image.clone());
+        if image.as_deref() == Some(pinned.as_str()) {
+            break;
+        }
+        assert_apiserver_survives_patches(&cluster);
+        assert!(start.elapsed() < Duration::from_secs(30), "the apiserver did not call /mutate in 30 s: {probe:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Created by tag, stored by digest; validation judged the pinned Pod.
+    let created = pods.create(&PostParams::default(), &pod("pinned", &signed)).await.unwrap();
+    assert_eq!(created.spec.unwrap().containers[0].image.as_deref(), Some(pinned.as_str()));
+    let stored = pods.get("pinned").await.unwrap();
+    assert_eq!(stored.spec.unwrap().containers[0].image.as_deref(), Some(pinned.as_str()));
+    let record = hook.audit_records().pop().unwrap();
+    assert_eq!((record["name"].as_str(), record["decision"].as_str()), (Some("pinned"), Some("allow")), "{record}");
+    assert_eq!(record["images"][0]["ref"].as_str(), Some(pinned.as_str()), "validation saw the pinned image");
+
+    // A Deployment's template is pinned too.
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), NS);
+    let web = deployments.create(&PostParams::default(), &deployment("web", &signed)).await.unwrap();
+    let template = web.spec.unwrap().template.spec.unwrap();
+    assert_eq!(template.containers[0].image.as_deref(), Some(pinned.as_str()));
+
+    // The unsigned twin is not pinned: validation denies it as written.
+    let status = api_error(pods.create(&PostParams::default(), &pod("unsigned", &unsigned)).await);
+    assert_denied(&status, &["spec.containers[0].image", &format!("{unsigned:?}"), "no signatures found"]);
+    assert!(pods.get_opt("unsigned").await.unwrap().is_none());
+}

@@ -1,6 +1,7 @@
 //! The HTTPS edge: AdmissionReview in, AdmissionReview out. The handler only parses, judges, records and responds;
 //! every review ends in an answer and an audit record, even when provgate is overloaded or fails inside.
 
+pub mod mutate;
 pub mod response;
 pub mod review;
 pub mod server;
@@ -115,9 +116,13 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
         .unwrap_or("a panic without a message")
 }
 
-/// `POST /validate` (the handler enforces the body size cap and budget itself).
+/// `POST /validate` and `POST /mutate` (the handlers enforce the body size cap and budget themselves).
 pub fn router(webhook: Arc<Webhook>) -> Router {
-    Router::new().route("/validate", post(validate)).layer(DefaultBodyLimit::disable()).with_state(webhook)
+    Router::new()
+        .route("/validate", post(validate))
+        .route("/mutate", post(mutate::handle))
+        .layer(DefaultBodyLimit::disable())
+        .with_state(webhook)
 }
 
 /// Logs reviews whose client went away before the answer (their future is dropped, and the work with it).

@@ -73,6 +73,54 @@ pub fn build(uid: &str, decision: &Decision) -> ReviewOut {
     }
 }
 
+/// The answer of `/mutate`: always allowed (validation denies), with the JSONPatch when it has operations.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MutationReviewOut {
+    api_version: &'static str,
+    kind: &'static str,
+    pub response: MutationOut,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MutationOut {
+    pub uid: String,
+    pub allowed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patch_type: Option<&'static str>,
+    /// The patch, base64 of its JSON.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patch: Option<String>,
+    pub audit_annotations: BTreeMap<String, String>,
+}
+
+/// Builds the `/mutate` answer to `uid` carrying `patch`: allowed, `patchType: JSONPatch` and the base64 patch when
+/// it has operations, and the number of fields pinned as the `pinned` audit annotation.
+pub fn build_mutation(uid: &str, patch: &json_patch::Patch) -> MutationReviewOut {
+    use base64::Engine as _;
+    let encoded = match serde_json::to_vec(patch) {
+        Ok(json) if !patch.0.is_empty() => Some(base64::engine::general_purpose::STANDARD.encode(json)),
+        Ok(_) => None,
+        Err(e) => {
+            tracing::error!(error = %e, "the patch did not serialise; nothing is pinned (please report this)");
+            None
+        }
+    };
+    let pinned = if encoded.is_some() { patch.0.len() } else { 0 };
+    MutationReviewOut {
+        api_version: API_VERSION,
+        kind: KIND,
+        response: MutationOut {
+            uid: uid.to_owned(),
+            allowed: true,
+            patch_type: encoded.is_some().then_some("JSONPatch"),
+            patch: encoded,
+            audit_annotations: BTreeMap::from([("pinned".to_owned(), pinned.to_string())]),
+        },
+    }
+}
+
 fn truncate(mut s: String, max: usize) -> String {
     if s.chars().count() > max {
         s = s.chars().take(max - 1).collect();
@@ -110,6 +158,27 @@ mod tests {
         assert_eq!(out["response"]["allowed"], true);
         assert!(out["response"].get("status").is_none());
         assert_eq!(out["response"]["auditAnnotations"]["decision"], "allow");
+    }
+
+    #[test]
+    fn a_mutation_allows_and_carries_its_patch_in_base64() {
+        use base64::Engine as _;
+        let op = json!([{"op": "replace", "path": "/spec/containers/0/image", "value": "r/app:1@sha256:00"}]);
+        let patch: json_patch::Patch = serde_json::from_value(op.clone()).unwrap();
+        let out = serde_json::to_value(build_mutation("u3", &patch)).unwrap();
+        let r = &out["response"];
+        assert_eq!((r["uid"].as_str(), r["allowed"].as_bool()), (Some("u3"), Some(true)));
+        assert_eq!(r["patchType"], "JSONPatch");
+        let bytes = base64::engine::general_purpose::STANDARD.decode(r["patch"].as_str().unwrap()).unwrap();
+        assert_eq!(serde_json::from_slice::<serde_json::Value>(&bytes).unwrap(), op);
+        assert_eq!(r["auditAnnotations"], json!({"pinned": "1"}));
+
+        let none = serde_json::to_value(build_mutation("u4", &json_patch::Patch(Vec::new()))).unwrap();
+        let r = &none["response"];
+        assert_eq!(r["allowed"], true);
+        assert!(r.get("patch").is_none() && r.get("patchType").is_none(), "{r}");
+        assert!(r.get("status").is_none());
+        assert_eq!(r["auditAnnotations"], json!({"pinned": "0"}));
     }
 
     #[test]
