@@ -544,3 +544,25 @@ async fn a_full_queue_is_logged_once_per_ten_seconds_not_once_per_drop() {
     assert_eq!((full[0]["level"].as_str(), full[0]["dropped"].as_u64()), (Some("WARN"), Some(1)), "{}", full[0]);
     assert_eq!((full[0]["queue_size"].as_u64()), Some(1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_flushes_the_log_and_does_not_hang_on_a_stalled_one() {
+    let hook = Webhook::start(&policies(), |_| {}).await;
+    for i in 0..20 {
+        hook.review(&pod(&format!("x-{i:02}"), "team-a", Some(EVIL))).await;
+    }
+    let Webhook { running, dir, .. } = hook;
+    tokio::time::timeout(Duration::from_secs(30), running.shutdown()).await.unwrap();
+    let written = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
+    assert_eq!(written.lines().count(), 20, "every record is written by the end of shutdown");
+
+    let fifo_dir = tempfile::tempdir().unwrap();
+    let path = fifo_dir.path().join("audit.fifo");
+    let _reader = fifo(&path);
+    let hook = Webhook::start(&policies(), |c| c.audit.log = Some(path.clone())).await;
+    for i in 0..200 {
+        hook.review(&pod(&format!("y-{i:03}"), "team-a", Some(EVIL))).await;
+    }
+    assert!(!hook.running.audit.settle(Duration::from_millis(200)), "the writer is stalled");
+    tokio::time::timeout(Duration::from_secs(30), hook.running.shutdown()).await.expect("shutdown gives up on the log");
+}
