@@ -32,19 +32,27 @@ pub struct Running {
     pub https: SocketAddr,
     pub admin: SocketAddr,
     pub policies: Arc<PolicyStore>,
+    /// The decision log, flushed at shutdown.
+    pub audit: AuditLog,
     stop: tokio::sync::watch::Sender<bool>,
     server: tokio::task::JoinHandle<()>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
-    /// Stops accepting, lets in-flight reviews finish for up to 5 s, and stops the background tasks.
+    /// Stops accepting, lets in-flight reviews finish and their records be written for up to 5 s (the records
+    /// get at least 0.5 s), and stops the background tasks.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         let server = self.server.abort_handle();
-        if tokio::time::timeout(Duration::from_secs(5), self.server).await.is_err() {
+        if tokio::time::timeout_at(deadline, self.server).await.is_err() {
             tracing::warn!("reviews still in flight after 5 s; closing their connections");
             server.abort();
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_millis(500));
+        if !self.audit.flush(left).await {
+            tracing::warn!(?left, "the audit log was not flushed in time; records still queued are lost");
         }
         for task in self.tasks {
             task.abort();
@@ -83,13 +91,12 @@ pub async fn start_with(config: Config, kube: Option<kube::Client>) -> anyhow::R
         tokio::spawn(policies.clone().watch(config.policies.clone(), config.policy_poll)),
         tokio::spawn(server_tls.clone().watch(files, reload)),
     ];
-    let audit = AuditLog::open(config.audit.log.as_deref())
-        .await
+    let audit = AuditLog::open(&config.audit, metrics.audit.clone())
         .with_context(|| format!("audit log {:?}", config.audit.log))?;
     let keys = key_store(&policies, kube.clone()).await;
     tasks.push(tokio::spawn(track_secrets(policies.clone(), keys.clone(), config.policy_poll)));
     let engine = engine_with(&config, policies.clone(), keys, kube, Some(&metrics))?;
-    let webhook = Arc::new(Webhook::new(engine, audit, metrics.clone(), &config));
+    let webhook = Arc::new(Webhook::new(engine, audit.clone(), metrics.clone(), &config));
 
     let listener =
         tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("listen {}", config.listen))?;
@@ -111,7 +118,7 @@ pub async fn start_with(config: Config, kube: Option<kube::Client>) -> anyhow::R
     let admin_limits = server::Limits { max_connections: ADMIN_MAX_CONNECTIONS, ..limits };
     tasks.push(tokio::spawn(server::serve(admin_listener, None, admin_app, admin_limits, stopped)));
     tracing::info!(%https, %admin, "serving");
-    Ok(Running { https, admin, policies, stop, server, tasks })
+    Ok(Running { https, admin, policies, audit, stop, server, tasks })
 }
 
 /// The engine for one-shot commands (`provgate verify`): like `serve`'s, reading Secrets through the cluster's API

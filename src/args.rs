@@ -9,6 +9,9 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "provgate", version, about = "Admits only container images whose signed provenance it can verify")]
 pub(crate) struct Cli {
+    /// Log lines on standard error as json or text (default: json unless standard error is a terminal).
+    #[arg(long, value_enum, global = true, env = "PROVGATE_LOG_FORMAT")]
+    pub(crate) log_format: Option<crate::logging::LogFormat>,
     #[command(subcommand)]
     pub(crate) command: Command,
 }

@@ -535,6 +535,7 @@ mod tests {
             reason: reason.map(str::to_owned),
             message: reason.map(|r| format!("failed: {r}")),
             verified: Vec::new(),
+            failures: Vec::new(),
         }
     }
 

@@ -107,11 +107,44 @@ pub struct TlsConfig {
     pub reload_interval: Option<Duration>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+/// The decision log: where records go, how many may wait to be written, how files rotate.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct AuditConfig {
     /// Where decision records go, one JSON object per line; standard output when unset.
     pub log: Option<PathBuf>,
+    /// Records waiting to be written at most; more are dropped (and counted), never waited for.
+    pub queue_size: usize,
+    /// Bytes of records waiting to be written at most (records of large objects are large).
+    pub queue_bytes: usize,
+    /// The file is rotated (`audit.log` to `audit.log.1`) before it grows past this many bytes.
+    pub max_bytes: u64,
+    /// Rotated files kept (`audit.log.1` … `audit.log.N`); older ones are removed.
+    pub keep: usize,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self { log: None, queue_size: 4096, queue_bytes: 16 << 20, max_bytes: 100 << 20, keep: 5 }
+    }
+}
+
+impl AuditConfig {
+    fn validate(&self) -> Result<(), String> {
+        if !(1..=1 << 20).contains(&self.queue_size) {
+            return Err(format!("audit.queueSize {} must be between 1 and 1048576", self.queue_size));
+        }
+        if !(1 << 20..=1 << 30).contains(&self.queue_bytes) {
+            return Err(format!("audit.queueBytes {} must be between 1 MiB and 1 GiB", self.queue_bytes));
+        }
+        if self.max_bytes < 1024 {
+            return Err(format!("audit.maxBytes {} must be at least 1024", self.max_bytes));
+        }
+        if !(1..=1000).contains(&self.keep) {
+            return Err(format!("audit.keep {} must be between 1 and 1000", self.keep));
+        }
+        Ok(())
+    }
 }
 
 impl Default for Config {
@@ -188,6 +221,7 @@ impl Config {
                 self.server.max_request_bytes_in_flight, self.max_request_bytes
             ));
         }
+        self.audit.validate()?;
         self.server.validate()
     }
 }
@@ -233,6 +267,17 @@ mod tests {
         assert_eq!(c.deadline, Duration::from_millis(2500));
         assert_eq!(c.no_match, NoMatch::Warn);
         assert_eq!(c.audit.log.unwrap(), PathBuf::from("/var/log/provgate.jsonl"));
+    }
+
+    #[test]
+    fn audit_queue_and_rotation_parse_with_defaults() {
+        let c = Config::from_yaml("", Path::new("c.yaml")).unwrap();
+        let a = c.audit;
+        assert_eq!((a.log, a.queue_size, a.queue_bytes, a.max_bytes, a.keep), (None, 4096, 16 << 20, 100 << 20, 5));
+        let text = "audit:\n  log: /var/log/provgate/audit.log\n  queueSize: 64\n  queueBytes: 2097152\n  maxBytes: 4096\n  keep: 2\n";
+        let a = Config::from_yaml(text, Path::new("c.yaml")).unwrap().audit;
+        assert_eq!(a.log, Some(PathBuf::from("/var/log/provgate/audit.log")));
+        assert_eq!((a.queue_size, a.queue_bytes, a.max_bytes, a.keep), (64, 2 << 20, 4096, 2));
     }
 
     #[test]
@@ -284,6 +329,11 @@ mod tests {
             ("server:\n  reviewQueueTimeout: 0s\n", "reviewQueueTimeout must be above 0"),
             ("server:\n  maxConections: 10\n", "c.yaml:2: "),
             ("server:\n  maxRequestBytesInFlight: 1048576\n", "must be at least maxRequestBytes (8388608)"),
+            ("audit:\n  queueSize: 0\n", "audit.queueSize 0 must be between 1 and 1048576"),
+            ("audit:\n  queueBytes: 1000\n", "audit.queueBytes 1000 must be between 1 MiB and 1 GiB"),
+            ("audit:\n  maxBytes: 100\n", "audit.maxBytes 100 must be at least 1024"),
+            ("audit:\n  keep: 0\n", "audit.keep 0 must be between 1 and 1000"),
+            ("audit:\n  keepp: 3\n", "c.yaml:2: "),
         ];
         for (text, needle) in table {
             let e = Config::from_yaml(text, Path::new("c.yaml")).unwrap_err().to_string();

@@ -7,17 +7,13 @@ use clap::Parser as _;
 use provgate::config::Config;
 
 mod args;
+mod logging;
 use args::{AuditArgs, AuditCommand, CertsCommand, Cli, Command, Output, PolicyCommand, ServeArgs, VerifyArgs};
 
 fn main() -> ExitCode {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "provgate=info,warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    logging::init(cli.log_format);
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Verify(args) => return verify(args),
@@ -72,9 +68,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let running = provgate::app::start(config).await?;
-        eprintln!("provgate: webhook on https://{}/validate, admin on http://{}", running.https, running.admin);
         tokio::signal::ctrl_c().await?;
-        eprintln!("provgate: shutting down");
+        tracing::info!("shutting down");
         running.shutdown().await;
         Ok(())
     })

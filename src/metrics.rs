@@ -20,6 +20,8 @@ pub struct Metrics {
     latency: Histogram,
     /// What the gatherer counts (verifications, cache lookups, verification time).
     pub gather: crate::gather::GatherMetrics,
+    /// What the decision log counts (records written, records dropped).
+    pub audit: crate::audit::AuditMetrics,
 }
 
 impl Default for Metrics {
@@ -48,7 +50,14 @@ impl Metrics {
             "Time to verify one digest's artifacts under one authority",
             gather.verification_seconds.clone(),
         );
-        Self { registry, decisions, latency, gather }
+        let audit = crate::audit::AuditMetrics::default();
+        registry.register("audit_records_written", "Decision records written to the audit log", audit.written.clone());
+        registry.register(
+            "audit_records_dropped",
+            "Decision records dropped: the audit queue was full, or writing failed",
+            audit.dropped.clone(),
+        );
+        Self { registry, decisions, latency, gather, audit }
     }
 }
 

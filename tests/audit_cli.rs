@@ -71,6 +71,7 @@ async fn produce_log() -> (Webhook, Vec<u8>) {
         let response = hook.review(r).await;
         assert_eq!(response["allowed"], *allowed, "{response}");
     }
+    assert_eq!(hook.audit_records().len(), reviews.len());
     let log = std::fs::read(hook.dir.path().join("audit.jsonl")).unwrap();
     assert_eq!(log.iter().filter(|b| **b == b'\n').count(), reviews.len());
     (hook, log)

@@ -34,8 +34,10 @@ fn serve_in(dir: &std::path::Path) -> (Killed, String) {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.strip_prefix("provgate: webhook on https://") {
-                let _ = tx.send(rest.split('/').next().unwrap_or_default().to_owned());
+            // Standard error is not a terminal, so log lines are JSON; the "serving" one names the addresses.
+            let Ok(logged) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+            if logged["message"] == "serving" {
+                let _ = tx.send(logged["https"].as_str().unwrap_or_default().to_owned());
             }
         }
     });

@@ -168,7 +168,7 @@ async fn validate(State(webhook): State<Arc<Webhook>>, request: axum::extract::R
     webhook.metrics.observe(&decision, elapsed.as_secs_f64());
     let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let record = audit::record(&incoming.uid, incoming.request.as_ref().ok(), &decision, elapsed, time);
-    webhook.audit.write(&record).await;
+    webhook.audit.submit(&record);
     abandoned.answered = true;
     tracing::debug!(latency_ms = record.latency_ms, "reviewed");
     axum::Json(response::build(&incoming.uid, &decision)).into_response()

@@ -155,8 +155,9 @@ impl Webhook {
         (resp.status().as_u16(), resp.text().await.unwrap())
     }
 
-    /// The audit records written so far.
+    /// The audit records of every review answered so far (waiting until the writer has flushed them).
     pub fn audit_records(&self) -> Vec<Value> {
+        assert!(self.running.audit.settle(std::time::Duration::from_secs(10)), "the audit log did not settle");
         let text = std::fs::read_to_string(self.dir.path().join("audit.jsonl")).unwrap_or_default();
         text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
     }

@@ -1,13 +1,17 @@
-//! Decision records (one JSON object per line, the `provgate audit` input) and where they are written.
+//! Decision records (one JSON object per line, the `provgate audit` input); `writer` writes them off the
+//! admission path.
 
-use std::path::Path;
+mod writer;
+
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncWriteExt as _;
 
-use crate::decide::{Decision, Outcome};
+use crate::decide::{Decision, Failure, ImageDecision, Outcome};
+use crate::policy::Mode;
 use crate::request::Request;
+
+pub use writer::{AuditLog, AuditMetrics};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -42,11 +46,31 @@ pub struct ImageRecord {
     pub digest: Option<String>,
     pub policies: Vec<String>,
     pub outcome: String,
+    /// The code of the failure that decided the outcome (the first one under the strictest mode).
     pub reason: Option<String>,
     pub message: Option<String>,
     /// What verified, by which authority and key or identity.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub verified: Vec<String>,
+    /// Every failure, each with the policy and mode it came under (absent when nothing failed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<FailureRecord>,
+}
+
+/// One policy requirement an image did not meet, and what that did.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FailureRecord {
+    /// The policy; absent when no policy was involved (`noMatch`, an unparsable reference, an interrupted review).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// The mode the failure came under: `enforce` (it denies), `warn` (it admits with a warning) or `audit` (it
+    /// admits and is only recorded). For `noMatch`, the mode its setting gives.
+    pub mode: String,
+    /// The reason code.
+    pub reason: String,
+    /// The reason, for people.
+    pub message: String,
 }
 
 /// The version of the record format this build writes.
@@ -71,9 +95,19 @@ pub fn record(uid: &str, request: Option<&Request>, decision: &Decision, latency
             digest: i.image.as_ref().and_then(|r| r.digest()).map(ToString::to_string),
             policies: i.policies.clone(),
             outcome: i.outcome.as_str().to_owned(),
-            reason: i.failures.first().map(|f| f.reason.code().to_owned()),
+            reason: deciding(i).map(|f| f.reason.code().to_owned()),
             message: (i.outcome != Outcome::Allowed && i.outcome != Outcome::Unchanged).then(|| i.explain()),
             verified: i.verified.clone(),
+            failures: i
+                .failures
+                .iter()
+                .map(|f| FailureRecord {
+                    policy: f.policy.clone(),
+                    mode: f.mode.as_str().to_owned(),
+                    reason: f.reason.code().to_owned(),
+                    message: f.reason.to_string(),
+                })
+                .collect(),
         })
         .collect();
     Record {
@@ -94,48 +128,13 @@ pub fn record(uid: &str, request: Option<&Request>, decision: &Decision, latency
     }
 }
 
-/// Appends records to a file, or writes them to standard output.
-pub struct AuditLog {
-    file: Option<tokio::sync::Mutex<tokio::fs::File>>,
-}
-
-impl AuditLog {
-    pub async fn open(path: Option<&Path>) -> std::io::Result<Self> {
-        let file = match path {
-            None => None,
-            Some(p) => {
-                let f = tokio::fs::OpenOptions::new().create(true).append(true).open(p).await?;
-                Some(tokio::sync::Mutex::new(f))
-            }
-        };
-        Ok(Self { file })
-    }
-
-    /// Writes one record; a write failure is logged, never turned into an admission.
-    pub async fn write(&self, record: &Record) {
-        let mut line = match serde_json::to_vec(record) {
-            Ok(line) => line,
-            Err(e) => return tracing::error!(error = %e, "audit record not serialisable"),
-        };
-        line.push(b'\n');
-        let result = match &self.file {
-            Some(file) => {
-                let mut file = file.lock().await;
-                match file.write_all(&line).await {
-                    Ok(()) => file.flush().await,
-                    Err(e) => Err(e),
-                }
-            }
-            None => {
-                let mut out = tokio::io::stdout();
-                match out.write_all(&line).await {
-                    Ok(()) => out.flush().await,
-                    Err(e) => Err(e),
-                }
-            }
-        };
-        if let Err(e) = result {
-            tracing::error!(error = %e, uid = %record.uid, "audit record not written");
-        }
-    }
+/// The failure that decided `image`'s outcome: the first one whose mode gives that outcome (a warn-mode failure
+/// listed before an enforced one does not name the denial), else the first.
+fn deciding(image: &ImageDecision) -> Option<&Failure> {
+    let forced = |mode: Mode| match mode {
+        Mode::Enforce => Outcome::Denied,
+        Mode::Warn => Outcome::Warned,
+        Mode::Audit => Outcome::Audited,
+    };
+    image.failures.iter().find(|f| forced(f.mode) == image.outcome).or_else(|| image.failures.first())
 }
