@@ -276,7 +276,8 @@ pub struct Row {
     pub namespace: String,
     /// The image as written in the object; empty for a request denied as a whole.
     pub image: String,
-    /// The policies that governed the image, comma-separated; null when none did.
+    /// The policy that denied the image (recorded in its failures); for records without failures, the policies
+    /// that governed it, comma-separated; null when none did.
     pub policy: Option<String>,
     /// The reason code.
     pub reason: String,
@@ -329,14 +330,24 @@ pub fn summarise<'a>(entries: impl IntoIterator<Item = &'a Entry>, filter: &Filt
             add((record.namespace.clone(), String::new(), None, reason.clone()), entry);
         }
         for image in record.images.iter().filter(|i| i.outcome == "denied" && filter.keeps_image(i)) {
-            let policy = (!image.policies.is_empty()).then(|| image.policies.join(","));
             let reason = image.reason.clone().unwrap_or_else(|| "unknown".to_owned());
+            let policy = denying_policy(image, &reason);
             add((record.namespace.clone(), image.reference.clone(), policy, reason), entry);
         }
     }
     let mut rows: Vec<Row> = groups.into_values().collect();
     rows.sort_by(|a, b| b.count.cmp(&a.count).then(b.last.cmp(&a.last)));
     rows
+}
+
+/// The policy that denied `image` for `reason`: that of its enforce-mode failure with this reason, as recorded since
+/// records carry `failures`; for older records (or a failure under no policy), the governing policies joined.
+fn denying_policy(image: &ImageRecord, reason: &str) -> Option<String> {
+    let enforced = image.failures.iter().find(|f| f.mode == "enforce" && f.reason == reason);
+    match enforced {
+        Some(f) if f.policy.is_some() => f.policy.clone(),
+        _ => (!image.policies.is_empty()).then(|| image.policies.join(",")),
+    }
 }
 
 /// The `--output json` document.
@@ -606,6 +617,31 @@ mod tests {
         count: u64,
     ) -> (String, String, Option<String>, String, u64) {
         (ns.into(), image.into(), policy.map(str::to_owned), reason.into(), count)
+    }
+
+    #[test]
+    fn a_denial_is_counted_under_the_policy_that_enforced_it() {
+        use crate::audit::FailureRecord;
+        let failure = |policy: &str, mode: &str, reason: &str| FailureRecord {
+            policy: Some(policy.into()),
+            mode: mode.into(),
+            reason: reason.into(),
+            message: String::new(),
+        };
+        let mut both = image("registry.example.com/team/app:1", &["canary", "strict"], "denied", Some("unmet"));
+        both.failures = vec![failure("canary", "warn", "signature-missing"), failure("strict", "enforce", "unmet")];
+        let old = image("registry.example.com/team/app:1", &["canary", "strict"], "denied", Some("unmet"));
+        let lines = [record("u1", "2026-11-30T10:00:00Z", "team-a", "deny", vec![both]), {
+            record("u2", "2026-11-30T10:01:00Z", "team-a", "deny", vec![old])
+        }]
+        .iter()
+        .map(|r| serde_json::to_string(r).unwrap() + "\n")
+        .collect::<String>();
+        let app = "registry.example.com/team/app:1";
+        assert_eq!(
+            rows(&lines, &Query::default()),
+            vec![row("team-a", app, Some("canary,strict"), "unmet", 1), row("team-a", app, Some("strict"), "unmet", 1)]
+        );
     }
 
     #[test]
