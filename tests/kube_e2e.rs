@@ -449,10 +449,8 @@ async fn deployed_rbac_client(cluster: &Cluster, admin: &kube::Client) -> kube::
     }
     let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), "provgate-system");
     let request: TokenRequest = object(json!({"spec": {"audiences": ["https://kubernetes.default.svc"]}}));
-    let token: TokenRequest = accounts
-        .create_subresource("token", "provgate", &PostParams::default(), serde_json::to_vec(&request).unwrap())
-        .await
-        .unwrap();
+    let token: TokenRequest =
+        accounts.create_subresource("token", "provgate", &PostParams::default(), &request).await.unwrap();
     cluster.client_with_token(&token.status.unwrap().token)
 }
 

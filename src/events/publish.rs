@@ -135,8 +135,7 @@ impl Publisher {
         let Target { api_version, kind, name, namespace, uid } = &key.target;
         Event {
             metadata: ObjectMeta {
-                // The API server cuts the prefix to fit and appends a random suffix.
-                generate_name: Some(format!("{name}.")),
+                name: Some(event_name(name, first)),
                 namespace: Some(namespace.clone()),
                 ..ObjectMeta::default()
             },
@@ -161,6 +160,16 @@ impl Publisher {
     }
 }
 
+/// `OBJECT.NANOS` (hex), as client-go and kube-runtime name Events, within the 253 bytes of a DNS subdomain. The
+/// API server's strict Event validation refuses a `generateName` ending in `.`, so the name is made here.
+fn event_name(object: &str, first: SystemTime) -> String {
+    let nanos = first.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let suffix = format!(".{nanos:x}");
+    let cut = object.get(..object.len().min(253 - suffix.len())).unwrap_or(object);
+    let prefix = cut.trim_end_matches(['.', '-']);
+    format!("{prefix}{suffix}")
+}
+
 fn event_series(count: u32, last: SystemTime) -> EventSeries {
     EventSeries { count: i32::try_from(count).unwrap_or(i32::MAX), last_observed_time: MicroTime(timestamp(last)) }
 }
@@ -175,5 +184,20 @@ fn flatten<T>(result: Result<Result<T, kube::Error>, tokio::time::error::Elapsed
         Ok(Ok(value)) => Ok(value),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!("no answer in {CALL_TIMEOUT:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_names_are_dns_subdomains_of_the_object_and_time() {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_nanos(0xabc);
+        assert_eq!(event_name("web", at), "web.abc");
+        // 2027: 16 hex digits of nanoseconds, so 236 bytes of the object's name fit; a cut never ends in . or -.
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let long = format!("{}.-{}", "a".repeat(234), "b".repeat(17));
+        assert_eq!(event_name(&long, at), format!("{}.18fae27693b40000", "a".repeat(234)));
     }
 }
