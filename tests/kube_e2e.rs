@@ -550,6 +550,38 @@ async fn denials_and_warnings_raise_one_event_series_on_the_object_its_owner_or_
     got.sort();
     assert_eq!(got, want, "{series:?}");
     assert!(provgate_events(&admin, "team-dry").await.is_empty(), "a dry run raises no Event");
+
+    // A flood of denials about distinct objects (forged UPDATEs posted straight to the webhook, as a caller that
+    // reaches its Service could): Events are written within the budget (a burst of 50, then 10 per second), and
+    // every one is written in the end.
+    namespace(&admin, "team-flood", false).await;
+    let started = Instant::now();
+    for i in 0..120 {
+        let pod = |image: &str| {
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": format!("p{i}"), "namespace": "team-flood", "uid": format!("uid-{i}")},
+                                      "spec": {"containers": [{"name": "app", "image": image}]}})
+        };
+        let review = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+            "uid": format!("flood-{i}"), "kind": {"group": "", "version": "v1", "kind": "Pod"}, "namespace": "team-flood",
+            "name": format!("p{i}"), "operation": "UPDATE", "userInfo": {"username": "mallory"},
+            "object": pod("quay.io/evil/miner:latest"), "oldObject": pod("quay.io/evil/miner:old")}});
+        assert_eq!(hook.review(&review).await["allowed"], false);
+    }
+    let budget = |since: Duration| 50 + 10 * (since.as_secs() as usize + 1);
+    loop {
+        // Measured after the list, so `since` covers every write it can see.
+        let written = provgate_events(&admin, "team-flood").await.len();
+        let since = started.elapsed();
+        assert!(written <= budget(since), "{written} Events written in {since:?}");
+        if written == 120 {
+            break;
+        }
+        assert!(since < Duration::from_secs(40), "only {written} of 120 Events written in {since:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(6500), "at 10 per second, the 70 beyond the burst take 7 s, not {took:?}");
+
     let (_, metrics) = hook.admin_get("/metrics").await;
     assert!(metrics.contains("provgate_events_dropped_total 0"), "{metrics}");
     let Webhook { running, .. } = hook;
