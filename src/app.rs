@@ -19,7 +19,7 @@ use crate::metrics::Metrics;
 use crate::policy::PolicyStore;
 use crate::policy::trust::AuthoritySource;
 use crate::registry::RegistryClient;
-use crate::{certs, tls};
+use crate::{certs, events, tls};
 
 /// Connections open at once on the admin port (probes and metrics scrapes).
 pub const ADMIN_MAX_CONNECTIONS: usize = 64;
@@ -82,6 +82,11 @@ pub async fn start_with(config: Config, kube: Option<kube::Client>) -> anyhow::R
     let server_tls = tls::ServerTls::load(&files)?;
     let mut metrics = Metrics::default();
     metrics.register_certificate_expiry(server_tls.expiry());
+    // Denials and warnings as Kubernetes Events, when there is a cluster (the task stops with its last handle).
+    let events = kube.clone().map(events::publish::start);
+    if let Some((events, _)) = &events {
+        metrics.register_events_dropped(events.dropped());
+    }
     let metrics = Arc::new(metrics);
     if let Some(ca) = &files.client_ca {
         tracing::info!(client_ca = %ca.display(), "clients must present a certificate issued by this CA");
@@ -96,7 +101,12 @@ pub async fn start_with(config: Config, kube: Option<kube::Client>) -> anyhow::R
     let keys = key_store(&policies, kube.clone()).await;
     tasks.push(tokio::spawn(track_secrets(policies.clone(), keys.clone(), config.policy_poll)));
     let engine = engine_with(&config, policies.clone(), keys, kube, Some(&metrics))?;
-    let webhook = Arc::new(Webhook::new(engine, audit.clone(), metrics.clone(), &config));
+    let mut webhook = Webhook::new(engine, audit.clone(), metrics.clone(), &config);
+    if let Some((events, publisher)) = events {
+        webhook.events = events;
+        tasks.push(publisher);
+    }
+    let webhook = Arc::new(webhook);
 
     let listener =
         tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("listen {}", config.listen))?;

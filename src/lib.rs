@@ -12,6 +12,7 @@ pub mod config;
 pub mod credentials;
 pub mod decide;
 pub mod engine;
+pub mod events;
 pub mod flights;
 pub mod gather;
 pub mod images;

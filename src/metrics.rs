@@ -78,6 +78,15 @@ impl Metrics {
         );
     }
 
+    /// Exposes the count of Kubernetes Events dropped (queue full, or too many live series).
+    pub fn register_events_dropped(&mut self, counter: prometheus_client::metrics::counter::Counter) {
+        self.registry.register(
+            "events_dropped",
+            "Kubernetes Events dropped: queue full or too many live series",
+            counter,
+        );
+    }
+
     /// The OpenMetrics text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();

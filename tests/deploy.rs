@@ -114,7 +114,20 @@ fn rbac_reads_secrets_in_its_own_namespace_only_by_default() {
     let docs = documents();
     let role = find(&docs, "Role");
     assert_eq!(role["metadata"]["namespace"], "provgate-system");
-    assert!(docs.iter().all(|d| d["kind"] != "ClusterRole"), "cluster-wide reads are opt-in (deploy/optional)");
+    // Cluster-wide, provgate may only write Events (reads are opt-in, deploy/optional).
+    let cluster_roles: Vec<&Value> = docs.iter().filter(|d| d["kind"] == "ClusterRole").collect();
+    assert_eq!(cluster_roles.len(), 1, "one ClusterRole, for Events");
+    assert_eq!(
+        cluster_roles[0]["rules"],
+        json!([{"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]}]),
+        "Events: create and patch only"
+    );
+    let binding = find(&docs, "ClusterRoleBinding");
+    assert_eq!(binding["roleRef"]["name"], cluster_roles[0]["metadata"]["name"]);
+    assert_eq!(
+        binding["subjects"],
+        json!([{"kind": "ServiceAccount", "name": "provgate", "namespace": "provgate-system"}])
+    );
 }
 
 #[test]

@@ -9,10 +9,11 @@ mod support;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::events::v1::Event as EventV1;
 use kube::Api;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::core::Status;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -385,6 +386,206 @@ async fn with_a_client_ca_only_the_apiserver_presenting_its_certificate_is_serve
     assert!(status.message.contains(&format!("failed calling webhook \"{WEBHOOK}\"")), "{}", status.message);
     assert!(other.audit_records().is_empty(), "nothing reached the webhook without a client certificate");
     assert!(pods.get_opt("no-client-cert").await.unwrap().is_none());
+}
+
+/// The Events in `namespace` whose reason is `reason` (ProvgateDenied or ProvgateWarned).
+async fn provgate_events(client: &kube::Client, namespace: &str) -> Vec<EventV1> {
+    let events: Api<EventV1> = Api::namespaced(client.clone(), namespace);
+    let list = events.list(&ListParams::default()).await.unwrap();
+    list.items.into_iter().filter(|e| e.reason.as_deref().is_some_and(|r| r.starts_with("Provgate"))).collect()
+}
+
+/// Waits (at most 30 s) until `namespace` holds an Event about `kind`/`name` with `reason` and at least `count`
+/// occurrences; returns it.
+async fn wait_event(
+    client: &kube::Client,
+    namespace: &str,
+    kind: &str,
+    name: &str,
+    reason: &str,
+    count: i32,
+) -> EventV1 {
+    let start = Instant::now();
+    loop {
+        let found = provgate_events(client, namespace).await.into_iter().find(|e| {
+            let regarding = e.regarding.as_ref().unwrap();
+            (regarding.kind.as_deref(), regarding.name.as_deref(), e.reason.as_deref())
+                == (Some(kind), Some(name), Some(reason))
+                && e.series.as_ref().map_or(1, |s| s.count) >= count
+        });
+        if let Some(event) = found {
+            return event;
+        }
+        let all = provgate_events(client, namespace).await;
+        assert!(start.elapsed() < Duration::from_secs(30), "no {reason} Event x{count} on {kind}/{name}: {all:#?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A client for the `provgate` ServiceAccount holding only what `deploy/rbac.yaml` grants cluster-wide.
+async fn deployed_rbac_client(cluster: &Cluster, admin: &kube::Client) -> kube::Client {
+    use k8s_openapi::api::authentication::v1::TokenRequest;
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+    use serde::Deserialize as _;
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/rbac.yaml")).unwrap();
+    for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+        let doc = Value::deserialize(doc).unwrap();
+        match doc["kind"].as_str().unwrap() {
+            "ClusterRole" => {
+                drop(Api::<ClusterRole>::all(admin.clone()).create(&PostParams::default(), &object(doc)).await.unwrap())
+            }
+            "ClusterRoleBinding" => drop(
+                Api::<ClusterRoleBinding>::all(admin.clone())
+                    .create(&PostParams::default(), &object(doc))
+                    .await
+                    .unwrap(),
+            ),
+            "ServiceAccount" => {
+                let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), "provgate-system");
+                accounts.create(&PostParams::default(), &object(doc)).await.unwrap();
+            }
+            _ => {}
+        }
+    }
+    let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), "provgate-system");
+    let request: TokenRequest = object(json!({"spec": {"audiences": ["https://kubernetes.default.svc"]}}));
+    let token: TokenRequest =
+        accounts.create_subresource("token", "provgate", &PostParams::default(), &request).await.unwrap();
+    cluster.client_with_token(&token.status.unwrap().token)
+}
+
+#[tokio::test]
+async fn denials_and_warnings_raise_one_event_series_on_the_object_its_owner_or_its_namespace() {
+    let _one = ONE_CLUSTER.lock().await;
+    let images = Images::start();
+    let cluster = Cluster::start().await;
+    let admin = cluster.client();
+    for ns in [NS, "team-warn", "team-dry"] {
+        namespace(&admin, ns, false).await;
+    }
+    namespace(&admin, "provgate-system", true).await;
+    // The webhook writes Events as its ServiceAccount, with only the deploy/ RBAC.
+    let client = deployed_rbac_client(&cluster, &admin).await;
+    let key = images.keys.path().join("chains.pub").display().to_string();
+    let policy = |name: &str, mode: &str, namespaces: &str| {
+        format!(
+            "apiVersion: provgate.dev/v1alpha1\nkind: ImagePolicy\nmetadata: {{name: {name}}}\nspec:\n  mode: {mode}\n  match: {{images: [\"**\"], namespaces: [{namespaces}]}}\n  authorities: [{{name: chains, key: \"{key}\"}}]\n  require: {{signature: true}}\n"
+        )
+    };
+    let policies = [
+        ("signed.yaml", policy("signed", "enforce", "team-a, team-dry")),
+        ("warned.yaml", policy("warned", "warn", "team-warn")),
+    ];
+    let (host, config) = (images.registry.addr.clone(), images.registry.host_config());
+    let hook = Webhook::start_with(&policies, Some(client), move |c| {
+        c.registries.hosts.insert(host, config);
+    })
+    .await;
+    let (signed, unsigned) = (images.image("signed"), images.image("unsigned"));
+    register(&admin, &hook, &signed).await;
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), NS);
+
+    // Admitted: no Event. A dry run, even denied, has no side effects: no Event either.
+    pods.create(&PostParams::default(), &pod("quiet", &signed)).await.unwrap();
+    pods.create(&PostParams::default(), &pod("admitted", &signed)).await.unwrap();
+    let dry = PostParams { dry_run: true, ..PostParams::default() };
+    let dry_pods: Api<Pod> = Api::namespaced(admin.clone(), "team-dry");
+    assert_denied(&api_error(dry_pods.create(&dry, &pod("dry", &unsigned)).await), &["no signatures found"]);
+
+    // A denied CREATE of a Pod nobody owns: on its Namespace, one series however often it is retried.
+    for _ in 0..3 {
+        assert_denied(&api_error(pods.create(&PostParams::default(), &pod("unsigned", &unsigned)).await), &[]);
+    }
+    let record = hook.audit_records().into_iter().rev().find(|r| r["name"] == "unsigned").unwrap();
+    let code = record["images"][0]["reason"].as_str().unwrap().to_owned();
+    let event = wait_event(&admin, NS, "Namespace", NS, "ProvgateDenied", 3).await;
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+    let note = event.note.clone().unwrap();
+    for needle in [&format!("image {unsigned} denied"), "by policy signed", &format!("({code})"), "no signatures found"]
+    {
+        assert!(note.contains(needle), "{note:?} should contain {needle:?}");
+    }
+    let uid = note.rsplit("provgate audit show ").next().unwrap().trim_end_matches(')');
+    let first = hook.audit_records().into_iter().find(|r| r["uid"] == uid).unwrap();
+    assert_eq!((first["name"].as_str(), first["decision"].as_str()), (Some("unsigned"), Some("deny")), "{first}");
+    assert_eq!(event.series.as_ref().unwrap().count, 3, "three denials, one series");
+
+    // A Pod its ReplicaSet creates: on the ReplicaSet, which `kubectl describe rs` shows.
+    let sets: Api<ReplicaSet> = Api::namespaced(admin.clone(), NS);
+    let rs: ReplicaSet = object(json!({"metadata": {"name": "web"}, "spec": {
+        "selector": {"matchLabels": {"app": "web"}},
+        "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "app", "image": signed}]}}}}));
+    let rs_uid = sets.create(&PostParams::default(), &rs).await.unwrap().metadata.uid.unwrap();
+    let mut owned = pod("", &unsigned);
+    owned.metadata = object(json!({"generateName": "web-", "labels": {"app": "web"}, "ownerReferences": [{
+        "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web", "uid": rs_uid, "controller": true}]}));
+    api_error(pods.create(&PostParams::default(), &owned).await);
+    let event = wait_event(&admin, NS, "ReplicaSet", "web", "ProvgateDenied", 1).await;
+    assert_eq!(event.regarding.as_ref().unwrap().uid.as_deref(), Some(rs_uid.as_str()));
+
+    // A denied UPDATE: on the Pod itself.
+    let pod_uid = pods.get("admitted").await.unwrap().metadata.uid.unwrap();
+    let swap = json!({"spec": {"containers": [{"name": "app", "image": unsigned}]}});
+    api_error(pods.patch("admitted", &PatchParams::default(), &Patch::Strategic(&swap)).await);
+    // The API server may review one patch twice (it retries against fresh data): each review counts once.
+    let reviews = hook.audit_records().iter().filter(|r| r["name"] == "admitted" && r["operation"] == "UPDATE").count();
+    let event = wait_event(&admin, NS, "Pod", "admitted", "ProvgateDenied", i32::try_from(reviews).unwrap()).await;
+    assert_eq!(event.regarding.as_ref().unwrap().uid.as_deref(), Some(pod_uid.as_str()));
+    assert_eq!(event.series.map_or(1, |s| s.count), i32::try_from(reviews).unwrap(), "{reviews} reviews");
+
+    // A warn-mode failure: admitted, with a ProvgateWarned Event.
+    let warn_pods: Api<Pod> = Api::namespaced(admin.clone(), "team-warn");
+    warn_pods.create(&PostParams::default(), &pod("warned", &unsigned)).await.unwrap();
+    let event = wait_event(&admin, "team-warn", "Namespace", "team-warn", "ProvgateWarned", 1).await;
+    assert!(event.note.unwrap().contains("admitted with a warning by policy warned"));
+
+    // Every Event accounted for: the admissions and the dry run raised none.
+    let series: Vec<(String, String)> = provgate_events(&admin, NS)
+        .await
+        .into_iter()
+        .map(|e| (e.regarding.unwrap().kind.unwrap(), e.reason.unwrap()))
+        .collect();
+    let want = ["Namespace", "Pod", "ReplicaSet"].map(|k| (k.to_owned(), "ProvgateDenied".to_owned()));
+    let mut got = series.clone();
+    got.sort();
+    assert_eq!(got, want, "{series:?}");
+    assert!(provgate_events(&admin, "team-dry").await.is_empty(), "a dry run raises no Event");
+
+    // A flood of denials about distinct objects (forged UPDATEs posted straight to the webhook, as a caller that
+    // reaches its Service could): Events are written within the budget (a burst of 50, then 10 per second), and
+    // every one is written in the end.
+    namespace(&admin, "team-flood", false).await;
+    let started = Instant::now();
+    for i in 0..120 {
+        let pod = |image: &str| {
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": format!("p{i}"), "namespace": "team-flood", "uid": format!("uid-{i}")},
+                                      "spec": {"containers": [{"name": "app", "image": image}]}})
+        };
+        let review = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+            "uid": format!("flood-{i}"), "kind": {"group": "", "version": "v1", "kind": "Pod"}, "namespace": "team-flood",
+            "name": format!("p{i}"), "operation": "UPDATE", "userInfo": {"username": "mallory"},
+            "object": pod("quay.io/evil/miner:latest"), "oldObject": pod("quay.io/evil/miner:old")}});
+        assert_eq!(hook.review(&review).await["allowed"], false);
+    }
+    let budget = |since: Duration| 50 + 10 * (since.as_secs() as usize + 1);
+    loop {
+        // Measured after the list, so `since` covers every write it can see.
+        let written = provgate_events(&admin, "team-flood").await.len();
+        let since = started.elapsed();
+        assert!(written <= budget(since), "{written} Events written in {since:?}");
+        if written == 120 {
+            break;
+        }
+        assert!(since < Duration::from_secs(40), "only {written} of 120 Events written in {since:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(6500), "at 10 per second, the 70 beyond the burst take 7 s, not {took:?}");
+
+    let (_, metrics) = hook.admin_get("/metrics").await;
+    assert!(metrics.contains("provgate_events_dropped_total 0"), "{metrics}");
+    let Webhook { running, .. } = hook;
+    running.shutdown().await;
 }
 
 /// The mutating configuration sending what [`webhook_configuration`] sends (same rules and namespaceSelector) to

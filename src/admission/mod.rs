@@ -24,6 +24,7 @@ use crate::audit::{self, AuditLog};
 use crate::config::Config;
 use crate::decide::Decision;
 use crate::engine::Engine;
+use crate::events::Events;
 use crate::metrics::Metrics;
 use crate::reason::Reason;
 use review::{BadReview, Request};
@@ -32,6 +33,8 @@ pub struct Webhook {
     pub engine: Engine,
     pub audit: AuditLog,
     pub metrics: Arc<Metrics>,
+    /// Where denials and warnings go as Kubernetes Events (nowhere without a cluster).
+    pub events: Events,
     pub max_body: usize,
     /// How long the body may take to arrive once the request head has.
     pub body_timeout: Duration,
@@ -57,6 +60,7 @@ impl Webhook {
             engine,
             audit,
             metrics,
+            events: Events::disabled(),
             max_body: config.max_request_bytes,
             body_timeout: config.server.header_read_timeout,
             body_budget: Semaphore::new(config.server.max_request_bytes_in_flight.min(Semaphore::MAX_PERMITS)),
@@ -166,6 +170,7 @@ async fn validate(State(webhook): State<Arc<Webhook>>, request: axum::extract::R
     let elapsed = clock.elapsed();
     span.record("decision", tracing::field::debug(decision.verdict()));
     webhook.metrics.observe(&decision, elapsed.as_secs_f64());
+    webhook.events.notify(&incoming.uid, incoming.request.as_ref().ok(), &decision);
     let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let record = audit::record(&incoming.uid, incoming.request.as_ref().ok(), &decision, elapsed, time);
     webhook.audit.submit(&record);
