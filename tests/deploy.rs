@@ -104,9 +104,10 @@ fn the_deployment_is_redundant_unprivileged_and_ready_only_when_policies_load() 
         container["volumeMounts"].as_array().unwrap().iter().map(|m| m["mountPath"].as_str().unwrap()).collect();
     let config: Value =
         serde_yaml_ng::from_str(&std::fs::read_to_string(deploy().join("provgate.yaml")).unwrap()).unwrap();
-    for path in [config["tls"]["certFile"].as_str().unwrap(), config["policies"].as_str().unwrap()] {
-        assert!(mounts.iter().any(|m| path.starts_with(m)), "{path} is not mounted");
-    }
+    let path = config["policies"].as_str().unwrap();
+    assert!(mounts.iter().any(|m| path.starts_with(m)), "{path} is not mounted");
+    assert!(config["tls"]["managed"].is_object(), "deploy/ manages its own serving certificate");
+    assert!(!mounts.contains(&"/tls"), "managed TLS reads its Secret through the API, not a volume");
 }
 
 #[test]
@@ -114,7 +115,21 @@ fn rbac_reads_secrets_in_its_own_namespace_only_by_default() {
     let docs = documents();
     let role = find(&docs, "Role");
     assert_eq!(role["metadata"]["namespace"], "provgate-system");
-    assert!(docs.iter().all(|d| d["kind"] != "ClusterRole"), "cluster-wide reads are opt-in (deploy/optional)");
+    // The only cluster-wide grant: get/patch of provgate's own webhook configurations, by name.
+    let cluster_roles: Vec<&Value> = docs.iter().filter(|d| d["kind"] == "ClusterRole").collect();
+    assert_eq!(cluster_roles.len(), 1, "cluster-wide reads are opt-in (deploy/optional)");
+    for rule in cluster_roles[0]["rules"].as_array().unwrap() {
+        assert_eq!(rule["resourceNames"], json!(["provgate"]), "{rule}");
+        assert_eq!(rule["verbs"], json!(["get", "patch"]), "{rule}");
+    }
+    // Managed TLS: every Secret verb but create names the one Secret; create cannot be narrowed by name.
+    let tls = docs.iter().find(|d| d["kind"] == "Role" && d["metadata"]["name"] == "provgate-tls").unwrap();
+    for rule in tls["rules"].as_array().unwrap() {
+        assert_eq!(rule["resources"], json!(["secrets"]));
+        if rule["verbs"] != json!(["create"]) {
+            assert_eq!(rule["resourceNames"], json!(["provgate-tls"]), "{rule}");
+        }
+    }
 }
 
 #[test]
