@@ -565,16 +565,17 @@ async fn managed_tls_creates_its_secret_publishes_its_ca_to_its_own_webhook_only
 
     // Hostile: someone else's CA (with its key) put in the Secret, which does not sign the serving certificate.
     // It is never published; the Secret is replaced with a fresh CA and pair, and that one is published.
-    let foreign = provgate::certs::generate(&["attacker".into()], &[]).unwrap();
+    let foreign = provgate::certs::new_ca(time::OffsetDateTime::now_utc(), time::Duration::days(30)).unwrap();
     let secrets: Api<Secret> = Api::namespaced(client.clone(), TLS_NS);
-    let edit = json!({"stringData": {"ca-signing.crt": foreign.ca_pem, "ca.crt": foreign.ca_pem}});
+    let edit = json!({"stringData": {
+        "ca-signing.crt": foreign.cert_pem, "ca-signing.key": foreign.key_pem, "ca.crt": foreign.cert_pem}});
     secrets.patch(TLS_SECRET, &PatchParams::default(), &Patch::Merge(&edit)).await.unwrap();
     let start = Instant::now();
     loop {
         let published = unb64(&published_bundle(&client, WEBHOOK).await.unwrap());
-        assert!(!published.contains(foreign.ca_pem.trim()), "a CA that does not sign the leaf was published");
+        assert!(!published.contains(foreign.cert_pem.trim()), "a CA that does not sign the leaf was published");
         let now_bundle = tls_secret_value(&client, "ca.crt").await;
-        if now_bundle != foreign.ca_pem && now_bundle != bundle && published == now_bundle {
+        if now_bundle != foreign.cert_pem && now_bundle != bundle && published == now_bundle {
             break;
         }
         assert!(start.elapsed() < Duration::from_secs(30), "the edited Secret was not replaced in 30 s");
