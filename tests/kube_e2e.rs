@@ -424,7 +424,7 @@ async fn managed_webhook(
         .await
 }
 
-/// A webhook configuration named `name` calling `https://127.0.0.1:PORT/validate` for Pods in non-exempt
+/// A webhook configuration named `name` (its one webhook named `WEBHOOK`) calling `https://127.0.0.1:PORT/validate` for Pods in non-exempt
 /// namespaces, with `ca_bundle` when given (none: provgate is to write it).
 fn url_webhook_configuration(name: &str, port: u16, ca_bundle: Option<&str>) -> ValidatingWebhookConfiguration {
     let mut client_config = json!({"url": format!("https://127.0.0.1:{port}/validate")});
@@ -434,7 +434,7 @@ fn url_webhook_configuration(name: &str, port: u16, ca_bundle: Option<&str>) -> 
     object(json!({
         "metadata": {"name": name},
         "webhooks": [{
-            "name": name,
+            "name": WEBHOOK,
             "admissionReviewVersions": ["v1"],
             "sideEffects": "None",
             "failurePolicy": "Fail",
@@ -687,4 +687,99 @@ async fn forced_renewals_and_ca_rollovers_under_load_fail_no_request() {
     assert!(leaves.len() >= 5, "the serving certificate was renewed during the load ({} seen)", leaves.len());
     assert!(cas.len() >= 2, "a CA rollover happened during the load ({} seen)", cas.len());
     drop((hook, other));
+}
+
+/// Creates every object of `deploy/rbac.yaml` with the admin `client`.
+async fn apply_shipped_rbac(client: &kube::Client) {
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/rbac.yaml");
+    let text = std::fs::read_to_string(path).unwrap();
+    for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+        let doc = <Value as serde::Deserialize>::deserialize(doc).unwrap();
+        let ns = doc["metadata"]["namespace"].as_str().unwrap_or_default().to_owned();
+        let pp = PostParams::default();
+        match doc["kind"].as_str().unwrap() {
+            "ServiceAccount" => {
+                drop(Api::<ServiceAccount>::namespaced(client.clone(), &ns).create(&pp, &object(doc)).await.unwrap())
+            }
+            "Role" => drop(Api::<Role>::namespaced(client.clone(), &ns).create(&pp, &object(doc)).await.unwrap()),
+            "RoleBinding" => {
+                drop(Api::<RoleBinding>::namespaced(client.clone(), &ns).create(&pp, &object(doc)).await.unwrap())
+            }
+            "ClusterRole" => drop(Api::<ClusterRole>::all(client.clone()).create(&pp, &object(doc)).await.unwrap()),
+            "ClusterRoleBinding" => {
+                drop(Api::<ClusterRoleBinding>::all(client.clone()).create(&pp, &object(doc)).await.unwrap())
+            }
+            other => panic!("unexpected {other} in deploy/rbac.yaml"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn managed_tls_works_with_the_shipped_rbac_and_is_refused_anything_more() {
+    use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+    use k8s_openapi::api::authentication::v1::TokenRequest;
+    let _one = ONE_CLUSTER.lock().await;
+    let images = Images::start();
+    let cluster = Cluster::start().await;
+    let admin = cluster.client();
+    namespace(&admin, NS, false).await;
+    namespace(&admin, TLS_NS, true).await;
+    apply_shipped_rbac(&admin).await;
+    let request: TokenRequest =
+        object(json!({"spec": {"audiences": ["https://kubernetes.default.svc"], "expirationSeconds": 3600}}));
+    let token = Api::<ServiceAccount>::namespaced(admin.clone(), TLS_NS)
+        .create_token_request("provgate", &PostParams::default(), &request)
+        .await
+        .unwrap();
+    let provgate_client = cluster.client_with_token(&token.status.unwrap().token);
+
+    // provgate's own configurations, by the names deploy/ uses, and one that is not its own.
+    let port = free_port();
+    let configs: Api<ValidatingWebhookConfiguration> = Api::all(admin.clone());
+    configs.create(&PostParams::default(), &url_webhook_configuration("provgate", port, None)).await.unwrap();
+    let bystander = url_webhook_configuration("bystander.example.com", free_port(), Some(&b64("x")));
+    let mut bystander = bystander;
+    bystander.webhooks.as_mut().unwrap()[0].failure_policy = Some("Ignore".into());
+    bystander.webhooks.as_mut().unwrap()[0].rules.as_mut().unwrap()[0].resources = Some(vec!["configmaps".into()]);
+    configs.create(&PostParams::default(), &bystander).await.unwrap();
+    let mutating: MutatingWebhookConfiguration = object(json!({"metadata": {"name": "provgate"}}));
+    Api::<MutatingWebhookConfiguration>::all(admin.clone()).create(&PostParams::default(), &mutating).await.unwrap();
+
+    // Renewing at every check, so update is exercised too.
+    let managed = provgate::config::ManagedTlsConfig {
+        webhooks: provgate::config::WebhookNames {
+            validating: vec!["provgate".into()],
+            mutating: vec!["provgate".into()],
+        },
+        validity: Duration::from_secs(3600),
+        renew_before: Duration::from_secs(7200),
+        ..managed_tls()
+    };
+    let hook = managed_webhook(&images, &provgate_client, port, managed).await;
+    let first = tls_secret_value(&admin, "tls.crt").await;
+    let bundle = tls_secret_value(&admin, "ca.crt").await;
+    assert_eq!(published_bundle(&admin, "provgate").await.map(|b| unb64(&b)), Some(bundle));
+    wait_called(&admin, &hook, &images.image("signed")).await;
+    let start = Instant::now();
+    while tls_secret_value(&admin, "tls.crt").await == first {
+        assert!(start.elapsed() < Duration::from_secs(10), "no renewal with the shipped RBAC");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Nothing beyond: another webhook configuration, another Secret.
+    let as_provgate: Api<ValidatingWebhookConfiguration> = Api::all(provgate_client.clone());
+    let patch = json!({"webhooks": [{"name": WEBHOOK, "clientConfig": {"caBundle": b64("y")}}]});
+    let status =
+        api_error(as_provgate.patch("bystander.example.com", &PatchParams::default(), &Patch::Strategic(&patch)).await);
+    assert_eq!(status.code, 403, "{status:?}");
+    let other: Secret = object(json!({"metadata": {"name": "other"}, "stringData": {"k": "v"}}));
+    Api::<Secret>::namespaced(admin.clone(), TLS_NS).create(&PostParams::default(), &other).await.unwrap();
+    let secrets: Api<Secret> = Api::namespaced(provgate_client.clone(), TLS_NS);
+    let edit = json!({"stringData": {"k": "changed"}});
+    let status = api_error(secrets.patch("other", &PatchParams::default(), &Patch::Merge(&edit)).await);
+    assert_eq!(status.code, 403, "{status:?}");
+    let mut whole = secrets.get("other").await.unwrap();
+    whole.string_data = Some([("k".to_owned(), "changed".to_owned())].into());
+    assert_eq!(api_error(secrets.replace("other", &PostParams::default(), &whole).await).code, 403);
 }

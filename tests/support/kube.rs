@@ -134,6 +134,16 @@ impl Cluster {
         kube::Client::try_from(config).unwrap()
     }
 
+    /// A kube-rs client authenticating with the bearer `token` (a ServiceAccount's, say).
+    pub fn client_with_token(&self, token: &str) -> kube::Client {
+        let mut config = kube::Config::new(self.url.parse().unwrap());
+        config.root_cert_file = Some(self.tls.ca_pem.clone());
+        config.auth_info.token = Some(token.to_owned().into());
+        config.default_namespace = "default".into();
+        config.read_timeout = Some(Duration::from_secs(60));
+        kube::Client::try_from(config).unwrap()
+    }
+
     /// The apiserver's log so far (for assertion messages).
     pub fn log(&self) -> String {
         self.apiserver.log_text()
