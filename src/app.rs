@@ -15,6 +15,7 @@ use crate::credentials::PullSecrets;
 use crate::engine::{Engine, ReviewLimits};
 use crate::gather::Gatherer;
 use crate::keys::{KeyRef, KeyStore, SecretRef, SecretWatch};
+use crate::managed_tls::ManagedTls;
 use crate::metrics::Metrics;
 use crate::policy::PolicyStore;
 use crate::policy::trust::AuthoritySource;
@@ -77,9 +78,9 @@ pub async fn start_with(config: Config, kube: Option<kube::Client>) -> anyhow::R
             tracing::error!(path = %config.policies.display(), %errors, "policies do not load; not ready, denying every review until they do")
         }
     }
-    let (cert, key) = serving_pair(&config)?;
-    let files = tls::TlsFiles { cert, key, client_ca: config.tls.client_ca_file.clone() };
-    let server_tls = tls::ServerTls::load(&files)?;
+    let reload = config.tls.reload_interval.unwrap_or(Duration::from_secs(30));
+    let mut tasks = vec![tokio::spawn(policies.clone().watch(config.policies.clone(), config.policy_poll))];
+    let server_tls = serving_tls(&config, kube.clone(), reload, &mut tasks).await?;
     let mut metrics = Metrics::default();
     metrics.register_certificate_expiry(server_tls.expiry());
     // Denials and warnings as Kubernetes Events, when there is a cluster (the task stops with its last handle).
@@ -88,14 +89,9 @@ pub async fn start_with(config: Config, kube: Option<kube::Client>) -> anyhow::R
         metrics.register_events_dropped(events.dropped());
     }
     let metrics = Arc::new(metrics);
-    if let Some(ca) = &files.client_ca {
+    if let Some(ca) = &config.tls.client_ca_file {
         tracing::info!(client_ca = %ca.display(), "clients must present a certificate issued by this CA");
     }
-    let reload = config.tls.reload_interval.unwrap_or(Duration::from_secs(30));
-    let mut tasks = vec![
-        tokio::spawn(policies.clone().watch(config.policies.clone(), config.policy_poll)),
-        tokio::spawn(server_tls.clone().watch(files, reload)),
-    ];
     let audit = AuditLog::open(&config.audit, metrics.audit.clone())
         .with_context(|| format!("audit log {:?}", config.audit.log))?;
     let keys = key_store(&policies, kube.clone()).await;
@@ -221,6 +217,36 @@ async fn track_secrets(policies: Arc<PolicyStore>, keys: KeyStore, period: Durat
         }
     }
 }
+
+/// The HTTPS server's TLS: from the managed Secret (renewed and followed in the background) when `tls.managed` is
+/// set, else from files (re-read every `reload`).
+async fn serving_tls(
+    config: &Config,
+    kube: Option<kube::Client>,
+    reload: Duration,
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> anyhow::Result<tls::ServerTls> {
+    let client_ca = config.tls.client_ca_file.clone();
+    if let Some(managed) = &config.tls.managed {
+        let kube = kube.context("tls.managed needs the Kubernetes API, and none answered")?;
+        let managed = ManagedTls::new(kube, managed.clone());
+        let pair = managed.ensure(MANAGED_TLS_READY_TIMEOUT).await?;
+        let server_tls = tls::ServerTls::from_pair(&pair, &managed.source(), client_ca.clone())?;
+        let (pairs, followed) = tokio::sync::watch::channel(pair);
+        tasks.push(tokio::spawn(server_tls.clone().follow(followed, managed.source(), client_ca, reload)));
+        tasks.push(tokio::spawn(managed.clone().follow(pairs)));
+        tasks.push(tokio::spawn(managed.run()));
+        return Ok(server_tls);
+    }
+    let (cert, key) = serving_pair(config)?;
+    let files = tls::TlsFiles { cert, key, client_ca };
+    let server_tls = tls::ServerTls::load(&files)?;
+    tasks.push(tokio::spawn(server_tls.clone().watch(files, reload)));
+    Ok(server_tls)
+}
+
+/// How long start-up waits for the managed Secret to hold a servable pair.
+pub const MANAGED_TLS_READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The configured serving pair, or the embedded default's self-signed one under `./certs`.
 fn serving_pair(config: &Config) -> anyhow::Result<(PathBuf, PathBuf)> {

@@ -33,30 +33,66 @@ pub fn service_names(service: &str, namespace: &str) -> Vec<String> {
     ]
 }
 
-/// A fresh CA (10 years) and a serving certificate (1 year) for `dns_names` and `ips`.
-pub fn generate(dns_names: &[String], ips: &[IpAddr]) -> Result<Generated, rcgen::Error> {
-    let ca_key = KeyPair::generate()?;
+/// A CA certificate and the key that signs with it, both PEM.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CaPair {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for CaPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaPair").field("cert_pem", &self.cert_pem).finish_non_exhaustive()
+    }
+}
+
+/// How far back certificates are dated, so a peer whose clock lags still accepts them.
+const BACKDATE: time::Duration = time::Duration::hours(1);
+
+/// A fresh self-signed CA valid from `now` (backdated an hour) for `validity`. Its name carries the time it was
+/// made, so the CAs of a rollover are told apart in a bundle.
+pub fn new_ca(now: time::OffsetDateTime, validity: time::Duration) -> Result<CaPair, rcgen::Error> {
+    let key = KeyPair::generate()?;
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
-    ca.distinguished_name.push(DnType::CommonName, "provgate webhook CA");
+    ca.distinguished_name.push(DnType::CommonName, format!("provgate webhook CA {}", now.unix_timestamp()));
     ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-    // Backdated a little so a peer whose clock lags still accepts it.
-    let now = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
-    ca.not_before = now;
-    ca.not_after = now + time::Duration::days(3650);
-    let ca_cert = ca.self_signed(&ca_key)?;
-    let issuer = Issuer::new(ca, ca_key);
+    ca.not_before = now - BACKDATE;
+    ca.not_after = now + validity;
+    let cert = ca.self_signed(&key)?;
+    Ok(CaPair { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+}
 
+/// A serving certificate for `dns_names` and `ips` signed by `ca`, valid from `now` (backdated an hour) for
+/// `validity` but never past `ca_not_after`: `(certificate PEM, key PEM)`.
+pub fn issue_serving(
+    ca: &CaPair,
+    ca_not_after: time::OffsetDateTime,
+    dns_names: &[String],
+    ips: &[IpAddr],
+    now: time::OffsetDateTime,
+    validity: time::Duration,
+) -> Result<(String, String), rcgen::Error> {
+    let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, KeyPair::from_pem(&ca.key_pem)?)?;
     let key = KeyPair::generate()?;
     let mut leaf = CertificateParams::new(dns_names.to_vec())?;
     leaf.subject_alt_names.extend(ips.iter().map(|ip| rcgen::SanType::IpAddress(*ip)));
     leaf.distinguished_name.push(DnType::CommonName, dns_names.first().map_or("provgate", String::as_str));
     leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
     leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    leaf.not_before = now;
-    leaf.not_after = now + time::Duration::days(365);
+    leaf.not_before = now - BACKDATE;
+    leaf.not_after = (now + validity).min(ca_not_after);
     let cert = leaf.signed_by(&key, &issuer)?;
-    Ok(Generated { ca_pem: ca_cert.pem(), cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// A fresh CA (10 years) and a serving certificate (1 year) for `dns_names` and `ips`.
+pub fn generate(dns_names: &[String], ips: &[IpAddr]) -> Result<Generated, rcgen::Error> {
+    let now = time::OffsetDateTime::now_utc();
+    let ca_validity = time::Duration::days(3650);
+    let ca = new_ca(now, ca_validity)?;
+    let (cert_pem, key_pem) = issue_serving(&ca, now + ca_validity, dns_names, ips, now, time::Duration::days(365))?;
+    Ok(Generated { ca_pem: ca.cert_pem, cert_pem, key_pem })
 }
 
 /// File names inside a certificate directory.

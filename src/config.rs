@@ -105,6 +105,108 @@ pub struct TlsConfig {
     /// How often the files above are checked for changes (default 30 s).
     #[serde(with = "humantime_serde")]
     pub reload_interval: Option<Duration>,
+    /// Self-managed TLS: the CA and serving pair live in a Secret provgate creates and renews, and provgate writes
+    /// the CA bundle into its own webhook configurations. Exclusive with `certFile`/`keyFile`.
+    pub managed: Option<ManagedTlsConfig>,
+}
+
+/// `tls.managed`: where the managed CA and serving pair live, whom they serve, and when they are renewed.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct ManagedTlsConfig {
+    /// The Secret holding the CA and the serving pair; created when absent.
+    pub secret: String,
+    /// provgate's own namespace, where the Secret lives and the Service is.
+    pub namespace: String,
+    /// The webhook Service; the serving certificate covers its DNS names.
+    pub service: String,
+    /// More names the serving certificate covers: DNS names or IP addresses.
+    pub extra_names: Vec<String>,
+    /// The webhook configurations whose `caBundle` provgate writes. No other configuration is touched.
+    pub webhooks: WebhookNames,
+    /// Lifetime of a serving certificate.
+    #[serde(with = "humantime_serde")]
+    pub validity: Duration,
+    /// A serving certificate is renewed when less than this remains (at least `validity` renews at every check).
+    #[serde(with = "humantime_serde")]
+    pub renew_before: Duration,
+    /// Lifetime of a CA.
+    #[serde(with = "humantime_serde")]
+    pub ca_validity: Duration,
+    /// A new CA is published beside the current one when less than this remains of it.
+    #[serde(with = "humantime_serde")]
+    pub ca_renew_before: Duration,
+    /// How long a new CA is published before it signs serving certificates, so every API server trusts it first.
+    #[serde(with = "humantime_serde")]
+    pub ca_handover: Duration,
+    /// How often the Secret and the webhook configurations are checked.
+    #[serde(with = "humantime_serde")]
+    pub check_interval: Duration,
+}
+
+/// Names of provgate's own webhook configurations, by kind.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct WebhookNames {
+    pub validating: Vec<String>,
+    pub mutating: Vec<String>,
+}
+
+impl Default for WebhookNames {
+    fn default() -> Self {
+        Self { validating: vec!["provgate".into()], mutating: vec!["provgate".into()] }
+    }
+}
+
+impl Default for ManagedTlsConfig {
+    fn default() -> Self {
+        const DAY: u64 = 24 * 3600;
+        Self {
+            secret: "provgate-tls".into(),
+            namespace: "provgate-system".into(),
+            service: "provgate".into(),
+            extra_names: Vec::new(),
+            webhooks: WebhookNames::default(),
+            validity: Duration::from_secs(90 * DAY),
+            renew_before: Duration::from_secs(30 * DAY),
+            ca_validity: Duration::from_secs(3650 * DAY),
+            ca_renew_before: Duration::from_secs(365 * DAY),
+            ca_handover: Duration::from_secs(5 * 60),
+            check_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+impl ManagedTlsConfig {
+    /// Most `extraNames`.
+    pub const MAX_EXTRA_NAMES: usize = 16;
+
+    fn validate(&self) -> Result<(), String> {
+        for (key, value) in [("secret", &self.secret), ("namespace", &self.namespace), ("service", &self.service)] {
+            if value.is_empty() || value.len() > 253 {
+                return Err(format!("tls.managed.{key} must be a name of 1 to 253 characters"));
+            }
+        }
+        if self.extra_names.len() > Self::MAX_EXTRA_NAMES || self.extra_names.iter().any(|n| n.is_empty()) {
+            return Err(format!("tls.managed.extraNames holds at most {} non-empty names", Self::MAX_EXTRA_NAMES));
+        }
+        if self.webhooks.validating.is_empty() && self.webhooks.mutating.is_empty() {
+            return Err("tls.managed.webhooks names no webhook configuration to write the CA bundle into".into());
+        }
+        if self.validity.is_zero() || self.ca_validity.is_zero() || self.renew_before.is_zero() {
+            return Err("tls.managed.validity, caValidity and renewBefore must be above 0".into());
+        }
+        if self.ca_handover >= self.ca_renew_before {
+            return Err(
+                "tls.managed.caHandover must be shorter than caRenewBefore, so a CA rollover ends before the CA does"
+                    .into(),
+            );
+        }
+        if self.check_interval < Duration::from_millis(100) || self.check_interval > self.renew_before {
+            return Err("tls.managed.checkInterval must be at least 100ms and at most renewBefore".into());
+        }
+        Ok(())
+    }
 }
 
 /// The decision log: where records go, how many may wait to be written, how files rotate.
@@ -211,6 +313,12 @@ impl Config {
         if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
             return Err("tls.certFile and tls.keyFile must be set together".into());
         }
+        if let Some(managed) = &self.tls.managed {
+            if self.tls.cert_file.is_some() {
+                return Err("tls.managed and tls.certFile/keyFile exclude each other: choose one source".into());
+            }
+            managed.validate()?;
+        }
         self.credentials.validate()?;
         if self.max_request_bytes < 1024 || self.max_request_bytes > 1 << 30 {
             return Err("maxRequestBytes must be between 1024 and 1 GiB".into());
@@ -316,6 +424,32 @@ mod tests {
     }
 
     #[test]
+    fn managed_tls_parses_with_defaults_and_excludes_files() {
+        let c = Config::from_yaml("tls:\n  managed: {}\n", Path::new("c.yaml")).unwrap();
+        let m = c.tls.managed.unwrap();
+        assert_eq!(m, ManagedTlsConfig::default());
+        assert_eq!(
+            (m.secret.as_str(), m.namespace.as_str(), m.service.as_str()),
+            ("provgate-tls", "provgate-system", "provgate")
+        );
+        assert_eq!(
+            (m.webhooks.validating, m.webhooks.mutating),
+            (vec!["provgate".to_owned()], vec!["provgate".to_owned()])
+        );
+        assert_eq!((m.validity, m.renew_before), (Duration::from_secs(90 * 86_400), Duration::from_secs(30 * 86_400)));
+        let text = "tls:\n  managed:\n    secret: s\n    extraNames: [127.0.0.1]\n    webhooks: {validating: [v], mutating: []}\n    validity: 1h\n    renewBefore: 2h\n    checkInterval: 500ms\n";
+        let m = Config::from_yaml(text, Path::new("c.yaml")).unwrap().tls.managed.unwrap();
+        assert_eq!((m.secret.as_str(), m.extra_names.len(), m.webhooks.mutating.len()), ("s", 1, 0));
+        assert_eq!(m.check_interval, Duration::from_millis(500));
+        let shipped = Config::from_file(&Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/provgate.yaml")).unwrap();
+        assert_eq!(
+            shipped.tls.managed,
+            Some(ManagedTlsConfig::default()),
+            "deploy/ ships managed TLS with the defaults"
+        );
+    }
+
+    #[test]
     fn errors_name_file_and_line() {
         let table = [
             ("deadline: 8s\nnoMatch: maybe\n", "c.yaml:2: "),
@@ -334,6 +468,13 @@ mod tests {
             ("audit:\n  maxBytes: 100\n", "audit.maxBytes 100 must be at least 1024"),
             ("audit:\n  keep: 0\n", "audit.keep 0 must be between 1 and 1000"),
             ("audit:\n  keepp: 3\n", "c.yaml:2: "),
+            ("tls:\n  certFile: a\n  keyFile: b\n  managed: {}\n", "exclude each other"),
+            ("tls:\n  managed: {secret: \"\"}\n", "tls.managed.secret must be a name"),
+            ("tls:\n  managed: {webhooks: {validating: [], mutating: []}}\n", "names no webhook configuration"),
+            ("tls:\n  managed: {caHandover: 400d}\n", "caHandover must be shorter than caRenewBefore"),
+            ("tls:\n  managed: {checkInterval: 1ms}\n", "checkInterval must be at least 100ms"),
+            ("tls:\n  managed: {validity: 0s}\n", "must be above 0"),
+            ("tls:\n  managed: {sercet: x}\n", "c.yaml:2: "),
         ];
         for (text, needle) in table {
             let e = Config::from_yaml(text, Path::new("c.yaml")).unwrap_err().to_string();

@@ -17,6 +17,7 @@ pub mod flights;
 pub mod gather;
 pub mod images;
 pub mod keys;
+pub mod managed_tls;
 pub mod metrics;
 pub mod oneshot;
 pub mod plan;

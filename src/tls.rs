@@ -102,6 +102,86 @@ impl ServerTls {
     }
 }
 
+/// A serving pair held in memory (PEM), from a source other than files: the managed Secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Pair {
+    pub cert: Vec<u8>,
+    pub key: Vec<u8>,
+}
+
+impl std::fmt::Debug for Pair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pair").field("cert", &String::from_utf8_lossy(&self.cert)).finish_non_exhaustive()
+    }
+}
+
+impl ServerTls {
+    /// Builds the configuration from an in-memory `pair` (named `source` in errors and logs) and the client CA
+    /// file, when set.
+    pub fn from_pair(pair: &Pair, source: &str, client_ca: Option<PathBuf>) -> Result<Self, TlsError> {
+        let files = pair_files(source, client_ca);
+        let material = Material::of_pair(pair, &files)?;
+        let config = build(&material, &files)?;
+        let tls = Self { current: Arc::new(ArcSwap::from_pointee(config)), expiry: Default::default() };
+        tls.note_expiry(&material, &files);
+        Ok(tls)
+    }
+
+    /// Swaps in each pair `pairs` delivers (new handshakes use it; open connections keep theirs), and re-reads
+    /// the client CA file every `period`. A pair or file that does not load is logged and the previous
+    /// configuration stays in use. Runs until dropped or the sender is gone.
+    pub async fn follow(
+        self,
+        mut pairs: tokio::sync::watch::Receiver<Pair>,
+        source: String,
+        client_ca: Option<PathBuf>,
+        period: Duration,
+    ) {
+        let files = pair_files(&source, client_ca);
+        let mut loaded = Material::of_pair(&pairs.borrow_and_update(), &files).ok();
+        let mut ticks = tokio::time::interval(period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                changed = pairs.changed() => if changed.is_err() { return },
+                _ = ticks.tick() => {}
+            }
+            let pair = pairs.borrow_and_update().clone();
+            let Ok(material) = Material::of_pair(&pair, &files) else { continue };
+            if loaded.as_ref() == Some(&material) {
+                continue;
+            }
+            match build(&material, &files) {
+                Ok(config) => {
+                    self.current.store(Arc::new(config));
+                    self.note_expiry(&material, &files);
+                    tracing::info!(source = %source, client_ca = ?files.client_ca, "TLS configuration reloaded");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "new serving pair rejected; keeping the previous configuration")
+                }
+            }
+            loaded = Some(material);
+        }
+    }
+}
+
+/// Labels standing for an in-memory pair's "files" in errors and logs.
+fn pair_files(source: &str, client_ca: Option<PathBuf>) -> TlsFiles {
+    TlsFiles { cert: format!("{source} tls.crt").into(), key: format!("{source} tls.key").into(), client_ca }
+}
+
+impl Material {
+    fn of_pair(pair: &Pair, files: &TlsFiles) -> Result<Self, TlsError> {
+        let client_ca = files
+            .client_ca
+            .as_deref()
+            .map(|p| std::fs::read(p).map_err(|source| TlsError::Read { file: p.into(), source }))
+            .transpose()?;
+        Ok(Self { cert: pair.cert.clone(), key: pair.key.clone(), client_ca })
+    }
+}
+
 /// The files' bytes.
 #[derive(PartialEq, Eq)]
 struct Material {

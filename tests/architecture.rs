@@ -11,8 +11,8 @@ const CONFINED: &[(&str, &[&str])] = &[
     ("oci_client", &["registry/"]),
     // The CEL engine and the conversion of verified evidence into its values.
     ("cel", &["policy/cel.rs", "policy/eval.rs"]),
-    ("kube", &["keys/", "credentials.rs", "app.rs", "events/publish.rs"]),
-    ("k8s_openapi", &["keys/", "credentials.rs", "app.rs", "events/publish.rs"]),
+    ("kube", &["keys/", "credentials.rs", "app.rs", "events/publish.rs", "managed_tls/"]),
+    ("k8s_openapi", &["keys/", "credentials.rs", "app.rs", "events/publish.rs", "managed_tls/"]),
     ("axum", &["admission/", "admin.rs"]),
     ("hyper", &["admission/"]),
     ("reqwest", &["registry/"]),

@@ -104,9 +104,10 @@ fn the_deployment_is_redundant_unprivileged_and_ready_only_when_policies_load() 
         container["volumeMounts"].as_array().unwrap().iter().map(|m| m["mountPath"].as_str().unwrap()).collect();
     let config: Value =
         serde_yaml_ng::from_str(&std::fs::read_to_string(deploy().join("provgate.yaml")).unwrap()).unwrap();
-    for path in [config["tls"]["certFile"].as_str().unwrap(), config["policies"].as_str().unwrap()] {
-        assert!(mounts.iter().any(|m| path.starts_with(m)), "{path} is not mounted");
-    }
+    let path = config["policies"].as_str().unwrap();
+    assert!(mounts.iter().any(|m| path.starts_with(m)), "{path} is not mounted");
+    assert!(config["tls"]["managed"].is_object(), "deploy/ manages its own serving certificate");
+    assert!(!mounts.contains(&"/tls"), "managed TLS reads its Secret through the API, not a volume");
 }
 
 #[test]
@@ -114,20 +115,35 @@ fn rbac_reads_secrets_in_its_own_namespace_only_by_default() {
     let docs = documents();
     let role = find(&docs, "Role");
     assert_eq!(role["metadata"]["namespace"], "provgate-system");
-    // Cluster-wide, provgate may only write Events (reads are opt-in, deploy/optional).
+    // Cluster-wide, provgate may only write Events and get/patch its own webhook configurations, by name
+    // (reads are opt-in, deploy/optional).
     let cluster_roles: Vec<&Value> = docs.iter().filter(|d| d["kind"] == "ClusterRole").collect();
-    assert_eq!(cluster_roles.len(), 1, "one ClusterRole, for Events");
+    assert_eq!(cluster_roles.len(), 2, "one ClusterRole for Events, one for the webhook configurations' caBundle");
+    let role = |name: &str| *cluster_roles.iter().find(|r| r["metadata"]["name"] == name).unwrap();
     assert_eq!(
-        cluster_roles[0]["rules"],
+        role("provgate-events")["rules"],
         json!([{"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]}]),
         "Events: create and patch only"
     );
-    let binding = find(&docs, "ClusterRoleBinding");
-    assert_eq!(binding["roleRef"]["name"], cluster_roles[0]["metadata"]["name"]);
-    assert_eq!(
-        binding["subjects"],
-        json!([{"kind": "ServiceAccount", "name": "provgate", "namespace": "provgate-system"}])
-    );
+    for rule in role("provgate-webhook-ca")["rules"].as_array().unwrap() {
+        assert_eq!(rule["resourceNames"], json!(["provgate"]), "{rule}");
+        assert_eq!(rule["verbs"], json!(["get", "patch"]), "{rule}");
+    }
+    for binding in docs.iter().filter(|d| d["kind"] == "ClusterRoleBinding") {
+        assert!(cluster_roles.iter().any(|r| r["metadata"]["name"] == binding["roleRef"]["name"]), "{binding}");
+        assert_eq!(
+            binding["subjects"],
+            json!([{"kind": "ServiceAccount", "name": "provgate", "namespace": "provgate-system"}])
+        );
+    }
+    // Managed TLS: every Secret verb but create names the one Secret; create cannot be narrowed by name.
+    let tls = docs.iter().find(|d| d["kind"] == "Role" && d["metadata"]["name"] == "provgate-tls").unwrap();
+    for rule in tls["rules"].as_array().unwrap() {
+        assert_eq!(rule["resources"], json!(["secrets"]));
+        if rule["verbs"] != json!(["create"]) {
+            assert_eq!(rule["resourceNames"], json!(["provgate-tls"]), "{rule}");
+        }
+    }
 }
 
 #[test]

@@ -667,3 +667,400 @@ async fn with_the_mutating_webhook_a_pod_created_by_tag_is_stored_pinned_to_the_
     assert_denied(&status, &["spec.containers[0].image", &format!("{unsigned:?}"), "no signatures found"]);
     assert!(pods.get_opt("unsigned").await.unwrap().is_none());
 }
+
+// ---- Self-managed TLS (tls.managed) ----
+
+const TLS_NS: &str = "provgate-system";
+const TLS_SECRET: &str = "provgate-tls";
+
+/// Managed TLS in `TLS_NS`, writing caBundle into the ValidatingWebhookConfiguration `WEBHOOK` only, for a
+/// serving certificate that also covers loopback (the test's webhook URL) and `localhost` (the test client's).
+fn managed_tls() -> provgate::config::ManagedTlsConfig {
+    provgate::config::ManagedTlsConfig {
+        secret: TLS_SECRET.into(),
+        namespace: TLS_NS.into(),
+        service: "provgate".into(),
+        extra_names: vec!["127.0.0.1".into(), "localhost".into()],
+        webhooks: provgate::config::WebhookNames { validating: vec![WEBHOOK.into()], mutating: vec![] },
+        check_interval: Duration::from_millis(500),
+        ..Default::default()
+    }
+}
+
+/// [`Images::webhook_with`] listening on `port` with managed TLS `managed`.
+async fn managed_webhook(
+    images: &Images,
+    client: &kube::Client,
+    port: u16,
+    managed: provgate::config::ManagedTlsConfig,
+) -> Webhook {
+    let key = images.keys.path().join("chains.pub").display().to_string();
+    images
+        .webhook_with(&key, Some(client.clone()), move |c| {
+            c.listen = format!("127.0.0.1:{port}").parse().unwrap();
+            c.tls.cert_file = None;
+            c.tls.key_file = None;
+            c.tls.managed = Some(managed);
+        })
+        .await
+}
+
+/// A webhook configuration named `name` (its one webhook named `WEBHOOK`) calling `https://127.0.0.1:PORT/validate` for Pods in non-exempt
+/// namespaces, with `ca_bundle` when given (none: provgate is to write it).
+fn url_webhook_configuration(name: &str, port: u16, ca_bundle: Option<&str>) -> ValidatingWebhookConfiguration {
+    let mut client_config = json!({"url": format!("https://127.0.0.1:{port}/validate")});
+    if let Some(bundle) = ca_bundle {
+        client_config["caBundle"] = json!(bundle);
+    }
+    object(json!({
+        "metadata": {"name": name},
+        "webhooks": [{
+            "name": WEBHOOK,
+            "admissionReviewVersions": ["v1"],
+            "sideEffects": "None",
+            "failurePolicy": "Fail",
+            "timeoutSeconds": 10,
+            "clientConfig": client_config,
+            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
+                       "resources": ["pods"], "scope": "Namespaced"}],
+            "namespaceSelector": {"matchExpressions": [{"key": EXEMPT, "operator": "DoesNotExist"}]},
+        }]
+    }))
+}
+
+/// The `caBundle` (base64) of the configuration `name`'s first webhook, if any.
+async fn published_bundle(client: &kube::Client, name: &str) -> Option<String> {
+    let configs: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
+    let config = serde_json::to_value(configs.get(name).await.unwrap()).unwrap();
+    config["webhooks"][0]["clientConfig"]["caBundle"].as_str().map(str::to_owned)
+}
+
+/// One value of the managed Secret, as text.
+async fn tls_secret_value(client: &kube::Client, key: &str) -> String {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), TLS_NS);
+    let secret = secrets.get(TLS_SECRET).await.unwrap();
+    String::from_utf8(secret.data.unwrap()[key].0.clone()).unwrap()
+}
+
+fn b64(text: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+fn unb64(text: &str) -> String {
+    use base64::Engine as _;
+    String::from_utf8(base64::engine::general_purpose::STANDARD.decode(text).unwrap()).unwrap()
+}
+
+/// Dry-run Pod creations through the apiserver until one reaches `hook` (at most 30 s).
+async fn wait_called(client: &kube::Client, hook: &Webhook, image: &str) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let dry = PostParams { dry_run: true, ..PostParams::default() };
+    let start = Instant::now();
+    let calls = hook.audit_records().len();
+    loop {
+        let result = pods.create(&dry, &pod("probe", image)).await;
+        if hook.audit_records().len() > calls && result.is_ok() {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the apiserver did not call the webhook in 30 s: {result:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The certificate (DER) a TLS server on loopback `port` presents, checked against `ca_pem`.
+async fn served_certificate(port: u16, ca_pem: &str) -> Vec<u8> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+fn der_of(pem: &str) -> Vec<u8> {
+    rustls_pemfile::certs(&mut pem.as_bytes()).next().unwrap().unwrap().to_vec()
+}
+
+#[tokio::test]
+async fn managed_tls_creates_its_secret_publishes_its_ca_to_its_own_webhook_only_and_is_called_over_it() {
+    let _one = ONE_CLUSTER.lock().await;
+    let images = Images::start();
+    let cluster = Cluster::start().await;
+    let client = cluster.client();
+    namespace(&client, NS, false).await;
+    namespace(&client, TLS_NS, true).await;
+    let port = free_port();
+    let configs: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
+    configs.create(&PostParams::default(), &url_webhook_configuration(WEBHOOK, port, None)).await.unwrap();
+    // A configuration provgate is not told about: its caBundle must stay as it is. (Never called: nothing listens
+    // there, and it fails open.)
+    let bystander_bundle = b64(&provgate::certs::generate(&["other".into()], &[]).unwrap().ca_pem);
+    let mut bystander = url_webhook_configuration("bystander.example.com", free_port(), Some(&bystander_bundle));
+    bystander.webhooks.as_mut().unwrap()[0].failure_policy = Some("Ignore".into());
+    bystander.webhooks.as_mut().unwrap()[0].rules.as_mut().unwrap()[0].resources = Some(vec!["configmaps".into()]);
+    configs.create(&PostParams::default(), &bystander).await.unwrap();
+
+    let hook = managed_webhook(&images, &client, port, managed_tls()).await;
+    // The Secret exists once provgate is up, and the named configuration carries its bundle.
+    let bundle = tls_secret_value(&client, "ca.crt").await;
+    for key in ["tls.crt", "tls.key", "ca-signing.crt", "ca-signing.key"] {
+        assert!(!tls_secret_value(&client, key).await.is_empty(), "{key}");
+    }
+    assert_eq!(published_bundle(&client, WEBHOOK).await.map(|b| unb64(&b)), Some(bundle.clone()));
+    assert_eq!(published_bundle(&client, "bystander.example.com").await, Some(bystander_bundle.clone()));
+
+    // The apiserver calls provgate over that CA: a signed image is admitted, an unsigned one denied.
+    let (signed, unsigned) = (images.image("signed"), images.image("unsigned"));
+    wait_called(&client, &hook, &signed).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    pods.create(&PostParams::default(), &pod("signed", &signed)).await.unwrap();
+    let status = api_error(pods.create(&PostParams::default(), &pod("unsigned", &unsigned)).await);
+    assert_denied(&status, &["spec.containers[0].image", "no signatures found"]);
+    assert_eq!(served_certificate(port, &bundle).await, der_of(&tls_secret_value(&client, "tls.crt").await));
+
+    // The expiry metric follows the served certificate.
+    let (_, metrics) = hook.admin_get("/metrics").await;
+    let leaf = tls_secret_value(&client, "tls.crt").await;
+    let not_after = {
+        use x509_cert::der::Decode as _;
+        let cert = x509_cert::Certificate::from_der(&der_of(&leaf)).unwrap();
+        cert.tbs_certificate().validity().not_after.to_unix_duration().as_secs()
+    };
+    assert!(
+        metrics.contains(&format!("provgate_serving_certificate_expiry_timestamp_seconds {not_after}")),
+        "{metrics}"
+    );
+
+    // Hostile: someone else's CA (with its key) put in the Secret, which does not sign the serving certificate.
+    // It is never published; the Secret is replaced with a fresh CA and pair, and that one is published.
+    let foreign = provgate::certs::new_ca(time::OffsetDateTime::now_utc(), time::Duration::days(30)).unwrap();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), TLS_NS);
+    let edit = json!({"stringData": {
+        "ca-signing.crt": foreign.cert_pem, "ca-signing.key": foreign.key_pem, "ca.crt": foreign.cert_pem}});
+    secrets.patch(TLS_SECRET, &PatchParams::default(), &Patch::Merge(&edit)).await.unwrap();
+    let start = Instant::now();
+    loop {
+        let published = unb64(&published_bundle(&client, WEBHOOK).await.unwrap());
+        assert!(!published.contains(foreign.cert_pem.trim()), "a CA that does not sign the leaf was published");
+        let now_bundle = tls_secret_value(&client, "ca.crt").await;
+        if now_bundle != foreign.cert_pem && now_bundle != bundle && published == now_bundle {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "the edited Secret was not replaced in 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let replaced = tls_secret_value(&client, "ca.crt").await;
+    wait_called(&client, &hook, &signed).await;
+    assert_eq!(served_certificate(port, &replaced).await, der_of(&tls_secret_value(&client, "tls.crt").await));
+
+    // Hostile: garbage in place of the serving pair is replaced, never served.
+    let edit = json!({"stringData": {"tls.crt": "garbage", "tls.key": "garbage"}});
+    secrets.patch(TLS_SECRET, &PatchParams::default(), &Patch::Merge(&edit)).await.unwrap();
+    let start = Instant::now();
+    while tls_secret_value(&client, "tls.crt").await == "garbage" {
+        assert!(start.elapsed() < Duration::from_secs(30), "the garbage Secret was not replaced in 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_called(&client, &hook, &signed).await;
+    assert_eq!(published_bundle(&client, "bystander.example.com").await, Some(bystander_bundle));
+}
+
+#[tokio::test]
+async fn two_managed_replicas_started_at_once_end_with_one_secret_and_serve_the_same_pair() {
+    let _one = ONE_CLUSTER.lock().await;
+    let images = Images::start();
+    let cluster = Cluster::start().await;
+    let client = cluster.client();
+    namespace(&client, TLS_NS, true).await;
+    let configs: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
+    let (a_port, b_port) = (free_port(), free_port());
+    configs.create(&PostParams::default(), &url_webhook_configuration(WEBHOOK, a_port, None)).await.unwrap();
+    let (a, b) = tokio::join!(
+        managed_webhook(&images, &client, a_port, managed_tls()),
+        managed_webhook(&images, &client, b_port, managed_tls())
+    );
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), TLS_NS);
+    let listed = secrets.list(&Default::default()).await.unwrap();
+    let managed: Vec<_> = listed.items.iter().filter(|s| s.metadata.name.as_deref() == Some(TLS_SECRET)).collect();
+    assert_eq!(managed.len(), 1);
+    let (bundle, leaf) = (tls_secret_value(&client, "ca.crt").await, tls_secret_value(&client, "tls.crt").await);
+    // Both serve the Secret's pair (within a moment: the replica whose create lost follows the winner's Secret).
+    let start = Instant::now();
+    while served_certificate(a_port, &bundle).await != der_of(&leaf)
+        || served_certificate(b_port, &bundle).await != der_of(&leaf)
+    {
+        assert!(start.elapsed() < Duration::from_secs(10), "the replicas do not serve the Secret's pair");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(published_bundle(&client, WEBHOOK).await.map(|b| unb64(&b)), Some(bundle.clone()));
+    // Some checks later, nothing has changed: neither replica fights the other.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(tls_secret_value(&client, "tls.crt").await, leaf);
+    drop((a, b));
+}
+
+#[tokio::test]
+async fn forced_renewals_and_ca_rollovers_under_load_fail_no_request() {
+    let _one = ONE_CLUSTER.lock().await;
+    let images = Images::start();
+    let cluster = Cluster::start().await;
+    let client = cluster.client();
+    namespace(&client, NS, false).await;
+    namespace(&client, TLS_NS, true).await;
+    let (port, other_port) = (free_port(), free_port());
+    let configs: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
+    configs.create(&PostParams::default(), &url_webhook_configuration(WEBHOOK, port, None)).await.unwrap();
+    // The test knob: renewBefore above validity renews the serving certificate at every check, caRenewBefore
+    // above caValidity starts a CA rollover as soon as the last one ends.
+    let hour = Duration::from_secs(3600);
+    let churn = provgate::config::ManagedTlsConfig {
+        validity: hour,
+        renew_before: 2 * hour,
+        ca_validity: 2 * hour,
+        ca_renew_before: 3 * hour,
+        ca_handover: Duration::from_secs(2),
+        ..managed_tls()
+    };
+    let hook = managed_webhook(&images, &client, port, churn.clone()).await;
+    // A second replica renewing the same Secret at the same time (it serves nobody here).
+    let other = managed_webhook(&images, &client, other_port, churn).await;
+    let signed = images.image("signed");
+    wait_called(&client, &hook, &signed).await;
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let dry = PostParams { dry_run: true, ..PostParams::default() };
+    let review = serde_json::to_vec(&support::webhook::review("pod-create")).unwrap();
+    let (mut leaves, mut cas) = (std::collections::BTreeSet::new(), std::collections::BTreeSet::new());
+    let (mut through_apiserver, mut direct) = (0, 0);
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(15) {
+        // Through the apiserver, which trusts whatever caBundle provgate published.
+        let result = pods.create(&dry, &pod("load", &signed)).await;
+        assert!(result.is_ok(), "request {through_apiserver} through the apiserver failed: {result:?}");
+        through_apiserver += 1;
+        // A new connection trusting only the bundle published right now, as an apiserver that just read it.
+        let published = unb64(&published_bundle(&client, WEBHOOK).await.unwrap());
+        let fresh = https_client(published.as_bytes());
+        let answer = hook.post_raw_with(&fresh, review.clone()).await;
+        assert!(matches!(answer, Ok((200, _))), "direct request {direct} failed: {answer:?}");
+        direct += 1;
+        leaves.insert(tls_secret_value(&client, "tls.crt").await);
+        cas.insert(tls_secret_value(&client, "ca-signing.crt").await);
+    }
+    eprintln!(
+        "{through_apiserver} reviews through the apiserver and {direct} direct, 0 failed, across {} serving certificates and {} CAs",
+        leaves.len(),
+        cas.len()
+    );
+    assert!(leaves.len() >= 5, "the serving certificate was renewed during the load ({} seen)", leaves.len());
+    assert!(cas.len() >= 2, "a CA rollover happened during the load ({} seen)", cas.len());
+    drop((hook, other));
+}
+
+/// Creates every object of `deploy/rbac.yaml` with the admin `client`.
+async fn apply_shipped_rbac(client: &kube::Client) {
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/rbac.yaml");
+    let text = std::fs::read_to_string(path).unwrap();
+    for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+        let doc = <Value as serde::Deserialize>::deserialize(doc).unwrap();
+        let ns = doc["metadata"]["namespace"].as_str().unwrap_or_default().to_owned();
+        let pp = PostParams::default();
+        match doc["kind"].as_str().unwrap() {
+            "ServiceAccount" => {
+                drop(Api::<ServiceAccount>::namespaced(client.clone(), &ns).create(&pp, &object(doc)).await.unwrap())
+            }
+            "Role" => drop(Api::<Role>::namespaced(client.clone(), &ns).create(&pp, &object(doc)).await.unwrap()),
+            "RoleBinding" => {
+                drop(Api::<RoleBinding>::namespaced(client.clone(), &ns).create(&pp, &object(doc)).await.unwrap())
+            }
+            "ClusterRole" => drop(Api::<ClusterRole>::all(client.clone()).create(&pp, &object(doc)).await.unwrap()),
+            "ClusterRoleBinding" => {
+                drop(Api::<ClusterRoleBinding>::all(client.clone()).create(&pp, &object(doc)).await.unwrap())
+            }
+            other => panic!("unexpected {other} in deploy/rbac.yaml"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn managed_tls_works_with_the_shipped_rbac_and_is_refused_anything_more() {
+    use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+    use k8s_openapi::api::authentication::v1::TokenRequest;
+    let _one = ONE_CLUSTER.lock().await;
+    let images = Images::start();
+    let cluster = Cluster::start().await;
+    let admin = cluster.client();
+    namespace(&admin, NS, false).await;
+    namespace(&admin, TLS_NS, true).await;
+    apply_shipped_rbac(&admin).await;
+    let request: TokenRequest =
+        object(json!({"spec": {"audiences": ["https://kubernetes.default.svc"], "expirationSeconds": 3600}}));
+    let token = Api::<ServiceAccount>::namespaced(admin.clone(), TLS_NS)
+        .create_token_request("provgate", &PostParams::default(), &request)
+        .await
+        .unwrap();
+    let provgate_client = cluster.client_with_token(&token.status.unwrap().token);
+
+    // provgate's own configurations, by the names deploy/ uses, and one that is not its own.
+    let port = free_port();
+    let configs: Api<ValidatingWebhookConfiguration> = Api::all(admin.clone());
+    configs.create(&PostParams::default(), &url_webhook_configuration("provgate", port, None)).await.unwrap();
+    let bystander = url_webhook_configuration("bystander.example.com", free_port(), Some(&b64("x")));
+    let mut bystander = bystander;
+    bystander.webhooks.as_mut().unwrap()[0].failure_policy = Some("Ignore".into());
+    bystander.webhooks.as_mut().unwrap()[0].rules.as_mut().unwrap()[0].resources = Some(vec!["configmaps".into()]);
+    configs.create(&PostParams::default(), &bystander).await.unwrap();
+    let mutating: MutatingWebhookConfiguration = object(json!({"metadata": {"name": "provgate"}}));
+    Api::<MutatingWebhookConfiguration>::all(admin.clone()).create(&PostParams::default(), &mutating).await.unwrap();
+
+    // Renewing at every check, so update is exercised too.
+    let managed = provgate::config::ManagedTlsConfig {
+        webhooks: provgate::config::WebhookNames {
+            validating: vec!["provgate".into()],
+            mutating: vec!["provgate".into()],
+        },
+        validity: Duration::from_secs(3600),
+        renew_before: Duration::from_secs(7200),
+        ..managed_tls()
+    };
+    let hook = managed_webhook(&images, &provgate_client, port, managed).await;
+    let first = tls_secret_value(&admin, "tls.crt").await;
+    let bundle = tls_secret_value(&admin, "ca.crt").await;
+    assert_eq!(published_bundle(&admin, "provgate").await.map(|b| unb64(&b)), Some(bundle));
+    wait_called(&admin, &hook, &images.image("signed")).await;
+    let start = Instant::now();
+    while tls_secret_value(&admin, "tls.crt").await == first {
+        assert!(start.elapsed() < Duration::from_secs(10), "no renewal with the shipped RBAC");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Nothing beyond: another webhook configuration, another Secret.
+    let as_provgate: Api<ValidatingWebhookConfiguration> = Api::all(provgate_client.clone());
+    let patch = json!({"webhooks": [{"name": WEBHOOK, "clientConfig": {"caBundle": b64("y")}}]});
+    let status =
+        api_error(as_provgate.patch("bystander.example.com", &PatchParams::default(), &Patch::Strategic(&patch)).await);
+    assert_eq!(status.code, 403, "{status:?}");
+    let other: Secret = object(json!({"metadata": {"name": "other"}, "stringData": {"k": "v"}}));
+    Api::<Secret>::namespaced(admin.clone(), TLS_NS).create(&PostParams::default(), &other).await.unwrap();
+    let secrets: Api<Secret> = Api::namespaced(provgate_client.clone(), TLS_NS);
+    let edit = json!({"stringData": {"k": "changed"}});
+    let status = api_error(secrets.patch("other", &PatchParams::default(), &Patch::Merge(&edit)).await);
+    assert_eq!(status.code, 403, "{status:?}");
+    let mut whole = secrets.get("other").await.unwrap();
+    whole.string_data = Some([("k".to_owned(), "changed".to_owned())].into());
+    assert_eq!(api_error(secrets.replace("other", &PostParams::default(), &whole).await).code, 403);
+}

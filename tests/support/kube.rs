@@ -140,6 +140,7 @@ impl Cluster {
         config.root_cert_file = Some(self.tls.ca_pem.clone());
         config.auth_info.token = Some(token.to_owned().into());
         config.default_namespace = "default".into();
+        config.read_timeout = Some(Duration::from_secs(60));
         kube::Client::try_from(config).unwrap()
     }
 
