@@ -113,10 +113,10 @@ spec:
     )
 }
 
-fn policies(world: &World) -> Vec<(&'static str, String)> {
+fn policies(world: &World, secret: &str) -> Vec<(&'static str, String)> {
     let (a, b) = (&world.images.addr, &world.private.addr);
     let in_a = format!("    repository: {a}/team/app-signatures");
-    let in_b = format!("    repository: {b}/mirror/two\n    signaturePullSecrets: [mirror-pull]");
+    let in_b = format!("    repository: {b}/mirror/two\n    signaturePullSecrets: [{secret}]");
     vec![
         ("app.yaml", policy("chains", &format!("{a}/team/app:*"), &world.key("chains"), &in_a)),
         ("two-a.yaml", policy("two-chains", &format!("{a}/team/two:*"), &world.key("chains"), &in_a)),
@@ -171,9 +171,14 @@ fn pull_secret(ns: &str, name: &str, host: &str, password: &str) -> Value {
 }
 
 async fn hook(world: &World, secrets: Vec<Value>) -> Webhook {
+    hook_naming(world, "mirror-pull", secrets).await
+}
+
+/// The webhook with the policies, the second repository read with the Secret named `secret`.
+async fn hook_naming(world: &World, secret: &str, secrets: Vec<Value>) -> Webhook {
     let (a, b) = (world.images.addr.clone(), world.private.addr.clone());
     let (ca, cb) = (world.images.host_config(), world.private.host_config());
-    Webhook::start_with(&policies(world), Some(api(secrets).await), move |c| {
+    Webhook::start_with(&policies(world, secret), Some(api(secrets).await), move |c| {
         c.registries.hosts.insert(a, ca);
         c.registries.hosts.insert(b, cb);
     })
@@ -226,7 +231,13 @@ async fn two_policies_read_two_repositories_each_with_its_own_credentials() {
     let by = |who: &str| verified.as_array().unwrap().iter().any(|v| v.as_str().unwrap().starts_with(who));
     assert!(by("signature by two-chains") && by("signature by two-mirror"), "{verified}");
 
-    // The same policies without the Secret, or with a wrong password: the second repository refuses.
+    // A Secret in another namespace is read when named with it (a Role there must grant provgate `get`).
+    let elsewhere = pull_secret("team-a", "mirror-pull", &world.private.addr, "wonderland");
+    let hook_ns = hook_naming(&world, "team-a/mirror-pull", vec![elsewhere]).await;
+    assert_eq!(hook_ns.review(&pod(&image)).await["allowed"], true);
+
+    // The same policies without the Secret, with a wrong password, or with the Secret in another namespace than
+    // the one named (a bare name is provgate's own): the second repository refuses.
     for secrets in
         [vec![], vec![secret("guessed")], vec![pull_secret("team-a", "mirror-pull", &world.private.addr, "wonderland")]]
     {
@@ -246,7 +257,7 @@ fn provgate_verify_reads_the_signature_repository() {
     std::fs::write(&config, format!("registries:\n  hosts:\n    \"{}\": {{insecure: true}}\n", world.images.addr))
         .unwrap();
     let policy_file = dir.path().join("app.yaml");
-    std::fs::write(&policy_file, &policies(&world)[0].1).unwrap();
+    std::fs::write(&policy_file, &policies(&world, "mirror-pull")[0].1).unwrap();
     let verify = |tag: &str| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_provgate"))
             .args(["verify", "--output", "json", "--config"])
