@@ -1,6 +1,7 @@
 //! Gathers what the policies need for each image, concurrently under one deadline, and verifies it: the digest a
-//! tag names now, the signature and attestation layers stored beside it, and what each authority's keys or
-//! identities verify of them, once per (digest, authority) and cached. All I/O of a review, and every signature
+//! tag names now, the signature and attestation layers stored beside it (or in a policy's signature repository), and
+//! what each authority's keys or identities verify of them, once per (repository, digest, authority) and cached; an
+//! absence is cached only briefly (`cache.missingTtl`). All I/O of a review, and every signature
 //! check, happens here; `decide` judges only [`Verification`]s, which hold nothing but `Verified` items and the
 //! reasons layers were rejected.
 
