@@ -131,8 +131,13 @@ pub async fn start_with(config: Config, kube: Option<kube::Client>) -> anyhow::R
 /// only when the policies name `k8s://` keys or the config names pull secrets.
 pub async fn oneshot_engine(config: &Config, policies: Arc<PolicyStore>) -> anyhow::Result<Engine> {
     let refs = secret_refs(&policies);
-    let wants_cluster =
-        !refs.is_empty() || config.credentials.image_pull_secrets || !config.credentials.secrets.is_empty();
+    let signature_secrets = policies.current().is_some_and(|set| {
+        set.policies().iter().any(|p| p.signatures.as_ref().is_some_and(|s| !s.pull_secrets().is_empty()))
+    });
+    let wants_cluster = !refs.is_empty()
+        || signature_secrets
+        || config.credentials.image_pull_secrets
+        || !config.credentials.secrets.is_empty();
     let kube = if wants_cluster { kube_client().await } else { None };
     let keys = key_store(&policies, kube.clone()).await;
     engine_with(config, policies, keys, kube, None)
@@ -148,12 +153,12 @@ pub fn engine_with(
     metrics: Option<&Metrics>,
 ) -> anyhow::Result<Engine> {
     let registry = Arc::new(RegistryClient::new(config.registries.clone())?);
-    let mut gatherer = Gatherer::new(registry, keys, config.cache);
+    let pull_secrets = Arc::new(PullSecrets::new(kube, config.credentials.clone()));
+    let mut gatherer = Gatherer::new(registry, keys, config.cache).with_pull_secrets(pull_secrets.clone());
     if let Some(metrics) = metrics {
         gatherer = gatherer.with_metrics(metrics.gather.clone());
     }
     let gatherer = Arc::new(gatherer);
-    let pull_secrets = Arc::new(PullSecrets::new(kube, config.credentials.clone()));
     let limits = ReviewLimits { max_images: config.max_images_per_review, max_object_bytes: config.max_object_bytes };
     Ok(Engine::new(policies, config.no_match, config.deadline, gatherer, pull_secrets, limits))
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use crate::gather::{Authorities, ImageEvidence, Verification, Verifications};
+use crate::gather::{Authorities, ImageEvidence, Verification, Verifications, evidence_key};
 use crate::images::{Digest, ImageRef};
 use crate::policy::eval::{ImageInput, Limits, ReviewScope};
 use crate::policy::require::{Platforms, check_attestation, check_signature};
@@ -97,7 +97,7 @@ fn unmet(
         return unmet;
     }
     let names: Vec<Authority> = resolved.iter().map(|a| Authority::clone(a)).collect();
-    let Some(checks) = checks_of(&evidence.verified, &resolved) else {
+    let Some(checks) = checks_of(&evidence.verified, policy, &resolved) else {
         unmet.push(not_gathered(&evidence.digest));
         return unmet;
     };
@@ -105,13 +105,13 @@ fn unmet(
     let signatures = SignatureCheck::merge(&evidence.digest, checks.iter().map(|c| &c.signatures));
     verified
         .extend(signatures.verified.iter().map(|s| format!("signature by {} ({})", s.authority(), signer(&s.signer))));
-    unmet.extend(signature_need(policy, &signatures, &names));
+    unmet.extend(signature_need(policy, &signatures, &names).map(|r| absent(r, policy, evidence)));
     unmet.extend(platforms_need(policy, evidence, &resolved, &names));
     let statements = counted_statements(&evidence.digest, &signatures, &checks);
     let named = match attestation_needs(policy, &statements, &names, verified) {
         Ok(named) => named,
         Err(reasons) => {
-            unmet.extend(reasons);
+            unmet.extend(reasons.into_iter().map(|r| absent(r, policy, evidence)));
             return unmet;
         }
     };
@@ -170,7 +170,7 @@ fn platforms_need(
 ) -> Vec<Reason> {
     match &policy.requirements.signature {
         Some(need) if policy.requirements.platforms == Platforms::All && !evidence.platforms.is_empty() => {
-            every_platform(need, evidence, resolved, names)
+            every_platform(need, policy, evidence, resolved, names)
         }
         _ => Vec::new(),
     }
@@ -215,9 +215,30 @@ fn attestation_needs<'s>(
     if unmet.is_empty() { Ok(named) } else { Err(unmet) }
 }
 
-/// The verifications of `authorities` among those gathered; None if one is missing (never judged as a pass).
-fn checks_of<'a>(verified: &'a Verifications, authorities: &[Arc<Authority>]) -> Option<Vec<&'a Verification>> {
-    authorities.iter().map(|a| verified.get(&a.cache_key()).map(Arc::as_ref)).collect()
+/// The verifications of `authorities`, over the signatures read where `policy` says, among those gathered; None if
+/// one is missing (never judged as a pass).
+fn checks_of<'a>(
+    verified: &'a Verifications,
+    policy: &Policy,
+    authorities: &[Arc<Authority>],
+) -> Option<Vec<&'a Verification>> {
+    let at = policy.signatures.as_deref();
+    authorities.iter().map(|a| verified.get(&evidence_key(at, a)).map(Arc::as_ref)).collect()
+}
+
+/// A reason that nothing was found, with where provgate looked and when it looks again (a signer may not have
+/// published yet).
+fn absent(reason: Reason, policy: &Policy, evidence: &ImageEvidence) -> Reason {
+    match reason {
+        Reason::Unmet { requirement, message } if matches!(requirement.code(), "unsigned" | "no-attestations") => {
+            let message = match evidence.absence(policy.signatures.as_deref()) {
+                Some(note) => format!("{message}; {note}"),
+                None => message,
+            };
+            Reason::Unmet { requirement, message }
+        }
+        other => other,
+    }
 }
 
 fn not_gathered(digest: &Digest) -> Reason {
@@ -231,11 +252,14 @@ fn not_gathered(digest: &Digest) -> Reason {
 /// verified under one of the policy's authorities.
 fn every_platform(
     need: &crate::policy::require::Need,
+    policy: &Policy,
     evidence: &ImageEvidence,
     resolved: &[Arc<Authority>],
     names: &[Authority],
 ) -> Vec<Reason> {
-    let Some(platforms) = &evidence.platforms_verified else {
+    // Platforms fetched for another policy's signature repository were not checked for this one.
+    let checked = |p: &&Vec<(Digest, Verifications)>| p.iter().any(|(_, v)| checks_of(v, policy, resolved).is_some());
+    let Some(platforms) = evidence.platforms_verified.as_ref().filter(checked) else {
         return vec![Reason::Unmet {
             requirement: Requirement::PlatformsUnchecked,
             message: format!(
@@ -248,7 +272,7 @@ fn every_platform(
     };
     let mut unmet = Vec::new();
     for (digest, verified) in platforms {
-        let Some(checks) = checks_of(verified, resolved) else {
+        let Some(checks) = checks_of(verified, policy, resolved) else {
             unmet.push(not_gathered(digest));
             continue;
         };

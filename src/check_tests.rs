@@ -50,6 +50,7 @@ fn evidence(digest: &Digest, platforms: &[Digest], a: &Artifacts, authorities: &
         platforms: platforms.to_vec(),
         verified: verifications(a, digest, platforms, authorities),
         platforms_verified: None,
+        lookups: Default::default(),
     }
 }
 
@@ -190,7 +191,8 @@ fn resolve_authorities_table() {
 /// The signature check of `digest` under `authorities`, merged as `unmet` merges it.
 fn signature_check(a: &Artifacts, digest: &Digest, authorities: &[&Authority]) -> SignatureCheck {
     let verified = verifications(a, digest, &[], authorities);
-    let checks = checks_of(&verified, &authorities.iter().map(|a| Arc::new(Authority::clone(a))).collect::<Vec<_>>());
+    let arcs: Vec<Arc<Authority>> = authorities.iter().map(|a| Arc::new(Authority::clone(a))).collect();
+    let checks = checks_of(&verified, &policy(&[], ""), &arcs);
     SignatureCheck::merge(digest, checks.unwrap().iter().map(|c| &c.signatures))
 }
 
@@ -328,7 +330,7 @@ fn attestation_needs_table() {
         let found =
             evidence(&index, std::slice::from_ref(&amd), &artifacts(k.signed(&index, index_by), layers), &authorities);
         let arcs: Vec<Arc<Authority>> = owned.iter().cloned().map(Arc::new).collect();
-        let checks = checks_of(&found.verified, &arcs).unwrap();
+        let checks = checks_of(&found.verified, &policy(&[], ""), &arcs).unwrap();
         let signatures = SignatureCheck::merge(&index, checks.iter().map(|c| &c.signatures));
         let statements = counted_statements(&index, &signatures, &checks);
         let mut verified = Vec::new();

@@ -389,6 +389,19 @@ mod tests {
     }
 
     #[test]
+    fn an_absence_is_cached_briefly_and_what_was_found_for_the_artifacts_ttl() {
+        let c = Config::from_yaml("", Path::new("c.yaml")).unwrap();
+        assert_eq!((c.cache.artifacts_ttl, c.cache.missing_ttl), (Duration::from_secs(300), Duration::from_secs(5)));
+        let c = Config::from_yaml("cache:\n  missingTtl: 1500ms\n", Path::new("c.yaml")).unwrap();
+        assert_eq!(
+            (c.cache.artifacts_ttl, c.cache.missing_ttl),
+            (Duration::from_secs(300), Duration::from_millis(1500))
+        );
+        let e = Config::from_yaml("cache:\n  misingTtl: 1s\n", Path::new("c.yaml")).unwrap_err().to_string();
+        assert!(e.starts_with("c.yaml:2: "), "{e}");
+    }
+
+    #[test]
     fn server_limits_and_client_ca_parse_with_defaults() {
         let c = Config::from_yaml("", Path::new("c.yaml")).unwrap();
         assert_eq!(

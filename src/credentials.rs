@@ -9,6 +9,7 @@ use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::policy::signatures::PullSecretName;
 use crate::registry::HostCredentials;
 
 /// Config `credentials:`.
@@ -85,6 +86,21 @@ impl PullSecrets {
         names.extend(self.config.secrets.iter().filter_map(|s| split(s)).map(|(ns, n)| (ns.to_owned(), n.to_owned())));
         for (ns, name) in names {
             if let Some(found) = self.secret(client, &ns, &name).await.as_ref() {
+                credentials.merge(found.clone());
+            }
+        }
+        credentials
+    }
+
+    /// The credentials in the dockerconfigjson Secrets a policy's `signaturePullSecrets` name: a name without a
+    /// namespace is in provgate's own (the namespace of its ServiceAccount in a cluster, else the kubeconfig's).
+    /// Unreadable or missing Secrets are skipped, so the signature registry's refusal is the denial.
+    pub async fn signature_credentials(&self, names: &[PullSecretName]) -> HostCredentials {
+        let mut credentials = HostCredentials::default();
+        let Some(client) = &self.client else { return credentials };
+        for secret in names {
+            let ns = secret.namespace.as_deref().unwrap_or_else(|| client.default_namespace());
+            if let Some(found) = self.secret(client, ns, &secret.name).await.as_ref() {
                 credentials.merge(found.clone());
             }
         }

@@ -1,15 +1,16 @@
 //! Gathers what the policies need for each image, concurrently under one deadline, and verifies it: the digest a
-//! tag names now, the signature and attestation layers stored beside it, and what each authority's keys or
-//! identities verify of them, once per (digest, authority) and cached. All I/O of a review, and every signature
+//! tag names now, the signature and attestation layers stored beside it (or in a policy's signature repository), and
+//! what each authority's keys or identities verify of them, once per (repository, digest, authority) and cached; an
+//! absence is cached only briefly (`cache.missingTtl`). All I/O of a review, and every signature
 //! check, happens here; `decide` judges only [`Verification`]s, which hold nothing but `Verified` items and the
 //! reasons layers were rejected.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use futures::future::join_all;
+use futures::future::{join_all, try_join_all};
 use futures::{StreamExt as _, TryStreamExt as _};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -17,12 +18,14 @@ use prometheus_client::metrics::histogram::Histogram;
 use tokio::time::Instant;
 
 use crate::artifact::Artifacts;
+use crate::credentials::PullSecrets;
 use crate::flights::Flights;
 use crate::images::{Digest, ImageRef};
 use crate::keys::KeyStore;
 use crate::plan::{Plan, Step};
 use crate::policy::Policy;
 use crate::policy::require::Platforms;
+use crate::policy::signatures::SignatureRepository;
 use crate::policy::trust::AuthoritySource;
 use crate::reason::Reason;
 use crate::registry::{Budget, Credentials, Head, HostCredentials, Registry, RegistryError, Resolved, Wanted};
@@ -48,8 +51,48 @@ impl Verification {
     }
 }
 
-/// Verifications of one digest, by authority [`Authority::cache_key`].
+/// Verifications of one digest, by [`evidence_key`] (the authority, and the signature repository it was read from).
 pub type Verifications = HashMap<String, Arc<Verification>>;
+
+/// The key of what `authority` verified of signatures read from `signatures` (a policy's `spec.signatures`; `None`:
+/// the image's own repository). Two policies sharing an authority but not a signature repository never share a
+/// verification.
+pub fn evidence_key(signatures: Option<&SignatureRepository>, authority: &Authority) -> String {
+    match signatures {
+        None => authority.cache_key(),
+        Some(repository) => format!("{} in {}", authority.cache_key(), repository.key()),
+    }
+}
+
+/// Where one signature source was read, for explanations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lookup {
+    /// `registry/repository` the `.sig`, `.att` and referrers were read from.
+    pub repository: String,
+    /// Nothing (or no attestation, where one was wanted) was found there: that absence is reused only this long
+    /// (`cache.missingTtl`), since the signer may not have published yet.
+    pub missing: Option<Duration>,
+}
+
+impl ImageEvidence {
+    /// Why nothing may have been found for a policy reading `signatures`, and when provgate looks again; `None`
+    /// when something was found there.
+    pub fn absence(&self, signatures: Option<&SignatureRepository>) -> Option<String> {
+        let lookup = self.lookups.get(&source_key(signatures))?;
+        let ttl = lookup.missing?;
+        Some(format!(
+            "looked in {}; the signature may not be published yet (Tekton Chains signs after the TaskRun ends): \
+             provgate looks again within {}",
+            lookup.repository,
+            humantime::format_duration(ttl)
+        ))
+    }
+}
+
+/// The key of a signature source among an image's [`Lookup`]s.
+fn source_key(signatures: Option<&SignatureRepository>) -> String {
+    signatures.map(SignatureRepository::key).unwrap_or_default()
+}
 
 /// What was verified for one image.
 #[derive(Debug, Clone)]
@@ -63,6 +106,8 @@ pub struct ImageEvidence {
     /// What each authority verified of each platform manifest: present only when a policy requires every platform
     /// and the index verified under one of its authorities.
     pub platforms_verified: Option<Vec<(Digest, Verifications)>>,
+    /// Where each signature source of the governing policies was read, by source.
+    pub lookups: HashMap<String, Lookup>,
 }
 
 /// What the registry holds for one image, for reports (`provgate verify`).
@@ -98,6 +143,10 @@ pub struct CacheConfig {
     /// How long the artifacts found for a digest are reused.
     #[serde(with = "humantime_serde")]
     pub artifacts_ttl: Duration,
+    /// How long "nothing found" for a digest is reused (no signature, or no attestation where one is required): a
+    /// signer such as Tekton Chains publishes after the build ends, so a deploy may race it.
+    #[serde(with = "humantime_serde")]
+    pub missing_ttl: Duration,
     /// Images fetched at once across all reviews; more wait their turn (within their deadline).
     pub max_concurrent_fetches: usize,
     /// Images of one review fetched at once, so one review cannot take every fetch slot.
@@ -112,6 +161,7 @@ impl Default for CacheConfig {
             max_entries: 10_000,
             max_artifact_bytes: 32 << 20,
             artifacts_ttl: Duration::from_secs(300),
+            missing_ttl: Duration::from_secs(5),
             max_concurrent_fetches: 64,
             max_review_fetches: 16,
             max_platforms: 32,
@@ -131,14 +181,20 @@ pub struct Gatherer {
     /// Tags in flight: a tag is resolved at every review (it may point elsewhere now), concurrent reviews of the
     /// same tag sharing one request.
     tags: Flights<(String, String), Result<Head, RegistryError>>,
-    /// (repository, digest, credentials identity) -> its artifacts.
-    artifacts: moka::future::Cache<(String, Digest, String, Wanted), Arc<Artifacts>>,
-    /// (repository, digest, credentials identity, authority cache key) -> what that authority verified of them.
-    verifications: moka::future::Cache<(String, Digest, String, String, Wanted), Arc<Verification>>,
+    /// (repository the artifacts are read from, digest, credentials identity, what was asked) -> its artifacts,
+    /// numbered by fetch. Kept `artifactsTtl`, or `missingTtl` when nothing was found.
+    artifacts: moka::future::Cache<ArtifactsKey, Found>,
+    /// Numbers each fetch of artifacts.
+    fetches: AtomicU64,
+    /// (repository, digest, credentials identity, authority cache key, what was asked, fetch number) -> what that
+    /// authority verified of exactly those artifacts.
+    verifications: moka::future::Cache<VerificationKey, Arc<Verification>>,
     /// Bounds the images being fetched at once, so a burst of reviews cannot open unbounded connections.
     fetching: tokio::sync::Semaphore,
     /// Verifications computed, cache lookups, verification time.
     metrics: GatherMetrics,
+    /// Reads policies' `signaturePullSecrets`.
+    pull_secrets: Option<Arc<PullSecrets>>,
 }
 
 impl Gatherer {
@@ -150,8 +206,8 @@ impl Gatherer {
             .build();
         let artifacts = moka::future::Cache::builder()
             .max_capacity(cache.max_artifact_bytes)
-            .weigher(move |_, a: &Arc<Artifacts>| weight(a.bytes()))
-            .time_to_live(cache.artifacts_ttl)
+            .weigher(move |_, found: &Found| weight(found.1.bytes()))
+            .expire_after(Freshness { found: cache.artifacts_ttl, missing: cache.missing_ttl })
             .build();
         let verifications = moka::future::Cache::builder()
             .max_capacity(cache.max_artifact_bytes)
@@ -161,12 +217,32 @@ impl Gatherer {
         let fetching = tokio::sync::Semaphore::new(cache.max_concurrent_fetches.max(1));
         let tags = Flights::default();
         let metrics = GatherMetrics::default();
-        Self { registry, keys, config: cache, manifests, tags, artifacts, verifications, fetching, metrics }
+        let fetches = AtomicU64::new(0);
+        Self {
+            registry,
+            keys,
+            config: cache,
+            manifests,
+            tags,
+            artifacts,
+            fetches,
+            verifications,
+            fetching,
+            metrics,
+            pull_secrets: None,
+        }
     }
 
     /// Counts into `metrics` (registered on the metrics endpoint by [`crate::metrics::Metrics::new`]).
     pub fn with_metrics(mut self, metrics: GatherMetrics) -> Self {
         self.metrics = metrics;
+        self
+    }
+
+    /// Reads the `signaturePullSecrets` of policies through `secrets` (without it, those policies' signature
+    /// repositories are read with the config's credentials for their host).
+    pub fn with_pull_secrets(mut self, secrets: Arc<PullSecrets>) -> Self {
+        self.pull_secrets = Some(secrets);
         self
     }
 
@@ -193,36 +269,12 @@ impl Gatherer {
         let review = tokio::sync::Semaphore::new(self.config.max_review_fetches.max(1));
         let bytes = self.registry.budget();
         let jobs = plan.to_gather().into_iter().map(|(image, needing)| {
-            let of = |p: &&Arc<Policy>| -> Vec<Authority> {
-                p.authorities
-                    .iter()
-                    .filter_map(|a| authorities.get(&(p.name.clone(), a.name().to_owned()))?.as_ref().ok())
-                    .map(|a| Authority::clone(a))
-                    .collect()
-            };
-            let mut all: Vec<Authority> = Vec::new();
-            for a in needing.iter().flat_map(of) {
-                if !all.iter().any(|known| known.cache_key() == a.cache_key()) {
-                    all.push(a);
-                }
-            }
-            // The authorities of the policies that require every platform: the index must verify under one of
-            // them before its platforms are fetched.
-            let every_platform: Vec<String> = needing
-                .iter()
-                .filter(|p| p.requirements.platforms == Platforms::All)
-                .flat_map(of)
-                .map(|a| a.cache_key())
-                .collect();
-            let creds = credentials.for_host(image.registry());
-            // The `.att` tag is read only when some governing policy requires an attestation.
-            let wanted = Wanted { attestations: needing.iter().any(|p| !p.requirements.attestations.is_empty()) };
+            let sources = sources(&needing, &authorities);
             let (review, bytes) = (&review, &bytes);
             async move {
                 let work = async {
                     let _slot = review.acquire().await.map_err(|_| shutting_down())?;
-                    let authorities = Authorized { all: &all, every_platform: &every_platform, wanted };
-                    self.image(image, &creds, &authorities, bytes, deadline).await
+                    self.image(image, credentials, &sources, bytes, deadline).await
                 };
                 let result = match tokio::time::timeout_at(deadline, work).await {
                     Ok(result) => result.map(Arc::new),
@@ -247,8 +299,8 @@ impl Gatherer {
             None => self.artifacts.get(&key(NO_ATT)).await,
         };
         let artifacts = match cached {
-            Some(found) => found,
-            None => self.artifacts_of(image, &resolved.digest, &creds, Wanted::ALL, &bytes, deadline).await?,
+            Some((_, found)) => found,
+            None => self.artifacts_of(image, &resolved.digest, &creds, Wanted::ALL, &bytes, deadline).await?.1,
         };
         Ok(Inspected { digest: resolved.digest.clone(), platforms: platforms_of(&resolved), artifacts })
     }
@@ -293,41 +345,47 @@ impl Gatherer {
         self.metrics.cached("manifests", &self.manifests, key, fetch).await.map_err(|e| registry_reason(image, &e))
     }
 
+    /// The artifacts stored for `digest` in the repository of `at` (the image's, or a signature repository),
+    /// numbered by fetch. Concurrent callers share one fetch; what is found is reused for `artifactsTtl`, an
+    /// absence for `missingTtl`.
     async fn artifacts_of(
         &self,
-        image: &ImageRef,
+        at: &ImageRef,
         digest: &Digest,
         creds: &Credentials,
         wanted: Wanted,
         bytes: &Budget,
         deadline: Instant,
-    ) -> Result<Arc<Artifacts>, Reason> {
-        let key = (image.name(), digest.clone(), creds.fingerprint(), wanted);
+    ) -> Result<Found, Reason> {
+        let key = (at.name(), digest.clone(), creds.fingerprint(), wanted);
         // Everything fetched serves a caller that needs less.
         if !wanted.attestations
             && let Some(all) = self.artifacts.get(&(key.0.clone(), key.1.clone(), key.2.clone(), Wanted::ALL)).await
         {
             return Ok(all);
         }
-        let fetch =
-            async { self.registry.artifacts(image, digest, creds, wanted, bytes, deadline).await.map(Arc::new) };
-        self.metrics.cached("artifacts", &self.artifacts, key, fetch).await.map_err(|e| registry_reason(image, &e))
+        let fetch = async {
+            let found = self.registry.artifacts(at, digest, creds, wanted, bytes, deadline).await?;
+            Ok::<_, RegistryError>((self.fetches.fetch_add(1, Ordering::Relaxed), Arc::new(found)))
+        };
+        self.metrics.cached("artifacts", &self.artifacts, key, fetch).await.map_err(|e| registry_reason(at, &e))
     }
 
-    /// What `authority` verifies of `digest`'s artifacts: computed once per (digest, authority, credentials, what
-    /// was fetched) on a blocking thread, and cached.
+    /// What `authority` verifies of `digest`'s artifacts: computed once per (repository, digest, authority,
+    /// credentials, fetch) on a blocking thread, and cached.
     async fn verification(
         &self,
-        image: &ImageRef,
+        at: &ImageRef,
         digest: &Digest,
         platforms: &[Digest],
         fetched: Fetched<'_>,
         creds: &Credentials,
         authority: &Authority,
     ) -> Result<Arc<Verification>, Reason> {
-        let key = (image.name(), digest.clone(), creds.fingerprint(), authority.cache_key(), fetched.wanted);
+        let (fetch, artifacts) = fetched.found;
+        let key = (at.name(), digest.clone(), creds.fingerprint(), authority.cache_key(), fetched.wanted, *fetch);
         let (artifacts, digest, platforms, authority) =
-            (fetched.artifacts.clone(), digest.clone(), platforms.to_vec(), authority.clone());
+            (artifacts.clone(), digest.clone(), platforms.to_vec(), authority.clone());
         let metrics = self.metrics.clone();
         // Spawned only when awaited, that is on a miss.
         let compute = async move {
@@ -346,62 +404,163 @@ impl Gatherer {
         })
     }
 
-    /// Every authority's verification of `digest`.
+    /// Every authority's verification of `digest`, by [`evidence_key`].
     async fn verify_all(
         &self,
-        image: &ImageRef,
+        at: &ImageRef,
         digest: &Digest,
         platforms: &[Digest],
         fetched: Fetched<'_>,
         creds: &Credentials,
-        authorities: &[Authority],
+        source: &Source<'_>,
     ) -> Result<Verifications, Reason> {
-        let checks = authorities.iter().map(|a| async move {
-            let v = self.verification(image, digest, platforms, fetched, creds, a).await?;
-            Ok::<_, Reason>((a.cache_key(), v))
+        let checks = source.authorities.iter().map(|a| async move {
+            let v = self.verification(at, digest, platforms, fetched, creds, a).await?;
+            Ok::<_, Reason>((evidence_key(source.repository, a), v))
         });
         futures::future::try_join_all(checks).await.map(|v| v.into_iter().collect())
     }
 
-    /// Resolves `image`, fetches its artifacts and verifies them under each of `authorities`. When some of them
-    /// (`every_platform`, by cache key) govern a policy that requires every platform, and the index verified under
-    /// one of those, the platform manifests are fetched and verified too, at most `maxPlatforms` of them.
+    /// The credentials to read `source` with: its `signaturePullSecrets` when it names some, else the review's for
+    /// its host (the Pod's pull secrets, then the config's).
+    async fn source_credentials(&self, image: &ImageRef, source: &Source<'_>, review: &HostCredentials) -> Credentials {
+        match source.repository {
+            None => review.for_host(image.registry()),
+            Some(repository) if repository.pull_secrets().is_empty() => review.for_host(repository.registry()),
+            Some(repository) => match &self.pull_secrets {
+                Some(secrets) => {
+                    secrets.signature_credentials(repository.pull_secrets()).await.for_host(repository.registry())
+                }
+                None => Credentials::Anonymous,
+            },
+        }
+    }
+
+    /// Resolves `image`, then for each signature source fetches the artifacts of its digest there and verifies them
+    /// under each of the source's authorities. When some of them (`every_platform`) govern a policy that requires
+    /// every platform, and the index verified under one of those, the platform manifests' signatures are fetched
+    /// from the same source and verified too, at most `maxPlatforms` of them.
     async fn image(
         &self,
         image: &ImageRef,
-        creds: &Credentials,
-        authorized: &Authorized<'_>,
+        review: &HostCredentials,
+        sources: &[Source<'_>],
         bytes: &Budget,
         deadline: Instant,
     ) -> Result<ImageEvidence, Reason> {
-        let (authorities, every_platform, wanted) = (authorized.all, authorized.every_platform, authorized.wanted);
         let _permit = self.fetching.acquire().await.map_err(|_| shutting_down())?;
-        let platforms_needed = wanted.attestations || !every_platform.is_empty();
-        let resolved = self.resolve(image, creds, platforms_needed, bytes, deadline).await?;
+        let platforms_needed = sources.iter().any(|s| s.wanted.attestations || !s.every_platform.is_empty());
+        let creds = review.for_host(image.registry());
+        let resolved = self.resolve(image, &creds, platforms_needed, bytes, deadline).await?;
         let digest = resolved.digest.clone();
         let platforms = platforms_of(&resolved);
-        let artifacts = self.artifacts_of(image, &digest, creds, wanted, bytes, deadline).await?;
-        let fetched = Fetched { artifacts: &artifacts, wanted };
-        let verified = self.verify_all(image, &digest, &platforms, fetched, creds, authorities).await?;
-        let index_vouched =
-            every_platform.iter().any(|key| verified.get(key).is_some_and(|v| !v.signatures.verified.is_empty()));
-        let mut platforms_verified = None;
-        if index_vouched && !platforms.is_empty() {
-            if platforms.len() > self.config.max_platforms {
-                let (count, max) = (platforms.len(), self.config.max_platforms);
-                return Err(Reason::TooManyPlatforms { image: image.to_string(), count, max });
+        let each =
+            sources.iter().map(|source| self.source(image, review, source, &digest, &platforms, bytes, deadline));
+        let mut evidence = ImageEvidence {
+            digest: digest.clone(),
+            platforms: platforms.clone(),
+            verified: Verifications::new(),
+            platforms_verified: None,
+            lookups: HashMap::new(),
+        };
+        for (source, (verified, platforms_verified, lookup)) in sources.iter().zip(try_join_all(each).await?) {
+            evidence.verified.extend(verified);
+            evidence.lookups.insert(source_key(source.repository), lookup);
+            if let Some(found) = platforms_verified {
+                let merged = evidence
+                    .platforms_verified
+                    .get_or_insert_with(|| found.iter().map(|(d, _)| (d.clone(), Verifications::new())).collect());
+                for ((_, into), (_, from)) in merged.iter_mut().zip(found) {
+                    into.extend(from);
+                }
             }
-            let fetches = platforms.iter().cloned().map(|d| async move {
-                // A platform needs only its signature.
-                let found = self.artifacts_of(image, &d, creds, NO_ATT, bytes, deadline).await?;
-                let fetched = Fetched { artifacts: &found, wanted: NO_ATT };
-                let checks = self.verify_all(image, &d, &[], fetched, creds, authorities).await?;
-                Ok::<_, Reason>((d, checks))
-            });
-            platforms_verified = Some(futures::stream::iter(fetches).buffered(PLATFORMS_AT_ONCE).try_collect().await?);
         }
-        Ok(ImageEvidence { digest, platforms, verified, platforms_verified })
+        Ok(evidence)
     }
+
+    /// What one signature source holds for `digest` (and, when its index verified under a policy requiring every
+    /// platform, for each platform), verified.
+    #[allow(clippy::too_many_arguments)]
+    async fn source(
+        &self,
+        image: &ImageRef,
+        review: &HostCredentials,
+        source: &Source<'_>,
+        digest: &Digest,
+        platforms: &[Digest],
+        bytes: &Budget,
+        deadline: Instant,
+    ) -> Result<(Verifications, Option<Vec<(Digest, Verifications)>>, Lookup), Reason> {
+        let creds = self.source_credentials(image, source, review).await;
+        let at = source.repository.map_or_else(|| image.clone(), |r| r.at(digest));
+        let found = self.artifacts_of(&at, digest, &creds, source.wanted, bytes, deadline).await?;
+        let missing = missing(&found.1, source.wanted).then_some(self.config.missing_ttl);
+        let lookup = Lookup { repository: at.name(), missing };
+        let fetched = Fetched { found: &found, wanted: source.wanted };
+        let verified = self.verify_all(&at, digest, platforms, fetched, &creds, source).await?;
+        let index_vouched = source.every_platform.iter().any(|a| {
+            verified.get(&evidence_key(source.repository, a)).is_some_and(|v| !v.signatures.verified.is_empty())
+        });
+        if !index_vouched || platforms.is_empty() {
+            return Ok((verified, None, lookup));
+        }
+        if platforms.len() > self.config.max_platforms {
+            let (count, max) = (platforms.len(), self.config.max_platforms);
+            return Err(Reason::TooManyPlatforms { image: image.to_string(), count, max });
+        }
+        let (at, creds) = (&at, &creds);
+        let fetches = platforms.iter().cloned().map(|d| async move {
+            // A platform needs only its signature.
+            let found = self.artifacts_of(at, &d, creds, NO_ATT, bytes, deadline).await?;
+            let fetched = Fetched { found: &found, wanted: NO_ATT };
+            let checks = self.verify_all(at, &d, &[], fetched, creds, source).await?;
+            Ok::<_, Reason>((d, checks))
+        });
+        let platforms_verified = futures::stream::iter(fetches).buffered(PLATFORMS_AT_ONCE).try_collect().await?;
+        Ok((verified, Some(platforms_verified), lookup))
+    }
+}
+
+/// Whether `found` lacks what was asked for: no signature, or no attestation where one is wanted (a bundle may be
+/// either). Such an answer is reused only for `missingTtl`.
+fn missing(found: &Artifacts, wanted: Wanted) -> bool {
+    let bundles = !found.bundles.is_empty();
+    (found.signatures.is_empty() && !bundles) || (wanted.attestations && found.attestations.is_empty() && !bundles)
+}
+
+/// The signature sources of the policies governing one image (the image's own repository, or each distinct
+/// `spec.signatures`), each with the authorities of its policies and what it must be asked for.
+fn sources<'a>(needing: &[&'a Arc<Policy>], authorities: &Authorities) -> Vec<Source<'a>> {
+    let mut out: Vec<Source<'a>> = Vec::new();
+    for policy in needing {
+        let repository = policy.signatures.as_deref();
+        let at = match out.iter().position(|s| s.repository == repository) {
+            Some(at) => at,
+            None => {
+                out.push(Source { repository, authorities: Vec::new(), every_platform: Vec::new(), wanted: NO_ATT });
+                out.len() - 1
+            }
+        };
+        let source = &mut out[at];
+        let resolved = policy
+            .authorities
+            .iter()
+            .filter_map(|a| authorities.get(&(policy.name.clone(), a.name().to_owned()))?.as_ref().ok())
+            .map(|a| Authority::clone(a));
+        for a in resolved {
+            if policy.requirements.platforms == Platforms::All
+                && !source.every_platform.iter().any(|k| k.cache_key() == a.cache_key())
+            {
+                source.every_platform.push(a.clone());
+            }
+            if !source.authorities.iter().any(|known| known.cache_key() == a.cache_key()) {
+                source.authorities.push(a);
+            }
+        }
+        // The `.att` tag is read only when some policy reading this source requires an attestation.
+        source.wanted.attestations |= !policy.requirements.attestations.is_empty();
+    }
+    out
 }
 
 /// Platform manifests of an index, without BuildKit's attestation manifests (platform `unknown/unknown`).
@@ -479,16 +638,39 @@ const NO_ATT: Wanted = Wanted { attestations: false };
 /// Artifacts as fetched, and what was asked for (part of every cache key that depends on them).
 #[derive(Clone, Copy)]
 struct Fetched<'a> {
-    artifacts: &'a Arc<Artifacts>,
+    found: &'a Found,
     wanted: Wanted,
 }
 
-/// Who judges one image, and what that needs fetched.
-struct Authorized<'a> {
-    /// Every authority of the governing policies.
-    all: &'a [Authority],
-    /// Cache keys of the authorities of policies that require every platform.
-    every_platform: &'a [String],
+/// The artifacts of one fetch, numbered so that what is verified of them is keyed to exactly these.
+type Found = (u64, Arc<Artifacts>);
+
+/// (repository read, digest, credentials identity, what was asked).
+type ArtifactsKey = (String, Digest, String, Wanted);
+
+/// (repository read, digest, credentials identity, authority cache key, what was asked, fetch number).
+type VerificationKey = (String, Digest, String, String, Wanted, u64);
+
+/// How long an artifacts entry is reused: `artifactsTtl` for what was found, `missingTtl` for an absence.
+struct Freshness {
+    found: Duration,
+    missing: Duration,
+}
+
+impl moka::Expiry<ArtifactsKey, Found> for Freshness {
+    fn expire_after_create(&self, key: &ArtifactsKey, value: &Found, _: std::time::Instant) -> Option<Duration> {
+        Some(if missing(&value.1, key.3) { self.missing.min(self.found) } else { self.found })
+    }
+}
+
+/// One place signatures are read from for an image, and who judges what is found there.
+struct Source<'a> {
+    /// A policy's `spec.signatures`; `None`: the image's own repository.
+    repository: Option<&'a SignatureRepository>,
+    /// Every authority of the policies reading this source.
+    authorities: Vec<Authority>,
+    /// The authorities of those policies that require every platform.
+    every_platform: Vec<Authority>,
     wanted: Wanted,
 }
 
@@ -758,5 +940,144 @@ mod tests {
         assert!(gathered.authorities[&("p".to_owned(), "a".to_owned())].is_ok());
         let evidence = found(&gathered, &format!("{APP}:1")).as_ref().unwrap();
         assert_eq!(evidence.verified.len(), 1, "only the authority with a key is verified");
+    }
+
+    /// A policy `name` trusting `key` as authority `a`, reading signatures from `signatures` when given.
+    fn policy_reading(name: &str, key: &Key, signatures: Option<&str>, require: &str) -> String {
+        let mut doc = format!(
+            "apiVersion: provgate.dev/v1alpha1\nkind: ImagePolicy\nmetadata: {{name: {name}}}\nspec:\n  match: \
+             {{images: [\"registry.example.com/**\"]}}\n  require: {require}\n"
+        );
+        if let Some(repository) = signatures {
+            doc.push_str(&format!("  signatures: {{repository: {repository:?}}}\n"));
+        }
+        doc.push_str("  authorities:\n    - name: a\n      key: |\n");
+        for line in key.pem().lines() {
+            doc.push_str(&format!("        {line}\n"));
+        }
+        doc
+    }
+
+    fn load(docs: &[String]) -> PolicySet {
+        load_sources(&[(PathBuf::from("p.yaml"), docs.join("---\n"))]).unwrap()
+    }
+
+    /// What policy `name` made of `image` in `gathered` (its verdict codes; empty: it passes).
+    fn codes(set: &PolicySet, gathered: &Gathered, image: &str, name: &str) -> Vec<&'static str> {
+        let policy = set.policies().iter().find(|p| p.name == name).unwrap();
+        let image = ImageRef::parse(image).unwrap();
+        let context = crate::check::ReviewContext::new(&json!({}), "team-a", &json!({}), chrono::Utc::now());
+        let checked = crate::check::check(policy, &image, gathered.images.get(&image), &gathered.authorities, &context);
+        checked.unmet.iter().map(Reason::code).collect()
+    }
+
+    #[tokio::test]
+    async fn each_policy_reads_signatures_from_its_own_repository_and_only_there() {
+        let (key, other) = (Key::new(), Key::new());
+        let r = Arc::new(MemoryRegistry::new());
+        let d = digest("app");
+        r.put_manifest(APP, &d, crate::registry::memory::MANIFEST);
+        r.tag(APP, "1", &d);
+        let sigs = "registry.example.com/team/sigs";
+        let elsewhere = "registry.example.com/other/sigs";
+        // Signed by `key` in sigs; by `other` beside the image; in `elsewhere`, a valid signature of another digest.
+        r.put_artifacts(sigs, &d, artifacts(vec![key.signature(&d)], vec![]));
+        r.put_artifacts(APP, &d, artifacts(vec![other.signature(&d)], vec![]));
+        r.put_artifacts(elsewhere, &d, artifacts(vec![key.signature(&digest("another image"))], vec![]));
+        let yes = "{signature: true}";
+        let set = load(&[
+            // Written under an alias of the host: normalised like images.
+            policy_reading("sigs", &key, Some("REGISTRY.example.com:443/team/sigs"), yes),
+            policy_reading("own", &other, None, yes),
+            policy_reading("own-with-sigs-key", &key, None, yes),
+            policy_reading("replayed", &key, Some(elsewhere), yes),
+            policy_reading("sigs-with-own-key", &other, Some(sigs), yes),
+        ]);
+        let image = format!("{APP}:1");
+        let g = gatherer(&r, CacheConfig::default());
+        let gathered = gather(&g, &plan_of(&set, &[&image])).await;
+        assert_eq!(codes(&set, &gathered, &image, "sigs"), Vec::<&str>::new());
+        assert_eq!(codes(&set, &gathered, &image, "own"), Vec::<&str>::new());
+        // The right key's signature sits in sigs, not beside the image: the image's own repository has no credit.
+        assert_eq!(codes(&set, &gathered, &image, "own-with-sigs-key"), ["wrong-key"]);
+        assert_eq!(codes(&set, &gathered, &image, "replayed"), ["digest-mismatch"]);
+        // What the image's own repository holds is not looked at for a policy that names another.
+        assert_eq!(codes(&set, &gathered, &image, "sigs-with-own-key"), ["wrong-key"]);
+        let read: Vec<String> =
+            r.made().into_iter().filter(|m| m.call == Call::Artifacts).map(|m| m.name.unwrap()).collect();
+        assert_eq!(read.len(), 3, "one fetch per repository: {read:?}");
+        for repository in [APP, sigs, elsewhere] {
+            assert!(read.iter().any(|n| n == repository), "{repository} in {read:?}");
+        }
+        let evidence = found(&gathered, &image).as_ref().unwrap();
+        assert_eq!(evidence.lookups.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn an_absence_says_where_it_looked_and_when_it_looks_again_and_a_find_does_not() {
+        let key = Key::new();
+        let r = Arc::new(MemoryRegistry::new());
+        let d = digest("late");
+        r.put_manifest(APP, &d, crate::registry::memory::MANIFEST);
+        r.tag(APP, "1", &d);
+        let set = load(&[policy_reading("p", &key, Some("registry.example.com/team/sigs"), "{signature: true}")]);
+        let image = format!("{APP}:1");
+        let cache = CacheConfig { missing_ttl: Duration::from_secs(7), ..CacheConfig::default() };
+        let g = gatherer(&r, cache);
+        let gathered = gather(&g, &plan_of(&set, &[&image])).await;
+        let policy = &set.policies()[0];
+        let evidence = found(&gathered, &image).as_ref().unwrap();
+        let note = evidence.absence(policy.signatures.as_deref()).unwrap();
+        assert!(note.starts_with("looked in registry.example.com/team/sigs; the signature may not be published yet"));
+        assert!(note.ends_with("provgate looks again within 7s"), "{note}");
+        let context = crate::check::ReviewContext::new(&json!({}), "team-a", &json!({}), chrono::Utc::now());
+        let checked = crate::check::check(
+            policy,
+            &ImageRef::parse(&image).unwrap(),
+            Some(&Ok(evidence.clone())),
+            &gathered.authorities,
+            &context,
+        );
+        let message = checked.unmet[0].to_string();
+        assert!(message.contains(": no signatures found for"), "{message}");
+        assert!(message.ends_with(&note), "{message}");
+        // Signed in the image's own repository only: still nothing where this policy looks.
+        r.put_artifacts(APP, &d, artifacts(vec![key.signature(&d)], vec![]));
+        g.artifacts.invalidate_all();
+        let gathered = gather(&g, &plan_of(&set, &[&image])).await;
+        assert!(found(&gathered, &image).as_ref().unwrap().absence(policy.signatures.as_deref()).is_some());
+        r.put_artifacts("registry.example.com/team/sigs", &d, artifacts(vec![key.signature(&d)], vec![]));
+        g.artifacts.invalidate_all();
+        let gathered = gather(&g, &plan_of(&set, &[&image])).await;
+        assert_eq!(found(&gathered, &image).as_ref().unwrap().absence(policy.signatures.as_deref()), None);
+    }
+
+    #[tokio::test]
+    async fn what_is_missing_is_the_wanted_kind_and_concurrent_gathers_share_one_fetch() {
+        let key = Key::new();
+        let d = digest("x");
+        let sig = || vec![key.signature(&d)];
+        let att = || vec![key.provenance(&d, "https://tekton.dev/chains/v2")];
+        let (none, all) = (NO_ATT, Wanted::ALL);
+        let table = [
+            ("nothing", artifacts(vec![], vec![]), none, true),
+            ("a signature", artifacts(sig(), vec![]), none, false),
+            ("a signature, attestations wanted", artifacts(sig(), vec![]), all, true),
+            ("an attestation only", artifacts(vec![], att()), all, true),
+            ("both", artifacts(sig(), att()), all, false),
+        ];
+        for (what, found, wanted, want) in table {
+            assert_eq!(missing(&found, wanted), want, "{what}");
+        }
+        let r = Arc::new(MemoryRegistry::new());
+        r.put_manifest(APP, &d, crate::registry::memory::MANIFEST);
+        r.tag(APP, "1", &d);
+        let set = load(&[policy_reading("p", &key, None, "{signature: true}")]);
+        let plan = plan_of(&set, &[&format!("{APP}:1")]);
+        let g = gatherer(&r, CacheConfig::default());
+        let gathers: Vec<_> = (0..8).map(|_| gather(&g, &plan)).collect();
+        join_all(gathers).await;
+        assert_eq!(r.calls_for(Call::Artifacts, &d), 1, "an absence is fetched once for concurrent reviews");
+        assert_eq!(g.metrics.verifications.get(), 1);
     }
 }

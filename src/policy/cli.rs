@@ -34,8 +34,12 @@ pub fn check(path: &Path) -> CommandOutput {
             let validations: usize = set.policies().iter().map(|p| p.validations.len()).sum();
             let mut text = String::new();
             for p in set.policies() {
+                let looked_up = match &p.signatures {
+                    Some(r) => format!("; signatures read from {}", r.name()),
+                    None => String::new(),
+                };
                 text.push_str(&format!(
-                    "ok  {} ({}:{}, mode {}, {} authorities, {} validations; requires {})\n",
+                    "ok  {} ({}:{}, mode {}, {} authorities, {} validations; requires {}{looked_up})\n",
                     p.name,
                     p.file.display(),
                     p.line,

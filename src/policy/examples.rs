@@ -117,6 +117,7 @@ fn every_example_policy_passes_its_cases() {
 fn every_example_policy_has_cases_and_loads() {
     let report = cli::check(&root());
     assert_eq!(report.exit_code, 0, "{}", report.text);
+    assert!(report.text.contains("signatures read from registry.example.com/signatures)"), "{}", report.text);
     let tested: Vec<String> = case_files().iter().map(|f| std::fs::read_to_string(f).unwrap()).collect();
     for entry in std::fs::read_dir(root()).unwrap() {
         let path = entry.unwrap().path();

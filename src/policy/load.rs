@@ -13,6 +13,7 @@ use super::model::{API_VERSION, ImagePolicyDoc, KIND};
 use super::{Policy, PolicySet};
 use crate::policy::matcher::Matcher;
 use crate::policy::require::Requirements;
+use crate::policy::signatures::SignatureRepository;
 use crate::policy::trust::{self, AuthoritySource};
 
 /// One problem in one policy file.
@@ -172,6 +173,15 @@ fn compile_doc(file: &Path, doc: &Document) -> Result<Policy, LoadError> {
     let names: Vec<String> = authorities.iter().map(|a| a.name().to_owned()).collect();
     let requirements =
         Requirements::compile(parsed.spec.require.as_ref(), &names).map_err(|m| err(line_of("require"), m))?;
+    let signatures = match &parsed.spec.signatures {
+        Some(_) if authorities.is_empty() => {
+            let message =
+                "spec.signatures says where signatures are read, but spec.authorities lists no one to verify them";
+            return Err(err(line_of("signatures:"), message.into()));
+        }
+        Some(spec) => Some(Arc::new(SignatureRepository::compile(spec).map_err(|m| err(line_of("signatures:"), m))?)),
+        None => None,
+    };
     Ok(Policy {
         name,
         file: file.to_path_buf(),
@@ -181,6 +191,7 @@ fn compile_doc(file: &Path, doc: &Document) -> Result<Policy, LoadError> {
         authorities,
         requirements,
         validations,
+        signatures,
     })
 }
 
@@ -328,6 +339,37 @@ spec:
             assert_eq!(e.line, Some(*line), "{e}");
             assert!(e.message.contains(needle), "{e} should mention {needle}");
         }
+    }
+
+    #[test]
+    fn signatures_name_a_repository_normalised_like_images() {
+        let with = |section: &str| {
+            format!("{GOOD}  authorities:\n    - name: a\n      key: k8s://provgate-system/cosign\n{section}")
+        };
+        let set = load_one(&with(
+            "  signatures:\n    repository: INDEX.docker.io/acme/sigs\n    signaturePullSecrets: [sigs, ci/sigs]\n",
+        ))
+        .unwrap();
+        let signatures = set.policies()[0].signatures.as_ref().unwrap();
+        assert_eq!(signatures.name(), "docker.io/acme/sigs");
+        assert_eq!(signatures.pull_secrets().len(), 2);
+        assert!(load_one(&with("")).unwrap().policies()[0].signatures.is_none(), "the image's own repository");
+        let table: &[(&str, usize, &str)] = &[
+            ("  signatures:\n    repository: registry.example.com/sigs:v1\n", 13, "without a tag or digest"),
+            ("  signatures:\n    repository: r.example.com/sigs\n    pullSecrets: [x]\n", 15, "unknown field"),
+            (
+                "  signatures:\n    repository: r.example.com/sigs\n    signaturePullSecrets: [a/b/c]\n",
+                13,
+                "NAMESPACE/NAME",
+            ),
+        ];
+        for (section, line, needle) in table {
+            let e = &load_one(&with(section)).unwrap_err().0[0];
+            assert_eq!(e.line, Some(*line), "{e}");
+            assert!(e.message.contains(needle), "{e} should mention {needle}");
+        }
+        let e = &load_one(&format!("{GOOD}  signatures:\n    repository: r.example.com/sigs\n")).unwrap_err().0[0];
+        assert!(e.message.contains("lists no one to verify them"), "{e}");
     }
 
     #[test]

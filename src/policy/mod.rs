@@ -9,6 +9,7 @@ mod matcher;
 pub mod model;
 pub mod provenance;
 pub mod require;
+pub mod signatures;
 mod store;
 pub mod trust;
 
@@ -48,6 +49,8 @@ pub struct Policy {
     pub requirements: require::Requirements,
     /// `spec.validations`, compiled; all must pass.
     pub validations: Vec<CompiledValidation>,
+    /// `spec.signatures`: the repository signatures are looked up in; `None` for the image's own.
+    pub signatures: Option<Arc<signatures::SignatureRepository>>,
 }
 
 impl Policy {

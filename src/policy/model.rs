@@ -42,6 +42,9 @@ pub struct Spec {
     /// CEL validations, like ValidatingAdmissionPolicy's; compiled at load.
     #[serde(default)]
     pub validations: Vec<super::eval::Validation>,
+    /// Where the signatures are stored, when not beside the image.
+    #[serde(default)]
+    pub signatures: Option<super::signatures::SignaturesSpec>,
 }
 
 /// What a failing policy does to the request.
