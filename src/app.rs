@@ -13,12 +13,12 @@ use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::credentials::PullSecrets;
 use crate::engine::{Engine, ReviewLimits};
-use crate::gather::Gatherer;
+use crate::gather::{GatherMetrics, Gatherer};
 use crate::keys::{KeyRef, KeyStore, SecretRef, SecretWatch};
 use crate::metrics::Metrics;
 use crate::policy::PolicyStore;
 use crate::policy::trust::AuthoritySource;
-use crate::registry::RegistryClient;
+use crate::registry::{RegistryClient, RegistryMetrics};
 use crate::{certs, tls};
 
 /// Connections open at once on the admin port (probes and metrics scrapes).
@@ -72,9 +72,10 @@ pub async fn start_with(config: Config, kube: Option<kube::Client>) -> anyhow::R
     let (cert, key) = serving_pair(&config)?;
     let files = tls::TlsFiles { cert, key, client_ca: config.tls.client_ca_file.clone() };
     let server_tls = tls::ServerTls::load(&files)?;
-    let mut metrics = Metrics::default();
+    let registries = RegistryMetrics::new(config.registries.hosts.keys());
+    let mut metrics = Metrics::new(GatherMetrics::default(), registries);
     metrics.register_certificate_expiry(server_tls.expiry());
-    let metrics = Arc::new(metrics);
+    metrics.register_policies(policies.clone());
     if let Some(ca) = &files.client_ca {
         tracing::info!(client_ca = %ca.display(), "clients must present a certificate issued by this CA");
     }
@@ -88,7 +89,9 @@ pub async fn start_with(config: Config, kube: Option<kube::Client>) -> anyhow::R
         .with_context(|| format!("audit log {:?}", config.audit.log))?;
     let keys = key_store(&policies, kube.clone()).await;
     tasks.push(tokio::spawn(track_secrets(policies.clone(), keys.clone(), config.policy_poll)));
+    metrics.register_keys(keys.clone());
     let engine = engine_with(&config, policies.clone(), keys, kube, Some(&metrics))?;
+    let metrics = Arc::new(metrics);
     let webhook = Arc::new(Webhook::new(engine, audit, metrics.clone(), &config));
 
     let listener =
@@ -126,7 +129,7 @@ pub async fn oneshot_engine(config: &Config, policies: Arc<PolicyStore>) -> anyh
 }
 
 /// The engine with keys from `keys` and pull secrets read through `kube` (when there is a cluster), counting
-/// verifications into `metrics` when given.
+/// verifications and registry requests into `metrics` when given.
 pub fn engine_with(
     config: &Config,
     policies: Arc<PolicyStore>,
@@ -134,8 +137,11 @@ pub fn engine_with(
     kube: Option<kube::Client>,
     metrics: Option<&Metrics>,
 ) -> anyhow::Result<Engine> {
-    let registry = Arc::new(RegistryClient::new(config.registries.clone())?);
-    let mut gatherer = Gatherer::new(registry, keys, config.cache);
+    let mut registry = RegistryClient::new(config.registries.clone())?;
+    if let Some(metrics) = metrics {
+        registry = registry.with_metrics(metrics.registries.clone());
+    }
+    let mut gatherer = Gatherer::new(Arc::new(registry), keys, config.cache);
     if let Some(metrics) = metrics {
         gatherer = gatherer.with_metrics(metrics.gather.clone());
     }
