@@ -281,3 +281,58 @@ async fn metrics_follow_known_reviews_policy_reloads_and_key_watches() {
     assert_eq!(scrape.table("provgate_policy_set_info", &["generation"]).len(), 1, "one generation at a time");
     assert_eq!(scrape.value("provgate_policy_load_errors_total", &[]), Some(1.0));
 }
+
+/// Registry requests that do not go well, through the real server against a hostile registry with a Bearer
+/// challenge: the challenge and each repository's token, a tag answered 503 (retried), a tag that never answers
+/// (timeout), and a host nobody listens on, labelled by name as one of the first hosts seen outside the config.
+#[tokio::test]
+async fn registry_requests_count_challenges_tokens_retries_timeouts_and_unreachable_hosts() {
+    use support::registry::{Answer, Challenge, Hostile};
+    let hostile = Hostile::start();
+    hostile.challenge(Some(Challenge::default()));
+    let digest = hostile.put_image("team/app", "app");
+    hostile.tag("team/app", "1", &digest);
+    hostile.set("/v2/team/flaky/manifests/1", Answer::status(503));
+    hostile.set("/v2/team/slow/manifests/1", Answer::stall());
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().to_string()
+    };
+    let key = support::webhook::fixtures_dir().join("vectors/sigstore-rs/key-signed-busybox.pub.pem");
+    let policy = format!(
+        "apiVersion: provgate.dev/v1alpha1\nkind: ImagePolicy\nmetadata:\n  name: all\nspec:\n  match:\n    images: \
+         [\"**\"]\n  authorities:\n    - name: a\n      key: {}\n",
+        key.display()
+    );
+    let (addr, host) = (hostile.addr.clone(), hostile.host_config());
+    let hook = Webhook::start(&[("all.yaml", policy)], |c| {
+        c.registries.hosts.insert(addr.clone(), host);
+        c.registries.call_timeout = Duration::from_millis(500);
+    })
+    .await;
+    for (image, reason) in [
+        (format!("{addr}/team/app:1"), "unsigned"),
+        (format!("{addr}/team/flaky:1"), "registry-server-error"),
+        (format!("{addr}/team/slow:1"), "registry-timed-out"),
+        (format!("{closed}/team/app:1"), "registry-unreachable"),
+    ] {
+        let response = hook.review(&pod(&[&image])).await;
+        assert_eq!(response["allowed"], false, "{image}: {response}");
+        let reasons = response["auditAnnotations"]["reasons"].as_str().unwrap_or_default();
+        assert_eq!(reasons, reason, "{image}: {response}");
+    }
+    let scrape = Scrape::of(&hook).await;
+    let mut want = vec![
+        row(&[&closed, "ping", "error"], 1.0),     // nobody listens
+        row(&[&addr, "manifest", "404"], 2.0),     // no .sig tag, no referrers tag
+        row(&[&addr, "ping", "401"], 1.0),         // the Bearer challenge, asked once per session
+        row(&[&addr, "referrers", "404"], 1.0),    // no referrers API
+        row(&[&addr, "tag-head", "200"], 1.0),     // team/app:1
+        row(&[&addr, "tag-head", "503"], 3.0),     // team/flaky:1, and its two retries
+        row(&[&addr, "tag-head", "timeout"], 1.0), // team/slow:1, not retried
+        row(&[&addr, "token", "200"], 3.0),        // one token per repository
+    ];
+    want.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let got = scrape.table("provgate_registry_requests_total", &["registry", "kind", "status"]);
+    assert_eq!(got, want, "{}", scrape.text);
+}
