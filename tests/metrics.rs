@@ -335,4 +335,21 @@ async fn registry_requests_count_challenges_tokens_retries_timeouts_and_unreacha
     want.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let got = scrape.table("provgate_registry_requests_total", &["registry", "kind", "status"]);
     assert_eq!(got, want, "{}", scrape.text);
+    assert_eq!(scrape.value("provgate_fetches_in_flight", &[]), Some(0.0));
+
+    // The review's deadline (shorter than the call timeout) cuts the stalled request short: it is still counted,
+    // as a timeout, and its fetch slot is given back.
+    let policy = std::fs::read_to_string(hook.dir.path().join("policies/all.yaml")).unwrap();
+    let (addr, host) = (hostile.addr.clone(), hostile.host_config());
+    let hook = Webhook::start(&[("all.yaml", policy)], |c| {
+        c.registries.hosts.insert(addr.clone(), host);
+        c.deadline = Duration::from_millis(300);
+    })
+    .await;
+    let response = hook.review(&pod(&[&format!("{addr}/team/slow:1")])).await;
+    assert_eq!(response["auditAnnotations"]["reasons"], "deadline-exceeded", "{response}");
+    let scrape = Scrape::of(&hook).await;
+    let tag_heads = scrape.table("provgate_registry_requests_total", &["kind", "status"]);
+    assert!(tag_heads.contains(&row(&["tag-head", "timeout"], 1.0)), "{}", scrape.text);
+    assert_eq!(scrape.value("provgate_fetches_in_flight", &[]), Some(0.0), "{}", scrape.text);
 }

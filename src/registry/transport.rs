@@ -229,26 +229,22 @@ impl Session {
         budget: &Budget,
         deadline: Instant,
     ) -> Result<Reply, RegistryError> {
-        let mut answered = None;
-        let result = self.exchange(want, url, auth, what, budget, deadline, &mut answered).await;
         let kind = match want {
             Want::ManifestHead => RequestKind::TagHead,
             Want::Manifest => RequestKind::Manifest,
             Want::Referrers => RequestKind::Referrers,
             Want::Blob => RequestKind::Blob,
         };
-        self.count(kind, &result, answered);
+        let counted = self.metrics.start(&self.host, kind);
+        let mut answered = None;
+        let result = self.exchange(want, url, auth, what, budget, deadline, &mut answered).await;
+        counted.finish(status_of(&result, answered));
         result
     }
 
-    /// Counts one exchange of `kind` that ended with `result`, after an answer with status `answered` if any.
-    pub(super) fn count<T>(&self, kind: RequestKind, result: &Result<T, RegistryError>, answered: Option<u16>) {
-        let status = match (result, answered) {
-            (Ok(_), Some(code)) => RequestStatus::Http(code),
-            (Ok(_), None) => RequestStatus::Failed,
-            (Err(e), answered) => RequestStatus::of_error(e, answered),
-        };
-        self.metrics.count(&self.host, kind, status);
+    /// Starts counting one exchange of `kind` (see [`RegistryMetrics::start`]).
+    pub(super) fn counting(&self, kind: RequestKind) -> requests::Counted<'_> {
+        self.metrics.start(&self.host, kind)
     }
 
     /// One HTTP exchange: the answer under `min(call_timeout, time left)`, then room for its body in `budget` (which
@@ -355,6 +351,15 @@ impl Session {
         }
         let detail = if e.is_redirect() { format!("too many redirects: {}", error_chain(e)) } else { error_chain(e) };
         RegistryError::Unreachable { registry: self.host.clone(), detail }
+    }
+}
+
+/// How an exchange that gave `result` ended, after an answer with status `answered` if any.
+pub(super) fn status_of<T>(result: &Result<T, RegistryError>, answered: Option<u16>) -> RequestStatus {
+    match (result, answered) {
+        (Ok(_), Some(code)) => RequestStatus::Http(code),
+        (Ok(_), None) => RequestStatus::Failed,
+        (Err(e), answered) => RequestStatus::of_error(e, answered),
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use reqwest::header::{self, HeaderValue};
 use tokio::time::Instant;
 
-use super::{AUTH_TTL, RequestKind, Session};
+use super::{AUTH_TTL, RequestKind, Session, status_of};
 use crate::registry::RegistryError;
 use crate::registry::auth::Credentials;
 use crate::registry::token::{self, Challenge};
@@ -83,6 +83,7 @@ impl Session {
         let url = format!("{}/v2/", self.base);
         let what = format!("the authentication challenge of {} (for {what})", self.host);
         let time = self.time_left(&what, deadline)?;
+        let counted = self.counting(RequestKind::Ping);
         let mut answered = None;
         let exchange = async {
             let resp = self.http.get(&url).send().await.map_err(|e| self.transport_error(&e, &what))?;
@@ -90,7 +91,7 @@ impl Session {
             Ok::<_, RegistryError>(token::parse_challenge(resp.headers().get_all(header::WWW_AUTHENTICATE)))
         };
         let challenge = tokio::time::timeout(time, exchange).await.map_err(|_| self.timed_out(&what)).flatten();
-        self.count(RequestKind::Ping, &challenge, answered);
+        counted.finish(status_of(&challenge, answered));
         let challenge = challenge?;
         if let Ok(mut cached) = self.challenge.lock() {
             *cached = Some((challenge.clone(), Instant::now() + AUTH_TTL));
@@ -118,13 +119,14 @@ impl Session {
         let what = format!("the token request for {repo} (for {what})");
         let request =
             token::Request { url, service, scope, creds: &self.creds, time: self.time_left(&what, deadline)? };
+        let counted = self.counting(RequestKind::Token);
         let mut answered = None;
         let token = request.send(&self.token_http, &mut answered).await.map_err(|failure| match failure {
             token::Failure::Refused(detail) => self.unauthorized(repo, detail),
             token::Failure::TimedOut => self.timed_out(&what),
             token::Failure::Transport(e) => self.transport_error(&e, &what),
         });
-        self.count(RequestKind::Token, &token, answered);
+        counted.finish(status_of(&token, answered));
         token
     }
 

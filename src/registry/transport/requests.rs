@@ -167,6 +167,12 @@ impl RegistryMetrics {
         self.requests.clone()
     }
 
+    /// Starts counting one exchange of `kind` with `host`: it is counted once, when [`Counted::finish`] says how
+    /// it ended, or as a timeout if it is dropped first (the review's deadline cut it short).
+    pub fn start<'a>(&'a self, host: &'a str, kind: RequestKind) -> Counted<'a> {
+        Counted { metrics: self, host, kind, status: None }
+    }
+
     /// Counts one exchange with `host`.
     pub fn count(&self, host: &str, kind: RequestKind, status: RequestStatus) {
         let labels = RequestLabels { registry: self.label(host), kind: kind.as_str(), status: status.as_str() };
@@ -186,6 +192,27 @@ impl RegistryMetrics {
             return host;
         }
         OTHER.to_owned()
+    }
+}
+
+/// One exchange in progress; see [`RegistryMetrics::start`].
+pub struct Counted<'a> {
+    metrics: &'a RegistryMetrics,
+    host: &'a str,
+    kind: RequestKind,
+    status: Option<RequestStatus>,
+}
+
+impl Counted<'_> {
+    /// Counts the exchange as ended with `status`.
+    pub fn finish(mut self, status: RequestStatus) {
+        self.status = Some(status);
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.metrics.count(self.host, self.kind, self.status.unwrap_or(RequestStatus::TimedOut));
     }
 }
 
@@ -219,5 +246,17 @@ mod tests {
         assert_eq!(RequestStatus::of_error(&refused, None).as_str(), "error");
         let big = RegistryError::TooLarge { registry: "r".into(), what: "w".into(), limit: 1 };
         assert_eq!(RequestStatus::of_error(&big, Some(200)).as_str(), "200");
+    }
+
+    #[test]
+    fn an_exchange_is_counted_once_and_as_a_timeout_when_dropped_unfinished() {
+        let m = RegistryMetrics::default();
+        m.start("r.example", RequestKind::Blob).finish(RequestStatus::Http(200));
+        drop(m.start("r.example", RequestKind::Blob));
+        let count = |status: &'static str| {
+            let labels = RequestLabels { registry: "r.example".into(), kind: "blob", status };
+            m.requests.get(&labels).map(|c| c.get())
+        };
+        assert_eq!((count("200"), count("timeout")), (Some(1), Some(1)));
     }
 }
