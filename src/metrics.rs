@@ -18,7 +18,7 @@ use crate::decide::Decision;
 use crate::gather::GatherMetrics;
 use crate::keys::{KeyState, KeyStore};
 use crate::policy::{Mode, PolicyStore};
-use crate::registry::RegistryMetrics;
+use crate::registry::{MAX_OTHER_REGISTRIES, RegistryMetrics};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DecisionLabels {
@@ -83,8 +83,10 @@ impl Metrics {
         let registries = Arc::new(registries);
         registry.register(
             "registry_requests",
-            "HTTP requests to registries by registry (hosts of registries.hosts and the first 32 others; the rest \
-             are `other`), kind and status",
+            format!(
+                "HTTP requests to registries by registry (hosts of registries.hosts and the first {MAX_OTHER_REGISTRIES} \
+                 others; the rest are `other`), kind and status"
+            ),
             registries.requests(),
         );
         Self { registry, decisions, latency, gather, registries }
@@ -211,7 +213,7 @@ mod tests {
     use super::*;
     use crate::decide::{Failure, ImageDecision, Outcome};
     use crate::reason::Reason;
-    use crate::registry::{MAX_OTHER_REGISTRIES, RegistryError};
+    use crate::registry::RegistryError;
 
     /// The samples of `text` (parsed as Prometheus text) whose metric is `name`.
     fn samples(text: &str, name: &str) -> Vec<prometheus_parse::Sample> {
