@@ -13,13 +13,13 @@ use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::credentials::PullSecrets;
 use crate::engine::{Engine, ReviewLimits};
-use crate::gather::Gatherer;
+use crate::gather::{GatherMetrics, Gatherer};
 use crate::keys::{KeyRef, KeyStore, SecretRef, SecretWatch};
 use crate::managed_tls::ManagedTls;
 use crate::metrics::Metrics;
 use crate::policy::PolicyStore;
 use crate::policy::trust::AuthoritySource;
-use crate::registry::RegistryClient;
+use crate::registry::{RegistryClient, RegistryMetrics};
 use crate::{certs, events, tls};
 
 /// Connections open at once on the admin port (probes and metrics scrapes).
@@ -81,14 +81,15 @@ pub async fn start_with(config: Config, kube: Option<kube::Client>) -> anyhow::R
     let reload = config.tls.reload_interval.unwrap_or(Duration::from_secs(30));
     let mut tasks = vec![tokio::spawn(policies.clone().watch(config.policies.clone(), config.policy_poll))];
     let server_tls = serving_tls(&config, kube.clone(), reload, &mut tasks).await?;
-    let mut metrics = Metrics::default();
+    let registries = RegistryMetrics::new(config.registries.hosts.keys());
+    let mut metrics = Metrics::new(GatherMetrics::default(), registries);
     metrics.register_certificate_expiry(server_tls.expiry());
+    metrics.register_policies(policies.clone());
     // Denials and warnings as Kubernetes Events, when there is a cluster (the task stops with its last handle).
     let events = kube.clone().map(events::publish::start);
     if let Some((events, _)) = &events {
         metrics.register_events_dropped(events.dropped());
     }
-    let metrics = Arc::new(metrics);
     if let Some(ca) = &config.tls.client_ca_file {
         tracing::info!(client_ca = %ca.display(), "clients must present a certificate issued by this CA");
     }
@@ -96,7 +97,9 @@ pub async fn start_with(config: Config, kube: Option<kube::Client>) -> anyhow::R
         .with_context(|| format!("audit log {:?}", config.audit.log))?;
     let keys = key_store(&policies, kube.clone()).await;
     tasks.push(tokio::spawn(track_secrets(policies.clone(), keys.clone(), config.policy_poll)));
+    metrics.register_keys(keys.clone());
     let engine = engine_with(&config, policies.clone(), keys, kube, Some(&metrics))?;
+    let metrics = Arc::new(metrics);
     let mut webhook = Webhook::new(engine, audit.clone(), metrics.clone(), &config);
     if let Some((events, publisher)) = events {
         webhook.events = events;
@@ -144,7 +147,7 @@ pub async fn oneshot_engine(config: &Config, policies: Arc<PolicyStore>) -> anyh
 }
 
 /// The engine with keys from `keys` and pull secrets read through `kube` (when there is a cluster), counting
-/// verifications into `metrics` when given.
+/// verifications and registry requests into `metrics` when given.
 pub fn engine_with(
     config: &Config,
     policies: Arc<PolicyStore>,
@@ -152,9 +155,12 @@ pub fn engine_with(
     kube: Option<kube::Client>,
     metrics: Option<&Metrics>,
 ) -> anyhow::Result<Engine> {
-    let registry = Arc::new(RegistryClient::new(config.registries.clone())?);
+    let mut registry = RegistryClient::new(config.registries.clone())?;
+    if let Some(metrics) = metrics {
+        registry = registry.with_metrics(metrics.registries.clone());
+    }
     let pull_secrets = Arc::new(PullSecrets::new(kube, config.credentials.clone()));
-    let mut gatherer = Gatherer::new(registry, keys, config.cache).with_pull_secrets(pull_secrets.clone());
+    let mut gatherer = Gatherer::new(Arc::new(registry), keys, config.cache).with_pull_secrets(pull_secrets.clone());
     if let Some(metrics) = metrics {
         gatherer = gatherer.with_metrics(metrics.gather.clone());
     }

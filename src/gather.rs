@@ -14,6 +14,7 @@ use futures::future::{join_all, try_join_all};
 use futures::{StreamExt as _, TryStreamExt as _};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use tokio::time::Instant;
 
@@ -267,6 +268,7 @@ impl Gatherer {
             }
         }
         let review = tokio::sync::Semaphore::new(self.config.max_review_fetches.max(1));
+        let started = Instant::now();
         let bytes = self.registry.budget();
         let jobs = plan.to_gather().into_iter().map(|(image, needing)| {
             let sources = sources(&needing, &authorities);
@@ -280,6 +282,7 @@ impl Gatherer {
                     Ok(result) => result.map(Arc::new),
                     Err(_) => Err(Reason::DeadlineExceeded(budget)),
                 };
+                self.metrics.image_seconds.observe(started.elapsed().as_secs_f64());
                 (image.clone(), result)
             }
         });
@@ -449,6 +452,7 @@ impl Gatherer {
         deadline: Instant,
     ) -> Result<ImageEvidence, Reason> {
         let _permit = self.fetching.acquire().await.map_err(|_| shutting_down())?;
+        let _in_flight = InFlight::enter(&self.metrics.fetches_in_flight);
         let platforms_needed = sources.iter().any(|s| s.wanted.attestations || !s.every_platform.is_empty());
         let creds = review.for_host(image.registry());
         let resolved = self.resolve(image, &creds, platforms_needed, bytes, deadline).await?;
@@ -590,6 +594,26 @@ pub struct GatherMetrics {
     pub cache: Family<CacheLabels, Counter>,
     /// Seconds to compute one verification (signature checks of one digest under one authority).
     pub verification_seconds: Histogram,
+    /// Images being fetched now (each holding one of `cache.maxConcurrentFetches` slots).
+    pub fetches_in_flight: Gauge,
+    /// Seconds from the start of a review's gathering to one image's evidence (or failure), per image gathered.
+    pub image_seconds: Histogram,
+}
+
+/// One unit of a gauge, held until dropped (a fetch cut short by the deadline is dropped, never finished).
+struct InFlight(Gauge);
+
+impl InFlight {
+    fn enter(gauge: &Gauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl Default for GatherMetrics {
@@ -599,6 +623,8 @@ impl Default for GatherMetrics {
             verifications: Counter::default(),
             cache: Family::default(),
             verification_seconds: Histogram::new(buckets),
+            fetches_in_flight: Gauge::default(),
+            image_seconds: Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
         }
     }
 }

@@ -252,9 +252,12 @@ async fn admin_port_reports_health_readiness_and_metrics() {
     set_image(&mut denied, "spec.containers[0].image", "nginx");
     hook.review(&denied).await;
     let (_, metrics) = hook.admin_get("/metrics").await;
-    assert!(metrics.contains(r#"provgate_admission_decisions_total{decision="allow",reason="none"} 1"#), "{metrics}");
     assert!(
-        metrics.contains(r#"provgate_admission_decisions_total{decision="deny",reason="no-policy"} 1"#),
+        metrics.contains(r#"provgate_admission_decisions_total{decision="allow",reason="none",mode="none"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"provgate_admission_decisions_total{decision="deny",reason="no-policy",mode="enforce"} 1"#),
         "{metrics}"
     );
     // The serving certificate's expiry, as the certificate says (the harness issues it for a year or more).

@@ -13,7 +13,7 @@ use kube::runtime::watcher::{self, Event};
 use tokio::sync::watch;
 use zeroize::Zeroize as _;
 
-use super::{KeysError, SecretRef};
+use super::{KeyState, KeysError, SecretRef};
 use crate::verify::PublicKey;
 
 type Loaded = Option<Result<PublicKey, KeysError>>;
@@ -71,6 +71,15 @@ impl SecretWatch {
                 Err(KeysError::NotLoaded(r.to_string()))
             }
         }
+    }
+
+    /// The state of every watched Secret key, sorted by reference.
+    pub fn states(&self) -> Vec<(SecretRef, KeyState)> {
+        let watched = self.watched.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut states: Vec<(SecretRef, KeyState)> =
+            watched.iter().map(|(r, w)| (r.clone(), KeyState::of(w.state.borrow().as_ref()))).collect();
+        states.sort_by(|a, b| a.0.cmp(&b.0));
+        states
     }
 
     /// Waits (at most `timeout`) for the first answer about `r`: for readiness checks and one-shot commands.

@@ -121,6 +121,44 @@ impl KeyRef {
     }
 }
 
+/// Where a watched Secret key stands, for the metrics endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyState {
+    /// No answer from the API yet.
+    Pending,
+    /// The key parsed.
+    Loaded,
+    /// The Secret, or its data key, does not exist.
+    Missing,
+    /// The key does not parse, or the API refused or failed.
+    Error,
+}
+
+impl KeyState {
+    /// Every state, in label order.
+    pub const ALL: [Self; 4] = [Self::Pending, Self::Loaded, Self::Missing, Self::Error];
+
+    /// The state of a watch that last gave `loaded` (None: nothing yet).
+    pub fn of(loaded: Option<&Result<PublicKey, KeysError>>) -> Self {
+        match loaded {
+            None => Self::Pending,
+            Some(Ok(_)) => Self::Loaded,
+            Some(Err(KeysError::SecretNotFound(_) | KeysError::MissingDataKey(_))) => Self::Missing,
+            Some(Err(_)) => Self::Error,
+        }
+    }
+
+    /// The `state` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Loaded => "loaded",
+            Self::Missing => "missing",
+            Self::Error => "error",
+        }
+    }
+}
+
 type FileEntry = (Option<SystemTime>, u64, Result<PublicKey, KeysError>);
 
 /// Resolves key references to parsed keys: Secrets from their watches, files from a parse cache.
@@ -169,6 +207,11 @@ impl KeyStore {
             Some(w) => w.ready(r, timeout).await,
             None => Err(KeysError::NoClient(r.to_string())),
         }
+    }
+
+    /// The state of every watched Secret key (none without a Kubernetes API).
+    pub fn watch_states(&self) -> Vec<(SecretRef, KeyState)> {
+        self.secrets.as_ref().map(SecretWatch::states).unwrap_or_default()
     }
 
     /// The current key for one reference.

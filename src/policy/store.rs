@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
+use prometheus_client::metrics::counter::Counter;
 use sha2::{Digest as _, Sha256};
 
 use super::{LoadErrors, PolicySet, load, policy_files};
@@ -17,6 +18,8 @@ pub struct PolicyStore {
     last_error: ArcSwapOption<LoadErrors>,
     /// Fingerprint of the files as they were at the last load attempt.
     attempted: std::sync::Mutex<Option<Vec<u8>>>,
+    /// Loads rejected (at start or on a change), for `provgate_policy_load_errors_total`.
+    load_errors: Counter,
 }
 
 impl PolicyStore {
@@ -36,6 +39,11 @@ impl PolicyStore {
         self.last_error.load_full()
     }
 
+    /// The count of rejected loads (a handle on the store's own counter).
+    pub fn load_errors(&self) -> Counter {
+        self.load_errors.clone()
+    }
+
     /// Loads `path`; on success the set becomes active, on failure the previous set stays and the errors are kept.
     pub fn reload(&self, path: &Path) -> Result<Arc<PolicySet>, LoadErrors> {
         self.remember(fingerprint(path));
@@ -48,6 +56,7 @@ impl PolicyStore {
             }
             Err(errors) => {
                 self.last_error.store(Some(Arc::new(errors.clone())));
+                self.load_errors.inc();
                 Err(errors)
             }
         }
@@ -109,12 +118,14 @@ mod tests {
         std::fs::write(dir.path().join("a.yaml"), GOOD.replace("images", "imagez")).unwrap();
         let errors = store.reload(dir.path()).unwrap_err();
         assert!(errors.to_string().contains("a.yaml:5:"), "{errors}");
+        assert_eq!(store.load_errors().get(), 1, "the rejected load is counted");
         assert_eq!(store.current().unwrap().generation(), first.generation());
         assert!(store.last_error().is_some());
         std::fs::write(dir.path().join("a.yaml"), GOOD.replace("name: a", "name: b")).unwrap();
         store.reload(dir.path()).unwrap();
         assert_eq!(store.current().unwrap().policies()[0].name, "b");
         assert!(store.last_error().is_none());
+        assert_eq!(store.load_errors().get(), 1, "a good load is not an error");
     }
 
     #[tokio::test(start_paused = true)]

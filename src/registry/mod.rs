@@ -30,6 +30,7 @@ use crate::images::{Digest, ImageRef};
 use artifacts::{check_header_digest, expect_ok, parse, parse_digest};
 use budget::Pool;
 use transport::{HostTransport, Reply, Session, Want, check_digest};
+pub use transport::{MAX_OTHER_REGISTRIES, RegistryMetrics, RequestKind, RequestStatus};
 
 /// Image index media types (OCI index, Docker manifest list).
 pub const INDEX_TYPES: [&str; 2] =
@@ -183,6 +184,8 @@ pub struct RegistryClient {
     sessions: moka::future::Cache<(String, String), Arc<Session>>,
     /// Bytes read from registries and held by reviews in progress (`registries.maxBytesInFlight`).
     pool: Pool,
+    /// Counts every request to a registry.
+    metrics: Arc<RegistryMetrics>,
 }
 
 impl RegistryClient {
@@ -229,7 +232,14 @@ impl RegistryClient {
             .time_to_idle(Duration::from_secs(30 * 60))
             .build();
         let pool = Pool::new(config.max_bytes_in_flight);
-        Ok(Self { config, hosts, defaults, sessions, pool })
+        let metrics = Arc::new(RegistryMetrics::new(config.hosts.keys()));
+        Ok(Self { config, hosts, defaults, sessions, pool, metrics })
+    }
+
+    /// Counts requests into `metrics` (registered on the metrics endpoint).
+    pub fn with_metrics(mut self, metrics: Arc<RegistryMetrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     pub fn config(&self) -> &RegistryConfig {
@@ -251,7 +261,7 @@ impl RegistryClient {
             return Ok(s);
         }
         let transport = self.hosts.get(&auth::normalise_host(host)).cloned().unwrap_or_default();
-        let session = Arc::new(Session::new(host, &transport, creds, &self.config)?);
+        let session = Arc::new(Session::new(host, &transport, creds, &self.config, self.metrics.clone())?);
         self.sessions.insert(key, session.clone()).await;
         Ok(session)
     }

@@ -177,8 +177,8 @@ pub(crate) struct Request<'a> {
 
 impl Request<'_> {
     /// GETs the realm with `service` and `scope` (and Basic credentials if any), reading at most
-    /// [`TOKEN_BODY_CAP`] bytes within `time`.
-    pub async fn send(self, http: &reqwest::Client) -> Result<Token, Failure> {
+    /// [`TOKEN_BODY_CAP`] bytes within `time`. `answered` is set to the answer's status when it arrives.
+    pub async fn send(self, http: &reqwest::Client, answered: &mut Option<u16>) -> Result<Token, Failure> {
         let mut url = self.url;
         {
             let mut query = url.query_pairs_mut();
@@ -197,6 +197,7 @@ impl Request<'_> {
         let exchange = async {
             let mut resp = req.send().await.map_err(Failure::Transport)?;
             let status = resp.status();
+            *answered = Some(status.as_u16());
             if resp.content_length().is_some_and(|n| n > TOKEN_BODY_CAP as u64) {
                 return Err(too_big());
             }

@@ -1,6 +1,6 @@
 //! HTTP to one registry as one identity: auth, per-call timeouts, bounded retries, size-capped reads, digest checks.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,8 +15,10 @@ use super::token::{self, Challenge, RealmRule};
 use super::{INDEX_TYPES, MANIFEST_ACCEPT, RegistryError};
 use crate::images::Digest;
 use authorize::{Authz, TokenLifetime};
+pub use requests::{MAX_OTHER_REGISTRIES, RegistryMetrics, RequestKind, RequestStatus};
 
 mod authorize;
+mod requests;
 
 /// Longest a bearer token (or the finding that none is needed) is reused, whatever lifetime the token service gives.
 const AUTH_TTL: Duration = Duration::from_secs(240);
@@ -87,6 +89,8 @@ pub(crate) struct Session {
     retries: u32,
     max_manifest: u64,
     max_blob: u64,
+    /// Counts every HTTP exchange.
+    metrics: Arc<RegistryMetrics>,
 }
 
 impl Session {
@@ -95,6 +99,7 @@ impl Session {
         transport: &HostTransport,
         creds: Credentials,
         cfg: &RegistryConfig,
+        metrics: Arc<RegistryMetrics>,
     ) -> Result<Self, RegistryError> {
         let unreachable = |detail: String| RegistryError::Unreachable { registry: host.to_owned(), detail };
         let client = |redirect: reqwest::redirect::Policy| {
@@ -128,6 +133,7 @@ impl Session {
             retries: cfg.retries,
             max_manifest: cfg.max_manifest_bytes,
             max_blob: cfg.max_blob_bytes,
+            metrics,
         })
     }
 
@@ -213,9 +219,7 @@ impl Session {
         }
     }
 
-    /// One HTTP exchange: the answer under `min(call_timeout, time left)`, then room for its body in `budget` (which
-    /// may wait for the process-wide pool until `deadline`), then the body under a fresh `min(call_timeout, time
-    /// left)`.
+    /// One HTTP exchange ([`Session::exchange`]), counted by kind and how it ended.
     async fn attempt(
         &self,
         want: Want,
@@ -224,6 +228,38 @@ impl Session {
         what: &str,
         budget: &Budget,
         deadline: Instant,
+    ) -> Result<Reply, RegistryError> {
+        let kind = match want {
+            Want::ManifestHead => RequestKind::TagHead,
+            Want::Manifest => RequestKind::Manifest,
+            Want::Referrers => RequestKind::Referrers,
+            Want::Blob => RequestKind::Blob,
+        };
+        let counted = self.metrics.start(&self.host, kind);
+        let mut answered = None;
+        let result = self.exchange(want, url, auth, what, budget, deadline, &mut answered).await;
+        counted.finish(status_of(&result, answered));
+        result
+    }
+
+    /// Starts counting one exchange of `kind` (see [`RegistryMetrics::start`]).
+    pub(super) fn counting(&self, kind: RequestKind) -> requests::Counted<'_> {
+        self.metrics.start(&self.host, kind)
+    }
+
+    /// One HTTP exchange: the answer under `min(call_timeout, time left)`, then room for its body in `budget` (which
+    /// may wait for the process-wide pool until `deadline`), then the body under a fresh `min(call_timeout, time
+    /// left)`. `answered` is set to the answer's status as soon as it arrives.
+    #[allow(clippy::too_many_arguments)]
+    async fn exchange(
+        &self,
+        want: Want,
+        url: &str,
+        auth: Option<HeaderValue>,
+        what: &str,
+        budget: &Budget,
+        deadline: Instant,
+        answered: &mut Option<u16>,
     ) -> Result<Reply, RegistryError> {
         let (method, accept, cap) = match want {
             Want::ManifestHead => (Method::HEAD, MANIFEST_ACCEPT, self.max_manifest),
@@ -241,6 +277,7 @@ impl Session {
             .map_err(|_| self.timed_out(what))?
             .map_err(|e| self.transport_error(&e, what))?;
         let status = resp.status();
+        *answered = Some(status.as_u16());
         let (headers, final_url) = (resp.headers().clone(), resp.url().clone());
         let reply = |body: Vec<u8>| Reply { status, headers, body: body.into(), url: final_url };
         if head {
@@ -314,6 +351,15 @@ impl Session {
         }
         let detail = if e.is_redirect() { format!("too many redirects: {}", error_chain(e)) } else { error_chain(e) };
         RegistryError::Unreachable { registry: self.host.clone(), detail }
+    }
+}
+
+/// How an exchange that gave `result` ended, after an answer with status `answered` if any.
+pub(super) fn status_of<T>(result: &Result<T, RegistryError>, answered: Option<u16>) -> RequestStatus {
+    match (result, answered) {
+        (Ok(_), Some(code)) => RequestStatus::Http(code),
+        (Ok(_), None) => RequestStatus::Failed,
+        (Err(e), answered) => RequestStatus::of_error(e, answered),
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use reqwest::header::{self, HeaderValue};
 use tokio::time::Instant;
 
-use super::{AUTH_TTL, Session};
+use super::{AUTH_TTL, RequestKind, Session, status_of};
 use crate::registry::RegistryError;
 use crate::registry::auth::Credentials;
 use crate::registry::token::{self, Challenge};
@@ -82,13 +82,17 @@ impl Session {
         }
         let url = format!("{}/v2/", self.base);
         let what = format!("the authentication challenge of {} (for {what})", self.host);
+        let time = self.time_left(&what, deadline)?;
+        let counted = self.counting(RequestKind::Ping);
+        let mut answered = None;
         let exchange = async {
             let resp = self.http.get(&url).send().await.map_err(|e| self.transport_error(&e, &what))?;
+            answered = Some(resp.status().as_u16());
             Ok::<_, RegistryError>(token::parse_challenge(resp.headers().get_all(header::WWW_AUTHENTICATE)))
         };
-        let challenge = tokio::time::timeout(self.time_left(&what, deadline)?, exchange)
-            .await
-            .map_err(|_| self.timed_out(&what))??;
+        let challenge = tokio::time::timeout(time, exchange).await.map_err(|_| self.timed_out(&what)).flatten();
+        counted.finish(status_of(&challenge, answered));
+        let challenge = challenge?;
         if let Ok(mut cached) = self.challenge.lock() {
             *cached = Some((challenge.clone(), Instant::now() + AUTH_TTL));
         }
@@ -115,11 +119,15 @@ impl Session {
         let what = format!("the token request for {repo} (for {what})");
         let request =
             token::Request { url, service, scope, creds: &self.creds, time: self.time_left(&what, deadline)? };
-        request.send(&self.token_http).await.map_err(|failure| match failure {
+        let counted = self.counting(RequestKind::Token);
+        let mut answered = None;
+        let token = request.send(&self.token_http, &mut answered).await.map_err(|failure| match failure {
             token::Failure::Refused(detail) => self.unauthorized(repo, detail),
             token::Failure::TimedOut => self.timed_out(&what),
             token::Failure::Transport(e) => self.transport_error(&e, &what),
-        })
+        });
+        counted.finish(status_of(&token, answered));
+        token
     }
 
     fn unauthorized(&self, repo: &str, detail: String) -> RegistryError {
@@ -136,7 +144,8 @@ mod tests {
     #[tokio::test]
     async fn the_auth_cache_is_bounded_and_entries_expire_with_their_token() {
         let cfg = RegistryConfig::default();
-        let s = Session::new("r.example", &HostTransport::default(), Credentials::Anonymous, &cfg).unwrap();
+        let metrics = std::sync::Arc::default();
+        let s = Session::new("r.example", &HostTransport::default(), Credentials::Anonymous, &cfg, metrics).unwrap();
         for i in 0..AUTH_ENTRIES * 4 {
             s.auth.insert(format!("team/repo{i}"), Authz { header: None, lifetime: AUTH_TTL }).await;
         }
