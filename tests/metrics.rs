@@ -343,7 +343,9 @@ async fn registry_requests_count_challenges_tokens_retries_timeouts_and_unreacha
     let (addr, host) = (hostile.addr.clone(), hostile.host_config());
     let hook = Webhook::start(&[("all.yaml", policy)], |c| {
         c.registries.hosts.insert(addr.clone(), host);
-        c.deadline = Duration::from_secs(2);
+        // Shorter than the 10 s call timeout, with room for the token and challenge before the stall on a busy machine.
+        c.deadline = Duration::from_secs(5);
+        c.registries.call_timeout = Duration::from_secs(10);
     })
     .await;
     // A first review opens the session (its clients, the challenge), so the deadline is spent on the stalled tag.

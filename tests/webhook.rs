@@ -241,6 +241,27 @@ async fn broken_policies_deny_everything_and_report_not_ready() {
 }
 
 #[tokio::test]
+async fn a_key_file_that_cannot_be_read_is_named_in_the_denial() {
+    let missing = "/nonexistent/provgate-test/cosign.pub";
+    let text = format!(
+        "{}  authorities:\n    - name: chains\n      key: {missing}\n",
+        policy("team", "enforce", &["registry.example.com/team/**"])
+    );
+    let hook = Webhook::start(&[("team.yaml", text)], |_| {}).await;
+    let response = hook.review(&review("pod-create")).await;
+    assert_eq!(response["allowed"], false, "{response}");
+    // Key files are read when policies load: the set does not load, and the denial quotes the policy's file and
+    // line and the key file.
+    let said = message(&response);
+    assert!(
+        said.contains("team.yaml:10: authorities[chains]: file /nonexistent/provgate-test/cosign.pub: cannot read"),
+        "the denial names the policy and the key file: {said}"
+    );
+    let record = hook.audit_records().pop().unwrap();
+    assert_eq!(record["reason"], "policies-not-loaded", "{record}");
+}
+
+#[tokio::test]
 async fn admin_port_reports_health_readiness_and_metrics() {
     let hook = Webhook::start(&team_policy(), |_| {}).await;
     assert_eq!(hook.admin_get("/healthz").await.0, 200);
