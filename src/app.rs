@@ -16,8 +16,8 @@ use crate::engine::{Engine, ReviewLimits};
 use crate::gather::Gatherer;
 use crate::keys::{KeyRef, KeyStore, SecretRef, SecretWatch};
 use crate::metrics::Metrics;
-use crate::policy::PolicyStore;
 use crate::policy::trust::AuthoritySource;
+use crate::policy::{self, PolicyStore};
 use crate::registry::RegistryClient;
 use crate::{certs, tls};
 
@@ -69,6 +69,11 @@ pub async fn start_with(config: Config, kube: Option<kube::Client>) -> anyhow::R
             tracing::error!(path = %config.policies.display(), %errors, "policies do not load; not ready, denying every review until they do")
         }
     }
+    // ImagePolicy objects join the files' set (loaded before the keys below, so their Secrets are watched too).
+    let cluster = match &kube {
+        Some(client) => Some(policy::cluster::start(client.clone(), policies.clone(), config.policy_poll).await),
+        None => None,
+    };
     let (cert, key) = serving_pair(&config)?;
     let files = tls::TlsFiles { cert, key, client_ca: config.tls.client_ca_file.clone() };
     let server_tls = tls::ServerTls::load(&files)?;
@@ -83,6 +88,7 @@ pub async fn start_with(config: Config, kube: Option<kube::Client>) -> anyhow::R
         tokio::spawn(policies.clone().watch(config.policies.clone(), config.policy_poll)),
         tokio::spawn(server_tls.clone().watch(files, reload)),
     ];
+    tasks.extend(cluster);
     let audit = AuditLog::open(config.audit.log.as_deref())
         .await
         .with_context(|| format!("audit log {:?}", config.audit.log))?;

@@ -114,7 +114,41 @@ fn rbac_reads_secrets_in_its_own_namespace_only_by_default() {
     let docs = documents();
     let role = find(&docs, "Role");
     assert_eq!(role["metadata"]["namespace"], "provgate-system");
-    assert!(docs.iter().all(|d| d["kind"] != "ClusterRole"), "cluster-wide reads are opt-in (deploy/optional)");
+    for role in docs.iter().filter(|d| d["kind"] == "ClusterRole") {
+        let text = role["rules"].to_string();
+        assert!(!text.contains("secrets"), "cluster-wide reads of Secrets are opt-in (deploy/optional): {role}");
+    }
+}
+
+/// `deploy/imagepolicy-crd.yaml` is what `ImagePolicy::crd()` generates; `PROVGATE_WRITE_CRD=1` rewrites it.
+#[test]
+fn the_image_policy_crd_is_generated_from_the_code_and_its_rbac_is_the_narrowest() {
+    use kube::CustomResourceExt as _;
+    let crd = provgate::policy::ImagePolicy::crd();
+    let generated = format!(
+        "# Generated from src/policy/model.rs: PROVGATE_WRITE_CRD=1 cargo test --test deploy crd\n{}",
+        serde_yaml_ng::to_string(&crd).unwrap()
+    );
+    let path = deploy().join("imagepolicy-crd.yaml");
+    if std::env::var_os("PROVGATE_WRITE_CRD").is_some() {
+        std::fs::write(&path, &generated).unwrap();
+    }
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        generated,
+        "deploy/imagepolicy-crd.yaml differs from the code: PROVGATE_WRITE_CRD=1 cargo test --test deploy crd"
+    );
+    assert_eq!(crd.spec.scope, "Cluster", "like policy-controller's ClusterImagePolicy");
+    let docs = documents();
+    assert!(docs.iter().any(|d| d["kind"] == "CustomResourceDefinition"), "the kustomization ships the CRD");
+    let role = docs.iter().find(|d| d["metadata"]["name"] == "provgate-imagepolicies" && d["kind"] == "ClusterRole");
+    assert_eq!(
+        role.unwrap()["rules"],
+        json!([
+            {"apiGroups": ["provgate.dev"], "resources": ["imagepolicies"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": ["provgate.dev"], "resources": ["imagepolicies/status"], "verbs": ["update", "patch"]},
+        ])
+    );
 }
 
 #[test]

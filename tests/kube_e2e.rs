@@ -466,3 +466,121 @@ async fn with_the_mutating_webhook_a_pod_created_by_tag_is_stored_pinned_to_the_
     assert_denied(&status, &["spec.containers[0].image", &format!("{unsigned:?}"), "no signatures found"]);
     assert!(pods.get_opt("unsigned").await.unwrap().is_none());
 }
+
+/// The `ImagePolicy` API (cluster-scoped) of the test cluster.
+fn image_policies(client: &kube::Client) -> Api<kube::api::DynamicObject> {
+    Api::all_with(client.clone(), &kube::api::ApiResource::erase::<provgate::policy::ImagePolicy>(&()))
+}
+
+fn image_policy(name: &str, spec: Value) -> kube::api::DynamicObject {
+    object(
+        json!({"apiVersion": "provgate.dev/v1alpha1", "kind": "ImagePolicy", "metadata": {"name": name}, "spec": spec}),
+    )
+}
+
+/// Waits (at most 30 s) until `name`'s `Ready` condition describes `generation`, and returns the status.
+async fn ready_condition(client: &kube::Client, name: &str, generation: i64) -> Value {
+    let start = Instant::now();
+    loop {
+        let got = image_policies(client).get(name).await.unwrap();
+        let status = got.data["status"].clone();
+        if status["observedGeneration"] == generation {
+            return status;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "{name}: no status for generation {generation}: {got:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Dry-runs a Pod with `image` until the API's answer satisfies `done` (at most 30 s); returns the last answer.
+async fn until_answer(
+    pods: &Api<Pod>,
+    image: &str,
+    done: impl Fn(&Result<Pod, kube::Error>) -> bool,
+) -> Result<Pod, kube::Error> {
+    let dry = PostParams { dry_run: true, ..PostParams::default() };
+    let start = Instant::now();
+    loop {
+        let answer = pods.create(&dry, &pod("probe", image)).await;
+        if done(&answer) || start.elapsed() > Duration::from_secs(30) {
+            return answer;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn image_policies_applied_through_the_api_judge_and_report_their_status() {
+    use kube::CustomResourceExt as _;
+    let _one = ONE_CLUSTER.lock().await;
+    let images = Images::start();
+    let cluster = Cluster::start().await;
+    let client = cluster.client();
+    namespace(&client, NS, false).await;
+    support::kube::install_crd(&client, &provgate::policy::ImagePolicy::crd()).await;
+    // The file policy `signed`: every image needs a signature by the chains key.
+    let key = images.keys.path().join("chains.pub").display().to_string();
+    let hook = images.webhook(&key, Some(client.clone())).await;
+    register(&client, &hook, &images.image("signed")).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let policies = image_policies(&client);
+    let (signed, unsigned) = (images.image("signed"), images.image("unsigned"));
+    let pp = PostParams::default();
+
+    // A cluster policy applied through the API takes effect: it retires the `signed` tag the files admit.
+    let retire = json!({"match": {"images": [format!("{}/team/**", images.registry.addr)]}, "validations": [
+        {"expression": "image.tag != 'signed'", "message": "the signed tag is retired"}]});
+    policies.create(&pp, &image_policy("retire-tag", retire)).await.unwrap();
+    let status = ready_condition(&client, "retire-tag", 1).await;
+    let ready = &status["conditions"][0];
+    assert_eq!((ready["type"].as_str(), ready["status"].as_str()), (Some("Ready"), Some("True")), "{status}");
+    assert_eq!((ready["reason"].as_str(), status["activeGeneration"].as_i64()), (Some("Loaded"), Some(1)));
+    let answer = until_answer(&pods, &signed, |a| a.is_err()).await;
+    assert_denied(&api_error(answer), &["policy \"retire-tag\"", "the signed tag is retired"]);
+
+    // A version whose CEL does not compile is reported on the object; the last good version keeps judging.
+    let broken = json!({"spec": {"validations": [{"expression": "nope == 1"}]}});
+    policies.patch("retire-tag", &PatchParams::default(), &Patch::Merge(&broken)).await.unwrap();
+    let status = ready_condition(&client, "retire-tag", 2).await;
+    let ready = &status["conditions"][0];
+    assert_eq!((ready["status"].as_str(), ready["reason"].as_str()), (Some("False"), Some("CompileError")), "{status}");
+    let message = ready["message"].as_str().unwrap();
+    for needle in ["validations[0].expression", "unknown variable `nope`", "`nope == 1`", "generation 1 stays active"] {
+        assert!(message.contains(needle), "{message:?} should contain {needle:?}");
+    }
+    assert_eq!(status["activeGeneration"], 1, "{status}");
+    let status = api_error(pods.create(&PostParams { dry_run: true, ..pp.clone() }, &pod("p", &signed)).await);
+    assert_denied(&status, &["the signed tag is retired"]);
+
+    // A cluster policy cannot widen a file policy: every matching policy must pass.
+    let lenient = json!({"mode": "audit", "match": {"images": ["**"]}});
+    policies.create(&pp, &image_policy("lenient", lenient)).await.unwrap();
+    assert_eq!(ready_condition(&client, "lenient", 1).await["conditions"][0]["status"], "True");
+    let status = api_error(pods.create(&PostParams { dry_run: true, ..pp.clone() }, &pod("p", &unsigned)).await);
+    assert_denied(&status, &["policy \"signed\"", "no signatures found"]);
+
+    // A name a policy file already uses: reported on the object, the file's policy stays the one judging.
+    policies.create(&pp, &image_policy("signed", json!({"match": {"images": ["**"]}}))).await.unwrap();
+    let status = ready_condition(&client, "signed", 1).await;
+    let ready = &status["conditions"][0];
+    assert_eq!((ready["status"].as_str(), ready["reason"].as_str()), (Some("False"), Some("NameClash")), "{status}");
+    assert!(ready["message"].as_str().unwrap().contains("signed.yaml"), "{status}");
+    assert!(status["activeGeneration"].is_null(), "{status}");
+
+    // Malformed specs never reach provgate: the apiserver's schema validation refuses them.
+    let malformed = [
+        json!({"mode": "block", "match": {"images": ["**"]}}),
+        json!({"mode": "enforce"}),
+        json!({"match": {"images": "**"}}),
+        json!({"match": {"images": ["**"]}, "validations": vec![json!({"expression": "true"}); 65]}),
+    ];
+    for (i, spec) in malformed.into_iter().enumerate() {
+        let status = api_error(policies.create(&pp, &image_policy(&format!("bad-{i}"), spec.clone())).await);
+        assert_eq!((status.code, status.reason.as_str()), (422, "Invalid"), "{spec}: {status:?}");
+    }
+
+    // Deleting the cluster policy removes it from the active set.
+    policies.delete("retire-tag", &DeleteParams::default()).await.unwrap();
+    let answer = until_answer(&pods, &signed, |a| a.is_ok()).await;
+    assert!(answer.is_ok(), "{answer:?}");
+}
