@@ -579,8 +579,68 @@ async fn image_policies_applied_through_the_api_judge_and_report_their_status() 
         assert_eq!((status.code, status.reason.as_str()), (422, "Invalid"), "{spec}: {status:?}");
     }
 
+    // A spec the apiserver stores but provgate will not compile (over its 64 KiB bound) is reported, never loaded.
+    let huge: Vec<String> = (0..5000).map(|i| format!("registry.example.com/team/image-{i}")).collect();
+    policies.create(&pp, &image_policy("huge", json!({"match": {"images": huge}}))).await.unwrap();
+    let status = ready_condition(&client, "huge", 1).await;
+    let message = status["conditions"][0]["message"].as_str().unwrap();
+    assert!(message.contains("more than 65536") && message.contains("no version is active"), "{status}");
+
     // Deleting the cluster policy removes it from the active set.
     policies.delete("retire-tag", &DeleteParams::default()).await.unwrap();
     let answer = until_answer(&pods, &signed, |a| a.is_ok()).await;
     assert!(answer.is_ok(), "{answer:?}");
+}
+
+/// A workload object of `kind` (apps/v1 or batch) whose Pod template runs `image`.
+fn workload(api_version: &str, kind: &str, name: &str, image: &str) -> kube::api::DynamicObject {
+    let template = json!({"metadata": {"labels": {"app": name}}, "spec": {
+        "automountServiceAccountToken": false, "restartPolicy": if kind.ends_with("Job") { "Never" } else { "Always" },
+        "containers": [{"name": "app", "image": image}]}});
+    let selector = json!({"matchLabels": {"app": name}});
+    let spec = match kind {
+        "Job" => json!({"template": template}),
+        "CronJob" => json!({"schedule": "*/5 * * * *", "jobTemplate": {"spec": {"template": template}}}),
+        "StatefulSet" => json!({"serviceName": name, "selector": selector, "template": template}),
+        _ => json!({"selector": selector, "template": template}),
+    };
+    object(json!({"apiVersion": api_version, "kind": kind, "metadata": {"name": name}, "spec": spec}))
+}
+
+#[tokio::test]
+async fn jobs_cronjobs_statefulsets_and_daemonsets_are_judged_through_the_apiserver() {
+    let _one = ONE_CLUSTER.lock().await;
+    let images = Images::start();
+    let cluster = Cluster::start().await;
+    let client = cluster.client();
+    namespace(&client, NS, false).await;
+    let hook = images.webhook(&images.keys.path().join("chains.pub").display().to_string(), None).await;
+    register(&client, &hook, &images.image("signed")).await;
+    let (signed, unsigned) = (images.image("signed"), images.image("unsigned"));
+    // kube-apiserver 1.20 serves CronJob as batch/v1beta1 only.
+    let kinds = [
+        ("batch", "v1", "Job", "jobs", "spec.template.spec.containers[0].image"),
+        ("batch", "v1beta1", "CronJob", "cronjobs", "spec.jobTemplate.spec.template.spec.containers[0].image"),
+        ("apps", "v1", "StatefulSet", "statefulsets", "spec.template.spec.containers[0].image"),
+        ("apps", "v1", "DaemonSet", "daemonsets", "spec.template.spec.containers[0].image"),
+    ];
+    for (group, version, kind, plural, field) in kinds {
+        let resource = kube::api::ApiResource {
+            group: group.into(),
+            version: version.into(),
+            api_version: format!("{group}/{version}"),
+            kind: kind.into(),
+            plural: plural.into(),
+        };
+        let api: Api<kube::api::DynamicObject> = Api::namespaced_with(client.clone(), NS, &resource);
+        let name = kind.to_lowercase();
+        let bad = workload(&resource.api_version, kind, &format!("{name}-unsigned"), &unsigned);
+        let status = api_error(api.create(&PostParams::default(), &bad).await);
+        assert_denied(&status, &[field, &unsigned, "no signatures found"]);
+        assert!(api.get_opt(&format!("{name}-unsigned")).await.unwrap().is_none(), "{kind}: a denied object is stored");
+        let good = workload(&resource.api_version, kind, &format!("{name}-signed"), &signed);
+        api.create(&PostParams::default(), &good).await.unwrap_or_else(|e| panic!("{kind}: {e}"));
+        let record = hook.audit_records().pop().unwrap();
+        assert_eq!((record["kind"].as_str(), record["decision"].as_str()), (Some(kind), Some("allow")), "{record}");
+    }
 }
