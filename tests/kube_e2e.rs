@@ -643,4 +643,27 @@ async fn jobs_cronjobs_statefulsets_and_daemonsets_are_judged_through_the_apiser
         let record = hook.audit_records().pop().unwrap();
         assert_eq!((record["kind"].as_str(), record["decision"].as_str()), (Some(kind), Some("allow")), "{record}");
     }
+
+    // With deploy/'s namespaceSelector, a namespace labelled provgate.dev/ignore=true is not sent to the webhook.
+    let shipped: Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/webhook.yaml")).unwrap(),
+    )
+    .unwrap();
+    let mut config = serde_json::to_value(webhook_configuration(&hook)).unwrap();
+    config["webhooks"][0]["namespaceSelector"] = shipped["webhooks"][0]["namespaceSelector"].clone();
+    let configs: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
+    configs.patch(WEBHOOK, &PatchParams::default(), &Patch::Merge(&config)).await.unwrap();
+    let ignored: Namespace =
+        object(json!({"metadata": {"name": "ignored", "labels": {"provgate.dev/ignore": "true"}}}));
+    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ignored).await.unwrap();
+    namespace(&client, "ignored", false).await;
+    let (in_ignored, in_team): (Api<Pod>, Api<Pod>) =
+        (Api::namespaced(client.clone(), "ignored"), Api::namespaced(client.clone(), NS));
+    let answer = until_answer(&in_ignored, &unsigned, |a| a.is_ok()).await;
+    assert!(answer.is_ok(), "an ignored namespace is admitted without a review: {answer:?}");
+    let calls = hook.audit_records().len();
+    in_ignored.create(&PostParams::default(), &pod("unsigned", &unsigned)).await.unwrap();
+    assert_eq!(hook.audit_records().len(), calls, "the webhook was not asked");
+    let status = api_error(in_team.create(&PostParams::default(), &pod("unsigned", &unsigned)).await);
+    assert_denied(&status, &["no signatures found"]);
 }
