@@ -302,6 +302,23 @@ mod tests {
     }
 
     #[test]
+    fn the_active_set_is_the_files_joined_with_the_cluster() {
+        let file = "apiVersion: provgate.dev/v1alpha1\nkind: ImagePolicy\nmetadata: {name: f}\nspec:\n  match: {images: [\"**\"]}\n";
+        let files = load_sources(&[(PathBuf::from("f.yaml"), file.into())]).unwrap();
+        let store = PolicyStore::with(files.clone());
+        assert_eq!(store.current().unwrap().generation(), files.generation());
+        let (policy, hash) = compile("c", &spec(json!([]))).unwrap();
+        store.set_cluster(PolicySet::new(vec![policy], hash));
+        let joined = store.current().unwrap();
+        let names: Vec<&str> = joined.policies().iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["f", "c"]);
+        assert_ne!(joined.generation(), files.generation(), "cache keys see the cluster's policies");
+        store.set_cluster(PolicySet::default());
+        assert_eq!(store.current().unwrap().generation(), files.generation());
+        assert_eq!(store.files().unwrap().policies().len(), 1);
+    }
+
+    #[test]
     fn status_is_written_only_when_it_changes() {
         let mut object = DynamicObject::new("p", &ApiResource::erase::<ImagePolicy>(&()));
         let want = status(&object, 2, Some(2), ("True", "Loaded", "ok".into())).unwrap();
