@@ -17,7 +17,6 @@ use crate::gather::{GatherMetrics, Gatherer};
 use crate::keys::{KeyRef, KeyStore, SecretRef, SecretWatch};
 use crate::managed_tls::ManagedTls;
 use crate::metrics::Metrics;
-use crate::policy::PolicyStore;
 use crate::policy::trust::AuthoritySource;
 use crate::registry::{RegistryClient, RegistryMetrics};
 use crate::{certs, events, tls};
@@ -78,8 +77,14 @@ pub async fn start_with(config: Config, kube: Option<kube::Client>) -> anyhow::R
             tracing::error!(path = %config.policies.display(), %errors, "policies do not load; not ready, denying every review until they do")
         }
     }
+    // ImagePolicy objects join the files' set (loaded before the keys below, so their Secrets are watched too).
+    let cluster = match &kube {
+        Some(client) => Some(policy::cluster::start(client.clone(), policies.clone(), config.policy_poll).await),
+        None => None,
+    };
     let reload = config.tls.reload_interval.unwrap_or(Duration::from_secs(30));
     let mut tasks = vec![tokio::spawn(policies.clone().watch(config.policies.clone(), config.policy_poll))];
+    tasks.extend(cluster);
     let server_tls = serving_tls(&config, kube.clone(), reload, &mut tasks).await?;
     let registries = RegistryMetrics::new(config.registries.hosts.keys());
     let mut metrics = Metrics::new(GatherMetrics::default(), registries);

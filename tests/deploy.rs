@@ -115,10 +115,10 @@ fn rbac_reads_secrets_in_its_own_namespace_only_by_default() {
     let docs = documents();
     let role = find(&docs, "Role");
     assert_eq!(role["metadata"]["namespace"], "provgate-system");
-    // Cluster-wide, provgate may only write Events and get/patch its own webhook configurations, by name
-    // (reads are opt-in, deploy/optional).
+    // Cluster-wide, provgate may only write Events, get/patch its own webhook configurations by name, and read
+    // ImagePolicy objects (checked below); reads of Secrets are opt-in (deploy/optional).
     let cluster_roles: Vec<&Value> = docs.iter().filter(|d| d["kind"] == "ClusterRole").collect();
-    assert_eq!(cluster_roles.len(), 2, "one ClusterRole for Events, one for the webhook configurations' caBundle");
+    assert_eq!(cluster_roles.len(), 3, "Events, the webhook configurations' caBundle, ImagePolicy objects");
     let role = |name: &str| *cluster_roles.iter().find(|r| r["metadata"]["name"] == name).unwrap();
     assert_eq!(
         role("provgate-events")["rules"],
@@ -144,6 +144,41 @@ fn rbac_reads_secrets_in_its_own_namespace_only_by_default() {
             assert_eq!(rule["resourceNames"], json!(["provgate-tls"]), "{rule}");
         }
     }
+    for role in docs.iter().filter(|d| d["kind"] == "ClusterRole") {
+        let text = role["rules"].to_string();
+        assert!(!text.contains("secrets"), "cluster-wide reads of Secrets are opt-in (deploy/optional): {role}");
+    }
+}
+
+/// `deploy/imagepolicy-crd.yaml` is what `ImagePolicy::crd()` generates; `PROVGATE_WRITE_CRD=1` rewrites it.
+#[test]
+fn the_image_policy_crd_is_generated_from_the_code_and_its_rbac_is_the_narrowest() {
+    use kube::CustomResourceExt as _;
+    let crd = provgate::policy::ImagePolicy::crd();
+    let generated = format!(
+        "# Generated from src/policy/model.rs: PROVGATE_WRITE_CRD=1 cargo test --test deploy crd\n{}",
+        serde_yaml_ng::to_string(&crd).unwrap()
+    );
+    let path = deploy().join("imagepolicy-crd.yaml");
+    if std::env::var_os("PROVGATE_WRITE_CRD").is_some() {
+        std::fs::write(&path, &generated).unwrap();
+    }
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        generated,
+        "deploy/imagepolicy-crd.yaml differs from the code: PROVGATE_WRITE_CRD=1 cargo test --test deploy crd"
+    );
+    assert_eq!(crd.spec.scope, "Cluster", "like policy-controller's ClusterImagePolicy");
+    let docs = documents();
+    assert!(docs.iter().any(|d| d["kind"] == "CustomResourceDefinition"), "the kustomization ships the CRD");
+    let role = docs.iter().find(|d| d["metadata"]["name"] == "provgate-imagepolicies" && d["kind"] == "ClusterRole");
+    assert_eq!(
+        role.unwrap()["rules"],
+        json!([
+            {"apiGroups": ["provgate.dev"], "resources": ["imagepolicies"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": ["provgate.dev"], "resources": ["imagepolicies/status"], "verbs": ["update", "patch"]},
+        ])
+    );
 }
 
 #[test]

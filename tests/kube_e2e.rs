@@ -1064,3 +1064,204 @@ async fn managed_tls_works_with_the_shipped_rbac_and_is_refused_anything_more() 
     whole.string_data = Some([("k".to_owned(), "changed".to_owned())].into());
     assert_eq!(api_error(secrets.replace("other", &PostParams::default(), &whole).await).code, 403);
 }
+
+/// The `ImagePolicy` API (cluster-scoped) of the test cluster.
+fn image_policies(client: &kube::Client) -> Api<kube::api::DynamicObject> {
+    Api::all_with(client.clone(), &kube::api::ApiResource::erase::<provgate::policy::ImagePolicy>(&()))
+}
+
+fn image_policy(name: &str, spec: Value) -> kube::api::DynamicObject {
+    object(
+        json!({"apiVersion": "provgate.dev/v1alpha1", "kind": "ImagePolicy", "metadata": {"name": name}, "spec": spec}),
+    )
+}
+
+/// Waits (at most 30 s) until `name`'s `Ready` condition describes `generation`, and returns the status.
+async fn ready_condition(client: &kube::Client, name: &str, generation: i64) -> Value {
+    let start = Instant::now();
+    loop {
+        let got = image_policies(client).get(name).await.unwrap();
+        let status = got.data["status"].clone();
+        if status["observedGeneration"] == generation {
+            return status;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "{name}: no status for generation {generation}: {got:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Dry-runs a Pod with `image` until the API's answer satisfies `done` (at most 30 s); returns the last answer.
+async fn until_answer(
+    pods: &Api<Pod>,
+    image: &str,
+    done: impl Fn(&Result<Pod, kube::Error>) -> bool,
+) -> Result<Pod, kube::Error> {
+    let dry = PostParams { dry_run: true, ..PostParams::default() };
+    let start = Instant::now();
+    loop {
+        let answer = pods.create(&dry, &pod("probe", image)).await;
+        if done(&answer) || start.elapsed() > Duration::from_secs(30) {
+            return answer;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn image_policies_applied_through_the_api_judge_and_report_their_status() {
+    use kube::CustomResourceExt as _;
+    let _one = ONE_CLUSTER.lock().await;
+    let images = Images::start();
+    let cluster = Cluster::start().await;
+    let client = cluster.client();
+    namespace(&client, NS, false).await;
+    support::kube::install_crd(&client, &provgate::policy::ImagePolicy::crd()).await;
+    // The file policy `signed`: every image needs a signature by the chains key.
+    let key = images.keys.path().join("chains.pub").display().to_string();
+    let hook = images.webhook(&key, Some(client.clone())).await;
+    register(&client, &hook, &images.image("signed")).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let policies = image_policies(&client);
+    let (signed, unsigned) = (images.image("signed"), images.image("unsigned"));
+    let pp = PostParams::default();
+
+    // A cluster policy applied through the API takes effect: it retires the `signed` tag the files admit.
+    let retire = json!({"match": {"images": [format!("{}/team/**", images.registry.addr)]}, "validations": [
+        {"expression": "image.tag != 'signed'", "message": "the signed tag is retired"}]});
+    policies.create(&pp, &image_policy("retire-tag", retire)).await.unwrap();
+    let status = ready_condition(&client, "retire-tag", 1).await;
+    let ready = &status["conditions"][0];
+    assert_eq!((ready["type"].as_str(), ready["status"].as_str()), (Some("Ready"), Some("True")), "{status}");
+    assert_eq!((ready["reason"].as_str(), status["activeGeneration"].as_i64()), (Some("Loaded"), Some(1)));
+    let answer = until_answer(&pods, &signed, |a| a.is_err()).await;
+    assert_denied(&api_error(answer), &["policy \"retire-tag\"", "the signed tag is retired"]);
+
+    // A version whose CEL does not compile is reported on the object; the last good version keeps judging.
+    let broken = json!({"spec": {"validations": [{"expression": "nope == 1"}]}});
+    policies.patch("retire-tag", &PatchParams::default(), &Patch::Merge(&broken)).await.unwrap();
+    let status = ready_condition(&client, "retire-tag", 2).await;
+    let ready = &status["conditions"][0];
+    assert_eq!((ready["status"].as_str(), ready["reason"].as_str()), (Some("False"), Some("CompileError")), "{status}");
+    let message = ready["message"].as_str().unwrap();
+    for needle in ["validations[0].expression", "unknown variable `nope`", "`nope == 1`", "generation 1 stays active"] {
+        assert!(message.contains(needle), "{message:?} should contain {needle:?}");
+    }
+    assert_eq!(status["activeGeneration"], 1, "{status}");
+    let status = api_error(pods.create(&PostParams { dry_run: true, ..pp.clone() }, &pod("p", &signed)).await);
+    assert_denied(&status, &["the signed tag is retired"]);
+
+    // A cluster policy cannot widen a file policy: every matching policy must pass.
+    let lenient = json!({"mode": "audit", "match": {"images": ["**"]}});
+    policies.create(&pp, &image_policy("lenient", lenient)).await.unwrap();
+    assert_eq!(ready_condition(&client, "lenient", 1).await["conditions"][0]["status"], "True");
+    let status = api_error(pods.create(&PostParams { dry_run: true, ..pp.clone() }, &pod("p", &unsigned)).await);
+    assert_denied(&status, &["policy \"signed\"", "no signatures found"]);
+
+    // A name a policy file already uses: reported on the object, the file's policy stays the one judging.
+    policies.create(&pp, &image_policy("signed", json!({"match": {"images": ["**"]}}))).await.unwrap();
+    let status = ready_condition(&client, "signed", 1).await;
+    let ready = &status["conditions"][0];
+    assert_eq!((ready["status"].as_str(), ready["reason"].as_str()), (Some("False"), Some("NameClash")), "{status}");
+    assert!(ready["message"].as_str().unwrap().contains("signed.yaml"), "{status}");
+    assert!(status["activeGeneration"].is_null(), "{status}");
+
+    // Malformed specs never reach provgate: the apiserver's schema validation refuses them.
+    let malformed = [
+        json!({"mode": "block", "match": {"images": ["**"]}}),
+        json!({"mode": "enforce"}),
+        json!({"match": {"images": "**"}}),
+        json!({"match": {"images": ["**"]}, "validations": vec![json!({"expression": "true"}); 65]}),
+    ];
+    for (i, spec) in malformed.into_iter().enumerate() {
+        let status = api_error(policies.create(&pp, &image_policy(&format!("bad-{i}"), spec.clone())).await);
+        assert_eq!((status.code, status.reason.as_str()), (422, "Invalid"), "{spec}: {status:?}");
+    }
+
+    // A spec the apiserver stores but provgate will not compile (over its 64 KiB bound) is reported, never loaded.
+    let huge: Vec<String> = (0..5000).map(|i| format!("registry.example.com/team/image-{i}")).collect();
+    policies.create(&pp, &image_policy("huge", json!({"match": {"images": huge}}))).await.unwrap();
+    let status = ready_condition(&client, "huge", 1).await;
+    let message = status["conditions"][0]["message"].as_str().unwrap();
+    assert!(message.contains("more than 65536") && message.contains("no version is active"), "{status}");
+
+    // Deleting the cluster policy removes it from the active set.
+    policies.delete("retire-tag", &DeleteParams::default()).await.unwrap();
+    let answer = until_answer(&pods, &signed, |a| a.is_ok()).await;
+    assert!(answer.is_ok(), "{answer:?}");
+}
+
+/// A workload object of `kind` (apps/v1 or batch) whose Pod template runs `image`.
+fn workload(api_version: &str, kind: &str, name: &str, image: &str) -> kube::api::DynamicObject {
+    let template = json!({"metadata": {"labels": {"app": name}}, "spec": {
+        "automountServiceAccountToken": false, "restartPolicy": if kind.ends_with("Job") { "Never" } else { "Always" },
+        "containers": [{"name": "app", "image": image}]}});
+    let selector = json!({"matchLabels": {"app": name}});
+    let spec = match kind {
+        "Job" => json!({"template": template}),
+        "CronJob" => json!({"schedule": "*/5 * * * *", "jobTemplate": {"spec": {"template": template}}}),
+        "StatefulSet" => json!({"serviceName": name, "selector": selector, "template": template}),
+        _ => json!({"selector": selector, "template": template}),
+    };
+    object(json!({"apiVersion": api_version, "kind": kind, "metadata": {"name": name}, "spec": spec}))
+}
+
+#[tokio::test]
+async fn jobs_cronjobs_statefulsets_and_daemonsets_are_judged_through_the_apiserver() {
+    let _one = ONE_CLUSTER.lock().await;
+    let images = Images::start();
+    let cluster = Cluster::start().await;
+    let client = cluster.client();
+    namespace(&client, NS, false).await;
+    let hook = images.webhook(&images.keys.path().join("chains.pub").display().to_string(), None).await;
+    register(&client, &hook, &images.image("signed")).await;
+    let (signed, unsigned) = (images.image("signed"), images.image("unsigned"));
+    // kube-apiserver 1.20 serves CronJob as batch/v1beta1 only.
+    let kinds = [
+        ("batch", "v1", "Job", "jobs", "spec.template.spec.containers[0].image"),
+        ("batch", "v1beta1", "CronJob", "cronjobs", "spec.jobTemplate.spec.template.spec.containers[0].image"),
+        ("apps", "v1", "StatefulSet", "statefulsets", "spec.template.spec.containers[0].image"),
+        ("apps", "v1", "DaemonSet", "daemonsets", "spec.template.spec.containers[0].image"),
+    ];
+    for (group, version, kind, plural, field) in kinds {
+        let resource = kube::api::ApiResource {
+            group: group.into(),
+            version: version.into(),
+            api_version: format!("{group}/{version}"),
+            kind: kind.into(),
+            plural: plural.into(),
+        };
+        let api: Api<kube::api::DynamicObject> = Api::namespaced_with(client.clone(), NS, &resource);
+        let name = kind.to_lowercase();
+        let bad = workload(&resource.api_version, kind, &format!("{name}-unsigned"), &unsigned);
+        let status = api_error(api.create(&PostParams::default(), &bad).await);
+        assert_denied(&status, &[field, &unsigned, "no signatures found"]);
+        assert!(api.get_opt(&format!("{name}-unsigned")).await.unwrap().is_none(), "{kind}: a denied object is stored");
+        let good = workload(&resource.api_version, kind, &format!("{name}-signed"), &signed);
+        api.create(&PostParams::default(), &good).await.unwrap_or_else(|e| panic!("{kind}: {e}"));
+        let record = hook.audit_records().pop().unwrap();
+        assert_eq!((record["kind"].as_str(), record["decision"].as_str()), (Some(kind), Some("allow")), "{record}");
+    }
+
+    // With deploy/'s namespaceSelector, a namespace labelled provgate.dev/ignore=true is not sent to the webhook.
+    let shipped: Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/webhook.yaml")).unwrap(),
+    )
+    .unwrap();
+    let mut config = serde_json::to_value(webhook_configuration(&hook)).unwrap();
+    config["webhooks"][0]["namespaceSelector"] = shipped["webhooks"][0]["namespaceSelector"].clone();
+    let configs: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
+    configs.patch(WEBHOOK, &PatchParams::default(), &Patch::Merge(&config)).await.unwrap();
+    let ignored: Namespace =
+        object(json!({"metadata": {"name": "ignored", "labels": {"provgate.dev/ignore": "true"}}}));
+    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ignored).await.unwrap();
+    namespace(&client, "ignored", false).await;
+    let (in_ignored, in_team): (Api<Pod>, Api<Pod>) =
+        (Api::namespaced(client.clone(), "ignored"), Api::namespaced(client.clone(), NS));
+    let answer = until_answer(&in_ignored, &unsigned, |a| a.is_ok()).await;
+    assert!(answer.is_ok(), "an ignored namespace is admitted without a review: {answer:?}");
+    let calls = hook.audit_records().len();
+    in_ignored.create(&PostParams::default(), &pod("unsigned", &unsigned)).await.unwrap();
+    assert_eq!(hook.audit_records().len(), calls, "the webhook was not asked");
+    let status = api_error(in_team.create(&PostParams::default(), &pod("unsigned", &unsigned)).await);
+    assert_denied(&status, &["no signatures found"]);
+}

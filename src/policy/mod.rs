@@ -2,6 +2,7 @@
 
 pub mod cel;
 pub mod cli;
+pub mod cluster;
 pub mod eval;
 mod examples;
 mod load;
@@ -23,7 +24,7 @@ pub use eval::{
 };
 pub use load::{LoadError, LoadErrors, load, load_sources, policy_files};
 pub use matcher::Matcher;
-pub use model::Mode;
+pub use model::{ImagePolicy, Mode};
 pub use store::PolicyStore;
 
 use crate::images::ImageRef;

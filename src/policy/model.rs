@@ -1,6 +1,7 @@
 //! The ImagePolicy file format as users write it (`policies/*.yaml`): strict serde types, no defaults guessed.
 
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 pub const API_VERSION: &str = "provgate.dev/v1alpha1";
 pub const KIND: &str = "ImagePolicy";
@@ -25,7 +26,20 @@ pub struct Metadata {
     pub annotations: std::collections::BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// Which images the policy governs and what must be verified about them; the same in a policy file and in an
+/// ImagePolicy object.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, kube::CustomResource)]
+#[kube(
+    group = "provgate.dev",
+    version = "v1alpha1",
+    kind = "ImagePolicy",
+    doc = "An image policy of provgate: images it matches are admitted only when what it requires is verified.",
+    shortname = "ipol",
+    status = "super::cluster::ImagePolicyStatus",
+    printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.mode"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Spec {
     #[serde(default)]
@@ -41,6 +55,7 @@ pub struct Spec {
     pub require: Option<super::require::RequireSpec>,
     /// CEL validations, like ValidatingAdmissionPolicy's; compiled at load.
     #[serde(default)]
+    #[schemars(length(max = 64))]
     pub validations: Vec<super::eval::Validation>,
     /// Where the signatures are stored, when not beside the image.
     #[serde(default)]
@@ -48,7 +63,7 @@ pub struct Spec {
 }
 
 /// What a failing policy does to the request.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum Mode {
     /// A failure denies the request.
@@ -71,7 +86,7 @@ impl Mode {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct MatchSpec {
     /// Globs on the normalised image reference; `*` stays within one path segment, `**` crosses `/`.

@@ -3,14 +3,15 @@
 
 use std::collections::BTreeSet;
 
+use schemars::JsonSchema;
 use serde::de::{self, MapAccess, Visitor};
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::reason::Requirement;
 use crate::verify::{AttestationCheck, SignatureCheck};
 
 /// `spec.require` as written.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RequireSpec {
     /// Deny tag references: the kubelet may pull a different image than the one verified.
@@ -18,6 +19,7 @@ pub struct RequireSpec {
     pub digest: bool,
     /// `true` (any authority), or `{authorities: [..], match: any | all | {atLeast: n}}`.
     #[serde(default, deserialize_with = "bool_or_need")]
+    #[schemars(schema_with = "super::cluster::any_value")]
     pub signature: Option<NeedSpec>,
     #[serde(default)]
     pub attestations: Vec<AttestationSpec>,
@@ -27,17 +29,18 @@ pub struct RequireSpec {
     pub platforms: Platforms,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct NeedSpec {
     /// Which of the policy's authorities count; empty means all of them.
     #[serde(default)]
     pub authorities: Vec<String>,
     #[serde(default, rename = "match")]
+    #[schemars(schema_with = "super::cluster::any_value")]
     pub combine: Combine,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AttestationSpec {
     /// The name CEL sees under `attestations`.
@@ -47,6 +50,7 @@ pub struct AttestationSpec {
     #[serde(default)]
     pub authorities: Vec<String>,
     #[serde(default, rename = "match")]
+    #[schemars(schema_with = "super::cluster::any_value")]
     pub combine: Combine,
 }
 
@@ -57,6 +61,21 @@ pub enum Combine {
     Any,
     All,
     AtLeast(usize),
+}
+
+impl Serialize for Combine {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        match self {
+            Self::Any => s.serialize_str("any"),
+            Self::All => s.serialize_str("all"),
+            Self::AtLeast(n) => {
+                let mut map = s.serialize_map(Some(1))?;
+                map.serialize_entry("atLeast", n)?;
+                map.end()
+            }
+        }
+    }
 }
 
 impl<'de> Deserialize<'de> for Combine {
@@ -90,7 +109,7 @@ impl<'de> Deserialize<'de> for Combine {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum Platforms {
     #[default]

@@ -1,5 +1,6 @@
 //! The live policy set: swapped whole when the files change, the last good set kept while a broken edit is
-//! rejected. Files are polled by content, which also sees a ConfigMap volume's `..data` symlink swap.
+//! rejected. Files are polled by content, which also sees a ConfigMap volume's `..data` symlink swap. The active
+//! set is the files' set joined with the cluster's ImagePolicy objects (see [`super::cluster`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,6 +15,11 @@ use super::{LoadErrors, PolicySet, load, policy_files};
 #[derive(Debug, Default)]
 pub struct PolicyStore {
     current: ArcSwapOption<PolicySet>,
+    /// The last good set loaded from files, and the cluster's policies; `current` joins them.
+    files: ArcSwapOption<PolicySet>,
+    cluster: ArcSwapOption<PolicySet>,
+    /// Serialises joins, so a files reload and a cluster change racing never publish a stale pair.
+    join: std::sync::Mutex<()>,
     /// The errors of the last rejected load, until a good one replaces them.
     last_error: ArcSwapOption<LoadErrors>,
     /// Fingerprint of the files as they were at the last load attempt.
@@ -26,7 +32,8 @@ impl PolicyStore {
     /// A store holding `set`, for one-shot use (no files to reload).
     pub fn with(set: PolicySet) -> Self {
         let store = Self::default();
-        store.current.store(Some(Arc::new(set)));
+        store.files.store(Some(Arc::new(set)));
+        store.publish();
         store
     }
 
@@ -50,7 +57,8 @@ impl PolicyStore {
         match load(path) {
             Ok(set) => {
                 let set = Arc::new(set);
-                self.current.store(Some(set.clone()));
+                self.files.store(Some(set.clone()));
+                self.publish();
                 self.last_error.store(None);
                 Ok(set)
             }
@@ -60,6 +68,35 @@ impl PolicyStore {
                 Err(errors)
             }
         }
+    }
+
+    /// The last good set loaded from files (None before one loaded).
+    pub fn files(&self) -> Option<Arc<PolicySet>> {
+        self.files.load_full()
+    }
+
+    /// Replaces the cluster's policies (their names never clash with the files'; the caller checks).
+    pub fn set_cluster(&self, set: PolicySet) {
+        self.cluster.store(Some(Arc::new(set)));
+        self.publish();
+    }
+
+    /// Makes files ∪ cluster the active set; nothing is active until the files have loaded once.
+    fn publish(&self) {
+        let _join = self.join.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(files) = self.files.load_full() else { return };
+        let joined = match self.cluster.load_full() {
+            Some(cluster) if !cluster.policies().is_empty() => {
+                let mut hasher = Sha256::new();
+                hasher.update(files.generation().as_bytes());
+                hasher.update([0]);
+                hasher.update(cluster.generation().as_bytes());
+                let policies = files.policies().iter().chain(cluster.policies()).cloned().collect();
+                Arc::new(PolicySet::new(policies, hex::encode(&hasher.finalize()[..8])))
+            }
+            _ => files,
+        };
+        self.current.store(Some(joined));
     }
 
     /// Records `print` as the last attempted load; returns whether it differs from the previous attempt.

@@ -4,13 +4,14 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 use crate::keys::{KeyRef, KeyStore};
 use crate::verify::{Authority, Identity, IdentityMatcher, Keyless, Trust, TrustedRoot};
 
 /// One `spec.authorities[]` entry as written.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AuthoritySpec {
     pub name: String,
@@ -22,7 +23,7 @@ pub struct AuthoritySpec {
     pub keyless: Option<KeylessSpec>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct KeylessSpec {
     /// A Sigstore `trusted_root.json` (Fulcio CAs, Rekor keys), relative to the policy file.
@@ -30,7 +31,7 @@ pub struct KeylessSpec {
     pub identities: Vec<IdentitySpec>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct IdentitySpec {
     #[serde(default)]

@@ -153,3 +153,29 @@ impl Cluster {
         self.dir.path()
     }
 }
+
+/// Creates `crd` and waits (at most 30 s) until the apiserver reports it `Established` (its API is served).
+pub async fn install_crd(
+    client: &kube::Client,
+    crd: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let api: kube::Api<CustomResourceDefinition> = kube::Api::all(client.clone());
+    api.create(&kube::api::PostParams::default(), crd).await.unwrap();
+    let name = crd.metadata.name.clone().unwrap();
+    let start = Instant::now();
+    loop {
+        let got = api.get(&name).await.unwrap();
+        let established = got
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True");
+        if established {
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "CRD {name} not established in 30 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
