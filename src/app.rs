@@ -18,6 +18,7 @@ use crate::keys::{KeyRef, KeyStore, SecretRef, SecretWatch};
 use crate::managed_tls::ManagedTls;
 use crate::metrics::Metrics;
 use crate::policy::trust::AuthoritySource;
+use crate::policy::{self, PolicyStore};
 use crate::registry::{RegistryClient, RegistryMetrics};
 use crate::{certs, events, tls};
 

@@ -11,7 +11,18 @@ const CONFINED: &[(&str, &[&str])] = &[
     ("oci_client", &["registry/"]),
     // The CEL engine and the conversion of verified evidence into its values.
     ("cel", &["policy/cel.rs", "policy/eval.rs"]),
-    ("kube", &["keys/", "credentials.rs", "app.rs", "events/publish.rs", "managed_tls/", "policy/model.rs", "policy/cluster.rs"]),
+    (
+        "kube",
+        &[
+            "keys/",
+            "credentials.rs",
+            "app.rs",
+            "events/publish.rs",
+            "managed_tls/",
+            "policy/model.rs",
+            "policy/cluster.rs",
+        ],
+    ),
     ("k8s_openapi", &["keys/", "credentials.rs", "app.rs", "events/publish.rs", "managed_tls/"]),
     ("axum", &["admission/", "admin.rs"]),
     ("hyper", &["admission/"]),

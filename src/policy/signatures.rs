@@ -2,7 +2,8 @@
 //! stored when it is not the image's own (cosign's `COSIGN_REPOSITORY`, Chains' `storage.oci.repository`), and the
 //! Secrets to pull from it with.
 
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 use crate::images::ImageRef;
 
@@ -10,14 +11,15 @@ use crate::images::ImageRef;
 pub const MAX_PULL_SECRETS: usize = 16;
 
 /// `spec.signatures` as written.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct SignaturesSpec {
     /// `registry/repository` holding the `.sig`/`.att` tags and referrers of the images this policy governs.
     pub repository: String,
     /// dockerconfigjson Secrets to pull from `repository` with: `NAME` (in provgate's own namespace) or
     /// `NAMESPACE/NAME`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
     pub signature_pull_secrets: Vec<String>,
 }
 
