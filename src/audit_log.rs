@@ -234,6 +234,17 @@ impl Filter {
         })
     }
 
+    /// What the summary counts: denials, unless `--decision warn` (images admitted with a warning) or `--decision
+    /// allow` (failures recorded under audit-mode policies in admitted requests) asks for the failures of another
+    /// mode.
+    pub fn summarised(&self) -> Summarised {
+        match self.decision.as_deref() {
+            Some("warn") => Summarised::Warned,
+            Some("allow") => Summarised::Audited,
+            _ => Summarised::Denied,
+        }
+    }
+
     fn selects_images(&self) -> bool {
         self.policy.is_some() || self.image.is_some()
     }
@@ -268,7 +279,39 @@ impl Filter {
     }
 }
 
-/// One row of the summary: denials of one image by one policy for one reason in one namespace.
+/// Which failures the summary groups: those of one mode, in the decisions that mode gives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Summarised {
+    /// Images denied (enforce mode), in denied decisions.
+    Denied,
+    /// Images admitted with a warning (warn mode), in `warn` decisions.
+    Warned,
+    /// Images whose failures were only recorded (audit mode), in admitted decisions.
+    Audited,
+}
+
+impl Summarised {
+    /// The decision, the image outcome and the policy mode of what is counted.
+    fn labels(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Self::Denied => ("deny", "denied", "enforce"),
+            Self::Warned => ("warn", "warned", "warn"),
+            Self::Audited => ("allow", "audited", "audit"),
+        }
+    }
+
+    /// What one counted item is called in the table's closing line.
+    fn noun(self) -> &'static str {
+        match self {
+            Self::Denied => "denial",
+            Self::Warned => "warning",
+            Self::Audited => "audited failure",
+        }
+    }
+}
+
+/// One row of the summary: denials (or warnings, or audited failures: see [`Summarised`]) of one image by one
+/// policy for one reason in one namespace.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Row {
@@ -295,8 +338,8 @@ pub struct Row {
 
 type Key = (String, String, Option<String>, String);
 
-/// Denials in `entries` grouped by namespace, image, policy and reason, the most frequent first. Only images
-/// that pass `filter`'s image filters are counted.
+/// Denials in `entries` (or what [`Filter::summarised`] names) grouped by namespace, image, policy and reason, the
+/// most frequent first. Only images that pass `filter`'s image filters are counted.
 pub fn summarise<'a>(entries: impl IntoIterator<Item = &'a Entry>, filter: &Filter) -> Vec<Row> {
     let mut groups: BTreeMap<Key, Row> = BTreeMap::new();
     let mut add = |key: Key, entry: &Entry| {
@@ -319,19 +362,21 @@ pub fn summarise<'a>(entries: impl IntoIterator<Item = &'a Entry>, filter: &Filt
             (row.last, row.last_seen) = (entry.time, entry.record.time.clone());
         }
     };
+    let (decision, outcome, mode) = filter.summarised().labels();
     for entry in entries {
         let record = &entry.record;
-        if record.decision != "deny" {
+        if record.decision != decision {
             continue;
         }
         if let Some(reason) = &record.reason
+            && decision == "deny"
             && filter.keeps_request_reason(record)
         {
             add((record.namespace.clone(), String::new(), None, reason.clone()), entry);
         }
-        for image in record.images.iter().filter(|i| i.outcome == "denied" && filter.keeps_image(i)) {
+        for image in record.images.iter().filter(|i| i.outcome == outcome && filter.keeps_image(i)) {
             let reason = image.reason.clone().unwrap_or_else(|| "unknown".to_owned());
-            let policy = denying_policy(image, &reason);
+            let policy = failing_policy(image, &reason, mode);
             add((record.namespace.clone(), image.reference.clone(), policy, reason), entry);
         }
     }
@@ -340,11 +385,12 @@ pub fn summarise<'a>(entries: impl IntoIterator<Item = &'a Entry>, filter: &Filt
     rows
 }
 
-/// The policy that denied `image` for `reason`: that of its enforce-mode failure with this reason, as recorded since
-/// records carry `failures`; for older records (or a failure under no policy), the governing policies joined.
-fn denying_policy(image: &ImageRecord, reason: &str) -> Option<String> {
-    let enforced = image.failures.iter().find(|f| f.mode == "enforce" && f.reason == reason);
-    match enforced {
+/// The policy under which `image` failed for `reason` in `mode` (for a denial, the policy that enforced it), as
+/// recorded since records carry `failures`; for older records (or a failure under no policy), the governing
+/// policies joined.
+fn failing_policy(image: &ImageRecord, reason: &str, mode: &str) -> Option<String> {
+    let failed = image.failures.iter().find(|f| f.mode == mode && f.reason == reason);
+    match failed {
         Some(f) if f.policy.is_some() => f.policy.clone(),
         _ => (!image.policies.is_empty()).then(|| image.policies.join(",")),
     }
@@ -360,7 +406,7 @@ pub struct Report<'a> {
 }
 
 /// The summary as a table, followed by a line counting the matching decisions.
-pub fn table(rows: &[Row], matched: &[&Entry]) -> String {
+pub fn table(rows: &[Row], matched: &[&Entry], counted_as: Summarised) -> String {
     let mut out = String::new();
     let header = ["NAMESPACE", "IMAGE", "POLICY", "REASON", "COUNT", "FIRST SEEN", "LAST SEEN"];
     let cells: Vec<[String; 7]> = rows
@@ -411,7 +457,7 @@ pub fn table(rows: &[Row], matched: &[&Entry]) -> String {
         count("allow"),
         count("warn"),
         count("deny"),
-        counted(denials, "denial"),
+        counted(denials, counted_as.noun()),
         counted(rows.len() as u64, "group"),
     );
     out
@@ -526,7 +572,7 @@ fn answer(options: &Options, stdin: &mut dyn Read, err: &mut dyn Write) -> Resul
         let report = Report { summary, records: matched.iter().map(|e| &e.record).collect() };
         return Ok(format!("{}\n", serde_json::to_string_pretty(&report).unwrap_or_default()));
     }
-    Ok(table(&summary, &matched))
+    Ok(table(&summary, &matched, filter.summarised()))
 }
 
 #[cfg(test)]
@@ -642,6 +688,46 @@ mod tests {
             rows(&lines, &Query::default()),
             vec![row("team-a", app, Some("canary,strict"), "unmet", 1), row("team-a", app, Some("strict"), "unmet", 1)]
         );
+    }
+
+    #[test]
+    fn warnings_and_audited_failures_are_summarised_when_their_decision_is_asked_for() {
+        use crate::audit::FailureRecord;
+        let failed = |outcome: &str, policy: &str, mode: &str| {
+            let mut i = image("registry.example.com/team/app:1", &[policy], outcome, Some("unsigned"));
+            let message = String::new();
+            i.failures = vec![FailureRecord {
+                policy: Some(policy.into()),
+                mode: mode.into(),
+                reason: "unsigned".into(),
+                message,
+            }];
+            i
+        };
+        let lines = [
+            record("u1", "2026-11-30T10:00:00Z", "team-a", "warn", vec![failed("warned", "canary", "warn")]),
+            record("u2", "2026-11-30T10:01:00Z", "team-a", "warn", vec![failed("warned", "canary", "warn")]),
+            record("u3", "2026-11-30T10:02:00Z", "team-a", "allow", vec![failed("audited", "watch", "audit")]),
+            record("u4", "2026-11-30T10:03:00Z", "team-a", "deny", vec![failed("denied", "strict", "enforce")]),
+        ]
+        .iter()
+        .map(|r| serde_json::to_string(r).unwrap() + "\n")
+        .collect::<String>();
+        let app = "registry.example.com/team/app:1";
+        let query = |decision: &str| Query { decision: Some(decision.into()), ..Query::default() };
+        let by = |decision: &str| rows(&lines, &query(decision));
+        assert_eq!(rows(&lines, &Query::default()), vec![row("team-a", app, Some("strict"), "unsigned", 1)]);
+        assert_eq!(by("deny"), vec![row("team-a", app, Some("strict"), "unsigned", 1)]);
+        assert_eq!(by("warn"), vec![row("team-a", app, Some("canary"), "unsigned", 2)]);
+        assert_eq!(by("allow"), vec![row("team-a", app, Some("watch"), "unsigned", 1)]);
+        let table = |decision: &str| {
+            let options = Options { logs: vec!["-".into()], query: query(decision), ..Options::default() };
+            answer(&options, &mut lines.as_bytes(), &mut Vec::new()).unwrap()
+        };
+        let out = table("warn");
+        assert!(out.ends_with("2 decisions matched (0 allow, 2 warn, 0 deny); 2 warnings in 1 group\n"), "{out}");
+        let out = table("allow");
+        assert!(out.ends_with("1 decision matched (1 allow, 0 warn, 0 deny); 1 audited failure in 1 group\n"), "{out}");
     }
 
     #[test]

@@ -265,8 +265,9 @@ async fn wait_closed(port: u16) {
     }
 }
 
-/// `k8s://provgate-system/chains-public-key`: a signed image is admitted while the Secret holds the key; once the
-/// Secret is deleted, the denial names it. Returns the port of that webhook, stopped.
+/// `k8s://provgate-system/chains-public-key`: a signed image is admitted while the Secret holds the key, denied
+/// while it holds another (rotation), admitted when the key is back; once the Secret is deleted, the denial names
+/// it. Returns the port of that webhook, stopped.
 async fn secret_key_cases(client: &kube::Client, images: &Images, signed: &str) -> u16 {
     namespace(client, "provgate-system", true).await;
     let pem = std::fs::read_to_string(images.keys.path().join("chains.pub")).unwrap();
@@ -279,6 +280,37 @@ async fn secret_key_cases(client: &kube::Client, images: &Images, signed: &str) 
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
     let created = pods.create(&PostParams::default(), &pod("secret-key", signed)).await;
     assert!(created.is_ok(), "the key from the Secret verifies the signature: {created:?}");
+
+    // Key rotation through the Secret takes effect: another key in its place denies the image signed by the old
+    // one; the old key put back admits it again.
+    let _ = sign(images.keys.path(), "rotated", &"0".repeat(64), &seed("chains-kaniko-slsa-v0.2-statement.json"));
+    let rotated = std::fs::read_to_string(images.keys.path().join("rotated.pub")).unwrap();
+    let put = |pem: String| {
+        let secrets = secrets.clone();
+        async move {
+            let data = json!({"stringData": {"cosign.pub": pem}});
+            secrets.patch("chains-public-key", &PatchParams::default(), &Patch::Merge(&data)).await.unwrap();
+        }
+    };
+    put(rotated).await;
+    let dry = PostParams { dry_run: true, ..PostParams::default() };
+    let start = Instant::now();
+    let status = loop {
+        match pods.create(&dry, &pod("rotated-away", signed)).await {
+            Err(kube::Error::Api(status)) => break status,
+            other => {
+                assert!(start.elapsed() < Duration::from_secs(30), "still admitted 30 s after rotation: {other:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    assert_denied(&status, &["no valid signature from authority chains"]);
+    put(pem.clone()).await;
+    let start = Instant::now();
+    while let Err(e) = pods.create(&dry, &pod("rotated-back", signed)).await {
+        assert!(start.elapsed() < Duration::from_secs(30), "still denied 30 s after the key came back: {e:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     secrets.delete("chains-public-key", &DeleteParams::default()).await.unwrap();
     // The webhook watches the Secret; the deletion reaches it within moments.
