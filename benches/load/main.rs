@@ -231,7 +231,7 @@ async fn smoke() -> bool {
         Duration::from_secs(5),
         5,
         pod(&[by_digest(&registry.addr, &unsigned[0])]),
-        Expect::Deny(""),
+        Expect::Deny("unsigned"),
     )
     .await;
     for (what, run) in [("signed image admitted", &allowed), ("unsigned image denied", &denied)] {
@@ -324,8 +324,8 @@ async fn bench(opts: &Options) -> bool {
 
     // The unsigned-image deny path (the negative answer cached).
     let deny = pod(&[by_digest(&registry.addr, &unsigned[0])]);
-    closed_loop(&target, 1, dur, 10, deny.clone(), Expect::Deny("")).await;
-    let mut run = closed_loop(&target, 16, dur, u64::MAX, deny.clone(), Expect::Deny("")).await;
+    closed_loop(&target, 1, dur, 10, deny.clone(), Expect::Deny("unsigned")).await;
+    let mut run = closed_loop(&target, 16, dur, u64::MAX, deny.clone(), Expect::Deny("unsigned")).await;
     assert_eq!(run.errors, 0, "unsigned: {:?}", run.first_error);
     let rate = run.rate();
     table.row(
@@ -470,13 +470,13 @@ async fn bench(opts: &Options) -> bool {
     let pg = Provgate::start(&work.path().join("b"), &Setup { hosts: &hosts, policies: &policies, extra: no_cache });
     let target = Target::new(&pg.url_host, &pg.ca_pem);
     let through = pod(&[by_digest(&counting.addr, &unsigned[0])]);
-    cold(&target, &counting, through.clone(), Expect::Deny("")).await;
+    cold(&target, &counting, through.clone(), Expect::Deny("unsigned")).await;
     let before = counting.count();
-    closed_loop(&target, 1, dur, 20, through, Expect::Deny("")).await;
+    closed_loop(&target, 1, dur, 20, through, Expect::Deny("unsigned")).await;
     let per_review = (counting.count() - before) as f64 / 20.0;
     let direct = pod(&[by_digest(&registry.addr, &unsigned[0])]);
-    closed_loop(&target, 1, dur, 20, direct.clone(), Expect::Deny("")).await;
-    let mut run = closed_loop(&target, 1, dur, u64::MAX, direct, Expect::Deny("")).await;
+    closed_loop(&target, 1, dur, 20, direct.clone(), Expect::Deny("unsigned")).await;
+    let mut run = closed_loop(&target, 1, dur, u64::MAX, direct, Expect::Deny("unsigned")).await;
     assert_eq!(run.errors, 0, "uncached: {:?}", run.first_error);
     let rate = run.rate();
     table.row(

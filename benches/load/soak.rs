@@ -47,7 +47,7 @@ pub async fn run(duration: Duration, rate: u64) -> bool {
         .map(|i| {
             let (image, expect) = match i % 10 {
                 0..=6 => (by_digest(&registry.addr, &signed[i % signed.len()]), Expect::Allow),
-                7 | 8 => (by_digest(&registry.addr, &unsigned[i % unsigned.len()]), Expect::Deny("")),
+                7 | 8 => (by_digest(&registry.addr, &unsigned[i % unsigned.len()]), Expect::Deny("unsigned")),
                 _ => (by_tag(&registry.addr, &format!("soak-signed-{}", (i / 10) % signed.len())), Expect::Allow),
             };
             (pod(&[image]), expect)
@@ -93,7 +93,7 @@ pub async fn run(duration: Duration, rate: u64) -> bool {
             );
             let t = Instant::now();
             pg.write_policy("bench.yaml", &v2);
-            let denied = wait_for(|| check_once(&target, canary.clone(), Expect::Deny("")).map_ok()).await;
+            let denied = wait_for(|| check_once(&target, canary.clone(), Expect::Deny("unsigned")).map_ok()).await;
             reloaded = Some(denied.then(|| t.elapsed()));
         }
     }
