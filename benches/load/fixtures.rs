@@ -139,6 +139,11 @@ impl Pusher {
             digest
         });
         let mut out = Vec::with_capacity(n);
+        // The first alone: it uploads the blobs every image shares, which concurrent uploads would race on.
+        let mut jobs = jobs;
+        if let Some(first) = jobs.next() {
+            out.push(first.await);
+        }
         let mut stream = futures::stream::iter(jobs).buffered(8);
         while let Some(d) = stream.next().await {
             out.push(d);
