@@ -15,21 +15,50 @@ use crate::policy::{Policy, engine};
 use crate::reason::{Reason, Requirement};
 use crate::verify::{self, AttestationCheck, Authority, SignatureCheck};
 
-/// What CEL sees of the request, besides the image: converted once per review, shared by every image and policy.
-pub struct ReviewContext {
+/// What CEL sees of the request, besides the image: converted at most once per review, on the first validation
+/// that needs it (a review whose policies have no validations never converts the object), and shared by every
+/// image and policy.
+pub struct ReviewContext<'a> {
     pub namespace: String,
+    /// What the CEL variables are made from, until they are.
+    input: Option<ScopeInput<'a>>,
     /// `object`, `namespace`, `request` and `now` as CEL values, or why they cannot be evaluated (e.g. the object
     /// is larger than the evaluation limit; a denial for any policy with validations).
-    scope: Result<ReviewScope, String>,
+    scope: std::cell::OnceCell<Result<ReviewScope, String>>,
 }
 
-impl ReviewContext {
-    /// `request` is `{operation, userInfo, kind}`.
+struct ScopeInput<'a> {
+    object: &'a Value,
+    request: &'a Value,
+    now: DateTime<Utc>,
+}
+
+fn review_scope(object: &Value, namespace: &str, request: &Value, now: DateTime<Utc>) -> Result<ReviewScope, String> {
+    engine().map_err(|e| e.to_string()).and_then(|engine| {
+        engine.review_scope(object, namespace, request, now, &Limits::default()).map_err(|e| e.to_string())
+    })
+}
+
+impl ReviewContext<'static> {
+    /// The variables converted now. `request` is `{operation, userInfo, kind}`.
     pub fn new(object: &Value, namespace: &str, request: &Value, now: DateTime<Utc>) -> Self {
-        let scope = engine().map_err(|e| e.to_string()).and_then(|engine| {
-            engine.review_scope(object, namespace, request, now, &Limits::default()).map_err(|e| e.to_string())
-        });
-        Self { namespace: namespace.to_owned(), scope }
+        let scope = std::cell::OnceCell::from(review_scope(object, namespace, request, now));
+        Self { namespace: namespace.to_owned(), input: None, scope }
+    }
+}
+
+impl<'a> ReviewContext<'a> {
+    /// The variables converted when a validation first needs them. `request` is `{operation, userInfo, kind}`.
+    pub fn lazy(object: &'a Value, namespace: &str, request: &'a Value, now: DateTime<Utc>) -> Self {
+        let input = Some(ScopeInput { object, request, now });
+        Self { namespace: namespace.to_owned(), input, scope: std::cell::OnceCell::new() }
+    }
+
+    fn scope(&self) -> &Result<ReviewScope, String> {
+        self.scope.get_or_init(|| match &self.input {
+            Some(i) => review_scope(i.object, &self.namespace, i.request, i.now),
+            None => Err("the review's CEL variables were not given".to_owned()),
+        })
     }
 }
 
@@ -300,7 +329,7 @@ fn validate(policy: &Policy, input: &ImageInput, context: &ReviewContext) -> Opt
         return None;
     }
     let too_large = |message: String| Reason::Unmet { requirement: Requirement::EvidenceTooLarge, message };
-    let scope = match &context.scope {
+    let scope = match context.scope() {
         Ok(scope) => scope,
         Err(e) => return Some(too_large(e.clone())),
     };

@@ -54,7 +54,7 @@ fn evidence(digest: &Digest, platforms: &[Digest], a: &Artifacts, authorities: &
     }
 }
 
-fn context() -> ReviewContext {
+fn context() -> ReviewContext<'static> {
     ReviewContext::new(&json!({}), "team-a", &json!({}), DateTime::UNIX_EPOCH)
 }
 

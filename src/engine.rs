@@ -2,8 +2,9 @@
 //! evidence under the deadline, decide. Shared by the webhook and `provgate verify`.
 //!
 //! Work is bounded per review: at most `maxImagesPerReview` image fields and a `maxObjectBytes` object; the CEL
-//! variables of the object are converted once per review; judging (signature checks and CEL) runs on blocking
-//! threads, at most one review per core at once, and stops at the deadline or when the review is abandoned.
+//! variables of the object are converted at most once per review, when a validation needs them; judging with CEL
+//! runs on blocking threads, at most one review per core at once, and stops at the deadline or when the review is
+//! abandoned. Judging without CEL (set logic over evidence verified while gathering) runs in place.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -107,6 +108,13 @@ impl Engine {
         };
         let gathered = self.gatherer.gather(&plan, &credentials, deadline, self.deadline).await;
         let late = Reason::DeadlineExceeded(self.deadline);
+        if !plan.runs_validations() {
+            // No CEL to run: what is left is set logic over what verified (signatures were checked while
+            // gathering), cheaper than a hop to a blocking thread, so it is judged here.
+            let interrupt = || (tokio::time::Instant::now() >= deadline).then(|| late.clone());
+            let context = ReviewContext::lazy(object, namespace, &serde_json::Value::Null, chrono::Utc::now());
+            return decide::decide(&plan, &gathered, &context, self.no_match, &interrupt);
+        }
         let Ok(Ok(permit)) = tokio::time::timeout_at(deadline, self.judging.clone().acquire_owned()).await else {
             return Decision::deny_request(late);
         };
@@ -127,7 +135,7 @@ impl Engine {
             if let Some(reason) = interrupt() {
                 return Decision::deny_request(reason);
             }
-            let context = ReviewContext::new(&object, &namespace, &review, chrono::Utc::now());
+            let context = ReviewContext::lazy(&object, &namespace, &review, chrono::Utc::now());
             decide::decide(&plan, &gathered, &context, no_match, &interrupt)
         });
         let decision = match judging.await {

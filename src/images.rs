@@ -1,6 +1,7 @@
 //! Image references (parsed and normalised as the kubelet does) and the one walk over every image field of every
 //! pod-bearing kind.
 
+use std::collections::HashMap;
 use std::fmt;
 
 use serde_json::Value;
@@ -100,8 +101,34 @@ pub struct ImageRef {
     digest: Option<Digest>,
 }
 
+/// References parsed lately: parsing runs the reference grammar's regex (several µs), and the same few references
+/// arrive in review after review. Bounded: at most [`PARSED_MAX`] entries of at most [`PARSED_KEY_MAX`] bytes,
+/// dropped all at once when full. Parsing is a pure function of the text, so a remembered answer is the answer.
+static PARSED: std::sync::LazyLock<std::sync::Mutex<HashMap<String, Result<ImageRef, RefError>>>> =
+    std::sync::LazyLock::new(Default::default);
+const PARSED_MAX: usize = 1024;
+const PARSED_KEY_MAX: usize = 512;
+
 impl ImageRef {
+    /// Parses a reference as written in a pod spec (remembering recent answers, see [`PARSED`]).
     pub fn parse(s: &str) -> Result<Self, RefError> {
+        if s.len() > PARSED_KEY_MAX {
+            return Self::parse_uncached(s);
+        }
+        let lock = || PARSED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(known) = lock().get(s) {
+            return known.clone();
+        }
+        let parsed = Self::parse_uncached(s);
+        let mut parsed_map = lock();
+        if parsed_map.len() >= PARSED_MAX {
+            parsed_map.clear();
+        }
+        parsed_map.insert(s.to_owned(), parsed.clone());
+        parsed
+    }
+
+    fn parse_uncached(s: &str) -> Result<Self, RefError> {
         if s.is_empty() {
             return Err(RefError::Empty);
         }
@@ -305,6 +332,31 @@ mod tests {
     use serde_json::json;
 
     const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn a_remembered_parse_is_the_parse_and_the_memory_stays_bounded() {
+        let long = format!("registry.example.com/{}:1", "a/".repeat(300));
+        let table = [
+            "nginx".to_owned(),
+            format!("registry.example.com/team/app@{D}"),
+            "registry.example.com/team/app:1".to_owned(),
+            "Registry.Example.com/team/app:1".to_owned(),
+            "UPPER/case".to_owned(),
+            " nginx".to_owned(),
+            "app@sha256:short".to_owned(),
+            long,
+        ];
+        for raw in &table {
+            let fresh = ImageRef::parse_uncached(raw);
+            assert_eq!(ImageRef::parse(raw), fresh, "{raw}");
+            assert_eq!(ImageRef::parse(raw), fresh, "{raw}, remembered");
+        }
+        for i in 0..PARSED_MAX + 10 {
+            ImageRef::parse(&format!("registry.example.com/team/app:{i}")).unwrap();
+        }
+        assert!(PARSED.lock().unwrap().len() <= PARSED_MAX);
+        assert!(PARSED.lock().unwrap().keys().all(|k| k.len() <= PARSED_KEY_MAX));
+    }
 
     #[test]
     fn references_normalise_like_the_kubelet() {

@@ -41,6 +41,14 @@ impl Plan {
             .iter()
             .any(|i| matches!(&i.step, Step::Judge { policies, .. } if policies.iter().any(|p| p.needs_evidence())))
     }
+
+    /// Whether judging runs any CEL validation (some governing policy has `validations`); without one, judging is
+    /// set logic over what verified.
+    pub fn runs_validations(&self) -> bool {
+        self.images.iter().any(
+            |i| matches!(&i.step, Step::Judge { policies, .. } if policies.iter().any(|p| !p.validations.is_empty())),
+        )
+    }
 }
 
 /// Matches every field against the policy set. `previous` holds the image fields of the old object on UPDATE: a

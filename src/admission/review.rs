@@ -43,13 +43,14 @@ pub struct Incoming {
 
 /// Parses a body that is already within the size limit.
 pub fn parse(body: &[u8]) -> Result<Incoming, BadReview> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| BadReview::NotJson(e.to_string()))?;
+    let mut value: Value = serde_json::from_slice(body).map_err(|e| BadReview::NotJson(e.to_string()))?;
     let field = |name: &str| value.get(name).and_then(Value::as_str).unwrap_or_default().to_owned();
     let (api_version, kind) = (field("apiVersion"), field("kind"));
     if api_version != API_VERSION || kind != KIND {
         return Err(BadReview::NotAReview { api_version, kind });
     }
-    let request = match value.get("request") {
+    // Taken out of the envelope, so that reading it moves the object rather than copying it.
+    let request = match value.get_mut("request").map(Value::take) {
         None | Some(Value::Null) => return Err(BadReview::NoRequest),
         Some(r) => r,
     };

@@ -1,0 +1,516 @@
+//! provgate's load benchmark and soak, against a real Debian docker-registry and provgate run as its own process.
+//!
+//! - `cargo bench --bench load`: every figure of the performance issue, each beside its target; exits non-zero when
+//!   a target is missed. `-- --duration SECS` sets the length of each throughput run (default 5).
+//! - `cargo bench --bench load -- --soak SECS [--rate N]`: a bounded mix of signed, unsigned and tag references at
+//!   N reviews/s (default 1000), with a certificate rotation and a policy reload half way; reports errors, p99 and
+//!   RSS over time, and fails on any error or on RSS growth.
+//! - Without `--bench` (as `cargo test --all-targets` runs it): a smoke run of a few checked reviews.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
+mod client;
+mod fixtures;
+mod proxy;
+mod server;
+mod soak;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+use client::{Expect, Target, closed_loop, quantile_ms};
+use fixtures::{Pusher, REPO, Signer};
+use proxy::Proxy;
+use server::{Provgate, Setup};
+
+/// Options from the command line.
+struct Options {
+    full: bool,
+    soak: Option<u64>,
+    rate: u64,
+    duration: Duration,
+    entries: usize,
+}
+
+fn options() -> Options {
+    let args: Vec<String> = std::env::args().collect();
+    let value = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map(String::as_str);
+    Options {
+        full: args.iter().any(|a| a == "--bench"),
+        soak: value("--soak").map(|s| s.parse().expect("--soak SECONDS")),
+        rate: value("--rate").map_or(1000, |s| s.parse().expect("--rate REVIEWS_PER_SECOND")),
+        duration: Duration::from_secs_f64(value("--duration").map_or(5.0, |s| s.parse().expect("--duration SECONDS"))),
+        entries: value("--entries").map_or(10_000, |s| s.parse().expect("--entries N")),
+    }
+}
+
+fn main() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let opts = options();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let ok = runtime.block_on(async {
+        match (opts.soak, opts.full) {
+            (Some(secs), _) => soak::run(Duration::from_secs(secs), opts.rate).await,
+            (None, true) => bench(&opts).await,
+            (None, false) => smoke().await,
+        }
+    });
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    if !ok {
+        std::process::exit(1);
+    }
+}
+
+/// The policy every bench instance serves: a signature by the bench key on every image.
+pub fn policy(name: &str, key: &Path, images: &str) -> String {
+    format!(
+        "apiVersion: provgate.dev/v1alpha1\nkind: ImagePolicy\nmetadata:\n  name: {name}\nspec:\n  mode: enforce\n  \
+         match:\n    images: [\"{images}\"]\n  authorities:\n    - name: bench\n      key: {}\n  require:\n    \
+         signature: true\n",
+        key.display()
+    )
+}
+
+/// A Pod CREATE review running `images`, as a body.
+pub fn pod(images: &[String]) -> Bytes {
+    static TEMPLATE: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    let mut review = TEMPLATE
+        .get_or_init(|| {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/admission/pod-create.json");
+            serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+        })
+        .clone();
+    let containers: Vec<Value> =
+        images.iter().enumerate().map(|(i, image)| json!({"name": format!("c{i}"), "image": image})).collect();
+    review["request"]["object"]["spec"] = json!({"containers": containers});
+    Bytes::from(serde_json::to_vec(&review).unwrap())
+}
+
+/// `host/bench/app@digest`.
+pub fn by_digest(host: &str, digest: &str) -> String {
+    format!("{host}/{REPO}@{digest}")
+}
+
+/// `host/bench/app:tag`.
+pub fn by_tag(host: &str, tag: &str) -> String {
+    format!("{host}/{REPO}:{tag}")
+}
+
+/// Writes the bench key next to provgate's files.
+pub fn key_file(dir: &Path, signer: &Signer) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join("cosign.pub");
+    std::fs::write(&path, signer.public_pem()).unwrap();
+    path
+}
+
+/// One line of the table: what, the figure, its target, and whether it is met (`None`: no target).
+struct Row {
+    figure: String,
+    measured: String,
+    target: String,
+    met: Option<bool>,
+}
+
+#[derive(Default)]
+struct Table(Vec<Row>);
+
+impl Table {
+    fn row(&mut self, figure: impl Into<String>, measured: impl Into<String>, target: &str, met: Option<bool>) {
+        let row = Row { figure: figure.into(), measured: measured.into(), target: target.to_owned(), met };
+        eprintln!("  {} | {} | {}", row.figure, row.measured, row.target);
+        self.0.push(row);
+    }
+
+    fn print(&self) -> bool {
+        println!("| figure | measured | target | |");
+        println!("|---|---|---|---|");
+        for r in &self.0 {
+            let mark = match r.met {
+                Some(true) => "ok",
+                Some(false) => "**MISSED**",
+                None => "",
+            };
+            println!("| {} | {} | {} | {} |", r.figure, r.measured, r.target, mark);
+        }
+        let missed: Vec<&str> = self.0.iter().filter(|r| r.met == Some(false)).map(|r| r.figure.as_str()).collect();
+        if missed.is_empty() {
+            println!("\nevery target met");
+        } else {
+            println!("\n{} target(s) missed: {}", missed.len(), missed.join("; "));
+        }
+        missed.is_empty()
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, m)| m.trim().to_owned())
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, std::num::NonZeroUsize::get);
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    format!("{cores} cores, {cpu}; load average {}", load.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+}
+
+const MB: f64 = 1024.0 * 1024.0;
+
+/// Timed review of one body on a fresh connection; (latency ms, requests the proxy saw).
+async fn cold(target: &Target, proxy: &Proxy, body: Bytes, expect: Expect) -> (f64, u64) {
+    let (mut conn, _) = target.connect().await.unwrap();
+    let before = proxy.count();
+    let t = Instant::now();
+    conn.review(body, expect).await.unwrap();
+    (t.elapsed().as_secs_f64() * 1000.0, proxy.count() - before)
+}
+
+/// Reviews every body at once, each on its own connection (opened first); the wall time in ms.
+async fn burst(target: &Target, bodies: Vec<Bytes>, expect: Expect) -> f64 {
+    let mut conns = Vec::new();
+    for _ in 0..bodies.len() {
+        conns.push(target.connect().await.unwrap().0);
+    }
+    let t = Instant::now();
+    let jobs = conns.into_iter().zip(bodies).map(|(mut c, b)| async move { c.review(b, expect).await });
+    for r in futures::future::join_all(jobs).await {
+        r.unwrap();
+    }
+    t.elapsed().as_secs_f64() * 1000.0
+}
+
+async fn smoke() -> bool {
+    let registry = support::registry::DockerRegistry::start(support::registry::Auth::None);
+    let pusher = Pusher::new(&registry.addr);
+    let signer = Signer::new();
+    let signed = pusher.images("smoke-signed", 2, Some(&signer)).await;
+    let unsigned = pusher.images("smoke-unsigned", 1, None).await;
+    let counting = Proxy::start(&registry.addr, Duration::ZERO).await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = key_file(dir.path(), &signer);
+    let policies = [("bench.yaml", policy("bench", &key, "**"))];
+    let hosts = [registry.addr.as_str(), counting.addr.as_str()];
+    let pg = Provgate::start(dir.path(), &Setup { hosts: &hosts, policies: &policies, extra: "" });
+    let target = Target::new(&pg.url_host, &pg.ca_pem);
+    let mut table = Table::default();
+    // The first image through a registry also learns that it has no referrers API.
+    cold(&target, &counting, pod(&[by_digest(&counting.addr, &signed[0])]), Expect::Allow).await;
+    counting.take_log();
+    let (ms, requests) = cold(&target, &counting, pod(&[by_digest(&counting.addr, &signed[1])]), Expect::Allow).await;
+    eprintln!("registry requests of a cold signed image: {:?}", counting.take_log());
+    table.row(
+        "cold signed image by digest: registry requests",
+        format!("{requests} ({ms:.1} ms)"),
+        "≤ 3",
+        Some(requests <= 3),
+    );
+    let allowed = closed_loop(
+        &target,
+        1,
+        Duration::from_secs(5),
+        5,
+        pod(&[by_digest(&registry.addr, &signed[0])]),
+        Expect::Allow,
+    )
+    .await;
+    let denied = closed_loop(
+        &target,
+        1,
+        Duration::from_secs(5),
+        5,
+        pod(&[by_digest(&registry.addr, &unsigned[0])]),
+        Expect::Deny("unsigned"),
+    )
+    .await;
+    for (what, run) in [("signed image admitted", &allowed), ("unsigned image denied", &denied)] {
+        let fine = run.errors == 0 && run.ok == 5;
+        table.row(what, format!("{} of 5 ({:?})", run.ok, run.first_error), "5 of 5", Some(fine));
+    }
+    println!("smoke run (`cargo bench --bench load` runs the benchmark):");
+    table.print()
+}
+
+async fn bench(opts: &Options) -> bool {
+    let started = Instant::now();
+    let dur = opts.duration;
+    println!("machine: {}", machine());
+    let registry = support::registry::DockerRegistry::start(support::registry::Auth::None);
+    let pusher = Pusher::new(&registry.addr);
+    let signer = Signer::new();
+    let counting = Proxy::start(&registry.addr, Duration::ZERO).await;
+    let delayed = Proxy::start(&registry.addr, Duration::from_millis(20)).await;
+    let t = Instant::now();
+    let warm = pusher.images("warm", 3, Some(&signer)).await;
+    let unsigned = pusher.images("unsigned", 1, None).await;
+    let primers = pusher.images("primer", 2, Some(&signer)).await;
+    let cold_d = pusher.images("cold-d", 10, Some(&signer)).await;
+    let cold_t = pusher.images("cold-t", 10, Some(&signer)).await;
+    let round_d = pusher.images("round-d", 3, Some(&signer)).await;
+    let round_t = pusher.images("round-t", 3, Some(&signer)).await;
+    let flight = pusher.images("flight", 1, Some(&signer)).await;
+    let alone = pusher.images("alone", 3, Some(&signer)).await;
+    let mut bursts = Vec::new();
+    for r in 0..3 {
+        bursts.push(pusher.images(&format!("burst-{r}"), 20, Some(&signer)).await);
+    }
+    let pod1 = pusher.images("pod1", 3, Some(&signer)).await;
+    let mut pod10 = Vec::new();
+    for r in 0..3 {
+        pod10.push(pusher.images(&format!("pod10-{r}"), 10, Some(&signer)).await);
+    }
+    eprintln!("pushed 127 images in {:.1} s", t.elapsed().as_secs_f64());
+
+    let work = tempfile::tempdir().unwrap();
+    let key = key_file(work.path(), &signer);
+    let policies = [("bench.yaml", policy("bench", &key, "**"))];
+    let hosts = [registry.addr.as_str(), counting.addr.as_str(), delayed.addr.as_str()];
+    let mut pg = Provgate::start(&work.path().join("a"), &Setup { hosts: &hosts, policies: &policies, extra: "" });
+    let target = Target::new(&pg.url_host, &pg.ca_pem);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_idle = pg.rss() as f64 / MB;
+    let mut table = Table::default();
+
+    // Warm: every image verified and cached; digests, so no registry request at all.
+    let one = pod(&[by_digest(&registry.addr, &warm[0])]);
+    let three = pod(&warm.iter().map(|d| by_digest(&registry.addr, d)).collect::<Vec<_>>());
+    let mut cpu_per = [0.0f64; 2];
+    let mut rate16 = [0.0f64; 2];
+    for (i, (label, body)) in [("1-image", &one), ("3-image", &three)].into_iter().enumerate() {
+        closed_loop(&target, 1, dur, 200, body.clone(), Expect::Allow).await;
+        for conns in [1usize, 16, 64] {
+            let cpu0 = pg.cpu();
+            let mut run = closed_loop(&target, conns, dur, u64::MAX, body.clone(), Expect::Allow).await;
+            let cpu_ms = pg.cpu().since(&cpu0) as f64 / 1e6;
+            assert_eq!(run.errors, 0, "{label} at {conns}: {:?}", run.first_error);
+            let (p50, p99, rate) = (run.quantile(0.5), run.quantile(0.99), run.rate());
+            let measured = format!("{rate:.0}/s, p50 {p50:.2} ms, p99 {p99:.2} ms");
+            let figure = format!("warm reviews/s, {label} Pod, {conns} conn{}", if conns == 1 { "" } else { "s" });
+            if conns == 16 {
+                cpu_per[i] = cpu_ms / run.ok as f64;
+                rate16[i] = rate;
+            }
+            if conns == 16 && i == 0 {
+                table.row(figure, measured, "≥ 10,000/s, p99 ≤ 4 ms", Some(rate >= 10_000.0 && p99 <= 4.0));
+            } else {
+                table.row(figure, measured, "", None);
+            }
+        }
+    }
+    table.row(
+        "server CPU per cached review (1-image, 16 conns)",
+        format!("{:.3} ms", cpu_per[0]),
+        "≤ 0.05 ms",
+        Some(cpu_per[0] <= 0.05),
+    );
+    let ratio = cpu_per[1] / cpu_per[0];
+    table.row(
+        "warm 3-image Pod ÷ 1-image Pod (server CPU per review)",
+        format!("{ratio:.2}× ({:.3} ms; throughput ratio {:.2}×)", cpu_per[1], rate16[0] / rate16[1]),
+        "≤ 1.2×",
+        Some(ratio <= 1.2),
+    );
+
+    // The unsigned-image deny path (the negative answer cached).
+    let deny = pod(&[by_digest(&registry.addr, &unsigned[0])]);
+    closed_loop(&target, 1, dur, 10, deny.clone(), Expect::Deny("unsigned")).await;
+    let mut run = closed_loop(&target, 16, dur, u64::MAX, deny.clone(), Expect::Deny("unsigned")).await;
+    assert_eq!(run.errors, 0, "unsigned: {:?}", run.first_error);
+    let rate = run.rate();
+    table.row(
+        "unsigned-image deny, 16 conns",
+        format!("{rate:.0}/s, p99 {:.2} ms", run.quantile(0.99)),
+        "≥ 3,000/s",
+        Some(rate >= 3000.0),
+    );
+
+    // Cold, sequential, through the counting proxy (after one image taught provgate the registry's API).
+    cold(&target, &counting, pod(&[by_digest(&counting.addr, &primers[0])]), Expect::Allow).await;
+    counting.take_log();
+    let mut cold_requests = 0;
+    for (what, refs, max_requests) in [
+        ("digest", cold_d.iter().map(|d| by_digest(&counting.addr, d)).collect::<Vec<_>>(), 3u64),
+        ("tag", (0..cold_t.len()).map(|i| by_tag(&counting.addr, &format!("cold-t-{i}"))).collect(), 4),
+    ] {
+        let mut latencies = Vec::new();
+        let mut requests = Vec::new();
+        for image in refs {
+            let (ms, n) = cold(&target, &counting, pod(&[image]), Expect::Allow).await;
+            latencies.push((ms * 1000.0) as u32);
+            requests.push(n);
+        }
+        let log = counting.take_log();
+        eprintln!("registry requests of one cold image by {what}: {:?}", &log[..log.len().min(requests[0] as usize)]);
+        let most = *requests.iter().max().unwrap();
+        if what == "digest" {
+            cold_requests = most;
+        }
+        let p50 = quantile_ms(&mut latencies, 0.5);
+        table.row(
+            format!("cold image by {what}, sequential: p50 latency, registry requests"),
+            format!("{p50:.1} ms, {most} requests"),
+            &format!("≤ 5 ms, ≤ {max_requests} requests"),
+            Some(p50 <= 5.0 && most <= max_requests),
+        );
+    }
+    // Sequential rounds: each registry answer held 20 ms.
+    cold(&target, &delayed, pod(&[by_digest(&delayed.addr, &primers[1])]), Expect::Allow).await;
+    for (what, refs, max_rounds) in [
+        ("digest", round_d.iter().map(|d| by_digest(&delayed.addr, d)).collect::<Vec<_>>(), 2.0),
+        ("tag", (0..round_t.len()).map(|i| by_tag(&delayed.addr, &format!("round-t-{i}"))).collect(), 3.0),
+    ] {
+        let mut ms = Vec::new();
+        for image in refs {
+            ms.push(cold(&target, &delayed, pod(&[image]), Expect::Allow).await.0);
+        }
+        let rounds = (median(ms.clone()) / 20.0).floor();
+        table.row(
+            format!("cold image by {what}: sequential registry rounds (20 ms each)"),
+            format!("{rounds} ({:.1} ms)", median(ms)),
+            &format!("≤ {max_rounds}"),
+            Some(rounds <= max_rounds),
+        );
+    }
+
+    // 100 concurrent reviews of one new image: one fetch per artifact.
+    let before = counting.count();
+    burst(&target, vec![pod(&[by_digest(&counting.addr, &flight[0])]); 100], Expect::Allow).await;
+    let n = counting.count() - before;
+    table.row(
+        "registry requests for 100 concurrent reviews of one new image",
+        format!("{n}"),
+        &format!("= one cold image's ({cold_requests})"),
+        Some(n == cold_requests),
+    );
+
+    // 20 distinct cold images at once, against one alone; registry answers held 20 ms.
+    let mut ratios = Vec::new();
+    let mut cpu_per_image = Vec::new();
+    let mut walls = Vec::new();
+    for (r, images) in bursts.iter().enumerate() {
+        let (alone_ms, _) = cold(&target, &delayed, pod(&[by_digest(&delayed.addr, &alone[r])]), Expect::Allow).await;
+        let bodies = images.iter().map(|d| pod(&[by_digest(&delayed.addr, d)])).collect();
+        let cpu0 = pg.cpu();
+        let wall = burst(&target, bodies, Expect::Allow).await;
+        cpu_per_image.push(pg.cpu().since(&cpu0) as f64 / 1e6 / images.len() as f64);
+        ratios.push((images.len() as f64 / wall) / (1.0 / alone_ms));
+        walls.push(wall);
+    }
+    let (ratio, cpu) = (median(ratios), median(cpu_per_image));
+    table.row(
+        "20 distinct cold images in a burst (20 ms registry): rate ÷ one image alone",
+        format!("{ratio:.1}× ({:.0} ms for 20)", median(walls)),
+        "≥ 8×",
+        Some(ratio >= 8.0),
+    );
+    table.row("provgate CPU per cold image (in that burst)", format!("{cpu:.2} ms"), "≤ 1 ms", Some(cpu <= 1.0));
+
+    // A 10-image Pod cold against a 1-image Pod cold.
+    let mut ratios = Vec::new();
+    let mut tens = Vec::new();
+    for r in 0..pod1.len() {
+        let (one_ms, _) = cold(&target, &delayed, pod(&[by_digest(&delayed.addr, &pod1[r])]), Expect::Allow).await;
+        let refs: Vec<String> = pod10[r].iter().map(|d| by_digest(&delayed.addr, d)).collect();
+        let (ten_ms, _) = cold(&target, &delayed, pod(&refs), Expect::Allow).await;
+        ratios.push(ten_ms / one_ms);
+        tens.push(ten_ms);
+    }
+    let ratio = median(ratios);
+    table.row(
+        "10-image Pod cold ÷ 1-image Pod cold (20 ms registry)",
+        format!("{ratio:.2}× ({:.0} ms)", median(tens)),
+        "≤ 1.5×",
+        Some(ratio <= 1.5),
+    );
+
+    // RSS with many cached entries: that many distinct signed digests reviewed once each.
+    let t = Instant::now();
+    let fakes: Vec<String> = (0..opts.entries)
+        .map(|i| format!("sha256:{}", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(format!("rss-{i}")))))
+        .collect();
+    {
+        use futures::StreamExt as _;
+        let jobs = fakes.iter().map(|d| pusher.sign(&signer, d));
+        futures::stream::iter(jobs).buffer_unordered(16).collect::<Vec<()>>().await;
+    }
+    eprintln!("signed {} digests in {:.1} s", fakes.len(), t.elapsed().as_secs_f64());
+    let t = Instant::now();
+    fill(&target, &registry.addr, &fakes).await;
+    eprintln!("reviewed {} cold digests in {:.1} s", fakes.len(), t.elapsed().as_secs_f64());
+    pg.assert_running();
+    let verified = pg
+        .metrics()
+        .lines()
+        .filter(|l| l.contains(r#"cache="verifications""#) && l.contains(r#"result="miss""#))
+        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+        .sum::<f64>();
+    let rss_full = pg.rss() as f64 / MB;
+    table.row("RSS idle", format!("{rss_idle:.1} MB"), "≤ 50 MB", Some(rss_idle <= 50.0));
+    table.row(
+        format!("RSS with {} cached entries (signed digests)", opts.entries),
+        format!("{rss_full:.1} MB ({verified:.0} verifications computed)"),
+        "≤ 100 MB",
+        Some(rss_full <= 100.0),
+    );
+    drop(pg);
+
+    // Uncached deny: both caches off, one connection.
+    let no_cache = "cache:\n  maxEntries: 0\n  maxArtifactBytes: 0\n";
+    let hosts = [registry.addr.as_str(), counting.addr.as_str()];
+    let pg = Provgate::start(&work.path().join("b"), &Setup { hosts: &hosts, policies: &policies, extra: no_cache });
+    let target = Target::new(&pg.url_host, &pg.ca_pem);
+    let through = pod(&[by_digest(&counting.addr, &unsigned[0])]);
+    cold(&target, &counting, through.clone(), Expect::Deny("unsigned")).await;
+    let before = counting.count();
+    closed_loop(&target, 1, dur, 20, through, Expect::Deny("unsigned")).await;
+    let per_review = (counting.count() - before) as f64 / 20.0;
+    let direct = pod(&[by_digest(&registry.addr, &unsigned[0])]);
+    closed_loop(&target, 1, dur, 20, direct.clone(), Expect::Deny("unsigned")).await;
+    let mut run = closed_loop(&target, 1, dur, u64::MAX, direct, Expect::Deny("unsigned")).await;
+    assert_eq!(run.errors, 0, "uncached: {:?}", run.first_error);
+    let rate = run.rate();
+    table.row(
+        "uncached deny (caches off), 1 conn",
+        format!("{rate:.0}/s, p50 {:.2} ms, {per_review:.1} registry requests each", run.quantile(0.5)),
+        "≥ 420/s (2× Kubewarden's 210/s), uncached",
+        Some(rate >= 420.0 && per_review >= 1.0),
+    );
+    drop(pg);
+
+    println!(
+        "\nbench run of {:.0} s; throughput runs of {:.0} s each",
+        started.elapsed().as_secs_f64(),
+        dur.as_secs_f64()
+    );
+    table.print()
+}
+
+/// Reviews each digest once (64 connections), one image per review.
+async fn fill(target: &Target, host: &str, digests: &[String]) {
+    use futures::StreamExt as _;
+    let mut conns = Vec::new();
+    for _ in 0..64 {
+        conns.push(target.connect().await.unwrap().0);
+    }
+    let chunks: Vec<Vec<String>> = digests.chunks(digests.len().div_ceil(64)).map(<[String]>::to_vec).collect();
+    let jobs = conns.into_iter().zip(chunks).map(|(mut conn, chunk)| {
+        let host = host.to_owned();
+        async move {
+            for d in chunk {
+                conn.review(pod(&[by_digest(&host, &d)]), Expect::Allow).await.unwrap();
+            }
+        }
+    });
+    futures::stream::iter(jobs).buffer_unordered(64).collect::<Vec<()>>().await;
+}
