@@ -147,28 +147,17 @@ impl Drop for Abandoned<'_> {
 async fn validate(State(webhook): State<Arc<Webhook>>, request: axum::extract::Request) -> Response {
     let started = tokio::time::Instant::now();
     let clock = Instant::now();
-    let (body, _budget) = match webhook.read_body(request).await {
-        Ok(read) => read,
+    let (incoming, _budget) = match webhook.receive(request).await {
+        Ok(received) => received,
         Err(refusal) => return refusal,
     };
-    let incoming = match review::parse(&body) {
-        Ok(incoming) => incoming,
-        Err(bad) => return refuse(bad),
-    };
-    let span = tracing::Span::current();
-    span.record("uid", incoming.uid.as_str());
     let mut abandoned = Abandoned { uid: &incoming.uid, answered: false };
     let decision = match &incoming.request {
-        Ok(request) => {
-            span.record("namespace", request.namespace());
-            span.record("kind", request.kind.kind.as_str());
-            span.record("operation", tracing::field::debug(request.operation));
-            webhook.judge(request, started).await
-        }
+        Ok(request) => webhook.judge(request, started).await,
         Err(reason) => Decision::deny_request(reason.clone()),
     };
     let elapsed = clock.elapsed();
-    span.record("decision", tracing::field::debug(decision.verdict()));
+    tracing::Span::current().record("decision", tracing::field::debug(decision.verdict()));
     webhook.metrics.observe(&decision, elapsed.as_secs_f64());
     webhook.events.notify(&incoming.uid, incoming.request.as_ref().ok(), &decision);
     let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
@@ -180,6 +169,25 @@ async fn validate(State(webhook): State<Arc<Webhook>>, request: axum::extract::R
 }
 
 impl Webhook {
+    /// The review of one request, read and parsed as both endpoints do, with its uid, namespace, kind and
+    /// operation recorded on the current span; the body budget's share is held until the returned permit drops.
+    /// Otherwise the refusal to send.
+    async fn receive(
+        &self,
+        request: axum::extract::Request,
+    ) -> Result<(review::Incoming, SemaphorePermit<'_>), Response> {
+        let (body, budget) = self.read_body(request).await?;
+        let incoming = review::parse(&body).map_err(refuse)?;
+        let span = tracing::Span::current();
+        span.record("uid", incoming.uid.as_str());
+        if let Ok(request) = &incoming.request {
+            span.record("namespace", request.namespace());
+            span.record("kind", request.kind.kind.as_str());
+            span.record("operation", tracing::field::debug(request.operation));
+        }
+        Ok((incoming, budget))
+    }
+
     /// The whole body, up to `max_body` bytes, arriving within `body_timeout`, and the share of the body budget
     /// its bytes hold (released when dropped); otherwise the refusal to send.
     async fn read_body(&self, request: axum::extract::Request) -> Result<(Bytes, SemaphorePermit<'_>), Response> {

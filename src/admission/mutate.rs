@@ -16,8 +16,8 @@ use json_patch::jsonptr::PointerBuf;
 use json_patch::{Patch, PatchOperation, ReplaceOperation};
 use serde_json::Value;
 
-use super::review::{self, Request};
-use super::{Webhook, refuse, response};
+use super::review::Request;
+use super::{Webhook, response};
 use crate::decide::{Decision, ImageDecision, Outcome, Verdict};
 use crate::images::{self, ImageRef};
 use crate::reason::Reason;
@@ -41,29 +41,18 @@ pub struct Pin {
 #[tracing::instrument(skip_all, fields(uid, namespace, kind, operation, pinned))]
 pub(super) async fn handle(State(webhook): State<Arc<Webhook>>, request: axum::extract::Request) -> Response {
     let started = tokio::time::Instant::now();
-    let (body, _budget) = match webhook.read_body(request).await {
-        Ok(read) => read,
+    let (incoming, _budget) = match webhook.receive(request).await {
+        Ok(received) => received,
         Err(refusal) => return refusal,
     };
-    let incoming = match review::parse(&body) {
-        Ok(incoming) => incoming,
-        Err(bad) => return refuse(bad),
-    };
-    let span = tracing::Span::current();
-    span.record("uid", incoming.uid.as_str());
     let found = match &incoming.request {
-        Ok(request) => {
-            span.record("namespace", request.namespace());
-            span.record("kind", request.kind.kind.as_str());
-            span.record("operation", tracing::field::debug(request.operation));
-            pins(&webhook, request, started).await
-        }
+        Ok(request) => pins(&webhook, request, started).await,
         Err(reason) => {
             tracing::debug!(%reason, "an unreadable request is not pinned; validation denies it");
             Vec::new()
         }
     };
-    span.record("pinned", found.len());
+    tracing::Span::current().record("pinned", found.len());
     for pin in &found {
         tracing::debug!(field = pin.field, value = pin.value, "pinned to the verified digest");
     }
