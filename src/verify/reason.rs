@@ -30,7 +30,7 @@ pub enum Rejection {
     WrongPayloadType { found: String },
     #[error("not an in-toto Statement (v0.1 or v1): {0}")]
     MalformedStatement(String),
-    #[error("attestation subject digest does not match image (subjects: {})", if subjects.is_empty() { "none".to_owned() } else { subjects.join(", ") })]
+    #[error("attestation subject digest does not match image (subjects: {})", subjects_text(subjects))]
     SubjectMismatch { subjects: Vec<String> },
     #[error("malformed Sigstore bundle: {0}")]
     MalformedBundle(String),
@@ -76,6 +76,17 @@ pub enum Rejection {
     SctUnknownLog { log_ids: Vec<String> },
     #[error("embedded SCT does not verify: {0}")]
     SctInvalid(String),
+}
+
+/// Subjects named in a denial: a statement may list hundreds (one per released artifact), so the message names the
+/// first few and counts the rest.
+fn subjects_text(subjects: &[String]) -> String {
+    const SHOWN: usize = 3;
+    match subjects.len() {
+        0 => "none".to_owned(),
+        n if n <= SHOWN => subjects.join(", "),
+        n => format!("{} and {} more", subjects[..SHOWN].join(", "), n - SHOWN),
+    }
 }
 
 impl Rejection {

@@ -308,6 +308,67 @@ fn atts(layers: Vec<Layer>) -> Artifacts {
 const IMG: &str = "2222222222222222222222222222222222222222222222222222222222222222";
 const PLATFORM: &str = "3333333333333333333333333333333333333333333333333333333333333333";
 
+/// A statement listing many subjects (one attestation for a whole release, images in several repositories).
+fn statement_of_subjects(hexes: &[String]) -> Vec<u8> {
+    let subject: Vec<serde_json::Value> = hexes
+        .iter()
+        .enumerate()
+        .map(|(i, h)| serde_json::json!({"name": format!("registry.example.com/team{}/app", i % 7), "digest": {"sha256": h}}))
+        .collect();
+    serde_json::json!({
+        "_type": "https://in-toto.io/Statement/v1",
+        "subject": subject,
+        "predicateType": "https://slsa.dev/provenance/v1",
+        "predicate": {"runDetails": {"builder": {"id": "https://tekton.dev/chains/v2"}}}
+    })
+    .to_string()
+    .into_bytes()
+}
+
+#[test]
+fn a_statement_with_500_subjects_covers_each_digest_it_names_and_no_other() {
+    let key = TestKey::new();
+    let auth = key.authority("chains");
+    let hexes: Vec<String> = (0..500u32).map(|i| Digest::sha256_of(&i.to_be_bytes()).hex().to_owned()).collect();
+    let release = envelope(&key, "application/vnd.in-toto+json", &statement_of_subjects(&hexes));
+    for i in [0, 1, 250, 499] {
+        let named = digest(&format!("sha256:{}", hexes[i]));
+        let check = attestations(
+            &atts(vec![att_layer(release.clone())]),
+            std::slice::from_ref(&named),
+            std::slice::from_ref(&auth),
+        );
+        assert_eq!(check.outcome(), Ok(()), "subject {i}");
+        assert_eq!(check.verified[0].matched, named);
+        assert_eq!(check.verified[0].subject.len(), 500);
+    }
+    // An image the release does not name gets no credit, and the denial names a few subjects, not 500.
+    let other = digest(&format!("sha256:{IMG}"));
+    let check = attestations(
+        &atts(vec![att_layer(release.clone())]),
+        std::slice::from_ref(&other),
+        std::slice::from_ref(&auth),
+    );
+    let err = check.outcome().unwrap_err();
+    assert_eq!(err.code(), "subject-mismatch", "{err}");
+    let text = err.to_string();
+    assert!(text.contains("and 497 more") && text.len() < 600, "{} bytes: {text}", text.len());
+    // The same release signed by another key, or with one subject changed after signing, verifies for no image.
+    let named = digest(&format!("sha256:{}", hexes[7]));
+    let check = attestations(
+        &atts(vec![att_layer(release.clone())]),
+        std::slice::from_ref(&named),
+        &[TestKey::new().authority("other")],
+    );
+    assert_eq!(check.outcome().unwrap_err().code(), "wrong-key");
+    let mut v: serde_json::Value = serde_json::from_slice(&release).unwrap();
+    let mut forged = hexes.clone();
+    forged[7] = IMG.to_owned();
+    v["payload"] = b64e(&statement_of_subjects(&forged)).into();
+    let check = attestations(&atts(vec![att_layer(v.to_string().into_bytes())]), std::slice::from_ref(&other), &[auth]);
+    assert_eq!(check.outcome().unwrap_err().code(), "wrong-key");
+}
+
 #[test]
 fn attestation_verifies_for_image_or_platform_digest_and_negative_cases_have_reasons() {
     let key = TestKey::new();
