@@ -140,7 +140,8 @@ pub(crate) struct AuditArgs {
     /// Only requests in this namespace.
     #[arg(long, global = true)]
     pub(crate) namespace: Option<String>,
-    /// Only this decision.
+    /// Only this decision; the summary then groups its failures (deny: denials, warn: warnings, allow: failures
+    /// under audit-mode policies).
     #[arg(long, global = true, value_parser = ["allow", "warn", "deny"])]
     pub(crate) decision: Option<String>,
     /// Only denials (--decision deny).
