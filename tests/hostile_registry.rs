@@ -441,3 +441,40 @@ async fn a_signature_only_policy_reads_no_attestations_and_the_missing_referrers
     assert_eq!(h.hits(&schema(&two)), 1);
     assert_eq!(h.hits(&att(&two)), 0);
 }
+
+/// A policy's `spec.signatures.repository` is read through the same guarded client as the image's own: a huge
+/// `.sig` manifest there is cut at the manifest cap, and a stalled one ends at the deadline, each a denial.
+#[tokio::test]
+async fn a_hostile_signature_repository_is_bounded_like_the_image_registry() {
+    let h = Hostile::start();
+    let subject = image(&h, "team/app", "v1");
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("key.pub");
+    std::fs::write(&key, rcgen::KeyPair::generate().unwrap().public_key_pem()).unwrap();
+    let policy = format!(
+        "apiVersion: provgate.dev/v1alpha1\nkind: ImagePolicy\nmetadata: {{name: signed}}\nspec:\n  match: {{images: [\"**\"]}}\n  authorities: [{{name: key, key: {}}}]\n  signatures: {{repository: \"{}/sigs/app\"}}\n",
+        key.display(),
+        h.addr
+    );
+    let (addr, host) = (h.addr.clone(), h.host_config());
+    let hook = Webhook::start(&[("signed.yaml", policy)], move |c| {
+        c.registries.hosts.insert(addr, host);
+        c.deadline = Duration::from_secs(3);
+    })
+    .await;
+    let sig = format!("/v2/sigs/app/manifests/sha256-{}.sig", &subject[7..]);
+
+    let huge = 600u64 << 20;
+    h.set(&sig, Answer::ok(OCI_MANIFEST, Body::Repeat { pattern: b"{}".to_vec(), len: huge }));
+    let response = hook.review(&pod(&format!("{}/team/app:v1", h.addr))).await;
+    assert_eq!(response["allowed"], false, "{response}");
+    assert!(h.hits(&sig) >= 1, "the named repository was read");
+    assert!(h.sent(&sig) < 64 << 20, "read cut at the cap, not {} bytes", h.sent(&sig));
+
+    h.set(&sig, Answer::stall());
+    let started = std::time::Instant::now();
+    let response = hook.review(&pod(&format!("{}/team/app:v1", h.addr))).await;
+    assert_eq!(response["allowed"], false, "{response}");
+    assert!(started.elapsed() < Duration::from_secs(8), "answered within the deadline, not the stall");
+    assert_eq!(hook.audit_records().len(), 2);
+}
