@@ -166,18 +166,7 @@ impl Material {
             None => None,
         };
         let ee = webpki::EndEntityCert::try_from(&leaf).map_err(|e| MaterialError::NotSigned(e.to_string()))?;
-        let anchor = webpki::anchor_from_trusted_cert(&ca).map_err(|e| MaterialError::NotSigned(e.to_string()))?;
-        let at = UnixTime::since_unix_epoch(std::time::Duration::from_secs(u64::try_from(now).unwrap_or(0)));
-        ee.verify_for_usage(
-            webpki::ALL_VERIFICATION_ALGS,
-            &[anchor],
-            &[],
-            at,
-            webpki::KeyUsage::server_auth(),
-            None,
-            None,
-        )
-        .map_err(|e| MaterialError::NotSigned(format!("{e:?}")))?;
+        serves_under(&ee, &ca, now)?;
         let names_ok = dns_names.iter().all(|name| {
             ServerName::try_from(name.as_str()).is_ok_and(|n| ee.verify_is_valid_for_subject_name(&n).is_ok())
         }) && ips
@@ -185,6 +174,28 @@ impl Material {
             .all(|ip| ee.verify_is_valid_for_subject_name(&ServerName::IpAddress((*ip).into())).is_ok());
         Ok(Facts { leaf_not_after: not_after(&leaf)?, ca_not_after: not_after(&ca)?, next_since, names_ok })
     }
+}
+
+/// Whether `leaf` is a serving certificate `ca` signed, valid at `now` (Unix seconds): what a client trusting `ca`
+/// checks.
+pub(super) fn serves_under(
+    leaf: &webpki::EndEntityCert<'_>,
+    ca: &CertificateDer<'_>,
+    now: i64,
+) -> Result<(), MaterialError> {
+    let anchor = webpki::anchor_from_trusted_cert(ca).map_err(|e| MaterialError::NotSigned(e.to_string()))?;
+    let at = UnixTime::since_unix_epoch(std::time::Duration::from_secs(u64::try_from(now).unwrap_or(0)));
+    leaf.verify_for_usage(
+        webpki::ALL_VERIFICATION_ALGS,
+        &[anchor],
+        &[],
+        at,
+        webpki::KeyUsage::server_auth(),
+        None,
+        None,
+    )
+    .map(|_| ())
+    .map_err(|e| MaterialError::NotSigned(format!("{e:?}")))
 }
 
 /// The certificates of a PEM text (at most [`MAX_BUNDLE`] + 1 read).
