@@ -138,6 +138,8 @@ struct State {
     seen: Vec<String>,
     /// Body bytes written per request target.
     sent: HashMap<String, u64>,
+    /// Bodies being written now, per request target (their bytes are counted in `sent` when they end).
+    writing: HashMap<String, usize>,
 }
 
 /// A hostile registry on a loopback port; see the module documentation.
@@ -275,9 +277,20 @@ impl Hostile {
         self.state().seen.len()
     }
 
-    /// Body bytes written so far to requests whose target or path is `target`.
+    /// Body bytes written to requests whose target or path is `target`, once every body being written to them
+    /// has ended (a client may hold the last byte before the server has counted it; waits at most 10 s).
     pub fn sent(&self, target: &str) -> u64 {
-        self.state().sent.iter().filter(|(t, _)| *t == target || path_of(t) == target).map(|(_, n)| n).sum()
+        let of = |t: &String| t == target || path_of(t) == target;
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let s = self.state();
+            let busy = s.writing.iter().any(|(t, n)| of(t) && *n > 0);
+            if !busy || std::time::Instant::now() >= until {
+                return s.sent.iter().filter(|(t, _)| of(t)).map(|(_, n)| n).sum();
+            }
+            drop(s);
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Forgets the counters.
@@ -393,6 +406,7 @@ fn serve(mut conn: impl Read + Write, state: &Mutex<State>, stop: &AtomicBool, o
     if !pause(answer.body_delay, stop) {
         return;
     }
+    *state.lock().unwrap().writing.entry(target.clone()).or_insert(0) += 1;
     let mut written = 0u64;
     let mut emit = |chunk: &[u8]| -> bool {
         if stop.load(Ordering::SeqCst) || conn.write_all(chunk).is_err() {
@@ -422,7 +436,11 @@ fn serve(mut conn: impl Read + Write, state: &Mutex<State>, stop: &AtomicBool, o
         }
     }
     let _ = conn.flush();
-    *state.lock().unwrap().sent.entry(target).or_insert(0) += written;
+    let mut s = state.lock().unwrap();
+    *s.sent.entry(target.clone()).or_insert(0) += written;
+    if let Some(n) = s.writing.get_mut(&target) {
+        *n -= 1;
+    }
 }
 
 /// Sleeps `d` unless the server stops first; false when it stopped.
