@@ -53,15 +53,15 @@ impl Verification {
 }
 
 /// Verifications of one digest, by [`evidence_key`] (the authority, and the signature repository it was read from).
-pub type Verifications = HashMap<String, Arc<Verification>>;
+pub type Verifications = HashMap<Arc<str>, Arc<Verification>>;
 
 /// The key of what `authority` verified of signatures read from `signatures` (a policy's `spec.signatures`; `None`:
 /// the image's own repository). Two policies sharing an authority but not a signature repository never share a
 /// verification.
-pub fn evidence_key(signatures: Option<&SignatureRepository>, authority: &Authority) -> String {
+pub fn evidence_key(signatures: Option<&SignatureRepository>, authority: &Authority) -> Arc<str> {
     match signatures {
         None => authority.cache_key(),
-        Some(repository) => format!("{} in {}", authority.cache_key(), repository.key()),
+        Some(repository) => format!("{} in {}", authority.cache_key(), repository.key()).into(),
     }
 }
 
@@ -331,6 +331,12 @@ impl Gatherer {
         bytes: &Budget,
         deadline: Instant,
     ) -> Result<Arc<Resolved>, Reason> {
+        if let Some(digest) = image.digest()
+            && !platforms
+        {
+            // What a digest names is not needed, and the digest is the answer: no request, no shared flight.
+            return Ok(Arc::new(Resolved { digest: digest.clone(), media_type: String::new(), platforms: Vec::new() }));
+        }
         let identity = creds.fingerprint();
         let head = {
             let registry = self.registry.clone();
@@ -675,7 +681,7 @@ type Found = (u64, Arc<Artifacts>);
 type ArtifactsKey = (String, Digest, String, Wanted);
 
 /// (repository read, digest, credentials identity, authority cache key, what was asked, fetch number).
-type VerificationKey = (String, Digest, String, String, Wanted, u64);
+type VerificationKey = (String, Digest, String, Arc<str>, Wanted, u64);
 
 /// How long an artifacts entry is reused: `artifactsTtl` for what was found, `missingTtl` for an absence.
 struct Freshness {

@@ -35,6 +35,15 @@ struct Options {
     rate: u64,
     duration: Duration,
     entries: usize,
+    /// `--only a,b`: run only these parts of the bench (warm, deny, cold, rounds, flight, burst, pod10, rss,
+    /// uncached); all when absent.
+    only: Option<Vec<String>>,
+}
+
+impl Options {
+    fn runs(&self, part: &str) -> bool {
+        self.only.as_ref().is_none_or(|only| only.iter().any(|p| p == part))
+    }
 }
 
 fn options() -> Options {
@@ -46,6 +55,7 @@ fn options() -> Options {
         rate: value("--rate").map_or(1000, |s| s.parse().expect("--rate REVIEWS_PER_SECOND")),
         duration: Duration::from_secs_f64(value("--duration").map_or(5.0, |s| s.parse().expect("--duration SECONDS"))),
         entries: value("--entries").map_or(10_000, |s| s.parse().expect("--entries N")),
+        only: value("--only").map(|s| s.split(',').map(str::to_owned).collect()),
     }
 }
 
@@ -281,212 +291,237 @@ async fn bench(opts: &Options) -> bool {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_idle = pg.rss() as f64 / MB;
     let mut table = Table::default();
+    // The requests of one cold image by digest (measured by the `cold` part).
+    let mut cold_requests = 3;
 
     // Warm: every image verified and cached; digests, so no registry request at all.
-    let one = pod(&[by_digest(&registry.addr, &warm[0])]);
-    let three = pod(&warm.iter().map(|d| by_digest(&registry.addr, d)).collect::<Vec<_>>());
-    let mut cpu_per = [0.0f64; 2];
-    let mut rate16 = [0.0f64; 2];
-    for (i, (label, body)) in [("1-image", &one), ("3-image", &three)].into_iter().enumerate() {
-        closed_loop(&target, 1, dur, 200, body.clone(), Expect::Allow).await;
-        for conns in [1usize, 16, 64] {
-            let cpu0 = pg.cpu();
-            let mut run = closed_loop(&target, conns, dur, u64::MAX, body.clone(), Expect::Allow).await;
-            let cpu_ms = pg.cpu().since(&cpu0) as f64 / 1e6;
-            assert_eq!(run.errors, 0, "{label} at {conns}: {:?}", run.first_error);
-            let (p50, p99, rate) = (run.quantile(0.5), run.quantile(0.99), run.rate());
-            let measured = format!("{rate:.0}/s, p50 {p50:.2} ms, p99 {p99:.2} ms");
-            let figure = format!("warm reviews/s, {label} Pod, {conns} conn{}", if conns == 1 { "" } else { "s" });
-            if conns == 16 {
-                cpu_per[i] = cpu_ms / run.ok as f64;
-                rate16[i] = rate;
-            }
-            if conns == 16 && i == 0 {
-                table.row(figure, measured, "≥ 10,000/s, p99 ≤ 4 ms", Some(rate >= 10_000.0 && p99 <= 4.0));
-            } else {
-                table.row(figure, measured, "", None);
+    if opts.runs("warm") {
+        let one = pod(&[by_digest(&registry.addr, &warm[0])]);
+        let three = pod(&warm.iter().map(|d| by_digest(&registry.addr, d)).collect::<Vec<_>>());
+        let mut cpu_per = [0.0f64; 2];
+        let mut rate16 = [0.0f64; 2];
+        for (i, (label, body)) in [("1-image", &one), ("3-image", &three)].into_iter().enumerate() {
+            closed_loop(&target, 1, dur, 200, body.clone(), Expect::Allow).await;
+            for conns in [1usize, 16, 64] {
+                let cpu0 = pg.cpu();
+                let mut run = closed_loop(&target, conns, dur, u64::MAX, body.clone(), Expect::Allow).await;
+                let cpu_ms = pg.cpu().since(&cpu0) as f64 / 1e6;
+                assert_eq!(run.errors, 0, "{label} at {conns}: {:?}", run.first_error);
+                let (p50, p99, rate) = (run.quantile(0.5), run.quantile(0.99), run.rate());
+                let measured = format!("{rate:.0}/s, p50 {p50:.2} ms, p99 {p99:.2} ms");
+                let figure = format!("warm reviews/s, {label} Pod, {conns} conn{}", if conns == 1 { "" } else { "s" });
+                if conns == 16 {
+                    cpu_per[i] = cpu_ms / run.ok as f64;
+                    rate16[i] = rate;
+                }
+                if conns == 16 && i == 0 {
+                    table.row(figure, measured, "≥ 10,000/s, p99 ≤ 4 ms", Some(rate >= 10_000.0 && p99 <= 4.0));
+                } else {
+                    table.row(figure, measured, "", None);
+                }
             }
         }
+        table.row(
+            "server CPU per cached review (1-image, 16 conns)",
+            format!("{:.3} ms", cpu_per[0]),
+            "≤ 0.05 ms",
+            Some(cpu_per[0] <= 0.05),
+        );
+        let ratio = cpu_per[1] / cpu_per[0];
+        table.row(
+            "warm 3-image Pod ÷ 1-image Pod (server CPU per review)",
+            format!("{ratio:.2}× ({:.3} ms; throughput ratio {:.2}×)", cpu_per[1], rate16[0] / rate16[1]),
+            "≤ 1.2×",
+            Some(ratio <= 1.2),
+        );
     }
-    table.row(
-        "server CPU per cached review (1-image, 16 conns)",
-        format!("{:.3} ms", cpu_per[0]),
-        "≤ 0.05 ms",
-        Some(cpu_per[0] <= 0.05),
-    );
-    let ratio = cpu_per[1] / cpu_per[0];
-    table.row(
-        "warm 3-image Pod ÷ 1-image Pod (server CPU per review)",
-        format!("{ratio:.2}× ({:.3} ms; throughput ratio {:.2}×)", cpu_per[1], rate16[0] / rate16[1]),
-        "≤ 1.2×",
-        Some(ratio <= 1.2),
-    );
 
     // The unsigned-image deny path (the negative answer cached).
-    let deny = pod(&[by_digest(&registry.addr, &unsigned[0])]);
-    closed_loop(&target, 1, dur, 10, deny.clone(), Expect::Deny("unsigned")).await;
-    let mut run = closed_loop(&target, 16, dur, u64::MAX, deny.clone(), Expect::Deny("unsigned")).await;
-    assert_eq!(run.errors, 0, "unsigned: {:?}", run.first_error);
-    let rate = run.rate();
-    table.row(
-        "unsigned-image deny, 16 conns",
-        format!("{rate:.0}/s, p99 {:.2} ms", run.quantile(0.99)),
-        "≥ 3,000/s",
-        Some(rate >= 3000.0),
-    );
-
-    // Cold, sequential, through the counting proxy (after one image taught provgate the registry's API).
-    cold(&target, &counting, pod(&[by_digest(&counting.addr, &primers[0])]), Expect::Allow).await;
-    counting.take_log();
-    let mut cold_requests = 0;
-    for (what, refs, max_requests) in [
-        ("digest", cold_d.iter().map(|d| by_digest(&counting.addr, d)).collect::<Vec<_>>(), 3u64),
-        ("tag", (0..cold_t.len()).map(|i| by_tag(&counting.addr, &format!("cold-t-{i}"))).collect(), 4),
-    ] {
-        let mut latencies = Vec::new();
-        let mut requests = Vec::new();
-        for image in refs {
-            let (ms, n) = cold(&target, &counting, pod(&[image]), Expect::Allow).await;
-            latencies.push((ms * 1000.0) as u32);
-            requests.push(n);
-        }
-        let log = counting.take_log();
-        eprintln!("registry requests of one cold image by {what}: {:?}", &log[..log.len().min(requests[0] as usize)]);
-        let most = *requests.iter().max().unwrap();
-        if what == "digest" {
-            cold_requests = most;
-        }
-        let p50 = quantile_ms(&mut latencies, 0.5);
+    if opts.runs("deny") {
+        let deny = pod(&[by_digest(&registry.addr, &unsigned[0])]);
+        closed_loop(&target, 1, dur, 10, deny.clone(), Expect::Deny("unsigned")).await;
+        let mut run = closed_loop(&target, 16, dur, u64::MAX, deny.clone(), Expect::Deny("unsigned")).await;
+        assert_eq!(run.errors, 0, "unsigned: {:?}", run.first_error);
+        let rate = run.rate();
         table.row(
-            format!("cold image by {what}, sequential: p50 latency, registry requests"),
-            format!("{p50:.1} ms, {most} requests"),
-            &format!("≤ 5 ms, ≤ {max_requests} requests"),
-            Some(p50 <= 5.0 && most <= max_requests),
+            "unsigned-image deny, 16 conns",
+            format!("{rate:.0}/s, p99 {:.2} ms", run.quantile(0.99)),
+            "≥ 3,000/s",
+            Some(rate >= 3000.0),
         );
     }
-    // Sequential rounds: each registry answer held 20 ms.
-    cold(&target, &delayed, pod(&[by_digest(&delayed.addr, &primers[1])]), Expect::Allow).await;
-    for (what, refs, max_rounds) in [
-        ("digest", round_d.iter().map(|d| by_digest(&delayed.addr, d)).collect::<Vec<_>>(), 2.0),
-        ("tag", (0..round_t.len()).map(|i| by_tag(&delayed.addr, &format!("round-t-{i}"))).collect(), 3.0),
-    ] {
-        let mut ms = Vec::new();
-        for image in refs {
-            ms.push(cold(&target, &delayed, pod(&[image]), Expect::Allow).await.0);
+
+    // Cold, sequential, through the counting proxy (after one image taught provgate the registry's API).
+    if opts.runs("cold") {
+        cold(&target, &counting, pod(&[by_digest(&counting.addr, &primers[0])]), Expect::Allow).await;
+        counting.take_log();
+        for (what, refs, max_requests) in [
+            ("digest", cold_d.iter().map(|d| by_digest(&counting.addr, d)).collect::<Vec<_>>(), 3u64),
+            ("tag", (0..cold_t.len()).map(|i| by_tag(&counting.addr, &format!("cold-t-{i}"))).collect(), 4),
+        ] {
+            let mut latencies = Vec::new();
+            let mut requests = Vec::new();
+            for image in refs {
+                let (ms, n) = cold(&target, &counting, pod(&[image]), Expect::Allow).await;
+                latencies.push((ms * 1000.0) as u32);
+                requests.push(n);
+            }
+            let log = counting.take_log();
+            eprintln!(
+                "registry requests of one cold image by {what}: {:?}",
+                &log[..log.len().min(requests[0] as usize)]
+            );
+            let most = *requests.iter().max().unwrap();
+            if what == "digest" {
+                cold_requests = most;
+            }
+            let p50 = quantile_ms(&mut latencies, 0.5);
+            table.row(
+                format!("cold image by {what}, sequential: p50 latency, registry requests"),
+                format!("{p50:.1} ms, {most} requests"),
+                &format!("≤ 5 ms, ≤ {max_requests} requests"),
+                Some(p50 <= 5.0 && most <= max_requests),
+            );
         }
-        let rounds = (median(ms.clone()) / 20.0).floor();
-        table.row(
-            format!("cold image by {what}: sequential registry rounds (20 ms each)"),
-            format!("{rounds} ({:.1} ms)", median(ms)),
-            &format!("≤ {max_rounds}"),
-            Some(rounds <= max_rounds),
-        );
+    }
+
+    // Sequential rounds: each registry answer held 20 ms.
+    if opts.runs("rounds") {
+        cold(&target, &delayed, pod(&[by_digest(&delayed.addr, &primers[1])]), Expect::Allow).await;
+        for (what, refs, max_rounds) in [
+            ("digest", round_d.iter().map(|d| by_digest(&delayed.addr, d)).collect::<Vec<_>>(), 2.0),
+            ("tag", (0..round_t.len()).map(|i| by_tag(&delayed.addr, &format!("round-t-{i}"))).collect(), 3.0),
+        ] {
+            let mut ms = Vec::new();
+            for image in refs {
+                ms.push(cold(&target, &delayed, pod(&[image]), Expect::Allow).await.0);
+            }
+            let rounds = (median(ms.clone()) / 20.0).floor();
+            table.row(
+                format!("cold image by {what}: sequential registry rounds (20 ms each)"),
+                format!("{rounds} ({:.1} ms)", median(ms)),
+                &format!("≤ {max_rounds}"),
+                Some(rounds <= max_rounds),
+            );
+        }
     }
 
     // 100 concurrent reviews of one new image: one fetch per artifact.
-    let before = counting.count();
-    burst(&target, vec![pod(&[by_digest(&counting.addr, &flight[0])]); 100], Expect::Allow).await;
-    let n = counting.count() - before;
-    table.row(
-        "registry requests for 100 concurrent reviews of one new image",
-        format!("{n}"),
-        &format!("= one cold image's ({cold_requests})"),
-        Some(n == cold_requests),
-    );
+    if opts.runs("flight") {
+        let before = counting.count();
+        burst(&target, vec![pod(&[by_digest(&counting.addr, &flight[0])]); 100], Expect::Allow).await;
+        let n = counting.count() - before;
+        table.row(
+            "registry requests for 100 concurrent reviews of one new image",
+            format!("{n}"),
+            &format!("= one cold image's ({cold_requests})"),
+            Some(n == cold_requests),
+        );
+    }
 
     // 20 distinct cold images at once, against one alone; registry answers held 20 ms.
-    let mut ratios = Vec::new();
-    let mut cpu_per_image = Vec::new();
-    let mut walls = Vec::new();
-    for (r, images) in bursts.iter().enumerate() {
-        let (alone_ms, _) = cold(&target, &delayed, pod(&[by_digest(&delayed.addr, &alone[r])]), Expect::Allow).await;
-        let bodies = images.iter().map(|d| pod(&[by_digest(&delayed.addr, d)])).collect();
-        let cpu0 = pg.cpu();
-        let wall = burst(&target, bodies, Expect::Allow).await;
-        cpu_per_image.push(pg.cpu().since(&cpu0) as f64 / 1e6 / images.len() as f64);
-        ratios.push((images.len() as f64 / wall) / (1.0 / alone_ms));
-        walls.push(wall);
+    if opts.runs("burst") {
+        let mut ratios = Vec::new();
+        let mut cpu_per_image = Vec::new();
+        let mut walls = Vec::new();
+        for (r, images) in bursts.iter().enumerate() {
+            let (alone_ms, _) =
+                cold(&target, &delayed, pod(&[by_digest(&delayed.addr, &alone[r])]), Expect::Allow).await;
+            let bodies = images.iter().map(|d| pod(&[by_digest(&delayed.addr, d)])).collect();
+            let cpu0 = pg.cpu();
+            let wall = burst(&target, bodies, Expect::Allow).await;
+            cpu_per_image.push(pg.cpu().since(&cpu0) as f64 / 1e6 / images.len() as f64);
+            ratios.push((images.len() as f64 / wall) / (1.0 / alone_ms));
+            walls.push(wall);
+        }
+        let (ratio, cpu) = (median(ratios), median(cpu_per_image));
+        table.row(
+            "20 distinct cold images in a burst (20 ms registry): rate ÷ one image alone",
+            format!("{ratio:.1}× ({:.0} ms for 20)", median(walls)),
+            "≥ 8×",
+            Some(ratio >= 8.0),
+        );
+        table.row("provgate CPU per cold image (in that burst)", format!("{cpu:.2} ms"), "≤ 1 ms", Some(cpu <= 1.0));
     }
-    let (ratio, cpu) = (median(ratios), median(cpu_per_image));
-    table.row(
-        "20 distinct cold images in a burst (20 ms registry): rate ÷ one image alone",
-        format!("{ratio:.1}× ({:.0} ms for 20)", median(walls)),
-        "≥ 8×",
-        Some(ratio >= 8.0),
-    );
-    table.row("provgate CPU per cold image (in that burst)", format!("{cpu:.2} ms"), "≤ 1 ms", Some(cpu <= 1.0));
 
     // A 10-image Pod cold against a 1-image Pod cold.
-    let mut ratios = Vec::new();
-    let mut tens = Vec::new();
-    for r in 0..pod1.len() {
-        let (one_ms, _) = cold(&target, &delayed, pod(&[by_digest(&delayed.addr, &pod1[r])]), Expect::Allow).await;
-        let refs: Vec<String> = pod10[r].iter().map(|d| by_digest(&delayed.addr, d)).collect();
-        let (ten_ms, _) = cold(&target, &delayed, pod(&refs), Expect::Allow).await;
-        ratios.push(ten_ms / one_ms);
-        tens.push(ten_ms);
+    if opts.runs("pod10") {
+        let mut ratios = Vec::new();
+        let mut tens = Vec::new();
+        for r in 0..pod1.len() {
+            let (one_ms, _) = cold(&target, &delayed, pod(&[by_digest(&delayed.addr, &pod1[r])]), Expect::Allow).await;
+            let refs: Vec<String> = pod10[r].iter().map(|d| by_digest(&delayed.addr, d)).collect();
+            let (ten_ms, _) = cold(&target, &delayed, pod(&refs), Expect::Allow).await;
+            ratios.push(ten_ms / one_ms);
+            tens.push(ten_ms);
+        }
+        let ratio = median(ratios);
+        table.row(
+            "10-image Pod cold ÷ 1-image Pod cold (20 ms registry)",
+            format!("{ratio:.2}× ({:.0} ms)", median(tens)),
+            "≤ 1.5×",
+            Some(ratio <= 1.5),
+        );
     }
-    let ratio = median(ratios);
-    table.row(
-        "10-image Pod cold ÷ 1-image Pod cold (20 ms registry)",
-        format!("{ratio:.2}× ({:.0} ms)", median(tens)),
-        "≤ 1.5×",
-        Some(ratio <= 1.5),
-    );
 
     // RSS with many cached entries: that many distinct signed digests reviewed once each.
-    let t = Instant::now();
-    let fakes: Vec<String> = (0..opts.entries)
-        .map(|i| format!("sha256:{}", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(format!("rss-{i}")))))
-        .collect();
-    {
-        use futures::StreamExt as _;
-        let jobs = fakes.iter().map(|d| pusher.sign(&signer, d));
-        futures::stream::iter(jobs).buffer_unordered(16).collect::<Vec<()>>().await;
+    if opts.runs("rss") {
+        let t = Instant::now();
+        let fakes: Vec<String> = (0..opts.entries)
+            .map(|i| format!("sha256:{}", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(format!("rss-{i}")))))
+            .collect();
+        {
+            use futures::StreamExt as _;
+            let jobs = fakes.iter().map(|d| pusher.sign(&signer, d));
+            futures::stream::iter(jobs).buffer_unordered(16).collect::<Vec<()>>().await;
+        }
+        eprintln!("signed {} digests in {:.1} s", fakes.len(), t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        fill(&target, &registry.addr, &fakes).await;
+        eprintln!("reviewed {} cold digests in {:.1} s", fakes.len(), t.elapsed().as_secs_f64());
+        pg.assert_running();
+        let verified = pg
+            .metrics()
+            .lines()
+            .filter(|l| l.contains(r#"cache="verifications""#) && l.contains(r#"result="miss""#))
+            .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+            .sum::<f64>();
+        let rss_full = pg.rss() as f64 / MB;
+        table.row("RSS idle", format!("{rss_idle:.1} MB"), "≤ 50 MB", Some(rss_idle <= 50.0));
+        table.row(
+            format!("RSS with {} cached entries (signed digests)", opts.entries),
+            format!("{rss_full:.1} MB ({verified:.0} verifications computed)"),
+            "≤ 100 MB",
+            Some(rss_full <= 100.0),
+        );
+        drop(pg);
     }
-    eprintln!("signed {} digests in {:.1} s", fakes.len(), t.elapsed().as_secs_f64());
-    let t = Instant::now();
-    fill(&target, &registry.addr, &fakes).await;
-    eprintln!("reviewed {} cold digests in {:.1} s", fakes.len(), t.elapsed().as_secs_f64());
-    pg.assert_running();
-    let verified = pg
-        .metrics()
-        .lines()
-        .filter(|l| l.contains(r#"cache="verifications""#) && l.contains(r#"result="miss""#))
-        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
-        .sum::<f64>();
-    let rss_full = pg.rss() as f64 / MB;
-    table.row("RSS idle", format!("{rss_idle:.1} MB"), "≤ 50 MB", Some(rss_idle <= 50.0));
-    table.row(
-        format!("RSS with {} cached entries (signed digests)", opts.entries),
-        format!("{rss_full:.1} MB ({verified:.0} verifications computed)"),
-        "≤ 100 MB",
-        Some(rss_full <= 100.0),
-    );
-    drop(pg);
 
     // Uncached deny: both caches off, one connection.
-    let no_cache = "cache:\n  maxEntries: 0\n  maxArtifactBytes: 0\n";
-    let hosts = [registry.addr.as_str(), counting.addr.as_str()];
-    let pg = Provgate::start(&work.path().join("b"), &Setup { hosts: &hosts, policies: &policies, extra: no_cache });
-    let target = Target::new(&pg.url_host, &pg.ca_pem);
-    let through = pod(&[by_digest(&counting.addr, &unsigned[0])]);
-    cold(&target, &counting, through.clone(), Expect::Deny("unsigned")).await;
-    let before = counting.count();
-    closed_loop(&target, 1, dur, 20, through, Expect::Deny("unsigned")).await;
-    let per_review = (counting.count() - before) as f64 / 20.0;
-    let direct = pod(&[by_digest(&registry.addr, &unsigned[0])]);
-    closed_loop(&target, 1, dur, 20, direct.clone(), Expect::Deny("unsigned")).await;
-    let mut run = closed_loop(&target, 1, dur, u64::MAX, direct, Expect::Deny("unsigned")).await;
-    assert_eq!(run.errors, 0, "uncached: {:?}", run.first_error);
-    let rate = run.rate();
-    table.row(
-        "uncached deny (caches off), 1 conn",
-        format!("{rate:.0}/s, p50 {:.2} ms, {per_review:.1} registry requests each", run.quantile(0.5)),
-        "≥ 420/s (2× Kubewarden's 210/s), uncached",
-        Some(rate >= 420.0 && per_review >= 1.0),
-    );
-    drop(pg);
+    if opts.runs("uncached") {
+        let no_cache = "cache:\n  maxEntries: 0\n  maxArtifactBytes: 0\n";
+        let hosts = [registry.addr.as_str(), counting.addr.as_str()];
+        let pg =
+            Provgate::start(&work.path().join("b"), &Setup { hosts: &hosts, policies: &policies, extra: no_cache });
+        let target = Target::new(&pg.url_host, &pg.ca_pem);
+        let through = pod(&[by_digest(&counting.addr, &unsigned[0])]);
+        cold(&target, &counting, through.clone(), Expect::Deny("unsigned")).await;
+        let before = counting.count();
+        closed_loop(&target, 1, dur, 20, through, Expect::Deny("unsigned")).await;
+        let per_review = (counting.count() - before) as f64 / 20.0;
+        let direct = pod(&[by_digest(&registry.addr, &unsigned[0])]);
+        closed_loop(&target, 1, dur, 20, direct.clone(), Expect::Deny("unsigned")).await;
+        let mut run = closed_loop(&target, 1, dur, u64::MAX, direct, Expect::Deny("unsigned")).await;
+        assert_eq!(run.errors, 0, "uncached: {:?}", run.first_error);
+        let rate = run.rate();
+        table.row(
+            "uncached deny (caches off), 1 conn",
+            format!("{rate:.0}/s, p50 {:.2} ms, {per_review:.1} registry requests each", run.quantile(0.5)),
+            "≥ 420/s (2× Kubewarden's 210/s), uncached",
+            Some(rate >= 420.0 && per_review >= 1.0),
+        );
+        drop(pg);
+    }
 
     println!(
         "\nbench run of {:.0} s; throughput runs of {:.0} s each",

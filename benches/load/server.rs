@@ -83,7 +83,18 @@ impl Provgate {
         );
         std::fs::write(dir.join("provgate.yaml"), config).unwrap();
         let log = std::fs::File::create(dir.join("provgate.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_provgate"))
+        // `PROVGATE_BENCH_WRAP="valgrind --tool=callgrind"` runs provgate under a tool (to count instructions).
+        let wrap = std::env::var("PROVGATE_BENCH_WRAP").unwrap_or_default();
+        let mut words = wrap.split_whitespace();
+        let mut command = match words.next() {
+            Some(tool) => {
+                let mut c = Command::new(tool);
+                c.args(words).arg(env!("CARGO_BIN_EXE_provgate"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_provgate")),
+        };
+        let child = command
             .arg("serve")
             .arg("--config")
             .arg(dir.join("provgate.yaml"))
@@ -109,7 +120,7 @@ impl Provgate {
 
     fn wait_ready(&mut self) {
         let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(30) {
+        while start.elapsed() < Duration::from_secs(120) {
             if let Some(status) = self.child.try_wait().unwrap() {
                 panic!("provgate exited with {status}: {}", self.log());
             }
@@ -118,7 +129,7 @@ impl Provgate {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("provgate was not ready in 30 s: {}", self.log());
+        panic!("provgate was not ready in 120 s: {}", self.log());
     }
 
     pub fn log(&self) -> String {

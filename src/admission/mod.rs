@@ -143,7 +143,7 @@ impl Drop for Abandoned<'_> {
     }
 }
 
-#[tracing::instrument(skip_all, fields(uid, namespace, kind, operation, decision))]
+#[tracing::instrument(level = "debug", skip_all, fields(uid, namespace, kind, operation, decision))]
 async fn validate(State(webhook): State<Arc<Webhook>>, request: axum::extract::Request) -> Response {
     let started = tokio::time::Instant::now();
     let clock = Instant::now();

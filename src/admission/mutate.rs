@@ -38,7 +38,7 @@ pub struct Pin {
 
 /// `POST /mutate`: the same body limits and refusals as `/validate`; a review that can be answered is always
 /// allowed, with the patch pinning what [`pins`] finds.
-#[tracing::instrument(skip_all, fields(uid, namespace, kind, operation, pinned))]
+#[tracing::instrument(level = "debug", skip_all, fields(uid, namespace, kind, operation, pinned))]
 pub(super) async fn handle(State(webhook): State<Arc<Webhook>>, request: axum::extract::Request) -> Response {
     let started = tokio::time::Instant::now();
     let (incoming, _budget) = match webhook.receive(request).await {

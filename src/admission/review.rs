@@ -3,6 +3,7 @@
 
 use serde::Deserialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::reason::Reason;
 pub use crate::request::Request;
@@ -41,25 +42,69 @@ pub struct Incoming {
     pub request: Result<Request, Reason>,
 }
 
-/// Parses a body that is already within the size limit.
+/// The envelope, its request left unread (one pass over the body finds its bounds).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Envelope<'a> {
+    #[serde(default, borrow)]
+    api_version: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    kind: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    request: Option<&'a RawValue>,
+}
+
+/// The uid of a request that does not read as a [`Request`], so that its denial can still be answered.
+#[derive(Deserialize)]
+struct UidOnly {
+    #[serde(default)]
+    uid: Value,
+}
+
+/// A whole review as the API server sends it, read in one pass.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Whole {
+    api_version: String,
+    kind: String,
+    request: Request,
+}
+
+/// Parses a body that is already within the size limit. A well-formed review is read in one pass; anything else is
+/// read again step by step to say what is wrong with it ([`parse_carefully`]).
 pub fn parse(body: &[u8]) -> Result<Incoming, BadReview> {
-    let mut value: Value = serde_json::from_slice(body).map_err(|e| BadReview::NotJson(e.to_string()))?;
-    let field = |name: &str| value.get(name).and_then(Value::as_str).unwrap_or_default().to_owned();
-    let (api_version, kind) = (field("apiVersion"), field("kind"));
+    match serde_json::from_slice::<Whole>(body) {
+        Ok(whole) if whole.api_version == API_VERSION && whole.kind == KIND && !whole.request.uid.is_empty() => {
+            Ok(Incoming { uid: whole.request.uid.clone(), request: Ok(whole.request) })
+        }
+        _ => parse_carefully(body),
+    }
+}
+
+/// The envelope first (checked before anything else is read), then the request straight into [`Request`], so the
+/// object is parsed once; a request that does not read keeps its uid, so its denial can be answered.
+fn parse_carefully(body: &[u8]) -> Result<Incoming, BadReview> {
+    let envelope: Envelope = serde_json::from_slice(body).map_err(|e| BadReview::NotJson(e.to_string()))?;
+    let text =
+        |raw: Option<&RawValue>| raw.and_then(|r| serde_json::from_str::<String>(r.get()).ok()).unwrap_or_default();
+    let (api_version, kind) = (text(envelope.api_version), text(envelope.kind));
     if api_version != API_VERSION || kind != KIND {
         return Err(BadReview::NotAReview { api_version, kind });
     }
-    // Taken out of the envelope, so that reading it moves the object rather than copying it.
-    let request = match value.get_mut("request").map(Value::take) {
-        None | Some(Value::Null) => return Err(BadReview::NoRequest),
-        Some(r) => r,
+    let request = match envelope.request {
+        Some(raw) if raw.get() != "null" => raw.get(),
+        _ => return Err(BadReview::NoRequest),
     };
-    let uid = match request.get("uid").and_then(Value::as_str) {
-        Some(uid) if !uid.is_empty() => uid.to_owned(),
-        _ => return Err(BadReview::NoUid),
-    };
-    let request = Request::deserialize(request).map_err(|e| Reason::UnreadableRequest(e.to_string()));
-    Ok(Incoming { uid, request })
+    match serde_json::from_str::<Request>(request) {
+        Ok(read) if read.uid.is_empty() => Err(BadReview::NoUid),
+        Ok(read) => Ok(Incoming { uid: read.uid.clone(), request: Ok(read) }),
+        Err(e) => match serde_json::from_str::<UidOnly>(request).map(|u| u.uid) {
+            Ok(Value::String(uid)) if !uid.is_empty() => {
+                Ok(Incoming { uid, request: Err(Reason::UnreadableRequest(e.to_string())) })
+            }
+            _ => Err(BadReview::NoUid),
+        },
+    }
 }
 
 #[cfg(test)]
@@ -83,6 +128,13 @@ mod tests {
             (br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#.to_vec(), "no request"),
             (review(json!({"operation": "CREATE"})), "no uid"),
             (review(json!({"uid": ""})), "no uid"),
+            (review(json!(5)), "no uid"),
+            (review(json!({"uid": 7, "operation": "CREATE"})), "no uid"),
+            (br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":null}"#.to_vec(), "no request"),
+            (
+                br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"x"}"#.to_vec(),
+                "not JSON",
+            ),
         ];
         for (body, needle) in table {
             let err = parse(&body).unwrap_err();

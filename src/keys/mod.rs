@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 pub use kubernetes::{SecretWatch, fetch_secret_key};
 
@@ -159,19 +159,32 @@ impl KeyState {
     }
 }
 
-type FileEntry = (Option<SystemTime>, u64, Result<PublicKey, KeysError>);
+/// A key file as last read: when its metadata was last looked at, its modification time and length then, and what
+/// it parsed to.
+struct FileEntry {
+    checked: Instant,
+    modified: Option<SystemTime>,
+    len: u64,
+    parsed: Result<PublicKey, KeysError>,
+}
+
+/// How long a key file's parse is used before its metadata is looked at again: a rotated file is read within this,
+/// and a review does not cost a `stat` system call.
+const FILE_RECHECK: Duration = Duration::from_secs(1);
 
 /// Resolves key references to parsed keys: Secrets from their watches, files from a parse cache.
 #[derive(Clone, Default)]
 pub struct KeyStore {
     secrets: Option<SecretWatch>,
     files: Arc<Mutex<HashMap<PathBuf, FileEntry>>>,
+    /// [`FILE_RECHECK`], shorter in tests.
+    recheck: Duration,
 }
 
 impl KeyStore {
     /// `secrets` is `None` where no Kubernetes API is reachable (then `k8s://` references are errors).
     pub fn new(secrets: Option<SecretWatch>) -> Self {
-        Self { secrets, files: Arc::default() }
+        Self { secrets, files: Arc::default(), recheck: FILE_RECHECK }
     }
 
     /// Starts watching any Secrets `refs` name (no-op for files, inline keys and already watched Secrets).
@@ -233,20 +246,32 @@ impl KeyStore {
     }
 
     fn file(&self, path: &Path) -> Result<PublicKey, KeysError> {
-        let source_ref = format!("file {}", path.display());
-        let meta = std::fs::metadata(path)
-            .map_err(|e| KeysError::Io { source_ref: source_ref.clone(), error: e.to_string() })?;
-        let stamp = (meta.modified().ok(), meta.len());
+        let now = Instant::now();
         let mut files = self.files.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((modified, len, parsed)) = files.get(path)
-            && (*modified, *len) == stamp
+        if let Some(entry) = files.get(path)
+            && now.duration_since(entry.checked) < self.recheck
         {
-            return parsed.clone();
+            return entry.parsed.clone();
+        }
+        let source_ref = format!("file {}", path.display());
+        let meta = match std::fs::metadata(path) {
+            Ok(meta) => meta,
+            Err(e) => {
+                files.remove(path);
+                return Err(KeysError::Io { source_ref, error: e.to_string() });
+            }
+        };
+        let (modified, len) = (meta.modified().ok(), meta.len());
+        if let Some(entry) = files.get_mut(path)
+            && (entry.modified, entry.len) == (modified, len)
+        {
+            entry.checked = now;
+            return entry.parsed.clone();
         }
         let parsed = std::fs::read(path)
             .map_err(|e| KeysError::Io { source_ref: source_ref.clone(), error: e.to_string() })
             .and_then(|pem| PublicKey::from_pem(&pem).map_err(|error| KeysError::Unparseable { source_ref, error }));
-        files.insert(path.to_owned(), (stamp.0, stamp.1, parsed.clone()));
+        files.insert(path.to_owned(), FileEntry { checked: now, modified, len, parsed: parsed.clone() });
         parsed
     }
 }
@@ -278,10 +303,26 @@ mod tests {
     }
 
     #[test]
+    fn a_key_file_is_looked_at_again_only_after_the_recheck_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cosign.pub");
+        std::fs::write(&path, PUB).unwrap();
+        let r = KeyRef::File(path.clone());
+        let store = KeyStore { recheck: Duration::from_secs(3600), ..KeyStore::new(None) };
+        let first = store.get(&r).unwrap().fingerprint().to_owned();
+        std::fs::write(&path, CHAINS_PUB.to_owned() + "\n\n").unwrap();
+        assert_eq!(store.get(&r).unwrap().fingerprint(), first, "within the interval the parse is reused");
+        let fresh = KeyStore { recheck: Duration::ZERO, ..store.clone() };
+        assert_ne!(fresh.get(&r).unwrap().fingerprint(), first, "after it, the changed file is read");
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(fresh.get(&r).unwrap_err().code(), "key-unreadable");
+    }
+
+    #[test]
     fn files_are_parsed_once_and_again_when_they_change() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cosign.pub");
-        let store = KeyStore::new(None);
+        let store = KeyStore { recheck: Duration::ZERO, ..KeyStore::new(None) };
         let r = KeyRef::File(path.clone());
         assert_eq!(store.get(&r).unwrap_err().code(), "key-unreadable");
         std::fs::write(&path, PUB).unwrap();

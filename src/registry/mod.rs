@@ -273,7 +273,7 @@ impl Registry for RegistryClient {
         Budget::review(&self.config, &self.pool)
     }
 
-    #[tracing::instrument(skip_all, fields(image = %image))]
+    #[tracing::instrument(level = "debug", skip_all, fields(image = %image))]
     async fn head(
         &self,
         image: &ImageRef,
@@ -304,7 +304,7 @@ impl Registry for RegistryClient {
         Ok(Head { digest: Digest::sha256_of(&reply.body), media_type: media_type_of(&reply) })
     }
 
-    #[tracing::instrument(skip_all, fields(image = %image, %digest))]
+    #[tracing::instrument(level = "debug", skip_all, fields(image = %image, %digest))]
     async fn manifest(
         &self,
         image: &ImageRef,
@@ -320,7 +320,7 @@ impl Registry for RegistryClient {
         resolved(&s, digest.clone(), &reply, &what)
     }
 
-    #[tracing::instrument(skip_all, fields(image = %image, %digest))]
+    #[tracing::instrument(level = "debug", skip_all, fields(image = %image, %digest))]
     async fn artifacts(
         &self,
         image: &ImageRef,

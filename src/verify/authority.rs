@@ -124,11 +124,15 @@ pub enum Trust {
 pub struct Authority {
     name: String,
     trust: Trust,
+    /// [`Authority::cache_key`], computed once.
+    cache_key: Arc<str>,
 }
 
 impl Authority {
     pub fn new(name: impl Into<String>, trust: Trust) -> Self {
-        Self { name: name.into(), trust }
+        let name = name.into();
+        let cache_key = cache_key(&name, &trust).into();
+        Self { name, trust, cache_key }
     }
 
     pub fn keys(name: impl Into<String>, keys: KeySet) -> Self {
@@ -145,17 +149,21 @@ impl Authority {
 
     /// Everything a verification result under this authority depends on (name, key fingerprints, or trusted root
     /// digest and identities): include it in cache keys so a rotated key or root invalidates cached answers.
-    pub fn cache_key(&self) -> String {
-        match &self.trust {
-            Trust::Keys(keys) => format!("{}|keys|{}", self.name, keys.fingerprint()),
-            Trust::Keyless(k) => {
-                let ids: Vec<String> = k
-                    .identities
-                    .iter()
-                    .map(|i| format!("{}@{}", matcher_key(&i.subject), matcher_key(&i.issuer)))
-                    .collect();
-                format!("{}|keyless|{}|{}", self.name, k.trusted_root.digest(), ids.join(","))
-            }
+    pub fn cache_key(&self) -> Arc<str> {
+        self.cache_key.clone()
+    }
+}
+
+fn cache_key(name: &str, trust: &Trust) -> String {
+    match trust {
+        Trust::Keys(keys) => format!("{name}|keys|{}", keys.fingerprint()),
+        Trust::Keyless(k) => {
+            let ids: Vec<String> = k
+                .identities
+                .iter()
+                .map(|i| format!("{}@{}", matcher_key(&i.subject), matcher_key(&i.issuer)))
+                .collect();
+            format!("{name}|keyless|{}|{}", k.trusted_root.digest(), ids.join(","))
         }
     }
 }
