@@ -182,6 +182,8 @@ fn compile_doc(file: &Path, doc: &Document) -> Result<Policy, LoadError> {
         Some(spec) => Some(Arc::new(SignatureRepository::compile(spec).map_err(|m| err(line_of("signatures:"), m))?)),
         None => None,
     };
+    let evidence = compile_evidence(&parsed.spec, &validations, authorities.is_empty())
+        .map_err(|(needle, m)| err(line_of(&needle), m))?;
     Ok(Policy {
         name,
         file: file.to_path_buf(),
@@ -192,6 +194,37 @@ fn compile_doc(file: &Path, doc: &Document) -> Result<Policy, LoadError> {
         requirements,
         validations,
         signatures,
+        evidence,
+    })
+}
+
+/// Compiles `spec.evidence`; an error carries the text to find its line by and the message. Evidence is selected
+/// from verified statements, so it needs authorities; a validation may read `evidence` only when some is declared.
+fn compile_evidence(
+    spec: &super::model::Spec,
+    validations: &[CompiledValidation],
+    no_authorities: bool,
+) -> Result<Vec<crate::evidence::spec::EvidenceDecl>, (String, String)> {
+    if spec.evidence.is_empty() {
+        let reads = |v: &CompiledValidation| {
+            v.expression.reads("evidence") || v.message_expression.as_ref().is_some_and(|m| m.reads("evidence"))
+        };
+        return match validations.iter().position(reads) {
+            Some(i) => Err((
+                "validations:".to_owned(),
+                format!("validations[{i}] reads `evidence`, but spec.evidence declares none"),
+            )),
+            None => Ok(Vec::new()),
+        };
+    }
+    if no_authorities {
+        let message =
+            "spec.evidence selects from verified statements, but spec.authorities lists no one to verify them";
+        return Err(("evidence:".to_owned(), message.to_owned()));
+    }
+    let engine = super::engine().map_err(|e| ("evidence:".to_owned(), e.to_string()))?;
+    crate::evidence::spec::compile(&spec.evidence, engine).map_err(|(i, m)| {
+        (spec.evidence.get(i).map_or_else(|| "evidence:".to_owned(), |e| format!("name: {}", e.name)), m)
     })
 }
 
