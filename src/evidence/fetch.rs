@@ -37,7 +37,7 @@ pub struct EvidenceConfig {
 
 impl Default for EvidenceConfig {
     fn default() -> Self {
-        Self { max_cache_bytes: 32 << 20 }
+        Self { max_cache_bytes: 16 << 20 }
     }
 }
 
