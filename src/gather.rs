@@ -629,7 +629,7 @@ pub struct CacheLabels {
 pub struct GatherMetrics {
     /// Verifications computed: one per (digest, authority, credentials, fetch) not found in the cache.
     pub verifications: Counter,
-    /// Cache lookups by cache (`manifests`, `artifacts`, `verifications`) and result.
+    /// Cache lookups by cache (`manifests`, `artifacts`, `verifications`, `evidence`) and result.
     pub cache: Family<CacheLabels, Counter>,
     /// Seconds to compute one verification (signature checks of one digest under one authority).
     pub verification_seconds: Histogram,

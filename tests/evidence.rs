@@ -159,6 +159,10 @@ fn world() -> World {
         let extra = stranger.as_ref().map(|(k, p)| (*k, p.as_path()));
         sign_image(&mut app, keys.path(), &image, &provenance, extra);
     }
+    // Not signed at all.
+    let unsigned = app.image("https-unsigned", "amd64");
+    app.tag("https-unsigned", &unsigned);
+    digests.insert("https-unsigned", unsigned.digest.clone());
     // The OCI store holds the CycloneDX SBOM as the layer of an artifact (cosign's `.sbom` shape).
     let sbom = evidence.cosign_manifest(&[(CYCLONEDX, sboms["cdx"].0.clone(), json!({}))]);
     evidence.tag("sbom-cdx", &sbom);
@@ -300,15 +304,19 @@ async fn sboms_named_by_signed_provenance_are_fetched_by_digest_checked_and_judg
     assert_eq!(admitted["allowed"], true, "{admitted}");
     assert_eq!(hook.review(&pod(&world.image("https-spdx"))).await["allowed"], true);
     assert_eq!(world.store.hits(&format!("/cas/sha256/{spdx}")), 1, "cached by digest");
+    let (_, metrics) = hook.admin_get("/metrics").await;
+    assert!(metrics.contains(r#"provgate_cache_requests_total{cache="evidence",result="hit"} 1"#), "{metrics}");
     let verified = hook.audit_records().pop().unwrap()["images"][0]["verified"].to_string();
     assert!(
         verified.contains(&format!("evidence sbom sha256:{spdx} (spdx, 13 components) from https://")),
         "{verified}"
     );
 
-    // An image whose policies declare no evidence never reaches the store.
+    // An image whose policies declare no evidence, or that fails its policy's requirements, never reaches the store.
     let before = world.store.total();
     assert_eq!(hook.review(&pod(&world.image("plain"))).await["allowed"], true);
+    let unsigned = hook.review(&pod(&world.image("https-unsigned"))).await;
+    assert_eq!(reasons(&unsigned), "unsigned,no-attestations", "{unsigned}");
     assert_eq!(world.store.total(), before);
 
     let table = [
