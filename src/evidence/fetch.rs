@@ -82,7 +82,10 @@ impl Fetcher {
     ) -> Result<Vec<Item>, EvidenceError> {
         let selection = |detail: String| EvidenceError::Selection { detail };
         let engine = engine().map_err(|e| selection(e.to_string()))?;
-        let results = engine.select(input, &Limits::default(), &decl.from).map_err(selection)?;
+        // CEL runs on a blocking thread, as judging does.
+        let (input, from) = (input.clone(), decl.from.clone());
+        let select = tokio::task::spawn_blocking(move || engine.select(&input, &Limits::default(), &from));
+        let results = select.await.map_err(|e| selection(e.to_string()))?.map_err(selection)?;
         let descriptors = select::descriptors(&results, MAX_SELECTED)?;
         let fetches = descriptors.into_iter().map(|d| self.item(decl, d, credentials, bytes, deadline));
         futures::stream::iter(fetches).buffered(AT_ONCE).try_collect().await
@@ -193,5 +196,48 @@ impl EvidenceFetch for Fetcher {
             out.entry(policy).or_default().insert(name, result);
         }
         out.into_iter().map(|(policy, found)| (policy, Arc::new(found))).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_failures_of_an_oci_store_become_evidence_reasons() {
+        let r = || "r.example".to_owned();
+        let table = [
+            (RegistryError::NotFound { registry: r(), what: "blob".into() }, "evidence-missing"),
+            (
+                RegistryError::DigestMismatch {
+                    registry: r(),
+                    what: "blob".into(),
+                    expected: "sha256:aa".into(),
+                    actual: "sha256:bb".into(),
+                },
+                "evidence-digest-mismatch",
+            ),
+            (RegistryError::TooLarge { registry: r(), what: "blob".into(), limit: 9 }, "evidence-oversize"),
+            (
+                RegistryError::Unauthorized { registry: r(), repository: "e".into(), detail: "401".into() },
+                "registry-unauthorized",
+            ),
+            (RegistryError::TimedOut { registry: r(), what: "blob".into() }, "registry-timed-out"),
+        ];
+        for (error, code) in table {
+            let mapped = oci_error(error.clone(), "oci://r.example/e", "aa");
+            assert_eq!(mapped.code(), code, "{error}");
+        }
+        let mismatch = oci_error(
+            RegistryError::DigestMismatch {
+                registry: r(),
+                what: "b".into(),
+                expected: "sha256:aa".into(),
+                actual: "sha256:bb".into(),
+            },
+            "oci://r.example/e",
+            "aa",
+        );
+        assert!(mismatch.to_string().contains("bytes for sha256:aa that hash to sha256:bb"), "{mismatch}");
     }
 }
