@@ -13,6 +13,7 @@ use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::credentials::PullSecrets;
 use crate::engine::{Engine, ReviewLimits};
+use crate::evidence::fetch::Fetcher;
 use crate::gather::{GatherMetrics, Gatherer};
 use crate::keys::{KeyRef, KeyStore, SecretRef, SecretWatch};
 use crate::managed_tls::ManagedTls;
@@ -166,10 +167,15 @@ pub fn engine_with(
         registry = registry.with_metrics(metrics.registries.clone());
     }
     let pull_secrets = Arc::new(PullSecrets::new(kube, config.credentials.clone()));
-    let mut gatherer = Gatherer::new(Arc::new(registry), keys, config.cache).with_pull_secrets(pull_secrets.clone());
+    let registry: Arc<dyn crate::registry::Registry> = Arc::new(registry);
+    let mut evidence =
+        Fetcher::new(registry.clone(), &config.registries, &config.evidence).map_err(anyhow::Error::msg)?;
+    let mut gatherer = Gatherer::new(registry, keys, config.cache).with_pull_secrets(pull_secrets.clone());
     if let Some(metrics) = metrics {
         gatherer = gatherer.with_metrics(metrics.gather.clone());
+        evidence = evidence.with_metrics(metrics.gather.cache.clone());
     }
+    let gatherer = gatherer.with_evidence(Arc::new(evidence));
     let gatherer = Arc::new(gatherer);
     let limits = ReviewLimits { max_images: config.max_images_per_review, max_object_bytes: config.max_object_bytes };
     Ok(Engine::new(policies, config.no_match, config.deadline, gatherer, pull_secrets, limits))

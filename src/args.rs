@@ -103,6 +103,10 @@ pub(crate) struct PolicyTestArgs {
     /// The attestation name the statement is filed under (default provenance).
     #[arg(long)]
     pub(crate) attestation: Option<String>,
+    /// A local evidence document as NAME=FILE (repeatable): read as the policy's `evidence` entry NAME would read
+    /// it from its store, once the statement's descriptors (its `from`) name the file's sha256.
+    #[arg(long = "evidence", value_name = "NAME=FILE", value_parser = evidence_file)]
+    pub(crate) evidence: Vec<(String, PathBuf)>,
     #[arg(long, value_enum, default_value = "text")]
     pub(crate) output: Output,
 }
@@ -170,4 +174,12 @@ pub(crate) enum AuditCommand {
         /// The AdmissionReview uid.
         uid: String,
     },
+}
+
+/// `NAME=FILE` of `policy test --evidence`.
+fn evidence_file(s: &str) -> Result<(String, PathBuf), String> {
+    match s.split_once('=') {
+        Some((name, file)) if !name.is_empty() && !file.is_empty() => Ok((name.to_owned(), PathBuf::from(file))),
+        _ => Err(format!("{s:?} is not NAME=FILE")),
+    }
 }

@@ -93,8 +93,8 @@ fn signer(s: &verify::Signer) -> String {
 }
 
 /// Each requirement in turn, each its own function below. Stops at the first step whose failure makes the later
-/// ones meaningless (no evidence, an authority without keys, a verification not gathered); the CEL validations run
-/// only when every requirement is met.
+/// ones meaningless (no evidence, an authority without keys, a verification not gathered); the policy's evidence
+/// documents are read, and the CEL validations run, only when every requirement is met.
 fn unmet(
     policy: &Policy,
     image: &ImageRef,
@@ -115,20 +115,54 @@ fn unmet(
             return unmet;
         }
     };
+    let input = match requirements(policy, image, evidence, authorities, verified, unmet) {
+        Ok(input) => input,
+        Err(reasons) => return reasons,
+    };
+    let input = match documents(policy, evidence, verified) {
+        Ok(documents) if documents.is_empty() => input,
+        Ok(documents) => input.with_evidence(documents),
+        Err(reasons) => return reasons,
+    };
+    validate(policy, &input, context).into_iter().collect()
+}
+
+/// What `policy`'s validations would read for `image` (and its `spec.evidence` selects from), when the image meets
+/// every requirement of the policy over `evidence`; `None` when it does not (the policy denies it anyway).
+pub fn verified_input(
+    policy: &Policy,
+    image: &ImageRef,
+    evidence: &ImageEvidence,
+    authorities: &Authorities,
+) -> Option<ImageInput> {
+    let unmet: Vec<Reason> = digest_pin(policy, image).into_iter().collect();
+    requirements(policy, image, evidence, authorities, &mut Vec::new(), unmet).ok()
+}
+
+/// The requirements over the gathered `evidence`, after `unmet` (what already failed): the CEL input of what
+/// verified when all are met, else every reason.
+fn requirements(
+    policy: &Policy,
+    image: &ImageRef,
+    evidence: &ImageEvidence,
+    authorities: &Authorities,
+    verified: &mut Vec<String>,
+    mut unmet: Vec<Reason>,
+) -> Result<ImageInput, Vec<Reason>> {
     let resolved = match resolve_authorities(policy, authorities) {
         Ok(resolved) => resolved,
         Err(reasons) => {
             unmet.extend(reasons);
-            return unmet;
+            return Err(unmet);
         }
     };
     if !unmet.is_empty() {
-        return unmet;
+        return Err(unmet);
     }
     let names: Vec<Authority> = resolved.iter().map(|a| Authority::clone(a)).collect();
     let Some(checks) = checks_of(&evidence.verified, policy, &resolved) else {
         unmet.push(not_gathered(&evidence.digest));
-        return unmet;
+        return Err(unmet);
     };
     let image = image.with_digest(evidence.digest.clone());
     let signatures = SignatureCheck::merge(&evidence.digest, checks.iter().map(|c| &c.signatures));
@@ -141,13 +175,41 @@ fn unmet(
         Ok(named) => named,
         Err(reasons) => {
             unmet.extend(reasons.into_iter().map(|r| absent(r, policy, evidence)));
-            return unmet;
+            return Err(unmet);
         }
     };
     if !unmet.is_empty() {
-        return unmet;
+        return Err(unmet);
     }
-    validate(policy, &ImageInput::verified(&image, &signatures.verified, &named), context).into_iter().collect()
+    Ok(ImageInput::verified(&image, &signatures.verified, &named))
+}
+
+/// `spec.evidence`: the documents each entry fetched, as `evidence.<name>` lists, or a reason for every entry that
+/// could not be had. What was read is added to `verified`.
+fn documents(
+    policy: &Policy,
+    evidence: &ImageEvidence,
+    verified: &mut Vec<String>,
+) -> Result<serde_json::Map<String, Value>, Vec<Reason>> {
+    let mut documents = serde_json::Map::new();
+    if policy.evidence.is_empty() {
+        return Ok(documents);
+    }
+    let not_gathered = crate::evidence::document::EvidenceError::NotGathered;
+    let found = evidence.evidence.get(&policy.name);
+    let mut unmet = Vec::new();
+    for decl in &policy.evidence {
+        let entry = found.and_then(|f| f.get(&decl.name));
+        match entry {
+            Some(Ok(items)) => {
+                verified.extend(items.iter().map(|i| i.describe(&decl.name)));
+                documents.insert(decl.name.clone(), items.iter().map(|i| i.to_json()).collect());
+            }
+            Some(Err(error)) => unmet.push(Reason::Evidence { name: decl.name.clone(), error: error.clone() }),
+            None => unmet.push(Reason::Evidence { name: decl.name.clone(), error: not_gathered.clone() }),
+        }
+    }
+    if unmet.is_empty() { Ok(documents) } else { Err(unmet) }
 }
 
 /// `require.digest`: the image must be written by digest.

@@ -51,6 +51,7 @@ fn evidence(digest: &Digest, platforms: &[Digest], a: &Artifacts, authorities: &
         verified: verifications(a, digest, platforms, authorities),
         platforms_verified: None,
         lookups: Default::default(),
+        evidence: Default::default(),
     }
 }
 

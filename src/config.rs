@@ -38,6 +38,8 @@ pub struct Config {
     pub registries: RegistryConfig,
     /// Verification caches.
     pub cache: CacheConfig,
+    /// Evidence fetched by digest for policies' `spec.evidence`.
+    pub evidence: crate::evidence::fetch::EvidenceConfig,
     /// Pull credentials from Kubernetes Secrets.
     pub credentials: CredentialsConfig,
     /// Most image fields judged in one review; a larger object is denied.
@@ -264,6 +266,7 @@ impl Default for Config {
             audit: AuditConfig::default(),
             registries: RegistryConfig::default(),
             cache: CacheConfig::default(),
+            evidence: crate::evidence::fetch::EvidenceConfig::default(),
             credentials: CredentialsConfig::default(),
             max_images_per_review: 256,
             max_object_bytes: 3 << 20,

@@ -109,6 +109,28 @@ pub struct ImageEvidence {
     pub platforms_verified: Option<Vec<(Digest, Verifications)>>,
     /// Where each signature source of the governing policies was read, by source.
     pub lookups: HashMap<String, Lookup>,
+    /// What each governing policy's `spec.evidence` fetched, by policy name (see [`EvidenceFetch`]).
+    pub evidence: crate::evidence::document::ByPolicy,
+}
+
+/// Fetches the evidence that policies' `spec.evidence` select from an image's verified statements, once its
+/// verifications are gathered (the app wires [`crate::evidence::fetch::Fetcher`]). Without one, a policy that
+/// declares evidence finds it not gathered, a denial.
+#[async_trait::async_trait]
+pub trait EvidenceFetch: Send + Sync {
+    /// The evidence of each policy in `policies` (those that declare some) for `image`, whose verified evidence
+    /// is `found`; within `bytes` and `deadline`, with the review's pull `credentials`.
+    #[allow(clippy::too_many_arguments)]
+    async fn fetch(
+        &self,
+        image: &ImageRef,
+        found: &ImageEvidence,
+        policies: &[&Arc<Policy>],
+        authorities: &Authorities,
+        credentials: &HostCredentials,
+        bytes: &Budget,
+        deadline: Instant,
+    ) -> crate::evidence::document::ByPolicy;
 }
 
 /// What the registry holds for one image, for reports (`provgate verify`).
@@ -196,6 +218,8 @@ pub struct Gatherer {
     metrics: GatherMetrics,
     /// Reads policies' `signaturePullSecrets`.
     pull_secrets: Option<Arc<PullSecrets>>,
+    /// Fetches policies' `spec.evidence`.
+    evidence: Option<Arc<dyn EvidenceFetch>>,
 }
 
 impl Gatherer {
@@ -231,7 +255,14 @@ impl Gatherer {
             fetching,
             metrics,
             pull_secrets: None,
+            evidence: None,
         }
+    }
+
+    /// Fetches policies' `spec.evidence` through `fetcher`.
+    pub fn with_evidence(mut self, fetcher: Arc<dyn EvidenceFetch>) -> Self {
+        self.evidence = Some(fetcher);
+        self
     }
 
     /// Counts into `metrics` (registered on the metrics endpoint by [`crate::metrics::Metrics::new`]).
@@ -272,11 +303,18 @@ impl Gatherer {
         let bytes = self.registry.budget();
         let jobs = plan.to_gather().into_iter().map(|(image, needing)| {
             let sources = sources(&needing, &authorities);
-            let (review, bytes) = (&review, &bytes);
+            let (review, bytes, authorities) = (&review, &bytes, &authorities);
             async move {
                 let work = async {
                     let _slot = review.acquire().await.map_err(|_| shutting_down())?;
-                    self.image(image, credentials, &sources, bytes, deadline).await
+                    let mut found = self.image(image, credentials, &sources, bytes, deadline).await?;
+                    let declaring: Vec<&Arc<Policy>> =
+                        needing.iter().copied().filter(|p| !p.evidence.is_empty()).collect();
+                    if let (Some(fetcher), false) = (&self.evidence, declaring.is_empty()) {
+                        found.evidence =
+                            fetcher.fetch(image, &found, &declaring, authorities, credentials, bytes, deadline).await;
+                    }
+                    Ok(found)
                 };
                 let result = match tokio::time::timeout_at(deadline, work).await {
                     Ok(result) => result.map(Arc::new),
@@ -472,6 +510,7 @@ impl Gatherer {
             verified: Verifications::new(),
             platforms_verified: None,
             lookups: HashMap::new(),
+            evidence: Default::default(),
         };
         for (source, (verified, platforms_verified, lookup)) in sources.iter().zip(try_join_all(each).await?) {
             evidence.verified.extend(verified);
@@ -596,7 +635,7 @@ pub struct CacheLabels {
 pub struct GatherMetrics {
     /// Verifications computed: one per (digest, authority, credentials, fetch) not found in the cache.
     pub verifications: Counter,
-    /// Cache lookups by cache (`manifests`, `artifacts`, `verifications`) and result.
+    /// Cache lookups by cache (`manifests`, `artifacts`, `verifications`, `evidence`) and result.
     pub cache: Family<CacheLabels, Counter>,
     /// Seconds to compute one verification (signature checks of one digest under one authority).
     pub verification_seconds: Histogram,

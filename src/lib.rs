@@ -13,6 +13,7 @@ pub mod credentials;
 pub mod decide;
 pub mod engine;
 pub mod events;
+pub mod evidence;
 pub mod flights;
 pub mod gather;
 pub mod images;

@@ -30,6 +30,7 @@ fn main() -> ExitCode {
                 object: args.object,
                 namespace: args.namespace,
                 attestation: args.attestation,
+                evidence: args.evidence,
                 json: matches!(args.output, Output::Json),
                 ..Default::default()
             };

@@ -40,6 +40,14 @@ pub enum Reason {
         #[source]
         error: crate::keys::KeysError,
     },
+    /// A policy's `spec.evidence` entry could not be had (fetched by digest, checked and read); the code is the
+    /// evidence error's.
+    #[error("evidence {name}: {error}")]
+    Evidence {
+        name: String,
+        #[source]
+        error: crate::evidence::document::EvidenceError,
+    },
     #[error("provgate is shutting down; retry")]
     ShuttingDown,
     #[error(
@@ -93,6 +101,7 @@ impl Reason {
             Self::DeadlineExceeded(_) => "deadline-exceeded",
             Self::Registry { error, .. } => error.code(),
             Self::KeyUnavailable { error, .. } => error.code(),
+            Self::Evidence { error, .. } => error.code(),
             Self::ShuttingDown => "shutting-down",
             Self::Unmet { requirement, .. } => requirement.code(),
             Self::TagNotPinned { .. } => "tag-not-pinned",

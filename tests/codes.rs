@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use provgate::evidence::document::EvidenceError;
 use provgate::images::{Digest, RefError};
 use provgate::keys::{KeysError, SecretRef};
 use provgate::reason::{Reason, Requirement};
@@ -49,7 +50,12 @@ fn reasons() -> Vec<Reason> {
             | Reason::Overloaded { .. }
             | Reason::InternalError => {}
             // These take the code of their cause, listed below.
-            Reason::Registry { .. } | Reason::KeyUnavailable { .. } | Reason::Unmet { .. } => unreachable!(),
+            Reason::Registry { .. }
+            | Reason::KeyUnavailable { .. }
+            | Reason::Unmet { .. }
+            | Reason::Evidence { .. } => {
+                unreachable!()
+            }
         }
     }
     all
@@ -84,6 +90,40 @@ fn registry_errors() -> Vec<RegistryError> {
             | RegistryError::OverBudget { .. }
             | RegistryError::Busy { .. }
             | RegistryError::TokenRealm { .. } => {}
+        }
+    }
+    all
+}
+
+fn evidence_errors() -> Vec<EvidenceError> {
+    let all = vec![
+        EvidenceError::Selection { detail: s() },
+        EvidenceError::NoDigest { descriptor: s() },
+        EvidenceError::TooMany { count: 2, max: 1 },
+        EvidenceError::Missing { store: s(), sha256: s() },
+        EvidenceError::DigestMismatch { store: s(), expected: s(), actual: s() },
+        EvidenceError::Oversize { store: s(), sha256: s(), limit: 1 },
+        EvidenceError::Unparsable { store: s(), sha256: s(), expected: "JSON", detail: s() },
+        EvidenceError::StoreUnreachable { store: s(), detail: s() },
+        EvidenceError::StoreTimedOut { store: s(), sha256: s() },
+        EvidenceError::StoreError { store: s(), sha256: s(), detail: s() },
+        EvidenceError::NotGathered,
+    ];
+    for e in &all {
+        match e {
+            EvidenceError::Selection { .. }
+            | EvidenceError::NoDigest { .. }
+            | EvidenceError::TooMany { .. }
+            | EvidenceError::Missing { .. }
+            | EvidenceError::DigestMismatch { .. }
+            | EvidenceError::Oversize { .. }
+            | EvidenceError::Unparsable { .. }
+            | EvidenceError::StoreUnreachable { .. }
+            | EvidenceError::StoreTimedOut { .. }
+            | EvidenceError::StoreError { .. }
+            | EvidenceError::NotGathered => {}
+            // An OCI store's other registry failures keep the registry's code.
+            EvidenceError::Registry(_) => unreachable!(),
         }
     }
     all
@@ -213,6 +253,7 @@ fn codes() -> Vec<(&'static str, String)> {
     out.extend(reasons().iter().map(|r| (r.code(), format!("Reason::{r:?}"))));
     out.extend(registry_errors().iter().map(|e| (e.code(), format!("RegistryError::{e:?}"))));
     out.extend(key_errors().iter().map(|e| (e.code(), format!("KeysError::{e:?}"))));
+    out.extend(evidence_errors().iter().map(|e| (e.code(), format!("EvidenceError::{e:?}"))));
     out.extend(rejections().iter().map(|r| (r.code(), format!("Rejection::{r:?}"))));
     out.extend(requirements().iter().map(|r| (r.code(), format!("Requirement::{r:?}"))));
     out
@@ -239,6 +280,11 @@ fn delegating_reasons_take_the_code_of_their_cause() {
     assert_eq!(Reason::KeyUnavailable { authority: s(), error: key }.code(), "key-no-client");
     let unmet = Reason::Unmet { requirement: Requirement::Signature(Some(Rejection::MissingSct)), message: s() };
     assert_eq!(unmet.code(), "missing-sct");
+    let missing = EvidenceError::Missing { store: s(), sha256: s() };
+    assert_eq!(Reason::Evidence { name: s(), error: missing }.code(), "evidence-missing");
+    let refused = RegistryError::Unauthorized { registry: s(), repository: s(), detail: s() };
+    let evidence = Reason::Evidence { name: s(), error: EvidenceError::Registry(refused) };
+    assert_eq!(evidence.code(), "registry-unauthorized");
 }
 
 #[test]

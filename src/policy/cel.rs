@@ -7,8 +7,8 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
 /// The variables a policy expression may read.
-pub const VARIABLES: [&str; 8] =
-    ["image", "signatures", "attestations", "provenance", "object", "namespace", "request", "now"];
+pub const VARIABLES: [&str; 9] =
+    ["image", "signatures", "attestations", "provenance", "object", "namespace", "request", "now", "evidence"];
 
 /// Longest expression text accepted, in bytes.
 pub const MAX_EXPRESSION_BYTES: usize = 4096;
@@ -41,6 +41,8 @@ pub enum Expect {
     Bool,
     /// A `validations[].messageExpression`.
     String,
+    /// An `evidence[].from`: a list (or one map) of resource descriptors.
+    List,
 }
 
 impl Expect {
@@ -48,11 +50,17 @@ impl Expect {
         match self {
             Expect::Bool => "bool",
             Expect::String => "string",
+            Expect::List => "list",
         }
     }
 
     fn accepts(self, value: &Value) -> bool {
-        matches!((self, value), (Expect::Bool, Value::Bool(_)) | (Expect::String, Value::String(_)))
+        matches!(
+            (self, value),
+            (Expect::Bool, Value::Bool(_))
+                | (Expect::String, Value::String(_))
+                | (Expect::List, Value::List(_) | Value::Map(_))
+        )
     }
 }
 
@@ -72,6 +80,11 @@ impl std::fmt::Debug for Expression {
 impl Expression {
     pub fn source(&self) -> &str {
         &self.source
+    }
+
+    /// Whether the expression reads the variable `name` (anywhere, at any depth).
+    pub fn reads(&self, name: &str) -> bool {
+        self.program.references().has_variable(name)
     }
 
     /// Evaluates against `context`; errors are the CEL runtime error as text.
@@ -144,7 +157,8 @@ impl CelEngine {
             Some(Problem::Unbounded(name)) => return Err(CompileError::Unbounded { expression, name }),
             None => {}
         }
-        if let Some(found) = static_kind(program.expression()).filter(|kind| *kind != expect.name()) {
+        let fits = |kind: &&str| *kind == expect.name() || (expect == Expect::List && *kind == "map");
+        if let Some(found) = static_kind(program.expression()).filter(|kind| !fits(kind)) {
             return Err(CompileError::WrongType {
                 expression,
                 expected: expect.name(),

@@ -34,10 +34,13 @@ pub fn check(path: &Path) -> CommandOutput {
             let validations: usize = set.policies().iter().map(|p| p.validations.len()).sum();
             let mut text = String::new();
             for p in set.policies() {
-                let looked_up = match &p.signatures {
+                let mut looked_up = match &p.signatures {
                     Some(r) => format!("; signatures read from {}", r.name()),
                     None => String::new(),
                 };
+                for e in &p.evidence {
+                    looked_up.push_str(&format!("; evidence {} from {}", e.name, e.store.key()));
+                }
                 text.push_str(&format!(
                     "ok  {} ({}:{}, mode {}, {} authorities, {} validations; requires {}{looked_up})\n",
                     p.name,
@@ -77,6 +80,9 @@ pub struct TestOptions {
     pub signatures: Vec<serde_json::Value>,
     /// The attestation name the statement is filed under; default `provenance`.
     pub attestation: Option<String>,
+    /// Local evidence documents, `(entry name, file)`: each is read as the policy's entry of that name reads what
+    /// its store serves, and must be named by a descriptor its `from` selects. Entries without a file are empty.
+    pub evidence: Vec<(String, PathBuf)>,
     pub json: bool,
 }
 
@@ -164,10 +170,15 @@ pub fn run(path: &Path, options: &TestOptions) -> Result<TestRun, String> {
         return Err(format!("no policy under {} matches {image} in namespace {namespace:?}", path.display()));
     }
     let engine = engine().map_err(|e| e.to_string())?;
-    let activation = engine.activation(&evidence, &Limits::default()).map_err(|e| e.to_string())?;
+    if let Some((name, _)) = options.evidence.iter().find(|(n, _)| !policies.iter().any(|p| declares(p, n))) {
+        return Err(format!("--evidence {name}: no matching policy declares an evidence entry {name:?}"));
+    }
     let policies: Vec<PolicyRun> = policies
         .iter()
         .map(|p| {
+            let documents = local_evidence(engine, p, &evidence, &options.evidence)?;
+            let input = evidence.clone().with_evidence(documents);
+            let activation = engine.activation(&input, &Limits::default()).map_err(|e| e.to_string())?;
             let outcome = activation.evaluate(&p.name, &p.validations);
             let decision = match (outcome.passed(), p.mode) {
                 (true, _) => "allow",
@@ -175,27 +186,73 @@ pub fn run(path: &Path, options: &TestOptions) -> Result<TestRun, String> {
                 (false, Mode::Warn) => "warn",
                 (false, Mode::Audit) => "audit",
             };
-            PolicyRun {
+            Ok(PolicyRun {
                 name: p.name.clone(),
                 file: p.file.clone(),
                 mode: p.mode,
                 decision,
                 validations: outcome.validations,
-            }
+            })
         })
-        .collect();
+        .collect::<Result<_, String>>()?;
     let all = || policies.iter().flat_map(|p| &p.validations);
     let passed = all().filter(|v| v.verdict.passed()).count();
     let failed = all().count() - passed;
     Ok(TestRun { image: image.to_string(), predicate_type, policies, passed, failed })
 }
 
+fn declares(policy: &super::Policy, name: &str) -> bool {
+    policy.evidence.iter().any(|d| d.name == name)
+}
+
+/// `evidence.<name>` for `policy` from local files: each read as its entry reads a store's answer (within its
+/// `maxBytes`, parsed as its `mediaType` says), and accepted only when a descriptor its `from` selects from the
+/// statement names the file's sha256, as admission accepts only what a signed digest names.
+fn local_evidence(
+    engine: &super::CelEngine,
+    policy: &super::Policy,
+    input: &CelInput,
+    files: &[(String, PathBuf)],
+) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    use crate::evidence::{document, normalise, select};
+    let mut out = serde_json::Map::new();
+    for decl in &policy.evidence {
+        let mut items = Vec::new();
+        for (_, file) in files.iter().filter(|(n, _)| *n == decl.name) {
+            let why = |e: String| format!("--evidence {}={}: {e}", decl.name, file.display());
+            let bytes = read_at_most(file, decl.max_bytes).map_err(why)?;
+            let results = engine.select_unverified(input, &decl.from).map_err(why)?;
+            let selected = select::descriptors(&results, crate::evidence::spec::MAX_SELECTED)
+                .map_err(|e| why(format!("{e} ({})", e.code())))?;
+            let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+            let Some(descriptor) = selected.into_iter().find(|d| d.sha256 == sha256) else {
+                return Err(why(format!(
+                    "the file is sha256:{sha256}, which no descriptor that `from` selects in the statement names; \
+                     admission would never read it for policy {:?}",
+                    policy.name
+                )));
+            };
+            let document = normalise::read(&bytes, decl.expected)
+                .map_err(|e| why(format!("cannot be read as {}: {e}", decl.expected.describe())))?;
+            let store = file.display().to_string();
+            items.push(document::Item { descriptor, document: std::sync::Arc::new(document), store }.to_json());
+        }
+        out.insert(decl.name.clone(), serde_json::Value::Array(items));
+    }
+    Ok(out)
+}
+
 fn read_capped(file: &Path) -> Result<Vec<u8>, String> {
-    let f = std::fs::File::open(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    read_at_most(file, MAX_STATEMENT_FILE).map_err(|e| format!("{}: {e}", file.display()))
+}
+
+/// The file's bytes, refused when it holds more than `max`.
+fn read_at_most(file: &Path, max: u64) -> Result<Vec<u8>, String> {
+    let f = std::fs::File::open(file).map_err(|e| e.to_string())?;
     let mut bytes = Vec::new();
-    f.take(MAX_STATEMENT_FILE + 1).read_to_end(&mut bytes).map_err(|e| format!("{}: {e}", file.display()))?;
-    if bytes.len() as u64 > MAX_STATEMENT_FILE {
-        return Err(format!("{}: larger than {MAX_STATEMENT_FILE} bytes", file.display()));
+    f.take(max + 1).read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > max {
+        return Err(format!("larger than {max} bytes"));
     }
     Ok(bytes)
 }

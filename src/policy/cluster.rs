@@ -284,6 +284,15 @@ mod tests {
             (json!({"match": {"images": ["**"]}, "require": {"signature": "yes"}}), "true, false, or a map"),
             (json!({"match": {"images": ["**"]}, "colour": 1}), "unknown field `colour`"),
             (json!({"match": {"images": ["["]}}), "["),
+            (
+                json!({"match": {"images": ["**"]}, "authorities": [{"name": "a", "key": "k8s://ns/key"}],
+                       "evidence": [{"name": "sbom", "from": "object.spec", "store": {"oci": "r.example/e"}}]}),
+                "evidence[0] (\"sbom\"): from reads `object`",
+            ),
+            (
+                json!({"match": {"images": ["**"]}, "validations": [{"expression": "size(evidence.sbom) == 1"}]}),
+                "validations[0] reads `evidence`, but spec.evidence declares none",
+            ),
         ];
         for (spec, needle) in table {
             let error = compile("p", spec).unwrap_err();

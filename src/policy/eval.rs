@@ -60,6 +60,8 @@ pub struct CelInput {
     /// `{operation, userInfo, kind}`; CEL also sees `namespace` in it, since CEL reserves the word `namespace`.
     request: serde_json::Value,
     now: DateTime<Utc>,
+    /// Evidence name to its documents (`evidence.<name>`); empty unless given.
+    evidence: serde_json::Map<String, serde_json::Value>,
 }
 
 impl CelInput {
@@ -75,7 +77,13 @@ impl CelInput {
         request: serde_json::Value,
         now: DateTime<Utc>,
     ) -> Self {
-        Self { image, signatures, attestations, object, namespace, request, now }
+        Self { image, signatures, attestations, object, namespace, request, now, evidence: serde_json::Map::new() }
+    }
+
+    /// The same input with `evidence.<name>` set to each entry of `evidence`.
+    pub fn with_evidence(mut self, evidence: serde_json::Map<String, serde_json::Value>) -> Self {
+        self.evidence = evidence;
+        self
     }
 }
 
@@ -239,11 +247,13 @@ fn review_variables(
     ]
 }
 
-/// The variables of one image: `image`, `signatures`, `attestations` (`provenance` is bound per statement).
+/// The variables of one image: `image`, `signatures`, `attestations`, `evidence` (`provenance` is bound per
+/// statement).
 fn image_variables(
     image: &ImageInfo,
     signatures: &[serde_json::Value],
     attestations: &BTreeMap<String, Vec<serde_json::Value>>,
+    evidence: &serde_json::Map<String, serde_json::Value>,
 ) -> Vec<(&'static str, Value)> {
     let statements: serde_json::Map<String, serde_json::Value> = attestations
         .iter()
@@ -259,11 +269,12 @@ fn image_variables(
         ("image", json_to_value(&serde_json::to_value(image).unwrap_or_default())),
         ("signatures", json_to_value(&serde_json::Value::Array(signatures.to_vec()))),
         ("attestations", json_to_value(&serde_json::Value::Object(statements))),
+        ("evidence", json_to_value(&serde_json::Value::Object(evidence.clone()))),
     ]
 }
 
 fn variables(e: &CelInput) -> Vec<(&'static str, Value)> {
-    let mut all = image_variables(&e.image, &e.signatures, &e.attestations);
+    let mut all = image_variables(&e.image, &e.signatures, &e.attestations, &e.evidence);
     all.push(("provenance", json_to_value(&provenance_of(&e.attestations).to_json())));
     all.extend(review_variables(&e.object, &e.namespace, &e.request, e.now));
     all
@@ -283,6 +294,8 @@ pub struct ImageInput {
     signatures: Vec<serde_json::Value>,
     /// Attestation name to the verified statements, `{predicateType, subject, predicate}`.
     attestations: BTreeMap<String, Vec<serde_json::Value>>,
+    /// Evidence name to the documents fetched by digest and checked (`evidence.<name>`).
+    evidence: serde_json::Map<String, serde_json::Value>,
 }
 
 impl ImageInput {
@@ -306,7 +319,14 @@ impl ImageInput {
                 (name.clone(), views)
             })
             .collect();
-        Self { image: ImageInfo::from_ref(image), signatures, attestations }
+        Self { image: ImageInfo::from_ref(image), signatures, attestations, evidence: serde_json::Map::new() }
+    }
+
+    /// The same input with `evidence.<name>` set to each entry of `evidence` (documents checked against the
+    /// digests verified statements name).
+    pub fn with_evidence(mut self, evidence: serde_json::Map<String, serde_json::Value>) -> Self {
+        self.evidence = evidence;
+        self
     }
 }
 
@@ -344,7 +364,7 @@ impl ReviewScope {
     ) -> Result<PolicyOutcome, InputError> {
         limits.check_image(input)?;
         let mut image = self.context.new_inner_scope();
-        for (name, value) in image_variables(&input.image, &input.signatures, &input.attestations) {
+        for (name, value) in image_variables(&input.image, &input.signatures, &input.attestations, &input.evidence) {
             image.add_variable_from_value(name, value);
         }
         let provenances = provenances_of(&input.attestations);
@@ -361,6 +381,48 @@ impl ReviewScope {
             passed.get_or_insert(outcome);
         }
         Ok(passed.unwrap_or(PolicyOutcome { policy: policy.into(), validations: Vec::new(), statement: None }))
+    }
+}
+
+impl CelEngine {
+    /// Evaluates an `evidence[].from` over one image's verified input: `image`, `signatures`, `attestations`, and
+    /// `provenance` bound to each distinct verified provenance statement in turn (as validations see them). One
+    /// result per statement, as JSON; the first failure is the error.
+    pub fn select(
+        &self,
+        input: &ImageInput,
+        limits: &Limits,
+        from: &Expression,
+    ) -> Result<Vec<serde_json::Value>, String> {
+        limits.check_image(input).map_err(|e| e.to_string())?;
+        self.select_over(&input.image, &input.signatures, &input.attestations, from)
+    }
+
+    /// [`CelEngine::select`] over a local statement (`provgate policy test`).
+    pub fn select_unverified(&self, input: &CelInput, from: &Expression) -> Result<Vec<serde_json::Value>, String> {
+        self.select_over(&input.image, &input.signatures, &input.attestations, from)
+    }
+
+    fn select_over(
+        &self,
+        image: &ImageInfo,
+        signatures: &[serde_json::Value],
+        attestations: &BTreeMap<String, Vec<serde_json::Value>>,
+        from: &Expression,
+    ) -> Result<Vec<serde_json::Value>, String> {
+        let mut scope = self.context();
+        for (name, value) in image_variables(image, signatures, attestations, &serde_json::Map::new()) {
+            scope.add_variable_from_value(name, value);
+        }
+        provenances_of(attestations)
+            .iter()
+            .map(|provenance| {
+                let mut context = scope.new_inner_scope();
+                context.add_variable_from_value("provenance", json_to_value(provenance));
+                let value = from.execute(&context).map_err(|e| format!("`{}`: {e}", from.source()))?;
+                value.json().map_err(|e| format!("`{}` gave a value that is not JSON: {e}", from.source()))
+            })
+            .collect()
     }
 }
 
@@ -393,6 +455,7 @@ fn sample_variables() -> HashMap<&'static str, Value> {
         namespace: "default".into(),
         request: json!({"operation": "CREATE", "userInfo": {"username": "alice", "groups": []}, "kind": {"group": "", "version": "v1", "kind": "Pod"}}),
         now: DateTime::<Utc>::UNIX_EPOCH + chrono::Duration::days(19_800),
+        evidence: serde_json::Map::new(),
     };
     variables(&evidence).into_iter().collect()
 }
@@ -552,6 +615,7 @@ mod tests {
             namespace: "prod-a".into(),
             request: json!({"operation": "CREATE", "userInfo": {"username": "bob"}, "kind": {"kind": "Pod"}}),
             now: "2022-10-05T00:00:00Z".parse().unwrap(),
+            evidence: serde_json::Map::new(),
         }
     }
 

@@ -26,6 +26,9 @@ struct Case {
     now: Option<DateTime<Utc>>,
     #[serde(default)]
     signatures: Vec<serde_json::Value>,
+    /// Local evidence documents by entry name, relative to the case file (`policy test --evidence NAME=FILE`).
+    #[serde(default)]
+    evidence: std::collections::BTreeMap<String, PathBuf>,
     /// `pass`, `fail` or `error` per validation, in order.
     #[serde(default)]
     expect: Vec<String>,
@@ -60,6 +63,7 @@ fn run_case(dir: &Path, policy: &Path, case: &Case) {
         namespace: case.namespace.clone(),
         now: Some(case.now.unwrap_or_else(|| "2023-03-20T00:00:00Z".parse().unwrap())),
         signatures: case.signatures.clone(),
+        evidence: case.evidence.iter().map(|(name, file)| (name.clone(), dir.join(file))).collect(),
         ..TestOptions::default()
     };
     let all_pass = case.expect.iter().all(|e| e == "pass");

@@ -182,6 +182,10 @@ fn compile_doc(file: &Path, doc: &Document) -> Result<Policy, LoadError> {
         Some(spec) => Some(Arc::new(SignatureRepository::compile(spec).map_err(|m| err(line_of("signatures:"), m))?)),
         None => None,
     };
+    let evidence = compile_evidence(&parsed.spec, &validations, authorities.is_empty()).map_err(|(needles, m)| {
+        let found = needles.iter().find_map(|n| doc.text.lines().position(|l| l.contains(n.as_str())));
+        err(found.map_or(doc.first_line, |i| doc.first_line + i), m)
+    })?;
     Ok(Policy {
         name,
         file: file.to_path_buf(),
@@ -192,6 +196,43 @@ fn compile_doc(file: &Path, doc: &Document) -> Result<Policy, LoadError> {
         requirements,
         validations,
         signatures,
+        evidence,
+    })
+}
+
+/// Compiles `spec.evidence`; an error carries the texts to find its line by (the first found wins) and the
+/// message. Evidence is selected from verified statements, so it needs authorities; a validation may read
+/// `evidence` only when some is declared.
+fn compile_evidence(
+    spec: &super::model::Spec,
+    validations: &[CompiledValidation],
+    no_authorities: bool,
+) -> Result<Vec<crate::evidence::spec::EvidenceDecl>, (Vec<String>, String)> {
+    let evidence_line = || vec!["evidence:".to_owned()];
+    if spec.evidence.is_empty() {
+        let reads = |v: &CompiledValidation| {
+            v.expression.reads("evidence") || v.message_expression.as_ref().is_some_and(|m| m.reads("evidence"))
+        };
+        return match validations.iter().position(reads) {
+            Some(i) => Err((
+                vec!["validations:".to_owned()],
+                format!("validations[{i}] reads `evidence`, but spec.evidence declares none"),
+            )),
+            None => Ok(Vec::new()),
+        };
+    }
+    if no_authorities {
+        let message =
+            "spec.evidence selects from verified statements, but spec.authorities lists no one to verify them";
+        return Err((evidence_line(), message.to_owned()));
+    }
+    let engine = super::engine().map_err(|e| (evidence_line(), e.to_string()))?;
+    crate::evidence::spec::compile(&spec.evidence, engine).map_err(|(i, m)| {
+        // The entry's `from` as written (a distinctive prefix of its first line), else `evidence:`.
+        let from = spec.evidence.get(i).and_then(|e| e.from.lines().map(str::trim).find(|l| !l.is_empty()));
+        let mut needles: Vec<String> = from.map(|f| f.chars().take(40).collect()).into_iter().collect();
+        needles.extend(evidence_line());
+        (needles, m)
     })
 }
 
@@ -257,6 +298,35 @@ spec:
     images: [\"registry.example.com/team/**\"]
     namespaces: [\"prod-*\"]
 ";
+
+    #[test]
+    fn broken_evidence_is_refused_at_its_line() {
+        let policy = |evidence: &str, authorities: bool| {
+            let who = if authorities { "  authorities: [{name: a, key: \"k8s://ns/key\"}]\n" } else { "" };
+            format!("{GOOD}{who}  evidence:\n    - name: sbom\n      store: {{oci: r.example/e}}\n{evidence}")
+        };
+        let table = [
+            (
+                policy("      from: attestations.provenance[0].\n", true),
+                14,
+                "evidence[0] (\"sbom\"): from: syntax error",
+            ),
+            (policy("      from: object.spec\n", true), 14, "from reads `object`"),
+            (policy("      from: \"[]\"\n", false), 10, "spec.authorities lists no one"),
+            (
+                format!("{GOOD}  validations:\n    - expression: size(evidence.sbom) > 0\n"),
+                10,
+                "validations[0] reads `evidence`, but spec.evidence declares none",
+            ),
+        ];
+        for (text, line, needle) in table {
+            let e = load_one(&text).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("p.yaml:{line}: ")), "{e}\n{text}");
+            assert!(e.contains(needle), "{e}");
+        }
+        let ok = policy("      from: \"[]\"\n", true);
+        assert_eq!(load_one(&ok).unwrap().policies()[0].evidence.len(), 1);
+    }
 
     #[test]
     fn a_good_policy_loads() {

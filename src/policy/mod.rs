@@ -52,6 +52,8 @@ pub struct Policy {
     pub validations: Vec<CompiledValidation>,
     /// `spec.signatures`: the repository signatures are looked up in; `None` for the image's own.
     pub signatures: Option<Arc<signatures::SignatureRepository>>,
+    /// `spec.evidence`, compiled: what is fetched by digest for validations to read as `evidence.<name>`.
+    pub evidence: Vec<crate::evidence::spec::EvidenceDecl>,
 }
 
 impl Policy {

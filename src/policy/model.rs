@@ -60,6 +60,12 @@ pub struct Spec {
     /// Where the signatures are stored, when not beside the image.
     #[serde(default)]
     pub signatures: Option<super::signatures::SignaturesSpec>,
+    /// Documents that verified statements name by digest (SBOMs, test results, scan reports), fetched from a
+    /// content-addressable store and checked against the signed sha256; validations read them as
+    /// `evidence.<name>`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub evidence: Vec<crate::evidence::spec::EvidenceSpec>,
 }
 
 /// What a failing policy does to the request.

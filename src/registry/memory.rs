@@ -18,6 +18,7 @@ pub enum Call {
     Head,
     Manifest,
     Artifacts,
+    Blob,
 }
 
 /// One call as it was made: the method, the image's `registry/repository`, and the digest asked about (none for
@@ -45,6 +46,8 @@ struct State {
     manifests: HashMap<(String, Digest), Resolved>,
     /// (`registry/repository`, digest) -> the signature, attestation and bundle layers stored for it.
     artifacts: HashMap<(String, Digest), Artifacts>,
+    /// (`registry/repository`, digest) -> blob bytes.
+    blobs: HashMap<(String, Digest), bytes::Bytes>,
     calls: Vec<Made>,
     failures: Vec<Failure>,
 }
@@ -109,6 +112,13 @@ impl MemoryRegistry {
     /// Stores the artifacts found for `digest` in `repository` (replacing any stored before).
     pub fn put_artifacts(&self, repository: &str, digest: &Digest, artifacts: Artifacts) {
         self.state().artifacts.insert((name_of(repository), digest.clone()), artifacts);
+    }
+
+    /// Stores `bytes` as a blob of `repository`; returns its digest.
+    pub fn put_blob(&self, repository: &str, bytes: &[u8]) -> Digest {
+        let digest = Digest::sha256_of(bytes);
+        self.state().blobs.insert((name_of(repository), digest.clone()), bytes::Bytes::copy_from_slice(bytes));
+        digest
     }
 
     /// Makes every later `call` (for `repository` only, when given) fail with `error`.
@@ -218,6 +228,28 @@ impl Registry for MemoryRegistry {
             found.attestations.retain(|l| l.origin != crate::artifact::Origin::AttTag);
         }
         Ok(found)
+    }
+
+    /// The blob as stored, refused past `max_bytes` like the real client.
+    async fn blob(
+        &self,
+        image: &ImageRef,
+        digest: &Digest,
+        _creds: &Credentials,
+        max_bytes: u64,
+        _budget: &Budget,
+        _deadline: Instant,
+    ) -> Result<bytes::Bytes, RegistryError> {
+        self.record(Call::Blob, Some(image), Some(digest))?;
+        let what = format!("blob {}@{digest}", image.repository());
+        let found = self.state().blobs.get(&(image.name(), digest.clone())).cloned();
+        match found {
+            None => Err(Self::not_found(image, what)),
+            Some(b) if b.len() as u64 > max_bytes => {
+                Err(RegistryError::TooLarge { registry: image.registry().to_owned(), what, limit: max_bytes })
+            }
+            Some(b) => Ok(b),
+        }
     }
 }
 

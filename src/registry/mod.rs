@@ -150,6 +150,18 @@ pub trait Registry: Send + Sync {
         budget: &Budget,
         deadline: Instant,
     ) -> Result<Artifacts, RegistryError>;
+
+    /// The blob `digest` in `image`'s repository (evidence stored by digest), read within `max_bytes` (instead of
+    /// `registries.maxBlobBytes`) and `budget`, and checked against the digest.
+    async fn blob(
+        &self,
+        image: &ImageRef,
+        digest: &Digest,
+        creds: &Credentials,
+        max_bytes: u64,
+        budget: &Budget,
+        deadline: Instant,
+    ) -> Result<bytes::Bytes, RegistryError>;
 }
 
 /// Which artifacts a caller needs. Referrers are read either way: signature and attestation bundles both live there.
@@ -333,6 +345,26 @@ impl Registry for RegistryClient {
         let s = self.session(image.registry(), creds).await?;
         let budget = budget.image(&self.config);
         artifacts::gather(&s, &self.config, image.repository(), digest, wanted, &budget, deadline).await
+    }
+
+    #[tracing::instrument(skip_all, fields(image = %image, %digest))]
+    async fn blob(
+        &self,
+        image: &ImageRef,
+        digest: &Digest,
+        creds: &Credentials,
+        max_bytes: u64,
+        budget: &Budget,
+        deadline: Instant,
+    ) -> Result<bytes::Bytes, RegistryError> {
+        let s = self.session(image.registry(), creds).await?;
+        let repo = image.repository();
+        let what = format!("blob {repo}@{digest}");
+        let url = s.url(repo, &format!("blobs/{digest}"));
+        let reply = s.request(Want::BlobAtMost(max_bytes), repo, &url, &what, budget, deadline).await?;
+        expect_ok(&s, &reply, &what)?;
+        check_digest(s.host(), &what, digest, &reply.body)?;
+        Ok(reply.body)
     }
 }
 

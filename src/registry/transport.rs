@@ -53,6 +53,8 @@ pub(crate) enum Want {
     Referrers,
     /// A blob.
     Blob,
+    /// A blob read with its own cap instead of `maxBlobBytes` (evidence, whose cap its policy sets).
+    BlobAtMost(u64),
 }
 
 /// One answer, body read within its cap.
@@ -233,7 +235,7 @@ impl Session {
             Want::ManifestHead => RequestKind::TagHead,
             Want::Manifest => RequestKind::Manifest,
             Want::Referrers => RequestKind::Referrers,
-            Want::Blob => RequestKind::Blob,
+            Want::Blob | Want::BlobAtMost(_) => RequestKind::Blob,
         };
         let counted = self.metrics.start(&self.host, kind);
         let mut answered = None;
@@ -266,6 +268,7 @@ impl Session {
             Want::Manifest => (Method::GET, MANIFEST_ACCEPT, self.max_manifest),
             Want::Referrers => (Method::GET, INDEX_TYPES[0], self.max_manifest),
             Want::Blob => (Method::GET, "*/*", self.max_blob),
+            Want::BlobAtMost(cap) => (Method::GET, "*/*", cap),
         };
         let head = method == Method::HEAD;
         let mut req = self.http.request(method, url).header(header::ACCEPT, accept);
