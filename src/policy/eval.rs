@@ -142,15 +142,14 @@ impl Limits {
         if count > self.max_documents {
             return Err(InputError::TooManyDocuments { count, max: self.max_documents });
         }
-        let named = input
-            .attestations
-            .iter()
-            .flat_map(|(name, list)| list.iter().enumerate().map(move |(i, s)| (format!("attestation {name}[{i}]"), s)))
-            .chain(input.signatures.iter().enumerate().map(|(i, s)| (format!("signature {i}"), s)));
-        for (what, doc) in named {
-            if !fits(doc, self.max_document_bytes) {
+        for (name, list) in &input.attestations {
+            if let Some(i) = list.iter().position(|s| !fits(s, self.max_document_bytes)) {
+                let what = format!("attestation {name}[{i}]");
                 return Err(InputError::TooLarge { what, max: self.max_document_bytes });
             }
+        }
+        if let Some(i) = input.signatures.iter().position(|s| !fits(s, self.max_document_bytes)) {
+            return Err(InputError::TooLarge { what: format!("signature {i}"), max: self.max_document_bytes });
         }
         Ok(())
     }
