@@ -128,7 +128,9 @@ impl ImageRef {
         parsed
     }
 
-    fn parse_uncached(s: &str) -> Result<Self, RefError> {
+    /// Parses a reference without remembering it: for bulk input read once (the entries of a release list), which
+    /// would otherwise flush the references remembered for reviews.
+    pub fn parse_uncached(s: &str) -> Result<Self, RefError> {
         if s.is_empty() {
             return Err(RefError::Empty);
         }
