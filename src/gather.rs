@@ -32,6 +32,9 @@ use crate::reason::Reason;
 use crate::registry::{Budget, Credentials, Head, HostCredentials, Registry, RegistryError, Resolved, Wanted};
 use crate::verify::{self, AttestationCheck, Authority, SignatureCheck};
 
+mod coverage;
+pub use coverage::{Coverage, LayerEvidence, ListEvidence};
+
 /// What one authority verified of one manifest digest.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Verification {
@@ -109,6 +112,8 @@ pub struct ImageEvidence {
     pub platforms_verified: Option<Vec<(Digest, Verifications)>>,
     /// Where each signature source of the governing policies was read, by source.
     pub lookups: HashMap<String, Lookup>,
+    /// What else may cover the image: the release lists its policies name, an image volume's layers.
+    pub coverage: Coverage,
 }
 
 /// What the registry holds for one image, for reports (`provgate verify`).
@@ -154,6 +159,10 @@ pub struct CacheConfig {
     pub max_review_fetches: usize,
     /// Most platform manifests fetched for one image under `platforms: all`; an index with more is denied.
     pub max_platforms: usize,
+    /// Largest release list read (`require.attestations[].via.list`): its manifest, and its JSON blob.
+    pub max_list_bytes: u64,
+    /// Most entries a release list may hold (an index's manifests, a JSON list's references).
+    pub max_list_entries: usize,
 }
 
 impl Default for CacheConfig {
@@ -166,6 +175,8 @@ impl Default for CacheConfig {
             max_concurrent_fetches: 64,
             max_review_fetches: 16,
             max_platforms: 32,
+            max_list_bytes: 1 << 20,
+            max_list_entries: 10_000,
         }
     }
 }
@@ -196,6 +207,8 @@ pub struct Gatherer {
     metrics: GatherMetrics,
     /// Reads policies' `signaturePullSecrets`.
     pull_secrets: Option<Arc<PullSecrets>>,
+    /// Release lists and layers, by digest.
+    coverage: coverage::Store,
 }
 
 impl Gatherer {
@@ -219,6 +232,7 @@ impl Gatherer {
         let tags = Flights::default();
         let metrics = GatherMetrics::default();
         let fetches = AtomicU64::new(0);
+        let coverage = coverage::Store::new(&cache);
         Self {
             registry,
             keys,
@@ -231,6 +245,7 @@ impl Gatherer {
             fetching,
             metrics,
             pull_secrets: None,
+            coverage,
         }
     }
 
@@ -267,16 +282,24 @@ impl Gatherer {
                 }
             }
         }
+        let mounted: std::collections::HashSet<&ImageRef> = plan
+            .images
+            .iter()
+            .filter(|p| p.field.usage() == crate::images::Use::Mount)
+            .filter_map(|p| p.field.image.as_ref().ok())
+            .collect();
         let review = tokio::sync::Semaphore::new(self.config.max_review_fetches.max(1));
         let started = Instant::now();
         let bytes = self.registry.budget();
         let jobs = plan.to_gather().into_iter().map(|(image, needing)| {
             let sources = sources(&needing, &authorities);
-            let (review, bytes) = (&review, &bytes);
+            let (review, bytes, authorities) = (&review, &bytes, &authorities);
+            let usage = if mounted.contains(image) { crate::images::Use::Mount } else { crate::images::Use::Run };
             async move {
                 let work = async {
                     let _slot = review.acquire().await.map_err(|_| shutting_down())?;
-                    self.image(image, credentials, &sources, bytes, deadline).await
+                    let evidence = self.image(image, credentials, &sources, bytes, deadline).await?;
+                    Ok(self.cover(evidence, image, &needing, usage, credentials, authorities, bytes, deadline).await)
                 };
                 let result = match tokio::time::timeout_at(deadline, work).await {
                     Ok(result) => result.map(Arc::new),
@@ -386,7 +409,15 @@ impl Gatherer {
         authority: &Authority,
     ) -> Result<Arc<Verification>, Reason> {
         let (fetch, artifacts) = fetched.found;
-        let key = (at.name(), digest.clone(), creds.fingerprint(), authority.cache_key(), fetched.wanted, *fetch);
+        let key = (
+            at.name(),
+            digest.clone(),
+            creds.fingerprint(),
+            authority.cache_key(),
+            fetched.wanted,
+            !platforms.is_empty(),
+            *fetch,
+        );
         let (artifacts, digest, platforms, authority) =
             (artifacts.clone(), digest.clone(), platforms.to_vec(), authority.clone());
         let metrics = self.metrics.clone();
@@ -451,9 +482,22 @@ impl Gatherer {
         bytes: &Budget,
         deadline: Instant,
     ) -> Result<ImageEvidence, Reason> {
+        let platforms_needed = sources.iter().any(|s| s.wanted.attestations || !s.every_platform.is_empty());
+        self.evidence(image, review, sources, platforms_needed, bytes, deadline).await
+    }
+
+    /// [`Gatherer::image`], reading an index's platform manifests only when `platforms_needed`.
+    async fn evidence(
+        &self,
+        image: &ImageRef,
+        review: &HostCredentials,
+        sources: &[Source<'_>],
+        platforms_needed: bool,
+        bytes: &Budget,
+        deadline: Instant,
+    ) -> Result<ImageEvidence, Reason> {
         let _permit = self.fetching.acquire().await.map_err(|_| shutting_down())?;
         let _in_flight = InFlight::enter(&self.metrics.fetches_in_flight);
-        let platforms_needed = sources.iter().any(|s| s.wanted.attestations || !s.every_platform.is_empty());
         let creds = review.for_host(image.registry());
         let resolved = self.resolve(image, &creds, platforms_needed, bytes, deadline).await?;
         let digest = resolved.digest.clone();
@@ -466,6 +510,7 @@ impl Gatherer {
             verified: Verifications::new(),
             platforms_verified: None,
             lookups: HashMap::new(),
+            coverage: Coverage::default(),
         };
         for (source, (verified, platforms_verified, lookup)) in sources.iter().zip(try_join_all(each).await?) {
             evidence.verified.extend(verified);
@@ -674,8 +719,9 @@ type Found = (u64, Arc<Artifacts>);
 /// (repository read, digest, credentials identity, what was asked).
 type ArtifactsKey = (String, Digest, String, Wanted);
 
-/// (repository read, digest, credentials identity, authority cache key, what was asked, fetch number).
-type VerificationKey = (String, Digest, String, String, Wanted, u64);
+/// (repository read, digest, credentials identity, authority cache key, what was asked, whether an index's platforms
+/// were acceptable subjects (a release list's are not), fetch number).
+type VerificationKey = (String, Digest, String, String, Wanted, bool, u64);
 
 /// How long an artifacts entry is reused: `artifactsTtl` for what was found, `missingTtl` for an absence.
 struct Freshness {
