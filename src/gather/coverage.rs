@@ -269,3 +269,7 @@ impl Gatherer {
         })
     }
 }
+
+#[cfg(test)]
+#[path = "coverage_tests.rs"]
+mod tests;
