@@ -262,7 +262,7 @@ fn attestation_needs<'s>(
         };
         let how = match source {
             coverage::Source::Image => String::new(),
-            coverage::Source::List(via) => format!(" via release list {}@{}", via.list, check.digest),
+            coverage::Source::List(via) => format!(" via release list {}", via.list.with_digest(check.digest.clone())),
             coverage::Source::Layers => format!(" naming every layer of {}", check.digest),
         };
         verified.extend(statements.iter().map(|s| {

@@ -135,7 +135,7 @@ fn via_list(
         }
     };
     let list = &found.evidence;
-    let named = format!("release list {}@{}", via.list, list.digest);
+    let named = format!("release list {}", via.list.with_digest(list.digest.clone()));
     let prefixed = |u: crate::policy::require::Unmet| Reason::Unmet {
         requirement: u.requirement,
         message: format!("{named}: {}", u.message),

@@ -206,7 +206,9 @@ impl Gatherer {
         };
         let key = (format!("{}@{digest}", list.name()), creds.fingerprint());
         let found = self.metrics.cached("lists", &self.coverage.lists, key, fetch).await;
-        found.map_err(|e: Arc<RegistryError>| registry_reason(list, &e))?.map_err(|e| e.reason(list))
+        found
+            .map_err(|e: Arc<RegistryError>| registry_reason(list, &e))?
+            .map_err(|e| e.reason(&list.with_digest(digest.clone())))
     }
 
     /// The layers of the manifest `digest` of `image` and, for each signature source of the `layered` policies,
