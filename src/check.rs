@@ -243,27 +243,23 @@ fn attestation_needs<'s>(
     let mut named: Named<'s> = BTreeMap::new();
     let mut unmet = Vec::new();
     for need in &policy.requirements.attestations {
-        let over = alternatives.statements_for(need, statements).and_then(|(check, source)| {
+        let met = alternatives.statements_for(need, statements).and_then(|(check, source)| {
             match check_attestation(need, check, names) {
-                Ok(_) => Ok((check, source)),
+                Ok(found) => Ok((found, source, &check.digest)),
                 Err(u) => alternatives.layers_instead(need, u, names),
             }
         });
-        let (check, source) = match over {
-            Ok(over) => over,
+        let (statements, source, digest) = match met {
+            Ok(met) => met,
             Err(reason) => {
                 unmet.push(reason);
                 continue;
             }
         };
-        let Ok(statements) = check_attestation(need, check, names) else {
-            unmet.push(not_gathered(&check.digest));
-            continue;
-        };
         let how = match source {
             coverage::Source::Image => String::new(),
-            coverage::Source::List(via) => format!(" via release list {}", via.list.with_digest(check.digest.clone())),
-            coverage::Source::Layers => format!(" naming every layer of {}", check.digest),
+            coverage::Source::List(via) => format!(" via release list {}", via.list.with_digest(digest.clone())),
+            coverage::Source::Layers => format!(" naming every layer of {digest}"),
         };
         verified.extend(statements.iter().map(|s| {
             format!(

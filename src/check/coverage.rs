@@ -7,12 +7,12 @@ use std::sync::Arc;
 
 use super::{checks_of, not_gathered};
 use crate::gather::{ImageEvidence, ListEvidence};
-use crate::images::{ImageRef, Use};
+use crate::images::{Digest, ImageRef, Use};
 use crate::policy::Policy;
 use crate::policy::require::{AttestationNeed, check_attestation, check_signature};
 use crate::policy::via::Via;
 use crate::reason::{Reason, Requirement};
-use crate::verify::{AttestationCheck, Authority, SignatureCheck};
+use crate::verify::{AttestationCheck, Authority, SignatureCheck, Statement, Verified};
 
 /// The statements a need may be satisfied by instead of the image's own: computed for every need before any is
 /// checked, so that CEL can borrow them.
@@ -28,6 +28,9 @@ enum Alternative {
     /// why the layers could not be read.
     Layers(Result<(AttestationCheck, String), Reason>),
 }
+
+/// A need satisfied: the statements that count, where they come from, and the digest they are about.
+pub(super) type Met<'s> = (Vec<&'s Verified<Statement>>, Source<'s>, &'s Digest);
 
 /// How a need was satisfied, for explanations.
 pub(super) enum Source<'a> {
@@ -82,7 +85,7 @@ impl Alternatives {
         need: &AttestationNeed,
         unmet: crate::policy::require::Unmet,
         names: &[Authority],
-    ) -> Result<(&'s AttestationCheck, Source<'s>), Reason> {
+    ) -> Result<Met<'s>, Reason> {
         let layers = match self.by_need.get(&need.name) {
             Some(Alternative::Layers(layers)) => layers,
             _ if need.cover_layers && self.usage == Use::Run => {
@@ -101,7 +104,7 @@ impl Alternatives {
             Err(reason) => return Err(reason.clone()),
         };
         match check_attestation(need, covering, names) {
-            Ok(_) => Ok((covering, Source::Layers)),
+            Ok(found) => Ok((found, Source::Layers, &covering.digest)),
             Err(by_layers) => {
                 let why = if covering.verified.is_empty() { shortfall.clone() } else { by_layers.message };
                 Err(Reason::Unmet {
