@@ -2,14 +2,18 @@
 //! covered by a verified statement whose subjects name every layer of its manifest (read by the pinned digest and
 //! checked against it). All layers, not some; a manifest without layers, or an index, never qualifies.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 
 use super::Manifest;
 use crate::images::Digest;
 use crate::verify::{Statement, Verified};
 
+/// Most distinct layers a manifest may have to be covered by its layers: each is matched against every subject of
+/// every statement, and a manifest is whatever its pusher wrote.
+pub const MAX_LAYERS: usize = 1000;
+
 /// The distinct layers of the manifest `digest` (its bytes already checked against it), or why it has none that a
-/// statement could cover.
+/// statement could cover (none, an index, more than [`MAX_LAYERS`]).
 pub fn layers_of(digest: &Digest, bytes: &[u8]) -> Result<Vec<Digest>, String> {
     match Manifest::parse(bytes).map_err(|e| format!("manifest {digest} cannot be read: {e}"))? {
         Manifest::Index { .. } => {
@@ -20,6 +24,13 @@ pub fn layers_of(digest: &Digest, bytes: &[u8]) -> Result<Vec<Digest>, String> {
         }
         Manifest::Image { layers, .. } => {
             let distinct: BTreeSet<Digest> = layers.into_iter().map(|l| l.digest).collect();
+            if distinct.len() > MAX_LAYERS {
+                return Err(format!(
+                    "manifest {digest} has {} layers, more than the {MAX_LAYERS} provgate matches against statement \
+                     subjects; attest its manifest digest instead",
+                    distinct.len()
+                ));
+            }
             Ok(distinct.into_iter().collect())
         }
     }
@@ -31,9 +42,9 @@ pub fn names_every_layer(statement: &Statement, layers: &[Digest]) -> bool {
 }
 
 fn missing<'a>(statement: &'a Statement, layers: &'a [Digest]) -> impl Iterator<Item = &'a Digest> + 'a {
-    layers.iter().filter(|layer| {
-        !statement.subject.iter().any(|s| s.digest.get(layer.algorithm()).is_some_and(|h| h == layer.hex()))
-    })
+    let named: HashSet<(&str, &str)> =
+        statement.subject.iter().flat_map(|s| s.digest.iter().map(|(alg, hex)| (alg.as_str(), hex.as_str()))).collect();
+    layers.iter().filter(move |layer| !named.contains(&(layer.algorithm(), layer.hex())))
 }
 
 /// Of `statements` (verified with the layers as acceptable subjects), those that name every layer.
@@ -95,6 +106,9 @@ mod tests {
         let index = json!({"mediaType": "application/vnd.oci.image.index.v1+json", "manifests": []});
         assert!(layers_of(&d(9), &serde_json::to_vec(&index).unwrap()).unwrap_err().contains("image index"));
         assert!(layers_of(&d(9), b"{").unwrap_err().contains("cannot be read"));
+        let many: Vec<Digest> = (0..=MAX_LAYERS as u32).map(|i| Digest::sha256_of(&i.to_be_bytes())).collect();
+        assert!(layers_of(&d(9), &manifest(&many)).unwrap_err().contains("1001 layers, more than the 1000"));
+        assert_eq!(layers_of(&d(9), &manifest(&many[..MAX_LAYERS])).unwrap().len(), MAX_LAYERS);
     }
 
     #[test]
