@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::{checks_of, not_gathered};
+use super::{absent, checks_of, not_gathered};
 use crate::gather::{ImageEvidence, ListEvidence};
 use crate::images::{Digest, ImageRef, Use};
 use crate::policy::Policy;
@@ -145,12 +145,13 @@ fn via_list(
     };
     let Some(checks) = checks_of(&list.verified, policy, resolved) else { return Err(not_gathered(&list.digest)) };
     let signatures = SignatureCheck::merge(&list.digest, checks.iter().map(|c| &c.signatures));
+    // A list not signed yet says where provgate looked and when it looks again, as an image does.
     if let Some(unmet) = check_signature(&need.need, &signatures, names) {
-        return Err(prefixed(unmet));
+        return Err(absent(prefixed(unmet), policy, list));
     }
     let statements =
         AttestationCheck::merge(&list.digest, checks.iter().map(|c| &c.attestations)).about_only(&list.digest);
-    check_attestation(need, &statements, names).map_err(prefixed)?;
+    check_attestation(need, &statements, names).map_err(|u| absent(prefixed(u), policy, list))?;
     let pins = match &found.content {
         Some(Ok(pins)) => pins,
         Some(Err(reason)) => return Err(reason.clone()),

@@ -164,6 +164,16 @@ async fn a_verified_json_list_covers_the_images_it_pins_under_their_names_and_no
         assert!(d.images[0].explain().contains(&format!("release list {LIST}@{list}")), "{}", d.images[0].explain());
     }
     assert_eq!(r.calls(Call::Content), reads, "a list whose signature does not verify is never read");
+
+    // A list not signed yet: denied, saying where provgate looked and when it looks again; never read.
+    let unsigned = json_list(&r, &[format!("{APP}@{app}"), format!("{WEB}@{}", digest("y"))]);
+    let set = policy(&key, &via(&format!("{LIST}@{unsigned}"), None));
+    let d = review(&g, &set, &pod(&[&format!("{APP}:1")], &[])).await;
+    assert_eq!(outcomes(&d), [(Outcome::Denied, vec!["unsigned"])]);
+    let why = d.images[0].explain();
+    assert!(why.contains(&format!("release list {LIST}@{unsigned}: no valid signature")), "{why}");
+    assert!(why.contains(&format!("looked in {LIST}; the signature may not be published yet")), "{why}");
+    assert_eq!(r.calls(Call::Content), reads);
 }
 
 #[tokio::test]
