@@ -573,6 +573,11 @@ async fn a_hostile_release_list_is_cut_at_the_list_cap_and_a_stalled_one_at_the_
         assert!(sent < 32 << 20, "{ns}: read cut at the list cap, not {sent} bytes of {huge}");
     }
 
+    // A cut read is never kept: the registry serving the list's real bytes again admits at the next review.
+    h.unset(&blob(1));
+    let response = hook.review(&review_in("declared")).await;
+    assert_eq!(response["allowed"], true, "{response}");
+
     h.set(&blob(4), Answer::stall());
     let started = std::time::Instant::now();
     let response = hook.review(&review_in("stalled")).await;

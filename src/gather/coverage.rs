@@ -48,6 +48,12 @@ pub struct LayerEvidence {
     pub verified: HashMap<String, Arc<AttestationCheck>>,
 }
 
+/// Why a list's content was not read: the registry failed, or sent more than the cap (neither is kept).
+enum Unread {
+    Registry(RegistryError),
+    Cut(ListError),
+}
+
 /// The distinct layers of a manifest, or why it has none a statement could cover.
 type Layers = Result<Arc<Vec<Digest>>, String>;
 
@@ -177,38 +183,41 @@ impl Gatherer {
     ) -> Result<Arc<ReleaseList>, Reason> {
         let creds = review.for_host(list.registry());
         let limits = self.coverage.limits;
+        // A read cut at the cap is not kept: the bytes were never checked against the digest, so a registry that
+        // sent too much once (a proxy's error page) is asked again at the next review.
         let read = |what: &'static str, at: Digest, kind| {
             let creds = &creds;
             async move {
-                match self.registry.content(list, &at, kind, limits.max_bytes, creds, bytes, deadline).await {
-                    Err(RegistryError::TooLarge { .. }) => {
-                        Ok(Err(ListError::too_many_bytes(&format!("{what} {at}"), limits.max_bytes)))
+                self.registry.content(list, &at, kind, limits.max_bytes, creds, bytes, deadline).await.map_err(|e| {
+                    match e {
+                        RegistryError::TooLarge { .. } => {
+                            Unread::Cut(ListError::too_many_bytes(&format!("{what} {at}"), limits.max_bytes))
+                        }
+                        other => Unread::Registry(other),
                     }
-                    other => other.map(Ok),
-                }
+                })
             }
         };
         let fetch = async {
-            let manifest = match read("manifest", digest.clone(), ContentKind::Manifest).await? {
-                Ok(manifest) => manifest,
-                Err(e) => return Ok(Err(e)),
-            };
-            match list::from_manifest(digest, &manifest, &limits) {
-                Err(e) => Ok(Err(e)),
-                Ok(Shape::Index(pins)) => Ok(Ok(Arc::new(pins))),
+            let manifest = read("manifest", digest.clone(), ContentKind::Manifest).await?;
+            Ok::<_, Unread>(match list::from_manifest(digest, &manifest, &limits) {
+                Err(e) => Err(e),
+                Ok(Shape::Index(pins)) => Ok(Arc::new(pins)),
                 Ok(Shape::Artifact { blob, artifact_type }) => {
-                    match read("blob", blob.digest, ContentKind::Blob).await? {
-                        Ok(data) => Ok(list::from_blob(digest, artifact_type, &data, &limits).map(Arc::new)),
-                        Err(e) => Ok(Err(e)),
-                    }
+                    let data = read("blob", blob.digest, ContentKind::Blob).await?;
+                    list::from_blob(digest, artifact_type, &data, &limits).map(Arc::new)
                 }
-            }
+            })
         };
         let key = (format!("{}@{digest}", list.name()), creds.fingerprint());
-        let found = self.metrics.cached("lists", &self.coverage.lists, key, fetch).await;
-        found
-            .map_err(|e: Arc<RegistryError>| registry_reason(list, &e))?
-            .map_err(|e| e.reason(&list.with_digest(digest.clone())))
+        let named = list.with_digest(digest.clone());
+        match self.metrics.cached("lists", &self.coverage.lists, key, fetch).await {
+            Ok(found) => found.map_err(|e| e.reason(&named)),
+            Err(unread) => match &*unread {
+                Unread::Registry(e) => Err(registry_reason(list, e)),
+                Unread::Cut(e) => Err(e.reason(&named)),
+            },
+        }
     }
 
     /// The layers of the manifest `digest` of `image` and, for each signature source of the `layered` policies,
