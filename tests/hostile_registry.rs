@@ -585,3 +585,73 @@ async fn a_hostile_release_list_is_cut_at_the_list_cap_and_a_stalled_one_at_the_
     assert_eq!(response["auditAnnotations"]["reasons"], "deadline-exceeded", "{response}");
     assert!(started.elapsed() < Duration::from_secs(8), "answered within the deadline, not the stall");
 }
+
+/// Layer coverage reads the layers of the manifest at the pinned digest, checked against it: a registry serving,
+/// for another digest, the bytes of a manifest whose layers are all attested is denied, never covered.
+#[tokio::test]
+async fn a_mounted_artifact_is_covered_only_by_the_layers_of_the_manifest_its_digest_names() {
+    let h = Hostile::start();
+    let repo = "models/llm";
+    let manifest_of = |marker: &str| {
+        let layers: Vec<Value> = (0..2)
+            .map(|i| {
+                let data = format!("{marker} shard {i}").into_bytes();
+                descriptor(
+                    "application/vnd.example.model.layer.v1.tar",
+                    &h.put_blob(repo, data.clone()),
+                    data.len(),
+                    None,
+                )
+            })
+            .collect();
+        let config = h.put_blob(repo, b"{}".to_vec());
+        let manifest = serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+            "artifactType": "application/vnd.example.model.v1", "config": descriptor(OCI_EMPTY, &config, 2, None),
+            "layers": layers}))
+        .unwrap();
+        (h.put_manifest(repo, manifest.clone(), OCI_MANIFEST), manifest, layers)
+    };
+    let (attested, attested_bytes, layers) = manifest_of("attested");
+    let (other, _, _) = manifest_of("other");
+    let keys = tempfile::tempdir().unwrap();
+    let subjects: Vec<&str> = layers.iter().map(|l| &l["digest"].as_str().unwrap()[7..]).collect();
+    let signed = support::signing::sign(
+        keys.path(),
+        "chains",
+        &subjects.join(","),
+        &support::signing::seed("chains-kaniko-slsa-v0.2-statement.json"),
+    );
+    let envelope = h.put_blob(repo, signed.envelope.clone());
+    let att =
+        h.put_cosign(repo, &[descriptor(DSSE, &envelope, signed.envelope.len(), Some(json!({SIG_ANNOTATION: ""})))]);
+    // The statement about the attested layers is stored for both digests.
+    for d in [&attested, &other] {
+        h.tag(repo, &format!("sha256-{}.att", &d[7..]), &att);
+    }
+    let policy = format!(
+        "apiVersion: provgate.dev/v1alpha1\nkind: ImagePolicy\nmetadata: {{name: models}}\nspec:\n  match: {{images: \
+         [\"{}/models/**\"]}}\n  authorities: [{{name: chains, key: {}}}]\n  require:\n    attestations: [{{name: \
+         build, predicateType: slsa, coverLayers: true}}]\n",
+        h.addr,
+        keys.path().join("chains.pub").display()
+    );
+    let (addr, host) = (h.addr.clone(), h.host_config());
+    let hook = Webhook::start(&[("models.yaml", policy)], move |c| {
+        c.registries.hosts.insert(addr, host);
+    })
+    .await;
+    let mount = |digest: &str| {
+        let mut r = pod("unused");
+        r["request"]["object"]["spec"] = json!({"containers": [],
+            "volumes": [{"name": "m", "image": {"reference": format!("{}/{repo}@{digest}", h.addr)}}]});
+        r
+    };
+    let response = hook.review(&mount(&attested)).await;
+    assert_eq!(response["allowed"], true, "{response}");
+    // The other digest's manifest swapped for the attested one's bytes.
+    h.set(&format!("/v2/{repo}/manifests/{other}"), Answer::ok(OCI_MANIFEST, attested_bytes));
+    let response = hook.review(&mount(&other)).await;
+    assert_eq!(response["allowed"], false, "{response}");
+    assert_eq!(response["auditAnnotations"]["reasons"], "registry-digest-mismatch", "{response}");
+    assert!(message(&response).contains(&format!("expected {other}")), "{response}");
+}
