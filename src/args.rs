@@ -53,9 +53,12 @@ pub(crate) struct ServeArgs {
 
 #[derive(Args)]
 pub(crate) struct VerifyArgs {
-    /// Image references (tags are resolved to digests).
-    #[arg(required = true)]
+    /// Image references (tags are resolved to digests), judged as the containers of a Pod.
+    #[arg(required_unless_present = "volumes")]
     pub(crate) images: Vec<String>,
+    /// An image (or OCI artifact) judged as mounted by an image volume (`volumes[].image.reference`); repeatable.
+    #[arg(long = "volume", value_name = "IMAGE")]
+    pub(crate) volumes: Vec<String>,
     /// Policy file or directory (default: the config's policies).
     #[arg(long)]
     pub(crate) policy: Option<PathBuf>,

@@ -8,12 +8,15 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use crate::gather::{Authorities, ImageEvidence, Verification, Verifications, evidence_key};
-use crate::images::{Digest, ImageRef};
+use crate::images::{Digest, ImageRef, Use};
 use crate::policy::eval::{ImageInput, Limits, ReviewScope};
 use crate::policy::require::{Platforms, check_attestation, check_signature};
 use crate::policy::{Policy, engine};
 use crate::reason::{Reason, Requirement};
 use crate::verify::{self, AttestationCheck, Authority, SignatureCheck};
+
+mod coverage;
+use coverage::Alternatives;
 
 /// What CEL sees of the request, besides the image: converted at most once per review, on the first validation
 /// that needs it (a review whose policies have no validations never converts the object), and shared by every
@@ -72,7 +75,7 @@ pub struct Checked {
     pub verified: Vec<String>,
 }
 
-/// Checks `image` against `policy` over the gathered verifications.
+/// Checks `image` against `policy` over the gathered verifications, as a container image.
 pub fn check(
     policy: &Policy,
     image: &ImageRef,
@@ -80,8 +83,20 @@ pub fn check(
     authorities: &Authorities,
     context: &ReviewContext,
 ) -> Checked {
+    check_as(policy, image, Use::Run, evidence, authorities, context)
+}
+
+/// [`check`] of an image used as `usage` (an image volume may be covered by its layers, a container never).
+pub fn check_as(
+    policy: &Policy,
+    image: &ImageRef,
+    usage: Use,
+    evidence: Option<&Result<Arc<ImageEvidence>, Reason>>,
+    authorities: &Authorities,
+    context: &ReviewContext,
+) -> Checked {
     let mut verified = Vec::new();
-    let unmet = unmet(policy, image, evidence, authorities, context, &mut verified);
+    let unmet = unmet(policy, image, usage, evidence, authorities, context, &mut verified);
     Checked { unmet, verified }
 }
 
@@ -98,6 +113,7 @@ fn signer(s: &verify::Signer) -> String {
 fn unmet(
     policy: &Policy,
     image: &ImageRef,
+    usage: Use,
     evidence: Option<&Result<Arc<ImageEvidence>, Reason>>,
     authorities: &Authorities,
     context: &ReviewContext,
@@ -115,7 +131,7 @@ fn unmet(
             return unmet;
         }
     };
-    let input = match requirements(policy, image, evidence, authorities, verified, unmet) {
+    let input = match requirements(policy, image, usage, evidence, authorities, verified, unmet) {
         Ok(input) => input,
         Err(reasons) => return reasons,
     };
@@ -128,7 +144,8 @@ fn unmet(
 }
 
 /// What `policy`'s validations would read for `image` (and its `spec.evidence` selects from), when the image meets
-/// every requirement of the policy over `evidence`; `None` when it does not (the policy denies it anyway).
+/// every requirement of the policy over `evidence` as a container image (layer coverage, which only image volumes
+/// get, does not select evidence); `None` when it does not (the policy denies it anyway).
 pub fn verified_input(
     policy: &Policy,
     image: &ImageRef,
@@ -136,7 +153,7 @@ pub fn verified_input(
     authorities: &Authorities,
 ) -> Option<ImageInput> {
     let unmet: Vec<Reason> = digest_pin(policy, image).into_iter().collect();
-    requirements(policy, image, evidence, authorities, &mut Vec::new(), unmet).ok()
+    requirements(policy, image, Use::Run, evidence, authorities, &mut Vec::new(), unmet).ok()
 }
 
 /// The requirements over the gathered `evidence`, after `unmet` (what already failed): the CEL input of what
@@ -144,6 +161,7 @@ pub fn verified_input(
 fn requirements(
     policy: &Policy,
     image: &ImageRef,
+    usage: Use,
     evidence: &ImageEvidence,
     authorities: &Authorities,
     verified: &mut Vec<String>,
@@ -171,7 +189,8 @@ fn requirements(
     unmet.extend(signature_need(policy, &signatures, &names).map(|r| absent(r, policy, evidence)));
     unmet.extend(platforms_need(policy, evidence, &resolved, &names));
     let statements = counted_statements(&evidence.digest, &signatures, &checks);
-    let named = match attestation_needs(policy, &statements, &names, verified) {
+    let alternatives = Alternatives::of(policy, &image, usage, evidence, &resolved, &names);
+    let named = match attestation_needs(policy, &statements, &alternatives, &names, verified) {
         Ok(named) => named,
         Err(reasons) => {
             unmet.extend(reasons.into_iter().map(|r| absent(r, policy, evidence)));
@@ -279,29 +298,43 @@ fn counted_statements(digest: &Digest, signatures: &SignatureCheck, checks: &[&V
 /// `require.attestations`: each named need over the counted statements. On success, the statements each name
 /// gives CEL; what verified is added to `verified` either way.
 fn attestation_needs<'s>(
-    policy: &Policy,
+    policy: &'s Policy,
     statements: &'s AttestationCheck,
+    alternatives: &'s Alternatives,
     names: &[Authority],
     verified: &mut Vec<String>,
 ) -> Result<Named<'s>, Vec<Reason>> {
     let mut named: Named<'s> = BTreeMap::new();
     let mut unmet = Vec::new();
     for need in &policy.requirements.attestations {
-        match check_attestation(need, statements, names) {
-            Ok(statements) => {
-                verified.extend(statements.iter().map(|s| {
-                    format!(
-                        "attestation {} ({}) by {} ({})",
-                        need.name,
-                        s.predicate_type,
-                        s.authority(),
-                        signer(&s.signer)
-                    )
-                }));
-                named.insert(need.name.clone(), statements);
+        let met = alternatives.statements_for(need, statements).and_then(|(check, source)| {
+            match check_attestation(need, check, names) {
+                Ok(found) => Ok((found, source, &check.digest)),
+                Err(u) => alternatives.layers_instead(need, u, names),
             }
-            Err(u) => unmet.push(unmet_reason(u)),
-        }
+        });
+        let (statements, source, digest) = match met {
+            Ok(met) => met,
+            Err(reason) => {
+                unmet.push(reason);
+                continue;
+            }
+        };
+        let how = match source {
+            coverage::Source::Image => String::new(),
+            coverage::Source::List(via) => format!(" via release list {}", via.list.with_digest(digest.clone())),
+            coverage::Source::Layers => format!(" naming every layer of {digest}"),
+        };
+        verified.extend(statements.iter().map(|s| {
+            format!(
+                "attestation {} ({}) by {} ({}){how}",
+                need.name,
+                s.predicate_type,
+                s.authority(),
+                signer(&s.signer)
+            )
+        }));
+        named.insert(need.name.clone(), statements);
     }
     if unmet.is_empty() { Ok(named) } else { Err(unmet) }
 }

@@ -52,6 +52,7 @@ fn evidence(digest: &Digest, platforms: &[Digest], a: &Artifacts, authorities: &
         platforms_verified: None,
         lookups: Default::default(),
         evidence: Default::default(),
+        coverage: Default::default(),
     }
 }
 
@@ -335,7 +336,9 @@ fn attestation_needs_table() {
         let signatures = SignatureCheck::merge(&index, checks.iter().map(|c| &c.signatures));
         let statements = counted_statements(&index, &signatures, &checks);
         let mut verified = Vec::new();
-        let got = attestation_needs(&policy(names, spec), &statements, &owned, &mut verified);
+        let policy = policy(names, spec);
+        let alternatives = Alternatives::of(&policy, &tagged(), Use::Run, &found, &arcs, &owned);
+        let got = attestation_needs(&policy, &statements, &alternatives, &owned, &mut verified);
         match (got, want) {
             (Ok(named), Ok(counts)) => {
                 assert_eq!(named.values().map(Vec::len).collect::<Vec<_>>(), counts, "{what}");

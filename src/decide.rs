@@ -6,7 +6,7 @@ use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::check::{Checked, ReviewContext, check};
+use crate::check::{Checked, ReviewContext, check_as};
 use crate::gather::Gathered;
 use crate::images::ImageRef;
 use crate::plan::{Plan, PlannedImage, Step};
@@ -217,8 +217,9 @@ pub fn decide(
     Decision { request_failure: None, images }
 }
 
-/// Policy checks per (image, evidence digest or failure), so repeated references are checked once per review.
-type Memo = HashMap<(String, String), Rc<Vec<(String, Checked)>>>;
+/// Policy checks per (image, evidence digest or failure, how it is used), so repeated references are checked once
+/// per review.
+type Memo = HashMap<(String, String, crate::images::Use), Rc<Vec<(String, Checked)>>>;
 
 /// An image left unjudged because the review stopped.
 fn interrupted(planned: &PlannedImage, reason: Reason) -> ImageDecision {
@@ -284,10 +285,11 @@ fn judge_image(
                 Some(Err(reason)) => format!("{}: {reason}", reason.code()),
                 None => String::new(),
             };
-            let judgements = memo.entry((image.to_string(), found)).or_insert_with(|| {
+            let usage = planned.field.usage();
+            let judgements = memo.entry((image.to_string(), found, usage)).or_insert_with(|| {
                 let judged = policies
                     .iter()
-                    .map(|p| (p.name.clone(), check(p, image, evidence, &gathered.authorities, context)))
+                    .map(|p| (p.name.clone(), check_as(p, image, usage, evidence, &gathered.authorities, context)))
                     .collect();
                 Rc::new(judged)
             });

@@ -32,6 +32,9 @@ use crate::reason::Reason;
 use crate::registry::{Budget, Credentials, Head, HostCredentials, Registry, RegistryError, Resolved, Wanted};
 use crate::verify::{self, AttestationCheck, Authority, SignatureCheck};
 
+mod coverage;
+pub use coverage::{Coverage, LayerEvidence, ListEvidence};
+
 /// What one authority verified of one manifest digest.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Verification {
@@ -111,6 +114,8 @@ pub struct ImageEvidence {
     pub lookups: HashMap<String, Lookup>,
     /// What each governing policy's `spec.evidence` fetched, by policy name (see [`EvidenceFetch`]).
     pub evidence: crate::evidence::document::ByPolicy,
+    /// What else may cover the image: the release lists its policies name, an image volume's layers.
+    pub coverage: Coverage,
 }
 
 /// Fetches the evidence that policies' `spec.evidence` select from an image's verified statements, once its
@@ -176,6 +181,10 @@ pub struct CacheConfig {
     pub max_review_fetches: usize,
     /// Most platform manifests fetched for one image under `platforms: all`; an index with more is denied.
     pub max_platforms: usize,
+    /// Largest release list read (`require.attestations[].via.list`): its manifest, and its JSON blob.
+    pub max_list_bytes: u64,
+    /// Most entries a release list may hold (an index's manifests, a JSON list's references).
+    pub max_list_entries: usize,
 }
 
 impl Default for CacheConfig {
@@ -188,6 +197,8 @@ impl Default for CacheConfig {
             max_concurrent_fetches: 64,
             max_review_fetches: 16,
             max_platforms: 32,
+            max_list_bytes: 1 << 20,
+            max_list_entries: 10_000,
         }
     }
 }
@@ -220,6 +231,8 @@ pub struct Gatherer {
     pull_secrets: Option<Arc<PullSecrets>>,
     /// Fetches policies' `spec.evidence`.
     evidence: Option<Arc<dyn EvidenceFetch>>,
+    /// Release lists and layers, by digest.
+    coverage: coverage::Store,
 }
 
 impl Gatherer {
@@ -243,6 +256,7 @@ impl Gatherer {
         let tags = Flights::default();
         let metrics = GatherMetrics::default();
         let fetches = AtomicU64::new(0);
+        let coverage = coverage::Store::new(&cache);
         Self {
             registry,
             keys,
@@ -256,6 +270,7 @@ impl Gatherer {
             metrics,
             pull_secrets: None,
             evidence: None,
+            coverage,
         }
     }
 
@@ -298,16 +313,25 @@ impl Gatherer {
                 }
             }
         }
+        let mounted: std::collections::HashSet<&ImageRef> = plan
+            .images
+            .iter()
+            .filter(|p| p.field.usage() == crate::images::Use::Mount)
+            .filter_map(|p| p.field.image.as_ref().ok())
+            .collect();
         let review = tokio::sync::Semaphore::new(self.config.max_review_fetches.max(1));
         let started = Instant::now();
         let bytes = self.registry.budget();
         let jobs = plan.to_gather().into_iter().map(|(image, needing)| {
             let sources = sources(&needing, &authorities);
             let (review, bytes, authorities) = (&review, &bytes, &authorities);
+            let usage = if mounted.contains(image) { crate::images::Use::Mount } else { crate::images::Use::Run };
             async move {
                 let work = async {
                     let _slot = review.acquire().await.map_err(|_| shutting_down())?;
-                    let mut found = self.image(image, credentials, &sources, bytes, deadline).await?;
+                    let evidence = self.image(image, credentials, &sources, bytes, deadline).await?;
+                    let mut found =
+                        self.cover(evidence, image, &needing, usage, credentials, authorities, bytes, deadline).await;
                     let declaring: Vec<&Arc<Policy>> =
                         needing.iter().copied().filter(|p| !p.evidence.is_empty()).collect();
                     if let (Some(fetcher), false) = (&self.evidence, declaring.is_empty()) {
@@ -430,7 +454,15 @@ impl Gatherer {
         authority: &Authority,
     ) -> Result<Arc<Verification>, Reason> {
         let (fetch, artifacts) = fetched.found;
-        let key = (at.name(), digest.clone(), creds.fingerprint(), authority.cache_key(), fetched.wanted, *fetch);
+        let key = (
+            at.name(),
+            digest.clone(),
+            creds.fingerprint(),
+            authority.cache_key(),
+            fetched.wanted,
+            !platforms.is_empty(),
+            *fetch,
+        );
         let (artifacts, digest, platforms, authority) =
             (artifacts.clone(), digest.clone(), platforms.to_vec(), authority.clone());
         let metrics = self.metrics.clone();
@@ -495,9 +527,22 @@ impl Gatherer {
         bytes: &Budget,
         deadline: Instant,
     ) -> Result<ImageEvidence, Reason> {
+        let platforms_needed = sources.iter().any(|s| s.wanted.attestations || !s.every_platform.is_empty());
+        self.evidence(image, review, sources, platforms_needed, bytes, deadline).await
+    }
+
+    /// [`Gatherer::image`], reading an index's platform manifests only when `platforms_needed`.
+    async fn evidence(
+        &self,
+        image: &ImageRef,
+        review: &HostCredentials,
+        sources: &[Source<'_>],
+        platforms_needed: bool,
+        bytes: &Budget,
+        deadline: Instant,
+    ) -> Result<ImageEvidence, Reason> {
         let _permit = self.fetching.acquire().await.map_err(|_| shutting_down())?;
         let _in_flight = InFlight::enter(&self.metrics.fetches_in_flight);
-        let platforms_needed = sources.iter().any(|s| s.wanted.attestations || !s.every_platform.is_empty());
         let creds = review.for_host(image.registry());
         let resolved = self.resolve(image, &creds, platforms_needed, bytes, deadline).await?;
         let digest = resolved.digest.clone();
@@ -511,6 +556,7 @@ impl Gatherer {
             platforms_verified: None,
             lookups: HashMap::new(),
             evidence: Default::default(),
+            coverage: Coverage::default(),
         };
         for (source, (verified, platforms_verified, lookup)) in sources.iter().zip(try_join_all(each).await?) {
             evidence.verified.extend(verified);
@@ -719,8 +765,9 @@ type Found = (u64, Arc<Artifacts>);
 /// (repository read, digest, credentials identity, what was asked).
 type ArtifactsKey = (String, Digest, String, Wanted);
 
-/// (repository read, digest, credentials identity, authority cache key, what was asked, fetch number).
-type VerificationKey = (String, Digest, String, Arc<str>, Wanted, u64);
+/// (repository read, digest, credentials identity, authority cache key, what was asked, whether an index's platforms
+/// were acceptable subjects (a release list's are not), fetch number).
+type VerificationKey = (String, Digest, String, Arc<str>, Wanted, bool, u64);
 
 /// How long an artifacts entry is reused: `artifactsTtl` for what was found, `missingTtl` for an absence.
 struct Freshness {

@@ -128,7 +128,9 @@ impl ImageRef {
         parsed
     }
 
-    fn parse_uncached(s: &str) -> Result<Self, RefError> {
+    /// Parses a reference without remembering it: for bulk input read once (the entries of a release list), which
+    /// would otherwise flush the references remembered for reviews.
+    pub fn parse_uncached(s: &str) -> Result<Self, RefError> {
         if s.is_empty() {
             return Err(RefError::Empty);
         }
@@ -236,6 +238,21 @@ pub struct ImageField {
     /// The reference exactly as written in the object.
     pub raw: String,
     pub image: Result<ImageRef, RefError>,
+}
+
+/// How the kubelet uses an image: runs it as a container, or mounts its layers as an image volume (whose config,
+/// with its entrypoint, user and environment, never runs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Use {
+    Run,
+    Mount,
+}
+
+impl ImageField {
+    /// [`Use::Mount`] for `volumes[*].image.reference`, [`Use::Run`] for every container image.
+    pub fn usage(&self) -> Use {
+        if self.path.ends_with(".image.reference") { Use::Mount } else { Use::Run }
+    }
 }
 
 /// The object does not have the shape its kind requires.
@@ -461,6 +478,8 @@ mod tests {
             .collect();
             assert_eq!(got, want, "{kind:?}");
             assert!(fields.iter().all(|f| f.image.is_ok()), "{kind:?}");
+            let uses: Vec<Use> = fields.iter().map(ImageField::usage).collect();
+            assert_eq!(uses, [Use::Run, Use::Run, Use::Run, Use::Run, Use::Mount], "{kind:?}: only the volume mounts");
         }
     }
 

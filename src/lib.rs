@@ -9,6 +9,7 @@ pub mod audit_log;
 pub mod certs;
 pub mod check;
 pub mod config;
+pub mod coverage;
 pub mod credentials;
 pub mod decide;
 pub mod engine;

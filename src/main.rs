@@ -112,7 +112,7 @@ fn verify_report(args: &VerifyArgs) -> anyhow::Result<provgate::oneshot::Report>
             provgate::app::oneshot_engine(&config, std::sync::Arc::new(provgate::policy::PolicyStore::with(set)))
                 .await?;
         let gatherer = engine.gatherer.clone();
-        Ok(provgate::oneshot::verify(&engine, &gatherer, &args.images, &args.namespace).await)
+        Ok(provgate::oneshot::verify(&engine, &gatherer, &args.images, &args.volumes, &args.namespace).await)
     })
 }
 

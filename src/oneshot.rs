@@ -1,5 +1,6 @@
-//! `provgate verify IMAGE...`: the webhook's engine, once, from a terminal or CI. The images are judged as the
-//! containers of a Pod in the given namespace, so the answer is exactly what admission would say.
+//! `provgate verify IMAGE... [--volume IMAGE]...`: the webhook's engine, once, from a terminal or CI. The images are
+//! judged as the containers (and image volumes) of a Pod in the given namespace, so the answer is exactly what
+//! admission would say.
 
 use std::time::Duration;
 
@@ -19,6 +20,9 @@ use crate::request::{GroupVersionKind, Operation, Request, UserInfo};
 #[serde(rename_all = "camelCase")]
 pub struct ImageReport {
     pub image: String,
+    /// Judged as an image volume (`--volume`): mounted, never run.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub volume: bool,
     #[serde(rename = "ref")]
     pub reference: Option<String>,
     pub digest: Option<String>,
@@ -64,7 +68,8 @@ impl Report {
     pub fn text(&self) -> String {
         let mut out = String::new();
         for i in &self.images {
-            out.push_str(&format!("{}  {}\n", i.outcome.to_uppercase(), i.image));
+            let mounted = if i.volume { " (image volume)" } else { "" };
+            out.push_str(&format!("{}  {}{mounted}\n", i.outcome.to_uppercase(), i.image));
             if let Some(digest) = &i.digest {
                 out.push_str(&format!("  digest     {digest}\n"));
             }
@@ -101,10 +106,22 @@ pub fn key_policy(key: &str) -> Result<PolicySet, LoadErrors> {
     load_sources(&[(std::path::PathBuf::from("--key"), text)])
 }
 
-/// Judges `images` in `namespace` and inspects each image's registry data for the report.
-pub async fn verify(engine: &Engine, gatherer: &Gatherer, images: &[String], namespace: &str) -> Report {
+/// Judges `images` (as containers) and `volumes` (as image volumes) in `namespace`, and inspects each one's registry
+/// data for the report.
+pub async fn verify(
+    engine: &Engine,
+    gatherer: &Gatherer,
+    images: &[String],
+    volumes: &[String],
+    namespace: &str,
+) -> Report {
     let containers: Vec<_> =
         images.iter().enumerate().map(|(i, image)| json!({"name": format!("c{i}"), "image": image})).collect();
+    let mounts: Vec<_> = volumes
+        .iter()
+        .enumerate()
+        .map(|(i, image)| json!({"name": format!("v{i}"), "image": {"reference": image}}))
+        .collect();
     let request = Request {
         uid: "provgate-verify".into(),
         kind: GroupVersionKind { group: String::new(), version: "v1".into(), kind: "Pod".into() },
@@ -114,21 +131,24 @@ pub async fn verify(engine: &Engine, gatherer: &Gatherer, images: &[String], nam
         operation: Operation::Create,
         user_info: UserInfo { username: "provgate-verify".into(), groups: vec![] },
         object: Some(
-            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "provgate-verify", "namespace": namespace}, "spec": {"containers": containers}}),
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "provgate-verify", "namespace": namespace}, "spec": {"containers": containers, "volumes": mounts}}),
         ),
         old_object: None,
         dry_run: Some(true),
     };
     let decision = engine.review(&request, tokio::time::Instant::now()).await;
     let deadline = tokio::time::Instant::now() + engine.deadline;
-    let mut reports = Vec::with_capacity(images.len());
-    for (i, image) in images.iter().enumerate() {
+    let mut reports = Vec::with_capacity(images.len() + volumes.len());
+    let all = images.iter().map(|i| (i, false)).chain(volumes.iter().map(|v| (v, true)));
+    for (i, (image, volume)) in all.enumerate() {
         let judged = decision.images.get(i);
         let inspected = match ImageRef::parse(image) {
             Ok(r) => Some(tokio::time::timeout_at(deadline, gatherer.inspect(&r, deadline)).await),
             Err(_) => None,
         };
-        reports.push(report(image, judged, &decision, inspected, engine.deadline));
+        let mut report = report(image, judged, &decision, inspected, engine.deadline);
+        report.volume = volume;
+        reports.push(report);
     }
     Report { decision: decision.verdict(), images: reports }
 }
@@ -144,6 +164,7 @@ fn report(
 ) -> ImageReport {
     let mut r = ImageReport {
         image: image.to_owned(),
+        volume: false,
         reference: judged.and_then(|j| j.image.as_ref()).map(ToString::to_string),
         digest: None,
         platforms: vec![],

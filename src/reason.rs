@@ -132,6 +132,15 @@ pub enum Requirement {
     Validation,
     /// The verified evidence is larger than CEL evaluates.
     EvidenceTooLarge,
+    /// A release list (`via.list`) verified, but does not pin the image's digest (under its repository).
+    NotOnList,
+    /// A release list is larger than `cache.maxListBytes`, or holds more than `cache.maxListEntries` entries.
+    ListTooLarge,
+    /// A release list is neither an image index nor an artifact holding one JSON list of digest references, or is
+    /// not of the `via.artifactType` required.
+    ListInvalid,
+    /// `coverLayers`: statements about the image volume's layers verified, but none names every layer.
+    LayersUncovered,
 }
 
 impl Requirement {
@@ -145,6 +154,10 @@ impl Requirement {
             Self::PlatformsUnchecked => "platforms-unchecked",
             Self::Validation => "validation-failed",
             Self::EvidenceTooLarge => "evidence-too-large",
+            Self::NotOnList => "not-on-list",
+            Self::ListTooLarge => "list-too-large",
+            Self::ListInvalid => "list-invalid",
+            Self::LayersUncovered => "layers-uncovered",
         }
     }
 }

@@ -231,6 +231,10 @@ fn requirements() -> Vec<Requirement> {
         Requirement::PlatformsUnchecked,
         Requirement::Validation,
         Requirement::EvidenceTooLarge,
+        Requirement::NotOnList,
+        Requirement::ListTooLarge,
+        Requirement::ListInvalid,
+        Requirement::LayersUncovered,
     ];
     for r in &all {
         match r {
@@ -240,7 +244,11 @@ fn requirements() -> Vec<Requirement> {
             | Requirement::NoEvidence
             | Requirement::PlatformsUnchecked
             | Requirement::Validation
-            | Requirement::EvidenceTooLarge => {}
+            | Requirement::EvidenceTooLarge
+            | Requirement::NotOnList
+            | Requirement::ListTooLarge
+            | Requirement::ListInvalid
+            | Requirement::LayersUncovered => {}
             Requirement::Signature(Some(_)) | Requirement::Attestation(Some(_)) => unreachable!(),
         }
     }

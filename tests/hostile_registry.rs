@@ -481,3 +481,177 @@ async fn a_hostile_signature_repository_is_bounded_like_the_image_registry() {
     assert!(started.elapsed() < Duration::from_secs(8), "answered within the deadline, not the stall");
     assert_eq!(hook.audit_records().len(), 2);
 }
+
+/// A signed JSON release list in `releases/app` of `h` pinning `entries` (made distinct by `marker`); returns the
+/// list's digest and its blob's. The signature and provenance are real (PyPI `cryptography`/`securesystemslib`).
+fn signed_list(h: &Hostile, keys: &std::path::Path, marker: &str, entries: &[String]) -> (String, String) {
+    let repo = "releases/app";
+    let mut written = entries.to_vec();
+    written.push(format!("{}/team/{marker}@sha256:{}", h.addr, "0".repeat(64)));
+    let blob = serde_json::to_vec(&written).unwrap();
+    let blob_digest = h.put_blob(repo, blob.clone());
+    let config = h.put_blob(repo, b"{}".to_vec());
+    let manifest = serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "artifactType": "application/vnd.example.release-list.v1+json",
+        "config": descriptor(OCI_EMPTY, &config, 2, None),
+        "layers": [descriptor("application/json", &blob_digest, blob.len(), None)]}))
+    .unwrap();
+    let list = h.put_manifest(repo, manifest, OCI_MANIFEST);
+    let seed = support::signing::seed("chains-kaniko-slsa-v0.2-statement.json");
+    let signed = support::signing::sign(keys, "chains", &list[7..], &seed);
+    let payload = h.put_blob(repo, signed.payload.clone());
+    let sig =
+        descriptor(SIMPLE_SIGNING, &payload, signed.payload.len(), Some(json!({SIG_ANNOTATION: signed.signature})));
+    sign_with(h, repo, &list, &[sig]);
+    let envelope = h.put_blob(repo, signed.envelope.clone());
+    let att =
+        h.put_cosign(repo, &[descriptor(DSSE, &envelope, signed.envelope.len(), Some(json!({SIG_ANNOTATION: ""})))]);
+    h.tag(repo, &format!("sha256-{}.att", &list[7..]), &att);
+    (list, blob_digest)
+}
+
+/// A release list is read only within `cache.maxListBytes`, whatever the registry declares or sends, and a stalled
+/// one ends at the deadline: each is a denial of the images it would cover, never a wait or a download.
+#[tokio::test]
+async fn a_hostile_release_list_is_cut_at_the_list_cap_and_a_stalled_one_at_the_deadline() {
+    let h = Hostile::start();
+    let app = image(&h, "team/app", "v1");
+    let keys = tempfile::tempdir().unwrap();
+    let entries = [format!("{}/team/app@{app}", h.addr)];
+    let cases = ["fine", "declared", "unbounded", "manifest", "stalled"];
+    let lists: Vec<(String, String)> = cases.iter().map(|m| signed_list(&h, keys.path(), m, &entries)).collect();
+    let policies: Vec<(String, String)> = cases
+        .iter()
+        .zip(&lists)
+        .map(|(ns, (list, _))| {
+            let text = format!(
+                "apiVersion: provgate.dev/v1alpha1\nkind: ImagePolicy\nmetadata: {{name: {ns}}}\nspec:\n  match: {{images: \
+                 [\"{addr}/team/**\"], namespaces: [{ns}]}}\n  authorities: [{{name: chains, key: {key}}}]\n  require:\n    \
+                 attestations: [{{name: release, predicateType: slsa, via: {{list: \"{addr}/releases/app@{list}\"}}}}]\n",
+                addr = h.addr,
+                key = keys.path().join("chains.pub").display()
+            );
+            (format!("{ns}.yaml"), text)
+        })
+        .collect();
+    let files: Vec<(&str, String)> = policies.iter().map(|(f, t)| (f.as_str(), t.clone())).collect();
+    let (addr, host) = (h.addr.clone(), h.host_config());
+    let hook = Webhook::start(&files, move |c| {
+        c.registries.hosts.insert(addr, host);
+        c.deadline = Duration::from_secs(3);
+        // Caps far above the list's, so that a read not cut at cache.maxListBytes would show.
+        c.registries.max_manifest_bytes = 64 << 20;
+        c.registries.max_blob_bytes = 64 << 20;
+        c.registries.max_image_bytes = 128 << 20;
+        c.registries.max_review_bytes = 128 << 20;
+        c.registries.max_bytes_in_flight = 256 << 20;
+    })
+    .await;
+    let review_in = |ns: &str| {
+        let mut r = pod(&format!("{}/team/app:v1", h.addr));
+        r["request"]["namespace"] = json!(ns);
+        r
+    };
+    let response = hook.review(&review_in("fine")).await;
+    assert_eq!(response["allowed"], true, "the hostile server serves a good list: {response}");
+
+    let huge = 600u64 << 20;
+    let blob = |i: usize| format!("/v2/releases/app/blobs/{}", lists[i].1);
+    h.set(&blob(1), Answer::ok("application/json", Body::Repeat { pattern: b"[]".to_vec(), len: huge }));
+    h.set(&blob(2), Answer::ok("application/json", Body::Repeat { pattern: b"[]".to_vec(), len: huge }).no_length());
+    let manifest = format!("/v2/releases/app/manifests/{}", lists[3].0);
+    h.set(&manifest, Answer::ok(OCI_MANIFEST, Body::Repeat { pattern: b"{}".to_vec(), len: huge }));
+    for (ns, target) in [("declared", blob(1)), ("unbounded", blob(2)), ("manifest", manifest)] {
+        let response = hook.review(&review_in(ns)).await;
+        assert_eq!(response["allowed"], false, "{ns}: {response}");
+        assert_eq!(response["auditAnnotations"]["reasons"], "list-too-large", "{ns}: {response}");
+        assert!(message(&response).contains("larger than the 1048576-byte limit (cache.maxListBytes)"), "{response}");
+        assert!(h.hits(&target) >= 1, "{ns}: the list was asked for");
+        // Counted once the server stopped writing: 0 when the declared length was refused before the body,
+        // otherwise the 1 MiB read and what the loopback socket buffers held; far below the 64 MiB registry caps.
+        let sent = h.sent(&target);
+        assert!(sent < 32 << 20, "{ns}: read cut at the list cap, not {sent} bytes of {huge}");
+    }
+
+    // A cut read is never kept: the registry serving the list's real bytes again admits at the next review.
+    h.unset(&blob(1));
+    let response = hook.review(&review_in("declared")).await;
+    assert_eq!(response["allowed"], true, "{response}");
+
+    h.set(&blob(4), Answer::stall());
+    let started = std::time::Instant::now();
+    let response = hook.review(&review_in("stalled")).await;
+    assert_eq!(response["allowed"], false, "{response}");
+    assert_eq!(response["auditAnnotations"]["reasons"], "deadline-exceeded", "{response}");
+    assert!(started.elapsed() < Duration::from_secs(8), "answered within the deadline, not the stall");
+}
+
+/// Layer coverage reads the layers of the manifest at the pinned digest, checked against it: a registry serving,
+/// for another digest, the bytes of a manifest whose layers are all attested is denied, never covered.
+#[tokio::test]
+async fn a_mounted_artifact_is_covered_only_by_the_layers_of_the_manifest_its_digest_names() {
+    let h = Hostile::start();
+    let repo = "models/llm";
+    let manifest_of = |marker: &str| {
+        let layers: Vec<Value> = (0..2)
+            .map(|i| {
+                let data = format!("{marker} shard {i}").into_bytes();
+                descriptor(
+                    "application/vnd.example.model.layer.v1.tar",
+                    &h.put_blob(repo, data.clone()),
+                    data.len(),
+                    None,
+                )
+            })
+            .collect();
+        let config = h.put_blob(repo, b"{}".to_vec());
+        let manifest = serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+            "artifactType": "application/vnd.example.model.v1", "config": descriptor(OCI_EMPTY, &config, 2, None),
+            "layers": layers}))
+        .unwrap();
+        (h.put_manifest(repo, manifest.clone(), OCI_MANIFEST), manifest, layers)
+    };
+    let (attested, attested_bytes, layers) = manifest_of("attested");
+    let (other, _, _) = manifest_of("other");
+    let keys = tempfile::tempdir().unwrap();
+    let subjects: Vec<&str> = layers.iter().map(|l| &l["digest"].as_str().unwrap()[7..]).collect();
+    let signed = support::signing::sign(
+        keys.path(),
+        "chains",
+        &subjects.join(","),
+        &support::signing::seed("chains-kaniko-slsa-v0.2-statement.json"),
+    );
+    let envelope = h.put_blob(repo, signed.envelope.clone());
+    let att =
+        h.put_cosign(repo, &[descriptor(DSSE, &envelope, signed.envelope.len(), Some(json!({SIG_ANNOTATION: ""})))]);
+    // The statement about the attested layers is stored for both digests.
+    for d in [&attested, &other] {
+        h.tag(repo, &format!("sha256-{}.att", &d[7..]), &att);
+    }
+    let policy = format!(
+        "apiVersion: provgate.dev/v1alpha1\nkind: ImagePolicy\nmetadata: {{name: models}}\nspec:\n  match: {{images: \
+         [\"{}/models/**\"]}}\n  authorities: [{{name: chains, key: {}}}]\n  require:\n    attestations: [{{name: \
+         build, predicateType: slsa, coverLayers: true}}]\n",
+        h.addr,
+        keys.path().join("chains.pub").display()
+    );
+    let (addr, host) = (h.addr.clone(), h.host_config());
+    let hook = Webhook::start(&[("models.yaml", policy)], move |c| {
+        c.registries.hosts.insert(addr, host);
+    })
+    .await;
+    let mount = |digest: &str| {
+        let mut r = pod("unused");
+        r["request"]["object"]["spec"] = json!({"containers": [],
+            "volumes": [{"name": "m", "image": {"reference": format!("{}/{repo}@{digest}", h.addr)}}]});
+        r
+    };
+    let response = hook.review(&mount(&attested)).await;
+    assert_eq!(response["allowed"], true, "{response}");
+    // The other digest's manifest swapped for the attested one's bytes.
+    h.set(&format!("/v2/{repo}/manifests/{other}"), Answer::ok(OCI_MANIFEST, attested_bytes));
+    let response = hook.review(&mount(&other)).await;
+    assert_eq!(response["allowed"], false, "{response}");
+    assert_eq!(response["auditAnnotations"]["reasons"], "registry-digest-mismatch", "{response}");
+    assert!(message(&response).contains(&format!("expected {other}")), "{response}");
+}

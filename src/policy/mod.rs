@@ -13,6 +13,7 @@ pub mod require;
 pub mod signatures;
 mod store;
 pub mod trust;
+pub mod via;
 
 use std::path::PathBuf;
 use std::sync::Arc;

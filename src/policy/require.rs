@@ -52,6 +52,15 @@ pub struct AttestationSpec {
     #[serde(default, rename = "match")]
     #[schemars(schema_with = "super::cluster::any_value")]
     pub combine: Combine,
+    /// Read this attestation from a release list instead of the image: the list's own signature and this
+    /// attestation must verify, and the list must pin the image's digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<super::via::ViaSpec>,
+    /// An image volume (`volumes[].image`) is also covered by a statement whose subjects name every layer of its
+    /// manifest (an OCI artifact whose layers are a build's outputs). Never a container image: its config
+    /// (entrypoint, user, environment) is no layer.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cover_layers: bool,
 }
 
 /// How many of the listed authorities must vouch: `any`, `all`, or `{atLeast: n}`.
@@ -199,6 +208,10 @@ pub struct AttestationNeed {
     pub name: String,
     pub predicate_type: String,
     pub need: Need,
+    /// Read from this release list instead of the image.
+    pub via: Option<super::via::Via>,
+    /// An image volume may be covered by a statement naming every layer of its manifest.
+    pub cover_layers: bool,
 }
 
 impl AttestationNeed {
@@ -240,10 +253,19 @@ impl Requirements {
                 return Err(format!("{what}: predicateType must not be empty"));
             }
             let spec = NeedSpec { authorities: a.authorities.clone(), combine: a.combine };
+            let via = a.via.as_ref().map(|v| super::via::Via::compile(v, &what)).transpose()?;
+            if via.is_some() && a.cover_layers {
+                return Err(format!(
+                    "{what}: coverLayers does not apply to an attestation read via a release list (the list's \
+                     statement is about the list)"
+                ));
+            }
             attestations.push(AttestationNeed {
                 name: a.name.clone(),
                 predicate_type: a.predicate_type.clone(),
                 need: Need::compile(&spec, all, &what)?,
+                via,
+                cover_layers: a.cover_layers,
             });
         }
         if spec.platforms == Platforms::All && signature.is_none() {
@@ -271,7 +293,14 @@ impl Requirements {
             parts.push(format!("signature from {}", need.describe()));
         }
         for a in &self.attestations {
-            parts.push(format!("attestation {} ({}) from {}", a.name, a.predicate_type, a.need.describe()));
+            let mut part = format!("attestation {} ({}) from {}", a.name, a.predicate_type, a.need.describe());
+            if let Some(via) = &a.via {
+                part.push_str(&format!(" via {}", via.describe()));
+            }
+            if a.cover_layers {
+                part.push_str(", or of every layer of an image volume");
+            }
+            parts.push(part);
         }
         if self.platforms == Platforms::All {
             parts.push("every platform manifest signed".to_owned());
@@ -415,6 +444,45 @@ mod tests {
     }
 
     #[test]
+    fn an_attestation_may_come_via_a_release_list_or_cover_layers_but_not_both() {
+        let all = names(&["chains"]);
+        let r = Requirements::compile(
+            Some(&spec(
+                "attestations: [{name: release, predicateType: slsa, via: {list: \"registry.example.com/releases/app:v1\", \
+                 artifactType: application/vnd.example.release-list.v1+json}}, {name: p, predicateType: slsa, \
+                 coverLayers: true}]",
+            )),
+            &all,
+        )
+        .unwrap();
+        let via = r.attestations[0].via.as_ref().unwrap();
+        assert_eq!(via.list.to_string(), "registry.example.com/releases/app:v1");
+        assert!((!r.attestations[0].cover_layers) && r.attestations[1].cover_layers && r.attestations[1].via.is_none());
+        assert_eq!(
+            r.describe(),
+            "attestation release (slsa) from authority chains via release list registry.example.com/releases/app:v1 \
+             (of type application/vnd.example.release-list.v1+json); attestation p (slsa) from authority chains, or \
+             of every layer of an image volume"
+        );
+        let table = [
+            ("attestations: [{name: p, predicateType: slsa, via: {list: \"Bad Ref\"}}]", "via.list \"Bad Ref\""),
+            ("attestations: [{name: p, predicateType: slsa, via: {list: r.example/l, artifactType: ''}}]", "empty"),
+            (
+                "attestations: [{name: p, predicateType: slsa, coverLayers: true, via: {list: r.example/l}}]",
+                "coverLayers",
+            ),
+        ];
+        for (yaml, needle) in table {
+            let e = Requirements::compile(Some(&spec(yaml)), &all).unwrap_err();
+            assert!(e.contains(needle), "{yaml}: {e}");
+        }
+        assert!(
+            serde_yaml_ng::from_str::<RequireSpec>("attestations: [{name: p, predicateType: x, via: {lists: l}}]")
+                .is_err()
+        );
+    }
+
+    #[test]
     fn absent_require_means_a_signature_from_any_authority() {
         let all = names(&["chains", "release"]);
         let r = Requirements::compile(None, &all).unwrap();
@@ -456,6 +524,8 @@ mod tests {
             name: "p".into(),
             predicate_type: "slsa".into(),
             need: Need { authorities: names(&["a"]), combine: Combine::Any },
+            via: None,
+            cover_layers: false,
         };
         for t in SLSA_TYPES {
             assert!(need.accepts(t));

@@ -15,6 +15,8 @@ use super::config::RegistryConfig;
 enum Scope {
     Image,
     Review,
+    /// One read capped below the image's budget by its caller ([`Budget::capped`]).
+    Read,
 }
 
 impl Scope {
@@ -22,6 +24,7 @@ impl Scope {
         match self {
             Self::Image => "image",
             Self::Review => "review",
+            Self::Read => READ_SCOPE,
         }
     }
 
@@ -29,9 +32,13 @@ impl Scope {
         match self {
             Self::Image => "maxImageBytes",
             Self::Review => "maxReviewBytes",
+            Self::Read => "maxBytes of the read",
         }
     }
 }
+
+/// The scope of an `OverBudget` error from a [`Budget::capped`] read.
+pub(crate) const READ_SCOPE: &str = "read";
 
 /// The process-wide pool: one permit per byte read and still held by a review in progress.
 #[derive(Clone)]
@@ -89,6 +96,12 @@ impl Budget {
     /// The budget of one image digest within this review (`registries.maxImageBytes`).
     pub(crate) fn image(&self, cfg: &RegistryConfig) -> Self {
         Self::node(Scope::Image, cfg.max_image_bytes, Some(self.clone()), self.0.pool.clone())
+    }
+
+    /// A budget for one read of at most `limit` bytes within this one: going past it is an `OverBudget` error of
+    /// scope [`READ_SCOPE`], which the caller turns into its own `TooLarge`.
+    pub(crate) fn capped(&self, limit: u64) -> Self {
+        Self::node(Scope::Read, limit, Some(self.clone()), self.0.pool.clone())
     }
 
     fn node(scope: Scope, limit: u64, parent: Option<Budget>, pool: Pool) -> Self {

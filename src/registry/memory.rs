@@ -19,6 +19,7 @@ pub enum Call {
     Manifest,
     Artifacts,
     Blob,
+    Content,
 }
 
 /// One call as it was made: the method, the image's `registry/repository`, and the digest asked about (none for
@@ -48,6 +49,8 @@ struct State {
     artifacts: HashMap<(String, Digest), Artifacts>,
     /// (`registry/repository`, digest) -> blob bytes.
     blobs: HashMap<(String, Digest), bytes::Bytes>,
+    /// (`registry/repository`, digest) -> the exact bytes of a manifest or blob, for `content`.
+    contents: HashMap<(String, Digest), bytes::Bytes>,
     calls: Vec<Made>,
     failures: Vec<Failure>,
 }
@@ -118,6 +121,13 @@ impl MemoryRegistry {
     pub fn put_blob(&self, repository: &str, bytes: &[u8]) -> Digest {
         let digest = Digest::sha256_of(bytes);
         self.state().blobs.insert((name_of(repository), digest.clone()), bytes::Bytes::copy_from_slice(bytes));
+        digest
+    }
+
+    /// Stores `bytes` (a manifest or a blob) in `repository` under their sha256 digest, which it returns.
+    pub fn put_content(&self, repository: &str, bytes: &[u8]) -> Digest {
+        let digest = Digest::sha256_of(bytes);
+        self.state().contents.insert((name_of(repository), digest.clone()), bytes::Bytes::copy_from_slice(bytes));
         digest
     }
 
@@ -249,6 +259,29 @@ impl Registry for MemoryRegistry {
                 Err(RegistryError::TooLarge { registry: image.registry().to_owned(), what, limit: max_bytes })
             }
             Some(b) => Ok(b),
+        }
+    }
+
+    /// What `put_content` stored, or `TooLarge` past `max_bytes` (the real client cuts the read there).
+    async fn content(
+        &self,
+        image: &ImageRef,
+        digest: &Digest,
+        _kind: super::ContentKind,
+        max_bytes: u64,
+        _creds: &Credentials,
+        _budget: &Budget,
+        _deadline: Instant,
+    ) -> Result<bytes::Bytes, RegistryError> {
+        self.record(Call::Content, Some(image), Some(digest))?;
+        let what = format!("{}@{digest}", image.repository());
+        let found = self.state().contents.get(&(image.name(), digest.clone())).cloned();
+        match found {
+            Some(bytes) if bytes.len() as u64 > max_bytes => {
+                Err(RegistryError::TooLarge { registry: image.registry().to_owned(), what, limit: max_bytes })
+            }
+            Some(bytes) => Ok(bytes),
+            None => Err(Self::not_found(image, what)),
         }
     }
 }

@@ -4,6 +4,7 @@ mod artifacts;
 mod auth;
 mod budget;
 mod config;
+mod content;
 mod error;
 #[cfg(any(test, feature = "test-registry"))]
 pub mod memory;
@@ -23,6 +24,7 @@ use tokio::time::Instant;
 pub use auth::{Credentials, CredentialsError, HostCredentials};
 pub use budget::Budget;
 pub use config::{HostConfig, RegistryConfig};
+pub use content::ContentKind;
 pub use error::RegistryError;
 
 use crate::artifact::Artifacts;
@@ -159,6 +161,21 @@ pub trait Registry: Send + Sync {
         digest: &Digest,
         creds: &Credentials,
         max_bytes: u64,
+        budget: &Budget,
+        deadline: Instant,
+    ) -> Result<bytes::Bytes, RegistryError>;
+
+    /// The exact bytes of the manifest or blob `digest` in `image`'s repository, checked against the digest and read
+    /// within `max_bytes` (and the usual caps and `budget`); a longer one is cut: `TooLarge` with `max_bytes` as its
+    /// limit. For content provgate interprets itself: a release list, the layers of a mounted artifact.
+    #[allow(clippy::too_many_arguments)]
+    async fn content(
+        &self,
+        image: &ImageRef,
+        digest: &Digest,
+        kind: ContentKind,
+        max_bytes: u64,
+        creds: &Credentials,
         budget: &Budget,
         deadline: Instant,
     ) -> Result<bytes::Bytes, RegistryError>;
@@ -347,7 +364,7 @@ impl Registry for RegistryClient {
         artifacts::gather(&s, &self.config, image.repository(), digest, wanted, &budget, deadline).await
     }
 
-    #[tracing::instrument(skip_all, fields(image = %image, %digest))]
+    #[tracing::instrument(level = "debug", skip_all, fields(image = %image, %digest))]
     async fn blob(
         &self,
         image: &ImageRef,
@@ -365,6 +382,21 @@ impl Registry for RegistryClient {
         expect_ok(&s, &reply, &what)?;
         check_digest(s.host(), &what, digest, &reply.body)?;
         Ok(reply.body)
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(image = %image, %digest))]
+    async fn content(
+        &self,
+        image: &ImageRef,
+        digest: &Digest,
+        kind: ContentKind,
+        max_bytes: u64,
+        creds: &Credentials,
+        budget: &Budget,
+        deadline: Instant,
+    ) -> Result<bytes::Bytes, RegistryError> {
+        let s = self.session(image.registry(), creds).await?;
+        content::read(&s, &self.config, image.repository(), digest, kind, max_bytes, budget, deadline).await
     }
 }
 

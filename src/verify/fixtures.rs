@@ -82,9 +82,18 @@ impl Key {
 
     /// A cosign `.att` layer: a DSSE envelope, signed with this key, of an in-toto statement about `subject`.
     pub(crate) fn attestation(&self, subject: &Digest, predicate_type: &str, predicate: Value) -> Layer {
+        self.attestation_of(std::slice::from_ref(subject), predicate_type, predicate)
+    }
+
+    /// [`Key::attestation`] of a statement naming every digest of `subjects`.
+    pub(crate) fn attestation_of(&self, subjects: &[Digest], predicate_type: &str, predicate: Value) -> Layer {
+        let subjects: Vec<Value> = subjects
+            .iter()
+            .map(|d| json!({"name": "registry.example.com/team/app", "digest": {"sha256": d.hex()}}))
+            .collect();
         let statement = json!({
             "_type": "https://in-toto.io/Statement/v0.1",
-            "subject": [{"name": "registry.example.com/team/app", "digest": {"sha256": subject.hex()}}],
+            "subject": subjects,
             "predicateType": predicate_type,
             "predicate": predicate
         })

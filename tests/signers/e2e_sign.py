@@ -1,11 +1,12 @@
 """Signs an image digest the way cosign and Tekton Chains do, with PyPI `cryptography` and `securesystemslib`
 (tools provgate did not write), for the end-to-end tests.
 
-Usage: e2e_sign.py KEYDIR KEYNAME DIGEST_HEX STATEMENT_JSON OUT_JSON [PAYLOAD_TYPE]
+Usage: e2e_sign.py KEYDIR KEYNAME DIGEST_HEX[,DIGEST_HEX...] STATEMENT_JSON OUT_JSON [PAYLOAD_TYPE]
 
 Creates KEYDIR/KEYNAME.key (ECDSA P-256) and KEYDIR/KEYNAME.pub on first use. Writes OUT_JSON with the exact
-simple-signing payload (base64), its signature (base64) and a DSSE envelope of STATEMENT_JSON whose subjects are
-replaced by the image digest, signed over PAE as Chains does.
+simple-signing payload (base64) for the first digest, its signature (base64) and a DSSE envelope of STATEMENT_JSON
+whose subjects are replaced by the digests given (several: one subject each, as Chains names every output), signed
+over PAE as Chains does.
 """
 import base64
 import json
@@ -18,7 +19,9 @@ from cryptography.hazmat.primitives import hashes
 from securesystemslib.dsse import Envelope
 from securesystemslib.signer import CryptoSigner, SSlibKey
 
-keydir, name, digest_hex, statement_path, out_path = sys.argv[1:6]
+keydir, name, digests, statement_path, out_path = sys.argv[1:6]
+subjects_hex = digests.split(",")
+digest_hex = subjects_hex[0]
 payload_type = sys.argv[6] if len(sys.argv) > 6 else "application/vnd.in-toto+json"
 os.makedirs(keydir, exist_ok=True)
 key_path = os.path.join(keydir, name + ".key")
@@ -45,7 +48,7 @@ signature = key.sign(payload, ec.ECDSA(hashes.SHA256()))
 
 with open(statement_path) as f:
     statement = json.load(f)
-statement["subject"] = [{"name": "index.docker.io/acme/app", "digest": {"sha256": digest_hex}}]
+statement["subject"] = [{"name": "index.docker.io/acme/app", "digest": {"sha256": h}} for h in subjects_hex]
 public = SSlibKey.from_crypto(key.public_key(), scheme="ecdsa-sha2-nistp256")
 envelope = Envelope(payload=json.dumps(statement).encode(), payload_type=payload_type, signatures={})
 envelope.sign(CryptoSigner(key, public))
