@@ -8,11 +8,6 @@ use provgate::config::Config;
 
 mod args;
 mod logging;
-
-/// mimalloc: the admission path allocates many small, short-lived values per review (the parsed request, the
-/// decision, its record), which it serves with fewer instructions and less lock traffic than glibc's allocator.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use args::{AuditArgs, AuditCommand, CertsCommand, Cli, Command, Output, PolicyCommand, ServeArgs, VerifyArgs};
 
 fn main() -> ExitCode {
@@ -74,8 +69,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let running = provgate::app::start(config).await?;
-        tokio::signal::ctrl_c().await?;
-        tracing::info!("shutting down");
+        // SIGTERM is how Kubernetes stops a Pod; SIGINT is Ctrl-C. Either drains reviews and flushes the audit log.
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let signal = tokio::select! {
+            interrupted = tokio::signal::ctrl_c() => interrupted.map(|()| "SIGINT")?,
+            _ = terminate.recv() => "SIGTERM",
+        };
+        tracing::info!(signal, "shutting down");
         running.shutdown().await;
         Ok(())
     })

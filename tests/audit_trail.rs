@@ -567,3 +567,35 @@ async fn shutdown_flushes_the_log_and_does_not_hang_on_a_stalled_one() {
     assert!(!hook.running.audit.settle(Duration::from_millis(200)), "the writer is stalled");
     tokio::time::timeout(Duration::from_secs(30), hook.running.shutdown()).await.expect("shutdown gives up on the log");
 }
+
+#[tokio::test]
+async fn sigterm_stops_the_server_cleanly_with_every_record_written() {
+    let mut served = Served::start(&[], &[]);
+    let serving: Value = serde_json::from_str(served.lines_until(r#""message":"serving""#).last().unwrap()).unwrap();
+    let client = https_client(served.ca_pem.as_bytes());
+    let url = format!("https://localhost:{}/validate", serving["https"].as_str().unwrap().rsplit(':').next().unwrap());
+    let uids: Vec<String> = (0..5).map(|i| format!("term-probe-{i}")).collect();
+    for uid in &uids {
+        let sent = serde_json::to_vec(&pod(uid, "team-a", Some(EVIL))).unwrap();
+        let response = client.post(&url).header("content-type", "application/json").body(sent).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let pid = served.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = served.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "provgate did not stop within 20 s of SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut rest = String::new();
+    served.stderr.read_to_string(&mut rest).unwrap();
+    assert!(status.success(), "a SIGTERM is a clean stop (exit 0), not a death by signal: {status:?}\n{rest}");
+    assert!(rest.contains(r#""signal":"SIGTERM""#), "{rest}");
+    let written = std::fs::read_to_string(served._dir.path().join("audit.jsonl")).unwrap();
+    for uid in &uids {
+        assert!(written.contains(uid.as_str()), "{uid} is in the log after the stop: {written}");
+    }
+}

@@ -190,6 +190,14 @@ impl Provgate {
 
 impl Drop for Provgate {
     fn drop(&mut self) {
+        if std::env::var_os("PROVGATE_BENCH_WRAP").is_some() {
+            // A tool around provgate writes its results when provgate exits: ask it to stop, and give it time.
+            let _ = Command::new("kill").arg("-TERM").arg(self.pid.to_string()).status();
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(60) && matches!(self.child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
