@@ -6,6 +6,8 @@ use std::fmt;
 
 use serde_json::Value;
 
+mod grammar;
+
 /// A content digest such as `sha256:<64 lowercase hex>`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Digest {
@@ -101,7 +103,7 @@ pub struct ImageRef {
     digest: Option<Digest>,
 }
 
-/// References parsed lately: parsing runs the reference grammar's regex (several µs), and the same few references
+/// References parsed lately: parsing reads the reference grammar (a few µs), and the same few references
 /// arrive in review after review. Bounded: at most [`PARSED_MAX`] entries of at most [`PARSED_KEY_MAX`] bytes,
 /// dropped all at once when full. Parsing is a pure function of the text, so a remembered answer is the answer.
 static PARSED: std::sync::LazyLock<std::sync::Mutex<HashMap<String, Result<ImageRef, RefError>>>> =
@@ -137,15 +139,14 @@ impl ImageRef {
         if s.trim() != s {
             return Err(RefError::Syntax(s.to_owned(), "leading or trailing whitespace".into()));
         }
-        let parsed: oci_spec::distribution::Reference =
-            s.parse().map_err(|e: oci_spec::distribution::ParseError| RefError::Syntax(s.to_owned(), e.to_string()))?;
-        let digest = parsed.digest().map(Digest::parse).transpose()?;
-        let registry = canonical_host(parsed.registry());
-        let mut repository = parsed.repository().to_owned();
+        let parts = grammar::split(s).map_err(|why| RefError::Syntax(s.to_owned(), why))?;
+        let digest = parts.digest.map(Digest::parse).transpose()?;
+        let registry = canonical_host(parts.registry);
+        let mut repository = parts.repository;
         if registry == DOCKER_HUB && !repository.contains('/') {
             repository = format!("library/{repository}");
         }
-        Ok(Self { registry, repository, tag: parsed.tag().map(str::to_owned), digest })
+        Ok(Self { registry, repository, tag: parts.tag.map(str::to_owned), digest })
     }
 
     /// Registry host (and port), `docker.io` for Docker Hub.
