@@ -58,8 +58,10 @@ impl HttpsStores {
         if let Some(c) = clients.get(&host) {
             return Ok(c.clone());
         }
-        let unreachable =
-            |e: reqwest::Error| EvidenceError::StoreUnreachable { store: store.to_owned(), detail: chain(&e) };
+        let unreachable = |e: reqwest::Error| EvidenceError::StoreUnreachable {
+            store: store.to_owned(),
+            detail: crate::registry::error_chain(&e),
+        };
         let mut builder = reqwest::Client::builder()
             .https_only(true)
             .redirect(reqwest::redirect::Policy::none())
@@ -151,20 +153,5 @@ impl HttpsStores {
 }
 
 fn unreachable(store: &str, e: &reqwest::Error) -> EvidenceError {
-    EvidenceError::StoreUnreachable { store: store.to_owned(), detail: chain(e) }
-}
-
-/// An error with its causes, e.g. `error sending request: … invalid peer certificate: UnknownIssuer`.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
+    EvidenceError::StoreUnreachable { store: store.to_owned(), detail: crate::registry::error_chain(e) }
 }

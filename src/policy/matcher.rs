@@ -41,8 +41,23 @@ impl Matcher {
 
     /// True when the image (by name, name:tag, name@digest or name:tag@digest) and the namespace both match.
     pub fn matches(&self, image: &ImageRef, namespace: &str) -> bool {
+        self.matches_any(&Candidates::of(image), namespace)
+    }
+
+    /// [`Matcher::matches`] over the forms of an image prepared once for every policy of a set.
+    pub fn matches_any(&self, image: &Candidates, namespace: &str) -> bool {
         let namespace_ok = self.namespaces.as_ref().is_none_or(|set| set.is_match(namespace));
-        namespace_ok && candidates(image).iter().any(|c| self.images.is_match(c))
+        namespace_ok && image.0.iter().any(|c| self.images.is_match(c))
+    }
+}
+
+/// The forms of one image that globs are matched against (name, name:tag, name@digest, name:tag@digest), prepared
+/// once.
+pub struct Candidates(Vec<String>);
+
+impl Candidates {
+    pub fn of(image: &ImageRef) -> Self {
+        Self(candidates(image))
     }
 }
 

@@ -87,6 +87,7 @@ impl PolicySet {
 
     /// The policies that govern `image` in `namespace`, in load order.
     pub fn matching(&self, image: &ImageRef, namespace: &str) -> Vec<Arc<Policy>> {
-        self.policies.iter().filter(|p| p.matcher.matches(image, namespace)).cloned().collect()
+        let image = matcher::Candidates::of(image);
+        self.policies.iter().filter(|p| p.matcher.matches_any(&image, namespace)).cloned().collect()
     }
 }

@@ -11,6 +11,8 @@ pub mod memory;
 mod token;
 mod transport;
 
+pub(crate) use transport::error_chain;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;

@@ -407,7 +407,8 @@ pub(crate) fn error_excerpt(body: &[u8]) -> String {
     if text.is_empty() { String::new() } else { format!(": {}", truncate(text, 200)) }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// An error with its causes, each once: `error sending request: … invalid peer certificate: UnknownIssuer`.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
