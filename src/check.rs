@@ -121,7 +121,9 @@ fn unmet(
 ) -> Vec<Reason> {
     let mut unmet: Vec<Reason> = digest_pin(policy, image).into_iter().collect();
     if !policy.needs_evidence() {
-        unmet.extend(validate(policy, &ImageInput::verified(image, &[], &BTreeMap::new()), context));
+        if !policy.validations.is_empty() {
+            unmet.extend(validate(policy, &ImageInput::verified(image, &[], &BTreeMap::new()), context));
+        }
         return unmet;
     }
     let evidence = match gathered(evidence) {
@@ -131,15 +133,18 @@ fn unmet(
             return unmet;
         }
     };
-    let input = match requirements(policy, image, usage, evidence, authorities, verified, unmet) {
+    // The CEL input (a JSON view of every verified signature and statement) is built only for validations to read.
+    let wanted = !policy.validations.is_empty();
+    let input = match requirements(policy, image, usage, evidence, authorities, verified, unmet, wanted) {
         Ok(input) => input,
         Err(reasons) => return reasons,
     };
-    let input = match documents(policy, evidence, verified) {
-        Ok(documents) if documents.is_empty() => input,
-        Ok(documents) => input.with_evidence(documents),
+    let documents = match documents(policy, evidence, verified) {
+        Ok(documents) => documents,
         Err(reasons) => return reasons,
     };
+    let Some(input) = input else { return Vec::new() };
+    let input = if documents.is_empty() { input } else { input.with_evidence(documents) };
     validate(policy, &input, context).into_iter().collect()
 }
 
@@ -153,11 +158,12 @@ pub fn verified_input(
     authorities: &Authorities,
 ) -> Option<ImageInput> {
     let unmet: Vec<Reason> = digest_pin(policy, image).into_iter().collect();
-    requirements(policy, image, Use::Run, evidence, authorities, &mut Vec::new(), unmet).ok()
+    requirements(policy, image, Use::Run, evidence, authorities, &mut Vec::new(), unmet, true).ok().flatten()
 }
 
-/// The requirements over the gathered `evidence`, after `unmet` (what already failed): the CEL input of what
-/// verified when all are met, else every reason.
+/// The requirements over the gathered `evidence`, after `unmet` (what already failed): when all are met, the CEL
+/// input of what verified (if `wanted`), else every reason.
+#[allow(clippy::too_many_arguments)]
 fn requirements(
     policy: &Policy,
     image: &ImageRef,
@@ -166,7 +172,8 @@ fn requirements(
     authorities: &Authorities,
     verified: &mut Vec<String>,
     mut unmet: Vec<Reason>,
-) -> Result<ImageInput, Vec<Reason>> {
+    wanted: bool,
+) -> Result<Option<ImageInput>, Vec<Reason>> {
     let resolved = match resolve_authorities(policy, authorities) {
         Ok(resolved) => resolved,
         Err(reasons) => {
@@ -200,7 +207,7 @@ fn requirements(
     if !unmet.is_empty() {
         return Err(unmet);
     }
-    Ok(ImageInput::verified(&image, &signatures.verified, &named))
+    Ok(wanted.then(|| ImageInput::verified(&image, &signatures.verified, &named)))
 }
 
 /// `spec.evidence`: the documents each entry fetched, as `evidence.<name>` lists, or a reason for every entry that
