@@ -8,13 +8,13 @@ use provgate::config::Config;
 
 mod args;
 mod logging;
+use args::{AuditArgs, AuditCommand, CertsCommand, Cli, Command, Output, PolicyCommand, ServeArgs, VerifyArgs};
 
 /// mimalloc: a review allocates many small, short-lived values (the parsed request, the decision, its record), which
 /// mimalloc serves in fewer instructions than glibc's allocator. Built without transparent huge pages (`no_thp`):
 /// with them, each newly touched 2 MiB region is zeroed at once, a cost that lands on reviews as the caches grow.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use args::{AuditArgs, AuditCommand, CertsCommand, Cli, Command, Output, PolicyCommand, ServeArgs, VerifyArgs};
 
 fn main() -> ExitCode {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
