@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use sha2::Digest as _;
 use support::registry::{Answer, Auth, Body, DSSE, Desc, DockerRegistry, Hostile, Layout, SIMPLE_SIGNING};
 use support::signing::{SIG_ANNOTATION, sign};
-use support::webhook::{Webhook, review};
+use support::webhook::{Webhook, message, reasons, review};
 
 const CYCLONEDX: &str = "application/vnd.cyclonedx+json";
 const SPDX: &str = "application/spdx+json";
@@ -269,14 +269,6 @@ fn pod(image: &str) -> Value {
     let mut r = review("pod-create");
     r["request"]["object"]["spec"] = json!({"containers": [{"name": "app", "image": image}]});
     r
-}
-
-fn reasons(response: &Value) -> &str {
-    response["auditAnnotations"]["reasons"].as_str().unwrap_or_default()
-}
-
-fn message(response: &Value) -> &str {
-    response["status"]["message"].as_str().unwrap_or_default()
 }
 
 #[tokio::test]

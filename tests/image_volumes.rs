@@ -13,7 +13,7 @@ use std::path::Path;
 use serde_json::{Value, json};
 use support::registry::{Auth, DSSE, Desc, DockerRegistry, Layout, OCI_EMPTY, OCI_MANIFEST};
 use support::signing::{SIG_ANNOTATION, attach, seed, sign};
-use support::webhook::{Webhook, review};
+use support::webhook::{Webhook, message, reasons, review};
 
 const MODEL_TYPE: &str = "application/vnd.example.model.v1";
 const MODEL_LAYER: &str = "application/vnd.example.model.layer.v1.tar";
@@ -126,14 +126,6 @@ fn pod(containers: &[String], volumes: &[String]) -> Value {
         .collect();
     r["request"]["object"]["spec"] = json!({"containers": containers, "volumes": volumes});
     r
-}
-
-fn reasons(response: &Value) -> &str {
-    response["auditAnnotations"]["reasons"].as_str().unwrap_or_default()
-}
-
-fn message(response: &Value) -> &str {
-    response["status"]["message"].as_str().unwrap_or_default()
 }
 
 #[tokio::test]

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use support::registry::{Auth, DSSE, Desc, DockerRegistry, Layout, SIMPLE_SIGNING};
 use support::signing::{SIG_ANNOTATION, seed, sign};
-use support::webhook::{Webhook, review};
+use support::webhook::{Webhook, reasons, review};
 
 /// How long an absence is reused in these tests.
 const MISSING_TTL: Duration = Duration::from_secs(2);
@@ -103,10 +103,6 @@ impl World {
         })
         .await
     }
-}
-
-fn reasons(response: &Value) -> &str {
-    response["auditAnnotations"]["reasons"].as_str().unwrap_or_default()
 }
 
 /// `provgate_cache_requests_total{cache="artifacts", result}`.

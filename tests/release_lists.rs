@@ -14,7 +14,7 @@ use std::path::Path;
 use serde_json::{Value, json};
 use support::registry::{Auth, DSSE, Desc, DockerRegistry, Layout, OCI_EMPTY, OCI_INDEX, OCI_MANIFEST, SIMPLE_SIGNING};
 use support::signing::{SIG_ANNOTATION, attach, seed, sign};
-use support::webhook::{Webhook, review};
+use support::webhook::{Webhook, message, review};
 
 const LIST_TYPE: &str = "application/vnd.example.release-list.v1+json";
 
@@ -152,10 +152,6 @@ fn pod(ns: &str, images: &[String]) -> Value {
         images.iter().enumerate().map(|(i, image)| json!({"name": format!("c{i}"), "image": image})).collect();
     r["request"]["object"]["spec"] = json!({"containers": containers});
     r
-}
-
-fn message(response: &Value) -> &str {
-    response["status"]["message"].as_str().unwrap_or_default()
 }
 
 #[tokio::test]

@@ -19,7 +19,7 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 use support::registry::{Auth, DSSE, Desc, DockerRegistry, Layout, SIMPLE_SIGNING};
 use support::signing::{SIG_ANNOTATION, attach, seed, sign};
-use support::webhook::{Webhook, review};
+use support::webhook::{Webhook, message, reasons, review};
 
 /// Images in `images` (plain HTTP); signatures in `images`' `team/app-signatures` and in `private` (TLS + Basic).
 struct World {
@@ -183,14 +183,6 @@ async fn hook_naming(world: &World, secret: &str, secrets: Vec<Value>) -> Webhoo
         c.registries.hosts.insert(b, cb);
     })
     .await
-}
-
-fn reasons(response: &Value) -> &str {
-    response["auditAnnotations"]["reasons"].as_str().unwrap_or_default()
-}
-
-fn message(response: &Value) -> &str {
-    response["status"]["message"].as_str().unwrap_or_default()
 }
 
 #[tokio::test]

@@ -10,16 +10,12 @@ use std::time::{Duration, Instant};
 use provgate::decide::NoMatch;
 use serde_json::{Value, json};
 use support::registry::{Canned, CannedServer};
-use support::webhook::{ClientCa, Webhook, https_client, https_client_with_identity, policy, review};
+use support::webhook::{ClientCa, Webhook, https_client, https_client_with_identity, message, policy, review};
 
 const KINDS: [&str; 7] = ["pod", "deployment", "replicaset", "statefulset", "daemonset", "job", "cronjob"];
 
 fn team_policy() -> Vec<(&'static str, String)> {
     vec![("team.yaml", policy("team", "enforce", &["registry.example.com/team/**"]))]
-}
-
-fn message(response: &Value) -> &str {
-    response["status"]["message"].as_str().unwrap_or_default()
 }
 
 /// Points the object's pod-spec field at `path` (dot-separated, with list indexes) to `image`.

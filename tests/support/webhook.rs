@@ -15,6 +15,16 @@ pub struct Webhook {
     pub ca_pem: String,
 }
 
+/// The reason codes a review response carries (`auditAnnotations.reasons`), or "".
+pub fn reasons(response: &Value) -> &str {
+    response["auditAnnotations"]["reasons"].as_str().unwrap_or_default()
+}
+
+/// The denial message of a review response (`status.message`), or "".
+pub fn message(response: &Value) -> &str {
+    response["status"]["message"].as_str().unwrap_or_default()
+}
+
 pub fn fixtures_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
