@@ -176,28 +176,8 @@ async fn an_artifact_volume_is_covered_by_its_manifest_digest_or_under_cover_lay
 #[test]
 fn provgate_verify_judges_volumes_as_mounted() {
     let world = world();
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("provgate.yaml");
-    std::fs::write(&config, format!("registries:\n  hosts:\n    \"{}\": {{insecure: true}}\n", world.registry.addr))
-        .unwrap();
-    let policy_dir = dir.path().join("policies");
-    std::fs::create_dir(&policy_dir).unwrap();
-    for (file, text) in policies(&world) {
-        std::fs::write(policy_dir.join(file), text).unwrap();
-    }
-    let verify = |args: &[String]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_provgate"))
-            .args(["verify", "--output", "json", "--config"])
-            .arg(&config)
-            .arg("--policy")
-            .arg(&policy_dir)
-            .args(args)
-            .output()
-            .unwrap();
-        let report: Value = serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
-        (out.status.code(), report)
-    };
+    let verifier = support::verify::Verify::new(&world.registry.addr, &policies(&world));
+    let verify = |args: &[String]| verifier.run(args);
     let model = |tag: &str| format!("{}/layered/model:{tag}", world.registry.addr);
     let (code, report) = verify(&["--volume".into(), model("every-layer")]);
     assert_eq!(code, Some(0), "{report}");

@@ -203,27 +203,10 @@ async fn a_verified_list_covers_what_it_pins_and_every_twin_is_denied() {
 #[test]
 fn provgate_verify_covers_images_on_the_list_and_no_other() {
     let world = world();
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("provgate.yaml");
-    std::fs::write(&config, format!("registries:\n  hosts:\n    \"{}\": {{insecure: true}}\n", world.registry.addr))
-        .unwrap();
-    let policy_dir = dir.path().join("policies");
-    std::fs::create_dir(&policy_dir).unwrap();
-    for (file, text) in policies(&world) {
-        std::fs::write(policy_dir.join(file), text).unwrap();
-    }
+    let verifier = support::verify::Verify::new(&world.registry.addr, &policies(&world));
     let verify = |ns: &str, images: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_provgate"))
-            .args(["verify", "--output", "json", "--namespace", ns, "--config"])
-            .arg(&config)
-            .arg("--policy")
-            .arg(&policy_dir)
-            .args(images.iter().map(|i| format!("{}/team/{i}:1", world.registry.addr)))
-            .output()
-            .unwrap();
-        let report: Value = serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
-        (out.status.code(), report)
+        let images = images.iter().map(|i| format!("{}/team/{i}:1", world.registry.addr));
+        verifier.run(["--namespace".to_owned(), ns.to_owned()].into_iter().chain(images))
     };
     let (code, report) = verify("json", &["app", "web"]);
     assert_eq!(code, Some(0), "{report}");

@@ -5,4 +5,5 @@ pub mod kube;
 pub mod kube_api;
 pub mod registry;
 pub mod signing;
+pub mod verify;
 pub mod webhook;
