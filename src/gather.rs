@@ -206,8 +206,12 @@ impl Default for CacheConfig {
 /// Platform manifests of one image fetched at once.
 const PLATFORMS_AT_ONCE: usize = 4;
 
-/// A key verification of at most this many layers runs on the async worker; more, or keyless, on a blocking thread.
+/// A key verification of at most this many layers, of at most [`IN_PLACE_BYTES`] in all, runs on the async worker;
+/// anything more (or keyless) on a blocking thread, so that a registry serving large statements cannot hold a worker.
 const IN_PLACE_LAYERS: usize = 2;
+
+/// See [`IN_PLACE_LAYERS`]: a signature payload is a few hundred bytes, a typical statement a few KiB.
+const IN_PLACE_BYTES: u64 = 64 * 1024;
 
 pub struct Gatherer {
     registry: Arc<dyn Registry>,
@@ -469,9 +473,10 @@ impl Gatherer {
         let (artifacts, digest, platforms, authority) =
             (artifacts.clone(), digest.clone(), platforms.to_vec(), authority.clone());
         let metrics = self.metrics.clone();
-        // Run only when awaited, that is on a miss: in place when it is a key check of a layer or two (about a tenth
-        // of a millisecond, less than the hop to a blocking thread and back), else on a blocking thread.
-        let in_place = matches!(authority.trust(), Trust::Keys(_)) && artifacts.layers().count() <= IN_PLACE_LAYERS;
+        // Run only when awaited, that is on a miss: in place when it is a key check of a layer or two of small
+        // documents (about a tenth of a millisecond, less than the hop to a blocking thread and back), else on a
+        // blocking thread.
+        let in_place = verifies_in_place(&authority, &artifacts);
         let compute = async move {
             let verify = move || {
                 let started = std::time::Instant::now();
@@ -619,6 +624,14 @@ impl Gatherer {
         let platforms_verified = futures::stream::iter(fetches).buffered(PLATFORMS_AT_ONCE).try_collect().await?;
         Ok((verified, Some(platforms_verified), lookup))
     }
+}
+
+/// Whether verifying `artifacts` under `authority` is cheap enough to run on the async worker: a key check of at most
+/// [`IN_PLACE_LAYERS`] layers of at most [`IN_PLACE_BYTES`] in all.
+fn verifies_in_place(authority: &Authority, artifacts: &Artifacts) -> bool {
+    matches!(authority.trust(), Trust::Keys(_))
+        && artifacts.layers().count() <= IN_PLACE_LAYERS
+        && artifacts.bytes() <= IN_PLACE_BYTES
 }
 
 /// Whether `found` lacks what was asked for: no signature, or no attestation where one is wanted (a bundle may be
@@ -846,6 +859,21 @@ mod tests {
             })
             .collect();
         load_sources(&[(PathBuf::from("p.yaml"), docs.join("---\n"))]).unwrap()
+    }
+
+    #[test]
+    fn only_small_key_verifications_run_in_place() {
+        let key = Key::new();
+        let authority = key.authority("chains");
+        let d = digest("app");
+        let small = artifacts(vec![key.signature(&d)], vec![key.provenance(&d, "https://tekton.dev/chains/v2")]);
+        assert!(verifies_in_place(&authority, &small));
+        let three =
+            artifacts(vec![key.signature(&d), key.signature(&digest("x")), key.signature(&digest("y"))], vec![]);
+        assert!(!verifies_in_place(&authority, &three), "three layers go to a blocking thread");
+        let large =
+            artifacts(vec![], vec![key.attestation(&d, "https://example.com/big", json!({"x": "a".repeat(70_000)}))]);
+        assert!(!verifies_in_place(&authority, &large), "a large statement goes to a blocking thread");
     }
 
     fn plan_of(set: &PolicySet, images: &[&str]) -> Plan {
