@@ -144,6 +144,20 @@ mod tests {
     }
 
     #[test]
+    fn duplicated_keys_are_refused_and_reordered_keys_read_the_same() {
+        // A second `request` (or `uid`) could smuggle another object past a reader that keeps the first; neither
+        // reader keeps either: the body is refused.
+        let twice = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"a","kind":{"kind":"Pod"},"operation":"CREATE"},"request":{"uid":"b","kind":{"kind":"Pod"},"operation":"CREATE"}}"#;
+        assert!(matches!(parse(twice).unwrap_err(), BadReview::NotJson(_)));
+        let uid_twice = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"a","uid":"b","kind":{"kind":"Pod"},"operation":"CREATE"}}"#;
+        assert_eq!(parse(uid_twice).unwrap_err(), BadReview::NoUid, "a request whose uid is ambiguous is not answered");
+        let reordered = br#"{"request":{"operation":"CREATE","kind":{"kind":"Pod"},"uid":"r1"},"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1"}"#;
+        let incoming = parse(reordered).unwrap();
+        assert_eq!(incoming.uid, "r1");
+        assert_eq!(incoming.request.unwrap().operation, crate::request::Operation::Create);
+    }
+
+    #[test]
     fn a_request_with_uid_but_bad_fields_is_a_denial() {
         let incoming = parse(&review(json!({"uid": "u1", "kind": {"kind": "Pod"}, "operation": "EXPLODE"}))).unwrap();
         assert_eq!(incoming.uid, "u1");

@@ -264,6 +264,17 @@ mod tests {
     }
 
     #[test]
+    fn huge_references_are_refused_in_one_pass() {
+        // A Pod author controls the text; a megabyte of components or of tag is refused, never backtracked over.
+        let components = format!("registry.example.com/{}", "a/".repeat(500_000) + "b");
+        assert!(split(&components).unwrap_err().contains("255"));
+        let tag = format!("registry.example.com/app:{}", "t".repeat(1 << 20));
+        assert!(split(&tag).is_err());
+        let separators = format!("registry.example.com/a{}b", "-".repeat(1 << 20));
+        assert!(split(&separators).unwrap_err().contains("255"));
+    }
+
+    #[test]
     fn a_non_ascii_tag_is_refused() {
         assert!(oracle("busybox:café").is_some(), "oci_spec's Unicode \\w lets it through");
         assert!(split("busybox:café").is_err());
