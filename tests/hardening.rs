@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use support::registry::{
     Auth, Canned, CannedServer, DSSE, Desc, DockerRegistry, Layout, OCI_INDEX, OCI_MANIFEST, SIMPLE_SIGNING,
 };
-use support::signing::{SIG_ANNOTATION, attach, seed, sign};
+use support::signing::{SIG_ANNOTATION, attach, seed, sign, sign_image};
 use support::webhook::{Webhook, review};
 
 fn pod(images: &[&str]) -> Value {
@@ -130,8 +130,7 @@ async fn authorities_without_require_demand_a_signature() {
     let signed = layout.image("signed", "amd64");
     layout.tag("unsigned", &unsigned);
     layout.tag("signed", &signed);
-    let s = sign(keys.path(), "chains", signed.hex(), &seed("chains-kaniko-slsa-v0.2-statement.json"));
-    attach(&mut layout, &signed, "sig", (SIMPLE_SIGNING, s.payload, json!({SIG_ANNOTATION: s.signature})));
+    sign_image(&mut layout, keys.path(), &signed);
     push_all(&registry, &layout, "team/app", &["unsigned", "signed"]);
     push_cosign_tags(&registry, &layout, "team/app", &[&signed]);
     let key = keys.path().join("chains.pub");
@@ -177,8 +176,7 @@ async fn a_moved_tag_is_resolved_at_every_review() {
     let unsigned = layout.image("unsigned", "amd64");
     layout.tag("signed", &signed);
     layout.tag("unsigned", &unsigned);
-    let s = sign(keys.path(), "chains", signed.hex(), &seed("chains-kaniko-slsa-v0.2-statement.json"));
-    attach(&mut layout, &signed, "sig", (SIMPLE_SIGNING, s.payload, json!({SIG_ANNOTATION: s.signature})));
+    sign_image(&mut layout, keys.path(), &signed);
     push_cosign_tags(&registry, &layout, "team/app", &[&signed]);
     registry.push(&layout, "signed", "team/app", "live");
 

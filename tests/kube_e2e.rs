@@ -18,8 +18,8 @@ use kube::core::Status;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use support::kube::Cluster;
-use support::registry::{Auth, DockerRegistry, Layout, SIMPLE_SIGNING, free_port};
-use support::signing::{SIG_ANNOTATION, attach, seed, sign};
+use support::registry::{Auth, DockerRegistry, Layout, free_port};
+use support::signing::{seed, sign, sign_image};
 use support::webhook::{ClientCa, Webhook, https_client};
 
 const WEBHOOK: &str = "images.provgate.dev";
@@ -43,8 +43,7 @@ impl Images {
         layout.tag("signed", &signed);
         let unsigned = layout.image("unsigned", "amd64");
         layout.tag("unsigned", &unsigned);
-        let s = sign(keys.path(), "chains", signed.hex(), &seed("chains-kaniko-slsa-v0.2-statement.json"));
-        attach(&mut layout, &signed, "sig", (SIMPLE_SIGNING, s.payload, json!({SIG_ANNOTATION: s.signature})));
+        sign_image(&mut layout, keys.path(), &signed);
         for tag in ["signed".to_owned(), "unsigned".to_owned(), format!("sha256-{}.sig", signed.hex())] {
             registry.push(&layout, &tag, "team/app", &tag);
         }

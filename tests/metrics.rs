@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::kube_api::serve;
-use support::registry::{Auth, DockerRegistry, Layout, SIMPLE_SIGNING};
-use support::signing::{SIG_ANNOTATION, attach, seed, sign};
+use support::registry::{Auth, DockerRegistry, Layout};
+use support::signing::sign_image;
 use support::webhook::{Webhook, review};
 
 fn pod(images: &[&str]) -> Value {
@@ -121,8 +121,7 @@ async fn metrics_follow_known_reviews_policy_reloads_and_key_watches() {
     let unsigned = layout.image("unsigned", "amd64");
     layout.tag("signed", &signed);
     layout.tag("unsigned", &unsigned);
-    let s = sign(keys.path(), "chains", signed.hex(), &seed("chains-kaniko-slsa-v0.2-statement.json"));
-    attach(&mut layout, &signed, "sig", (SIMPLE_SIGNING, s.payload, json!({SIG_ANNOTATION: s.signature})));
+    sign_image(&mut layout, keys.path(), &signed);
     registry.push(&layout, "signed", "team/signed", "1");
     registry.push(
         &layout,

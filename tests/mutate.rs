@@ -9,8 +9,8 @@ mod support;
 
 use base64::Engine as _;
 use serde_json::{Value, json};
-use support::registry::{Auth, DockerRegistry, Layout, SIMPLE_SIGNING};
-use support::signing::{SIG_ANNOTATION, attach, seed, sign};
+use support::registry::{Auth, DockerRegistry, Layout};
+use support::signing::sign_image;
 use support::webhook::{Webhook, review};
 
 /// A docker-registry holding `team/app:signed` and `team/app:moving` (the same image, signed by the `chains` key),
@@ -32,8 +32,7 @@ impl World {
         layout.tag("signed", &signed);
         let unsigned = layout.image("unsigned", "amd64");
         layout.tag("unsigned", &unsigned);
-        let s = sign(keys.path(), "chains", signed.hex(), &seed("chains-kaniko-slsa-v0.2-statement.json"));
-        attach(&mut layout, &signed, "sig", (SIMPLE_SIGNING, s.payload, json!({SIG_ANNOTATION: s.signature})));
+        sign_image(&mut layout, keys.path(), &signed);
         for tag in ["signed".to_owned(), "unsigned".to_owned(), format!("sha256-{}.sig", signed.hex())] {
             registry.push(&layout, &tag, "team/app", &tag);
         }

@@ -53,6 +53,18 @@ pub fn sign_as(keydir: &Path, key: &str, digest_hex: &str, statement: &Path, pay
     }
 }
 
+/// Signs `image` with the `chains` key of `keydir` (the Tekton Chains kaniko statement) and stores the signature as
+/// its cosign `.sig` tag in `layout`.
+pub fn sign_image(layout: &mut Layout, keydir: &Path, image: &Desc) {
+    let s = sign(keydir, "chains", image.hex(), &seed("chains-kaniko-slsa-v0.2-statement.json"));
+    attach(
+        layout,
+        image,
+        "sig",
+        (super::registry::SIMPLE_SIGNING, s.payload, serde_json::json!({SIG_ANNOTATION: s.signature})),
+    );
+}
+
 /// Stores one layer as the cosign `sha256-<hex>.SUFFIX` tag of `image` in `layout`.
 pub fn attach(layout: &mut Layout, image: &Desc, suffix: &str, layer: (&str, Vec<u8>, Value)) {
     let manifest = layout.cosign_manifest(&[layer]);
