@@ -76,21 +76,11 @@ fn world() -> World {
         };
         attach(&mut layout, image, "att", (DSSE, envelope, json!({SIG_ANNOTATION: ""})));
     }
-    let index_tags: Vec<String> = layout_tags(&layout);
+    let index_tags: Vec<String> = layout.tags();
     for tag in index_tags {
         registry.push(&layout, &tag, "team/app", &tag);
     }
     World { registry, keys, digests }
-}
-
-fn layout_tags(layout: &Layout) -> Vec<String> {
-    let index: Value = serde_json::from_slice(&std::fs::read(layout.dir.path().join("index.json")).unwrap()).unwrap();
-    index["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["annotations"]["org.opencontainers.image.ref.name"].as_str().unwrap().to_owned())
-        .collect()
 }
 
 fn chains_policy(key: &Path, builder: &str) -> String {
@@ -250,7 +240,7 @@ fn verify_reports_digest_platforms_and_artifacts_as_json() {
     layout.tag("multi", &index);
     let signed = sign(keys.path(), "chains", index.hex(), &seed("chains-kaniko-slsa-v0.2-statement.json"));
     attach(&mut layout, &index, "sig", (SIMPLE_SIGNING, signed.payload, json!({SIG_ANNOTATION: signed.signature})));
-    for tag in layout_tags(&layout) {
+    for tag in layout.tags() {
         registry.push(&layout, &tag, "team/multi", &tag);
     }
     let config = keys.path().join("provgate.yaml");

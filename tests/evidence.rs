@@ -115,15 +115,6 @@ fn sign_image(layout: &mut Layout, keys: &Path, image: &Desc, statement: &Path, 
     layout.tag(&format!("sha256-{}.att", image.hex()), &att);
 }
 
-fn layout_tags(layout: &Layout) -> Vec<String> {
-    let index: Value = serde_json::from_slice(&std::fs::read(layout.dir.path().join("index.json")).unwrap()).unwrap();
-    let manifests = index["manifests"].as_array().unwrap();
-    manifests
-        .iter()
-        .map(|m| m["annotations"]["org.opencontainers.image.ref.name"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 fn world() -> World {
     let registry = DockerRegistry::start(Auth::None);
     let store = Hostile::start_tls();
@@ -166,7 +157,7 @@ fn world() -> World {
     // The OCI store holds the CycloneDX SBOM as the layer of an artifact (cosign's `.sbom` shape).
     let sbom = evidence.cosign_manifest(&[(CYCLONEDX, sboms["cdx"].0.clone(), json!({}))]);
     evidence.tag("sbom-cdx", &sbom);
-    for tag in layout_tags(&app) {
+    for tag in app.tags() {
         registry.push(&app, &tag, "team/app", &tag);
     }
     registry.push(&evidence, "sbom-cdx", "team/evidence", "sbom-cdx");

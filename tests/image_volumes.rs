@@ -68,17 +68,11 @@ fn world() -> World {
         digests.insert(tag, manifest.digest.clone());
     }
     for repo in ["plain/model", "layered/model"] {
-        for tag in layout_tags(&layout) {
+        for tag in layout.tags() {
             registry.push(&layout, &tag, repo, &tag);
         }
     }
     World { registry, keys, digests }
-}
-
-fn layout_tags(layout: &Layout) -> Vec<String> {
-    let index: Value = serde_json::from_slice(&std::fs::read(layout.dir.path().join("index.json")).unwrap()).unwrap();
-    let names = index["manifests"].as_array().unwrap().iter();
-    names.map(|m| m["annotations"]["org.opencontainers.image.ref.name"].as_str().unwrap().to_owned()).collect()
 }
 
 /// A policy over `repo` requiring Chains provenance built by Tekton Chains, with `coverLayers` as given.

@@ -87,16 +87,10 @@ fn world() -> World {
         lists.tag(tag, list);
         digests.insert(tag, list.digest.clone());
     }
-    for tag in layout_tags(&lists) {
+    for tag in lists.tags() {
         registry.push(&lists, &tag, "releases/app", &tag);
     }
     World { registry, keys, digests }
-}
-
-fn layout_tags(layout: &Layout) -> Vec<String> {
-    let index: Value = serde_json::from_slice(&std::fs::read(layout.dir.path().join("index.json")).unwrap()).unwrap();
-    let names = index["manifests"].as_array().unwrap().iter();
-    names.map(|m| m["annotations"]["org.opencontainers.image.ref.name"].as_str().unwrap().to_owned()).collect()
 }
 
 /// A policy for the images of `team/` in namespace `ns`: Chains provenance read via the list `list`.

@@ -35,17 +35,8 @@ impl World {
     }
 }
 
-fn layout_tags(layout: &Layout) -> Vec<String> {
-    let index: Value = serde_json::from_slice(&std::fs::read(layout.dir.path().join("index.json")).unwrap()).unwrap();
-    let manifests = index["manifests"].as_array().unwrap();
-    manifests
-        .iter()
-        .map(|m| m["annotations"]["org.opencontainers.image.ref.name"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 fn push_all(registry: &DockerRegistry, layout: &Layout, repo: &str) {
-    for tag in layout_tags(layout) {
+    for tag in layout.tags() {
         registry.push(layout, &tag, repo, &tag);
     }
 }

@@ -50,6 +50,14 @@ impl Default for Layout {
 }
 
 impl Layout {
+    /// The tags of the layout (`org.opencontainers.image.ref.name` of each entry of its `index.json`).
+    pub fn tags(&self) -> Vec<String> {
+        let index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(self.dir.path().join("index.json")).unwrap()).unwrap();
+        let names = index["manifests"].as_array().unwrap().iter();
+        names.map(|m| m["annotations"]["org.opencontainers.image.ref.name"].as_str().unwrap().to_owned()).collect()
+    }
+
     pub fn new() -> Self {
         let dir = TempDir::new().unwrap();
         std::fs::create_dir_all(dir.path().join("blobs/sha256")).unwrap();
