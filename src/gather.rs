@@ -33,6 +33,7 @@ use crate::registry::{Budget, Credentials, Head, HostCredentials, Registry, Regi
 use crate::verify::{self, AttestationCheck, Authority, SignatureCheck, Trust};
 
 mod coverage;
+mod memo;
 pub use coverage::{Coverage, LayerEvidence, ListEvidence};
 
 /// What one authority verified of one manifest digest.
@@ -240,6 +241,8 @@ pub struct Gatherer {
     evidence: Option<Arc<dyn EvidenceFetch>>,
     /// Release lists and layers, by digest.
     coverage: coverage::Store,
+    /// Each image's evidence as last put together from the caches above (see [`memo`]).
+    memo: memo::Memo,
 }
 
 impl Gatherer {
@@ -264,6 +267,7 @@ impl Gatherer {
         let metrics = GatherMetrics::default();
         let fetches = AtomicU64::new(0);
         let coverage = coverage::Store::new(&cache);
+        let memo = memo::Memo::new(cache.max_entries, cache.max_artifact_bytes);
         Self {
             registry,
             keys,
@@ -278,7 +282,15 @@ impl Gatherer {
             pull_secrets: None,
             evidence: None,
             coverage,
+            memo,
         }
+    }
+
+    /// Forgets every artifact fetched and the evidence put together from them, as if their time to live had passed.
+    #[cfg(test)]
+    fn forget_artifacts(&self) {
+        self.artifacts.invalidate_all();
+        self.memo.clear();
     }
 
     /// Fetches policies' `spec.evidence` through `fetcher`.
@@ -337,18 +349,22 @@ impl Gatherer {
                 let work = async {
                     let _slot = review.acquire().await.map_err(|_| shutting_down())?;
                     let evidence = self.image(image, credentials, &sources, bytes, deadline).await?;
-                    let mut found =
-                        self.cover(evidence, image, &needing, usage, credentials, authorities, bytes, deadline).await;
                     let declaring: Vec<&Arc<Policy>> =
                         needing.iter().copied().filter(|p| !p.evidence.is_empty()).collect();
+                    if !coverage::wanted(&needing, usage) && declaring.is_empty() {
+                        return Ok(evidence);
+                    }
+                    let evidence = Arc::unwrap_or_clone(evidence);
+                    let mut found =
+                        self.cover(evidence, image, &needing, usage, credentials, authorities, bytes, deadline).await;
                     if let (Some(fetcher), false) = (&self.evidence, declaring.is_empty()) {
                         found.evidence =
                             fetcher.fetch(image, &found, &declaring, authorities, credentials, bytes, deadline).await;
                     }
-                    Ok(found)
+                    Ok(Arc::new(found))
                 };
                 let result = match tokio::time::timeout_at(deadline, work).await {
-                    Ok(result) => result.map(Arc::new),
+                    Ok(result) => result,
                     Err(_) => Err(Reason::DeadlineExceeded(budget)),
                 };
                 self.metrics.image_seconds.observe(started.elapsed().as_secs_f64());
@@ -371,7 +387,7 @@ impl Gatherer {
             None => self.artifacts.get(&key(NO_ATT)).await,
         };
         let artifacts = match cached {
-            Some((_, found)) => found,
+            Some((_, found, _)) => found,
             None => self.artifacts_of(image, &resolved.digest, &creds, Wanted::ALL, &bytes, deadline).await?.1,
         };
         Ok(Inspected { digest: resolved.digest.clone(), platforms: platforms_of(&resolved), artifacts })
@@ -444,7 +460,8 @@ impl Gatherer {
         }
         let fetch = async {
             let found = self.registry.artifacts(at, digest, creds, wanted, bytes, deadline).await?;
-            Ok::<_, RegistryError>((self.fetches.fetch_add(1, Ordering::Relaxed), Arc::new(found)))
+            let fetch = self.fetches.fetch_add(1, Ordering::Relaxed);
+            Ok::<_, RegistryError>((fetch, Arc::new(found), std::time::Instant::now()))
         };
         self.metrics.cached("artifacts", &self.artifacts, key, fetch).await.map_err(|e| registry_reason(at, &e))
     }
@@ -460,7 +477,7 @@ impl Gatherer {
         creds: &Credentials,
         authority: &Authority,
     ) -> Result<Arc<Verification>, Reason> {
-        let (fetch, artifacts) = fetched.found;
+        let (fetch, artifacts, _) = fetched.found;
         let key = (
             at.name(),
             digest.clone(),
@@ -513,15 +530,12 @@ impl Gatherer {
     /// The credentials to read `source` with: its `signaturePullSecrets` when it names some, else the review's for
     /// its host (the Pod's pull secrets, then the config's).
     async fn source_credentials(&self, image: &ImageRef, source: &Source<'_>, review: &HostCredentials) -> Credentials {
-        match source.repository {
-            None => review.for_host(image.registry()),
-            Some(repository) if repository.pull_secrets().is_empty() => review.for_host(repository.registry()),
-            Some(repository) => match &self.pull_secrets {
-                Some(secrets) => {
-                    secrets.signature_credentials(repository.pull_secrets()).await.for_host(repository.registry())
-                }
-                None => Credentials::Anonymous,
-            },
+        match (review_credentials(image, source, review), source.repository, &self.pull_secrets) {
+            (Some(credentials), _, _) => credentials,
+            (None, Some(repository), Some(secrets)) => {
+                secrets.signature_credentials(repository.pull_secrets()).await.for_host(repository.registry())
+            }
+            (None, _, _) => Credentials::Anonymous,
         }
     }
 
@@ -536,12 +550,13 @@ impl Gatherer {
         sources: &[Source<'_>],
         bytes: &Budget,
         deadline: Instant,
-    ) -> Result<ImageEvidence, Reason> {
+    ) -> Result<Arc<ImageEvidence>, Reason> {
         let platforms_needed = sources.iter().any(|s| s.wanted.attestations || !s.every_platform.is_empty());
         self.evidence(image, review, sources, platforms_needed, bytes, deadline).await
     }
 
-    /// [`Gatherer::image`], reading an index's platform manifests only when `platforms_needed`.
+    /// [`Gatherer::image`], reading an index's platform manifests only when `platforms_needed`. Once the digest is
+    /// known, what was put together for it before is reused while every part of it would still be ([`memo`]).
     async fn evidence(
         &self,
         image: &ImageRef,
@@ -550,12 +565,20 @@ impl Gatherer {
         platforms_needed: bool,
         bytes: &Budget,
         deadline: Instant,
-    ) -> Result<ImageEvidence, Reason> {
+    ) -> Result<Arc<ImageEvidence>, Reason> {
         let _permit = self.fetching.acquire().await.map_err(|_| shutting_down())?;
         let _in_flight = InFlight::enter(&self.metrics.fetches_in_flight);
         let creds = review.for_host(image.registry());
         let resolved = self.resolve(image, &creds, platforms_needed, bytes, deadline).await?;
         let digest = resolved.digest.clone();
+        let memo_key = memo_key(image, &digest, platforms_needed, review, sources);
+        if let Some(key) = &memo_key {
+            let found = self.memo.get(key, std::time::Instant::now());
+            self.metrics.images_memo[usize::from(found.is_some())].inc();
+            if let Some(found) = found {
+                return Ok(found);
+            }
+        }
         let platforms = platforms_of(&resolved);
         let each =
             sources.iter().map(|source| self.source(image, review, source, &digest, &platforms, bytes, deadline));
@@ -568,7 +591,9 @@ impl Gatherer {
             evidence: Default::default(),
             coverage: Coverage::default(),
         };
-        for (source, (verified, platforms_verified, lookup)) in sources.iter().zip(try_join_all(each).await?) {
+        let mut expires: Option<std::time::Instant> = None;
+        for (source, (verified, platforms_verified, lookup, until)) in sources.iter().zip(try_join_all(each).await?) {
+            expires = Some(expires.map_or(until, |e| e.min(until)));
             evidence.verified.extend(verified);
             evidence.lookups.insert(source_key(source.repository), lookup);
             if let Some(found) = platforms_verified {
@@ -579,6 +604,10 @@ impl Gatherer {
                     into.extend(from);
                 }
             }
+        }
+        let evidence = Arc::new(evidence);
+        if let (Some(key), Some(expires)) = (memo_key, expires) {
+            self.memo.insert(key, evidence.clone(), expires, std::time::Instant::now());
         }
         Ok(evidence)
     }
@@ -595,10 +624,11 @@ impl Gatherer {
         platforms: &[Digest],
         bytes: &Budget,
         deadline: Instant,
-    ) -> Result<(Verifications, Option<Vec<(Digest, Verifications)>>, Lookup), Reason> {
+    ) -> Result<SourceEvidence, Reason> {
         let creds = self.source_credentials(image, source, review).await;
         let at = source.repository.map_or_else(|| image.clone(), |r| r.at(digest));
         let found = self.artifacts_of(&at, digest, &creds, source.wanted, bytes, deadline).await?;
+        let mut expires = self.reusable_until(&found);
         let missing = missing(&found.1, source.wanted).then_some(self.config.missing_ttl);
         let lookup = Lookup { repository: at.name(), missing };
         let fetched = Fetched { found: &found, wanted: source.wanted };
@@ -607,7 +637,7 @@ impl Gatherer {
             verified.get(&evidence_key(source.repository, a)).is_some_and(|v| !v.signatures.verified.is_empty())
         });
         if !index_vouched || platforms.is_empty() {
-            return Ok((verified, None, lookup));
+            return Ok((verified, None, lookup, expires));
         }
         if platforms.len() > self.config.max_platforms {
             let (count, max) = (platforms.len(), self.config.max_platforms);
@@ -619,11 +649,66 @@ impl Gatherer {
             let found = self.artifacts_of(at, &d, creds, NO_ATT, bytes, deadline).await?;
             let fetched = Fetched { found: &found, wanted: NO_ATT };
             let checks = self.verify_all(at, &d, &[], fetched, creds, source).await?;
-            Ok::<_, Reason>((d, checks))
+            Ok::<_, Reason>(((d, checks), self.reusable_until(&found)))
         });
-        let platforms_verified = futures::stream::iter(fetches).buffered(PLATFORMS_AT_ONCE).try_collect().await?;
-        Ok((verified, Some(platforms_verified), lookup))
+        let each: Vec<_> = futures::stream::iter(fetches).buffered(PLATFORMS_AT_ONCE).try_collect().await?;
+        let mut platforms_verified = Vec::with_capacity(each.len());
+        for (verified, until) in each {
+            platforms_verified.push(verified);
+            expires = expires.min(until);
+        }
+        Ok((verified, Some(platforms_verified), lookup, expires))
     }
+
+    /// Until when the artifacts cache would still answer with `found`: `artifactsTtl` after the fetch, or
+    /// `missingTtl` when it lacks a signature or an attestation (whatever was asked, so never later than the cache).
+    fn reusable_until(&self, found: &Found) -> std::time::Instant {
+        let ttl = match missing(&found.1, Wanted::ALL) {
+            true => self.config.missing_ttl.min(self.config.artifacts_ttl),
+            false => self.config.artifacts_ttl,
+        };
+        found.2 + ttl
+    }
+}
+
+/// What one signature source gave: each authority's verification of the digest, of each platform when that was
+/// needed, where it was read, and until when all of it may be reused.
+type SourceEvidence = (Verifications, Option<Vec<(Digest, Verifications)>>, Lookup, std::time::Instant);
+
+/// The credentials `source` is read with when the review alone gives them: the review's for the image's host, or
+/// for a signature repository that names no pull secrets; `None` for one that does (read through the cluster).
+fn review_credentials(image: &ImageRef, source: &Source<'_>, review: &HostCredentials) -> Option<Credentials> {
+    match source.repository {
+        None => Some(review.for_host(image.registry())),
+        Some(repository) if repository.pull_secrets().is_empty() => Some(review.for_host(repository.registry())),
+        Some(_) => None,
+    }
+}
+
+/// The [`memo`] key of `image` at `digest` read from `sources`; `None` when a source is read with pull secrets
+/// from the cluster (those credentials are known only by reading them).
+fn memo_key(
+    image: &ImageRef,
+    digest: &Digest,
+    platforms: bool,
+    review: &HostCredentials,
+    sources: &[Source<'_>],
+) -> Option<memo::Key> {
+    let cache_keys = |authorities: &[Authority]| authorities.iter().map(Authority::cache_key).collect();
+    let sources = sources
+        .iter()
+        .map(|source| {
+            Some(memo::SourceKey {
+                repository: source.repository.map(|r| r.repository().clone()),
+                credentials: review_credentials(image, source, review)?,
+                wanted: source.wanted,
+                authorities: cache_keys(&source.authorities),
+                every_platform: cache_keys(&source.every_platform),
+            })
+        })
+        .collect::<Option<Vec<_>>>()?;
+    let (registry, repository) = (image.registry().to_owned(), image.repository().to_owned());
+    Some(memo::Key { registry, repository, digest: digest.clone(), platforms, sources })
 }
 
 /// Whether verifying `artifacts` under `authority` is cheap enough to run on the async worker: a key check of at most
@@ -707,6 +792,8 @@ pub struct GatherMetrics {
     pub fetches_in_flight: Gauge,
     /// Seconds from the start of a review's gathering to one image's evidence (or failure), per image gathered.
     pub image_seconds: Histogram,
+    /// `cache` lookups of the `images` memo: misses, then hits (resolved once, as they are counted per image).
+    images_memo: [Counter; 2],
 }
 
 /// One unit of a gauge, held until dropped (a fetch cut short by the deadline is dropped, never finished).
@@ -728,9 +815,13 @@ impl Drop for InFlight {
 impl Default for GatherMetrics {
     fn default() -> Self {
         let buckets = [0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5];
+        let cache: Family<CacheLabels, Counter> = Family::default();
+        let images_memo =
+            ["miss", "hit"].map(|result| cache.get_or_create(&CacheLabels { cache: "images", result }).clone());
         Self {
+            images_memo,
             verifications: Counter::default(),
-            cache: Family::default(),
+            cache,
             verification_seconds: Histogram::new(buckets),
             fetches_in_flight: Gauge::default(),
             image_seconds: Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
@@ -777,8 +868,9 @@ struct Fetched<'a> {
     wanted: Wanted,
 }
 
-/// The artifacts of one fetch, numbered so that what is verified of them is keyed to exactly these.
-type Found = (u64, Arc<Artifacts>);
+/// The artifacts of one fetch, numbered so that what is verified of them is keyed to exactly these, and when they
+/// were fetched.
+type Found = (u64, Arc<Artifacts>, std::time::Instant);
 
 /// (repository read, digest, credentials identity, what was asked).
 type ArtifactsKey = (String, Digest, String, Wanted);
@@ -988,6 +1080,68 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_warm_image_is_one_memo_lookup_and_a_change_in_what_it_was_built_from_misses_it() {
+        let (ka, kb) = (Key::new(), Key::new());
+        let r = Arc::new(MemoryRegistry::new());
+        let d = signed_image(&r, APP, "1", "image", &ka);
+        let pinned = format!("{APP}@{d}");
+        let g = gatherer(&r, CacheConfig::default());
+        let memo = |result| g.metrics.cache.get_or_create(&CacheLabels { cache: "images", result }).get();
+        let set = policies(&[("p", &[("a", &ka)], "{signature: true}")]);
+        let first = gather(&g, &plan_of(&set, &[&pinned])).await;
+        let again = gather(&g, &plan_of(&set, &[&pinned])).await;
+        let evidence = found(&again, &pinned).as_ref().unwrap();
+        assert!(Arc::ptr_eq(found(&first, &pinned).as_ref().unwrap(), evidence), "the same evidence, not a copy");
+        assert_eq!(evidence.verified.values().map(|v| v.signatures.verified.len()).sum::<usize>(), 1);
+        assert_eq!((memo("miss"), memo("hit"), r.calls(Call::Artifacts)), (1, 1, 1));
+
+        // The authority's key rotated: its verification is another, and verifies nothing.
+        let rotated = policies(&[("p", &[("a", &kb)], "{signature: true}")]);
+        let gathered = gather(&g, &plan_of(&rotated, &[&pinned])).await;
+        let evidence = found(&gathered, &pinned).as_ref().unwrap();
+        assert!(evidence.verified.values().all(|v| v.signatures.verified.is_empty()), "{evidence:?}");
+        assert_eq!((memo("miss"), memo("hit")), (2, 1));
+        // An attestation now required: the `.att` is fetched, not the memo read.
+        let attested = policies(&[("p", &[("a", &ka)], "{attestations: [{name: b, predicateType: slsa}]}")]);
+        gather(&g, &plan_of(&attested, &[&pinned])).await;
+        assert_eq!((memo("miss"), memo("hit"), r.calls(Call::Artifacts)), (3, 1, 2));
+        // Other pull credentials for the host: another identity, another lookup.
+        let creds = HostCredentials::from_docker_config(
+            br#"{"auths":{"registry.example.com":{"username":"u","password":"p"}}}"#,
+        )
+        .unwrap();
+        let plan = plan_of(&set, &[&pinned]);
+        g.gather(&plan, &creds, Instant::now() + Duration::from_secs(5), Duration::from_secs(5)).await;
+        assert_eq!((memo("miss"), r.calls(Call::Artifacts)), (4, 3));
+        // The artifacts' time to live passed: fetched again.
+        g.forget_artifacts();
+        gather(&g, &plan_of(&set, &[&pinned])).await;
+        assert_eq!((memo("miss"), memo("hit"), r.calls(Call::Artifacts)), (5, 1, 4));
+    }
+
+    #[tokio::test]
+    async fn an_absence_is_reused_from_the_memo_only_until_the_missing_ttl_from_its_fetch() {
+        let key = Key::new();
+        let r = Arc::new(MemoryRegistry::new());
+        let d = digest("late");
+        r.put_manifest(APP, &d, crate::registry::memory::MANIFEST);
+        let pinned = format!("{APP}@{d}");
+        let ttl = Duration::from_millis(300);
+        let g = gatherer(&r, CacheConfig { missing_ttl: ttl, ..CacheConfig::default() });
+        let set = policies(&[("p", &[("a", &key)], "{signature: true}")]);
+        let unsigned = |g: &Gathered| {
+            found(g, &pinned).as_ref().unwrap().verified.values().all(|v| v.signatures.verified.is_empty())
+        };
+        assert!(unsigned(&gather(&g, &plan_of(&set, &[&pinned])).await));
+        r.put_artifacts(APP, &d, artifacts(vec![key.signature(&d)], vec![]));
+        assert!(unsigned(&gather(&g, &plan_of(&set, &[&pinned])).await), "within the missing TTL");
+        assert_eq!(r.calls(Call::Artifacts), 1);
+        tokio::time::sleep(ttl + Duration::from_millis(50)).await;
+        assert!(!unsigned(&gather(&g, &plan_of(&set, &[&pinned])).await), "signed, and looked at again");
+        assert_eq!(r.calls(Call::Artifacts), 2);
+    }
+
+    #[tokio::test]
     async fn platforms_are_fetched_only_for_a_verified_index_and_never_more_than_max_platforms() {
         let (key, stranger) = (Key::new(), Key::new());
         let (index, amd, arm, s390) = (digest("index"), digest("amd64"), digest("arm64"), digest("s390x"));
@@ -1194,11 +1348,11 @@ mod tests {
         assert!(message.ends_with(&note), "{message}");
         // Signed in the image's own repository only: still nothing where this policy looks.
         r.put_artifacts(APP, &d, artifacts(vec![key.signature(&d)], vec![]));
-        g.artifacts.invalidate_all();
+        g.forget_artifacts();
         let gathered = gather(&g, &plan_of(&set, &[&image])).await;
         assert!(found(&gathered, &image).as_ref().unwrap().absence(policy.signatures.as_deref()).is_some());
         r.put_artifacts("registry.example.com/team/sigs", &d, artifacts(vec![key.signature(&d)], vec![]));
-        g.artifacts.invalidate_all();
+        g.forget_artifacts();
         let gathered = gather(&g, &plan_of(&set, &[&image])).await;
         assert_eq!(found(&gathered, &image).as_ref().unwrap().absence(policy.signatures.as_deref()), None);
     }

@@ -135,6 +135,7 @@ pub async fn verify(
         ),
         old_object: None,
         dry_run: Some(true),
+        read_from_bytes: None,
     };
     let decision = engine.review(&request, tokio::time::Instant::now()).await;
     let deadline = tokio::time::Instant::now() + engine.deadline;

@@ -51,7 +51,16 @@ pub struct Request {
     pub old_object: Option<Value>,
     #[serde(default)]
     pub dry_run: Option<bool>,
+    /// Bytes of the JSON text this request was read from, when it was read from one (the whole review). Its
+    /// object, written out again, can be at most [`JSON_GROWTH`] times as long.
+    #[serde(skip)]
+    pub read_from_bytes: Option<usize>,
 }
+
+/// How much longer JSON text can become when parsed into a `serde_json::Value` and written out compactly again.
+/// Whitespace, escapes (`\u00e9` is written `é`) and repeated keys only shrink it; a number can grow, at most from
+/// `1e15` (4 bytes) to `1000000000000000.0` (18 bytes).
+pub const JSON_GROWTH: usize = 5;
 
 impl Request {
     pub fn namespace(&self) -> &str {
@@ -66,5 +75,51 @@ impl Request {
         let meta = self.object.as_ref().and_then(|o| o.get("metadata"));
         let generate = meta.and_then(|m| m.get("generateName")).and_then(Value::as_str);
         generate.map(|g| format!("{g}*")).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// The size of `text` parsed and written out compactly again, over its own size.
+    fn growth(text: &str) -> f64 {
+        let value: Value = serde_json::from_str(text).unwrap();
+        crate::policy::eval::json_size(&value, usize::MAX) as f64 / text.len() as f64
+    }
+
+    #[test]
+    fn json_written_again_is_at_most_json_growth_times_as_long() {
+        assert_eq!(
+            serde_json::to_string(&serde_json::from_str::<Value>("1e15").unwrap()).unwrap(),
+            "1000000000000000.0"
+        );
+        let worst = growth("1e15");
+        assert!(worst > 4.0 && worst <= JSON_GROWTH as f64, "{worst}");
+        // Every short number literal: mantissas, signs and exponents, in every spelling.
+        let mut seen = 0.0f64;
+        for sign in ["", "-"] {
+            for mantissa in ["0", "1", "9", "1.5", "0.1", "123456789"] {
+                for e in ["e", "E", "e+", "e-"] {
+                    for exponent in 0..400 {
+                        let text = format!("{sign}{mantissa}{e}{exponent}");
+                        if serde_json::from_str::<Value>(&text).is_ok() {
+                            seen = seen.max(growth(&text));
+                        }
+                    }
+                }
+            }
+        }
+        for text in ["-0", "0.0", "18446744073709551616", "-9223372036854775809", "1.0000000000000002"] {
+            seen = seen.max(growth(text));
+        }
+        assert!(seen <= JSON_GROWTH as f64, "{seen}");
+        // Whatever else an object holds shrinks or stays: whitespace, escapes, repeated keys.
+        for text in
+            [r#"{ "a" : [ 1 , 2 ] }"#, r#"{"a":"\u00e9\/\n\u0001"}"#, r#"{"a":1,"a":2}"#, r#"{"a":[1e15,1e15]}"#]
+        {
+            assert!(growth(text) <= JSON_GROWTH as f64, "{text}");
+        }
     }
 }

@@ -214,6 +214,41 @@ async fn a_pod_with_thousands_of_images_is_denied_before_any_work() {
     assert_eq!(hook.review(&pod(&some)).await["allowed"], true);
 }
 
+/// An object over `maxObjectBytes` is denied before any work, measured as it would be written out compactly: a
+/// review whose text is short enough is not measured again, and one of short numbers that grow when written out
+/// (`1e15` is `1000000000000000.0`) still is.
+#[tokio::test]
+async fn an_object_over_max_object_bytes_is_denied_however_compactly_it_was_sent() {
+    let policy = "apiVersion: provgate.dev/v1alpha1\nkind: ImagePolicy\nmetadata:\n  name: team\nspec:\n  match:\n    images: [\"registry.example.com/team/**\"]\n  validations:\n    - expression: object.spec.containers.all(c, c.name != \"\")\n";
+    let hook = Webhook::start(&[("p.yaml", policy.to_owned())], |c| c.max_object_bytes = 8000).await;
+    let answer = |numbers: &str| {
+        let mut r = pod(&["registry.example.com/team/app:1"]);
+        r["request"]["object"]["metadata"]["labels"] = json!({"n": "NUMBERS"});
+        let text = serde_json::to_string(&r).unwrap().replace("\"NUMBERS\"", &format!("[{numbers}]"));
+        let hook = &hook;
+        async move {
+            let (status, body) = hook.post_raw(text.clone().into_bytes()).await;
+            assert_eq!(status, 200, "{body}");
+            let out: Value = serde_json::from_str(&body).unwrap();
+            (text.len(), out["response"].clone())
+        }
+    };
+    // 600 numbers sent as `1e15` (about 3 KB of text) are about 11 KB written out: over the limit.
+    let grown = vec!["1e15"; 600].join(",");
+    let (sent, response) = answer(&grown).await;
+    assert!(sent < 8000 && sent * 5 > 8000, "{sent}");
+    assert_eq!(response["allowed"], false, "{response}");
+    assert_eq!(reasons(&response), "object-too-large");
+    assert!(message(&response).contains("more than the 8000 provgate evaluates"), "{}", message(&response));
+    // Its twin: the same numbers written as small integers fit.
+    let (_, response) = answer(&vec!["1"; 600].join(",")).await;
+    assert_eq!(response["allowed"], true, "{response}");
+    // Plainly over the limit as sent.
+    let (sent, response) = answer(&vec!["1000000"; 1200].join(",")).await;
+    assert!(sent > 8000, "{sent}");
+    assert_eq!(reasons(&response), "object-too-large", "{response}");
+}
+
 /// Item 6: names the runtime resolves to the same registry are governed by the policy written for it.
 #[tokio::test]
 async fn registry_aliases_are_governed_like_their_canonical_name() {
@@ -464,9 +499,11 @@ async fn an_image_is_verified_once_per_authority_however_often_it_is_reviewed() 
                 _ => panic!("{s:?}"),
             })
     };
+    // The artifacts and their verification are looked up once; later reviews read the image's evidence whole.
     for cache in ["artifacts", "verifications"] {
-        assert_eq!((lookups(cache, "miss"), lookups(cache, "hit")), (Some(1.0), Some(2.0)), "{cache}: {metrics}");
+        assert_eq!((lookups(cache, "miss"), lookups(cache, "hit")), (Some(1.0), None), "{cache}: {metrics}");
     }
+    assert_eq!((lookups("images", "miss"), lookups("images", "hit")), (Some(1.0), Some(2.0)), "{metrics}");
     let verified = scrape.samples.iter().find(|s| s.metric == "provgate_verification_duration_seconds_count");
     assert!(verified.is_some(), "verification time is measured: {metrics}");
 }

@@ -213,8 +213,9 @@ async fn metrics_follow_known_reviews_policy_reloads_and_key_watches() {
     let cache = |cache: &str, result: &str| {
         scrape.value("provgate_cache_requests_total", &[("cache", cache), ("result", result)])
     };
-    assert_eq!((cache("artifacts", "miss"), cache("artifacts", "hit")), (Some(1.0), Some(1.0)), "{}", scrape.text);
-    assert_eq!((cache("verifications", "miss"), cache("verifications", "hit")), (Some(1.0), Some(1.0)));
+    assert_eq!((cache("artifacts", "miss"), cache("artifacts", "hit")), (Some(1.0), None), "{}", scrape.text);
+    assert_eq!((cache("verifications", "miss"), cache("verifications", "hit")), (Some(1.0), None));
+    assert_eq!((cache("images", "miss"), cache("images", "hit")), (Some(1.0), Some(1.0)), "read whole");
     assert_eq!(scrape.value("provgate_verifications_total", &[]), Some(1.0));
     assert_eq!(scrape.count("provgate_image_verification_duration_seconds"), Some(2));
 

@@ -72,9 +72,12 @@ struct Whole {
 
 /// Parses a body that is already within the size limit. A well-formed review is read in one pass; anything else is
 /// read again step by step to say what is wrong with it ([`parse_carefully`]).
+/// The text is checked as UTF-8 once, as a whole, rather than string by string.
 pub fn parse(body: &[u8]) -> Result<Incoming, BadReview> {
-    match serde_json::from_slice::<Whole>(body) {
-        Ok(whole) if whole.api_version == API_VERSION && whole.kind == KIND && !whole.request.uid.is_empty() => {
+    let whole = std::str::from_utf8(body).ok().and_then(|text| serde_json::from_str::<Whole>(text).ok());
+    match whole {
+        Some(mut whole) if whole.api_version == API_VERSION && whole.kind == KIND && !whole.request.uid.is_empty() => {
+            whole.request.read_from_bytes = Some(body.len());
             Ok(Incoming { uid: whole.request.uid.clone(), request: Ok(whole.request) })
         }
         _ => parse_carefully(body),
@@ -97,7 +100,10 @@ fn parse_carefully(body: &[u8]) -> Result<Incoming, BadReview> {
     };
     match serde_json::from_str::<Request>(request) {
         Ok(read) if read.uid.is_empty() => Err(BadReview::NoUid),
-        Ok(read) => Ok(Incoming { uid: read.uid.clone(), request: Ok(read) }),
+        Ok(mut read) => {
+            read.read_from_bytes = Some(request.len());
+            Ok(Incoming { uid: read.uid.clone(), request: Ok(read) })
+        }
         Err(e) => match serde_json::from_str::<UidOnly>(request).map(|u| u.uid) {
             Ok(Value::String(uid)) if !uid.is_empty() => {
                 Ok(Incoming { uid, request: Err(Reason::UnreadableRequest(e.to_string())) })

@@ -93,6 +93,15 @@ impl Store {
     }
 }
 
+/// Whether the `needing` policies of an image used as `usage` look for anything to cover it besides its own
+/// statements: a release list, or (for an image volume) its layers.
+pub(super) fn wanted(needing: &[&Arc<Policy>], usage: Use) -> bool {
+    needing
+        .iter()
+        .flat_map(|p| &p.requirements.attestations)
+        .any(|a| a.via.is_some() || (usage == Use::Mount && a.cover_layers))
+}
+
 impl Gatherer {
     /// Adds to `evidence` what may cover `image` besides its own statements: the release lists its `needing`
     /// policies name, and for an image volume (`usage`) under `coverLayers`, its layers and the statements about
@@ -162,7 +171,7 @@ impl Gatherer {
             source.every_platform.clear();
         }
         // Its manifest is read below, within the list's cap, and only once its signature verified.
-        let evidence = self.evidence(list, review, &read_from, false, bytes, deadline).await?;
+        let evidence = Arc::unwrap_or_clone(self.evidence(list, review, &read_from, false, bytes, deadline).await?);
         let vouched = evidence.verified.values().any(|v| !v.signatures.verified.is_empty());
         let content = match vouched {
             true => Some(self.list_content(list, &evidence.digest, review, bytes, deadline).await),

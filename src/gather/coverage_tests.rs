@@ -241,7 +241,7 @@ async fn an_image_volume_is_covered_by_its_manifest_digest_or_with_cover_layers_
 
     // Every layer named: covered under coverLayers only, and only as a volume.
     r.put_artifacts(MODEL, &m, artifacts(vec![], vec![statement(&[tokenizer.clone(), weights.clone()])]));
-    g.artifacts.invalidate_all();
+    g.forget_artifacts();
     d = review(&g, &plain, &pod(&[], &[&reference])).await;
     assert_eq!(outcomes(&d), [(Outcome::Denied, vec!["subject-mismatch"])], "no opt-in");
     d = review(&g, &layered, &pod(&[&reference], &[&reference])).await;
@@ -251,7 +251,7 @@ async fn an_image_volume_is_covered_by_its_manifest_digest_or_with_cover_layers_
 
     // One layer missing from the subjects: not covered.
     r.put_artifacts(MODEL, &m, artifacts(vec![], vec![statement(std::slice::from_ref(&weights))]));
-    g.artifacts.invalidate_all();
+    g.forget_artifacts();
     d = review(&g, &layered, &pod(&[], &[&reference])).await;
     assert_eq!(outcomes(&d), [(Outcome::Denied, vec!["layers-uncovered"])]);
     let why = d.images[0].explain();

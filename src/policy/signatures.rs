@@ -85,6 +85,11 @@ impl SignatureRepository {
         self.repository.name()
     }
 
+    /// The repository, as a reference without tag or digest.
+    pub fn repository(&self) -> &ImageRef {
+        &self.repository
+    }
+
     pub fn registry(&self) -> &str {
         self.repository.registry()
     }
