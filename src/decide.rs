@@ -217,9 +217,9 @@ pub fn decide(
     Decision { request_failure: None, images }
 }
 
-/// Policy checks per (image, evidence digest or failure, how it is used), so repeated references are checked once
-/// per review.
-type Memo = HashMap<(String, String, crate::images::Use), Rc<Vec<(String, Checked)>>>;
+/// Policy checks per (image, how it is used), so repeated references are checked once per review (within a review an
+/// image has one gathered evidence, or one failure).
+type Memo<'a> = HashMap<(&'a ImageRef, crate::images::Use), Rc<Vec<(String, Checked)>>>;
 
 /// An image left unjudged because the review stopped.
 fn interrupted(planned: &PlannedImage, reason: Reason) -> ImageDecision {
@@ -235,12 +235,12 @@ fn interrupted(planned: &PlannedImage, reason: Reason) -> ImageDecision {
     }
 }
 
-fn judge_image(
-    planned: &PlannedImage,
+fn judge_image<'a>(
+    planned: &'a PlannedImage,
     gathered: &Gathered,
     context: &ReviewContext,
     no_match: NoMatch,
-    memo: &mut Memo,
+    memo: &mut Memo<'a>,
 ) -> ImageDecision {
     let namespace = context.namespace.as_str();
     let mut decision = ImageDecision {
@@ -280,13 +280,8 @@ fn judge_image(
             if let Some(Ok(found)) = evidence {
                 decision.image = Some(image.with_digest(found.digest.clone()));
             }
-            let found = match evidence {
-                Some(Ok(found)) => found.digest.to_string(),
-                Some(Err(reason)) => format!("{}: {reason}", reason.code()),
-                None => String::new(),
-            };
             let usage = planned.field.usage();
-            let judgements = memo.entry((image.to_string(), found, usage)).or_insert_with(|| {
+            let judgements = memo.entry((image, usage)).or_insert_with(|| {
                 let judged = policies
                     .iter()
                     .map(|p| (p.name.clone(), check_as(p, image, usage, evidence, &gathered.authorities, context)))

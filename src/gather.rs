@@ -255,7 +255,7 @@ impl Gatherer {
         let artifacts = moka::future::Cache::builder()
             .max_capacity(cache.max_artifact_bytes)
             .weigher(move |_, found: &Found| weight(found.1.bytes()))
-            .expire_after(Freshness { found: cache.artifacts_ttl, missing: cache.missing_ttl })
+            .expire_after(Freshness)
             .build();
         let verifications = moka::future::Cache::builder()
             .max_capacity(cache.max_artifact_bytes)
@@ -461,7 +461,11 @@ impl Gatherer {
         let fetch = async {
             let found = self.registry.artifacts(at, digest, creds, wanted, bytes, deadline).await?;
             let fetch = self.fetches.fetch_add(1, Ordering::Relaxed);
-            Ok::<_, RegistryError>((fetch, Arc::new(found), std::time::Instant::now()))
+            let ttl = match missing(&found, wanted) {
+                true => self.config.missing_ttl.min(self.config.artifacts_ttl),
+                false => self.config.artifacts_ttl,
+            };
+            Ok::<_, RegistryError>((fetch, Arc::new(found), std::time::Instant::now() + ttl))
         };
         self.metrics.cached("artifacts", &self.artifacts, key, fetch).await.map_err(|e| registry_reason(at, &e))
     }
@@ -628,7 +632,7 @@ impl Gatherer {
         let creds = self.source_credentials(image, source, review).await;
         let at = source.repository.map_or_else(|| image.clone(), |r| r.at(digest));
         let found = self.artifacts_of(&at, digest, &creds, source.wanted, bytes, deadline).await?;
-        let mut expires = self.reusable_until(&found);
+        let mut expires = found.2;
         let missing = missing(&found.1, source.wanted).then_some(self.config.missing_ttl);
         let lookup = Lookup { repository: at.name(), missing };
         let fetched = Fetched { found: &found, wanted: source.wanted };
@@ -649,7 +653,7 @@ impl Gatherer {
             let found = self.artifacts_of(at, &d, creds, NO_ATT, bytes, deadline).await?;
             let fetched = Fetched { found: &found, wanted: NO_ATT };
             let checks = self.verify_all(at, &d, &[], fetched, creds, source).await?;
-            Ok::<_, Reason>(((d, checks), self.reusable_until(&found)))
+            Ok::<_, Reason>(((d, checks), found.2))
         });
         let each: Vec<_> = futures::stream::iter(fetches).buffered(PLATFORMS_AT_ONCE).try_collect().await?;
         let mut platforms_verified = Vec::with_capacity(each.len());
@@ -658,16 +662,6 @@ impl Gatherer {
             expires = expires.min(until);
         }
         Ok((verified, Some(platforms_verified), lookup, expires))
-    }
-
-    /// Until when the artifacts cache would still answer with `found`: `artifactsTtl` after the fetch, or
-    /// `missingTtl` when it lacks a signature or an attestation (whatever was asked, so never later than the cache).
-    fn reusable_until(&self, found: &Found) -> std::time::Instant {
-        let ttl = match missing(&found.1, Wanted::ALL) {
-            true => self.config.missing_ttl.min(self.config.artifacts_ttl),
-            false => self.config.artifacts_ttl,
-        };
-        found.2 + ttl
     }
 }
 
@@ -868,8 +862,8 @@ struct Fetched<'a> {
     wanted: Wanted,
 }
 
-/// The artifacts of one fetch, numbered so that what is verified of them is keyed to exactly these, and when they
-/// were fetched.
+/// The artifacts of one fetch, numbered so that what is verified of them is keyed to exactly these, and until when
+/// they are reused: `artifactsTtl` after the fetch, or `missingTtl` when they lack what was asked for.
 type Found = (u64, Arc<Artifacts>, std::time::Instant);
 
 /// (repository read, digest, credentials identity, what was asked).
@@ -879,15 +873,12 @@ type ArtifactsKey = (String, Digest, String, Wanted);
 /// were acceptable subjects (a release list's are not), fetch number).
 type VerificationKey = (String, Digest, String, Arc<str>, Wanted, bool, u64);
 
-/// How long an artifacts entry is reused: `artifactsTtl` for what was found, `missingTtl` for an absence.
-struct Freshness {
-    found: Duration,
-    missing: Duration,
-}
+/// An artifacts entry is reused until the time it carries (see [`Found`]).
+struct Freshness;
 
 impl moka::Expiry<ArtifactsKey, Found> for Freshness {
-    fn expire_after_create(&self, key: &ArtifactsKey, value: &Found, _: std::time::Instant) -> Option<Duration> {
-        Some(if missing(&value.1, key.3) { self.missing.min(self.found) } else { self.found })
+    fn expire_after_create(&self, _: &ArtifactsKey, value: &Found, now: std::time::Instant) -> Option<Duration> {
+        Some(value.2.saturating_duration_since(now))
     }
 }
 
@@ -1085,7 +1076,8 @@ mod tests {
         let r = Arc::new(MemoryRegistry::new());
         let d = signed_image(&r, APP, "1", "image", &ka);
         let pinned = format!("{APP}@{d}");
-        let g = gatherer(&r, CacheConfig::default());
+        let missing_ttl = Duration::from_millis(100);
+        let g = gatherer(&r, CacheConfig { missing_ttl, ..CacheConfig::default() });
         let memo = |result| g.metrics.cache.get_or_create(&CacheLabels { cache: "images", result }).get();
         let set = policies(&[("p", &[("a", &ka)], "{signature: true}")]);
         let first = gather(&g, &plan_of(&set, &[&pinned])).await;
@@ -1094,17 +1086,21 @@ mod tests {
         assert!(Arc::ptr_eq(found(&first, &pinned).as_ref().unwrap(), evidence), "the same evidence, not a copy");
         assert_eq!(evidence.verified.values().map(|v| v.signatures.verified.len()).sum::<usize>(), 1);
         assert_eq!((memo("miss"), memo("hit"), r.calls(Call::Artifacts)), (1, 1, 1));
+        // No attestation was asked for, so none lacking is no absence: kept past the missing TTL.
+        tokio::time::sleep(missing_ttl * 2).await;
+        gather(&g, &plan_of(&set, &[&pinned])).await;
+        assert_eq!((memo("miss"), memo("hit"), r.calls(Call::Artifacts)), (1, 2, 1));
 
         // The authority's key rotated: its verification is another, and verifies nothing.
         let rotated = policies(&[("p", &[("a", &kb)], "{signature: true}")]);
         let gathered = gather(&g, &plan_of(&rotated, &[&pinned])).await;
         let evidence = found(&gathered, &pinned).as_ref().unwrap();
         assert!(evidence.verified.values().all(|v| v.signatures.verified.is_empty()), "{evidence:?}");
-        assert_eq!((memo("miss"), memo("hit")), (2, 1));
+        assert_eq!((memo("miss"), memo("hit")), (2, 2));
         // An attestation now required: the `.att` is fetched, not the memo read.
         let attested = policies(&[("p", &[("a", &ka)], "{attestations: [{name: b, predicateType: slsa}]}")]);
         gather(&g, &plan_of(&attested, &[&pinned])).await;
-        assert_eq!((memo("miss"), memo("hit"), r.calls(Call::Artifacts)), (3, 1, 2));
+        assert_eq!((memo("miss"), memo("hit"), r.calls(Call::Artifacts)), (3, 2, 2));
         // Other pull credentials for the host: another identity, another lookup.
         let creds = HostCredentials::from_docker_config(
             br#"{"auths":{"registry.example.com":{"username":"u","password":"p"}}}"#,
@@ -1116,7 +1112,7 @@ mod tests {
         // The artifacts' time to live passed: fetched again.
         g.forget_artifacts();
         gather(&g, &plan_of(&set, &[&pinned])).await;
-        assert_eq!((memo("miss"), memo("hit"), r.calls(Call::Artifacts)), (5, 1, 4));
+        assert_eq!((memo("miss"), memo("hit"), r.calls(Call::Artifacts)), (5, 2, 4));
     }
 
     #[tokio::test]

@@ -13,6 +13,18 @@ pub enum Operation {
     Connect,
 }
 
+impl Operation {
+    /// As the API server writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Create => "CREATE",
+            Self::Update => "UPDATE",
+            Self::Delete => "DELETE",
+            Self::Connect => "CONNECT",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 pub struct GroupVersionKind {
     #[serde(default)]
@@ -87,6 +99,13 @@ mod tests {
     fn growth(text: &str) -> f64 {
         let value: Value = serde_json::from_str(text).unwrap();
         crate::policy::eval::json_size(&value, usize::MAX) as f64 / text.len() as f64
+    }
+
+    #[test]
+    fn an_operation_reads_as_the_api_server_writes_it() {
+        for op in [Operation::Create, Operation::Update, Operation::Delete, Operation::Connect] {
+            assert_eq!(serde_json::to_value(op).unwrap(), op.as_str());
+        }
     }
 
     #[test]

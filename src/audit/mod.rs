@@ -80,10 +80,6 @@ fn version() -> u32 {
     VERSION
 }
 
-fn label<T: Serialize>(value: &T) -> String {
-    serde_json::to_value(value).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
-}
-
 /// The record of one decision. `time` is RFC 3339.
 pub fn record(uid: &str, request: Option<&Request>, decision: &Decision, latency: Duration, time: String) -> Record {
     let images = decision
@@ -117,7 +113,7 @@ pub fn record(uid: &str, request: Option<&Request>, decision: &Decision, latency
         namespace: request.map(|r| r.namespace().to_owned()).unwrap_or_default(),
         kind: request.map(|r| r.kind.kind.clone()).unwrap_or_default(),
         name: request.map(Request::object_name).unwrap_or_default(),
-        operation: request.map(|r| label(&r.operation)).unwrap_or_default(),
+        operation: request.map(|r| r.operation.as_str().to_owned()).unwrap_or_default(),
         user: request.map(|r| r.user_info.username.clone()).unwrap_or_default(),
         dry_run: request.and_then(|r| r.dry_run).unwrap_or(false),
         decision: decision.verdict().as_str().to_owned(),
