@@ -267,7 +267,7 @@ impl Gatherer {
         let metrics = GatherMetrics::default();
         let fetches = AtomicU64::new(0);
         let coverage = coverage::Store::new(&cache);
-        let memo = memo::Memo::new(cache.max_entries, cache.max_artifact_bytes);
+        let memo = memo::Memo::new(cache.max_entries / 4, cache.max_artifact_bytes);
         Self {
             registry,
             keys,
@@ -701,8 +701,8 @@ fn memo_key(
             })
         })
         .collect::<Option<Vec<_>>>()?;
-    let (registry, repository) = (image.registry().to_owned(), image.repository().to_owned());
-    Some(memo::Key { registry, repository, digest: digest.clone(), platforms, sources })
+    let image = format!("{}/{}@{digest}", image.registry(), image.repository());
+    Some(memo::Key { image, platforms, sources })
 }
 
 /// Whether verifying `artifacts` under `authority` is cheap enough to run on the async worker: a key check of at most

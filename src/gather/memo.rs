@@ -5,14 +5,15 @@
 //! and what each authority verified of them), keyed by the repository and digest, and per source by where it was
 //! read, with which credentials, what was asked and which authorities (by cache key, so a rotated key misses). It
 //! lives no longer than the earliest of the artifacts it was built from (`artifactsTtl`, or `missingTtl` for an
-//! absence), so it never answers what those caches would no longer answer. Bounded by `cache.maxEntries` entries and
+//! absence), so it never answers what those caches would no longer answer. Bounded by a quarter of `cache.maxEntries`
+//! entries (an entry holds an image's whole evidence, about 2 KiB, where the caches hold its parts anyway) and
 //! `cache.maxArtifactBytes` of the verifications it holds: when full, expired entries go first, then all of them.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::images::{Digest, ImageRef};
+use crate::images::ImageRef;
 use crate::registry::{Credentials, Wanted};
 
 use super::ImageEvidence;
@@ -20,9 +21,8 @@ use super::ImageEvidence;
 /// Everything an image's gathered evidence depends on.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(super) struct Key {
-    pub registry: String,
-    pub repository: String,
-    pub digest: Digest,
+    /// `registry/repository@digest`, in one allocation (an entry's key is most of its weight).
+    pub image: String,
     /// Whether an index's platform manifests were read (a release list's never are).
     pub platforms: bool,
     pub sources: Vec<SourceKey>,
@@ -59,6 +59,7 @@ pub(super) struct Memo {
 }
 
 impl Memo {
+    /// A memo of at most `max_entries` entries, holding at most `max_weight` bytes of artifacts' verifications.
     pub fn new(max_entries: u64, max_weight: u64) -> Self {
         let max_entries = usize::try_from(max_entries).unwrap_or(usize::MAX);
         Self { entries: Mutex::default(), max_entries, max_weight }
@@ -126,15 +127,13 @@ mod tests {
     use crate::gather::{Coverage, Verification};
     use crate::verify::{AttestationCheck, SignatureCheck};
 
-    fn digest(n: u8) -> Digest {
-        Digest::sha256_of(&[n])
+    fn digest(n: u8) -> crate::images::Digest {
+        crate::images::Digest::sha256_of(&[n])
     }
 
     fn key(n: u8, authority: &str) -> Key {
         Key {
-            registry: "registry.example".into(),
-            repository: "team/app".into(),
-            digest: digest(n),
+            image: format!("registry.example/team/app@{}", digest(n)),
             platforms: false,
             sources: vec![SourceKey {
                 repository: None,
