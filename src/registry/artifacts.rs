@@ -168,12 +168,25 @@ pub(crate) async fn blob(
     budget: &Budget,
     deadline: Instant,
 ) -> Result<Bytes, RegistryError> {
-    let what = format!("blob {repo}@{digest}");
     if declared > 0 && declared as u64 > cfg.max_blob_bytes {
+        let what = format!("blob {repo}@{digest}");
         return Err(RegistryError::TooLarge { registry: s.host().to_owned(), what, limit: cfg.max_blob_bytes });
     }
+    get_blob(s, Want::Blob, repo, digest, budget, deadline).await
+}
+
+/// GET the blob `digest` of `repo` as `want` caps it, within `budget`; the bytes must hash to the digest.
+pub(crate) async fn get_blob(
+    s: &Session,
+    want: Want,
+    repo: &str,
+    digest: &Digest,
+    budget: &Budget,
+    deadline: Instant,
+) -> Result<Bytes, RegistryError> {
+    let what = format!("blob {repo}@{digest}");
     let url = s.url(repo, &format!("blobs/{digest}"));
-    let reply = s.request(Want::Blob, repo, &url, &what, budget, deadline).await?;
+    let reply = s.request(want, repo, &url, &what, budget, deadline).await?;
     expect_ok(s, &reply, &what)?;
     check_digest(s.host(), &what, digest, &reply.body)?;
     Ok(reply.body)

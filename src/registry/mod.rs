@@ -377,13 +377,7 @@ impl Registry for RegistryClient {
         deadline: Instant,
     ) -> Result<bytes::Bytes, RegistryError> {
         let s = self.session(image.registry(), creds).await?;
-        let repo = image.repository();
-        let what = format!("blob {repo}@{digest}");
-        let url = s.url(repo, &format!("blobs/{digest}"));
-        let reply = s.request(Want::BlobAtMost(max_bytes), repo, &url, &what, budget, deadline).await?;
-        expect_ok(&s, &reply, &what)?;
-        check_digest(s.host(), &what, digest, &reply.body)?;
-        Ok(reply.body)
+        artifacts::get_blob(&s, Want::BlobAtMost(max_bytes), image.repository(), digest, budget, deadline).await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(image = %image, %digest))]
