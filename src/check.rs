@@ -75,19 +75,9 @@ pub struct Checked {
     pub verified: Vec<String>,
 }
 
-/// Checks `image` against `policy` over the gathered verifications, as a container image.
+/// Checks `image`, used as `usage`, against `policy` over the gathered verifications (an image volume may be covered
+/// by its layers, a container never).
 pub fn check(
-    policy: &Policy,
-    image: &ImageRef,
-    evidence: Option<&Result<Arc<ImageEvidence>, Reason>>,
-    authorities: &Authorities,
-    context: &ReviewContext,
-) -> Checked {
-    check_as(policy, image, Use::Run, evidence, authorities, context)
-}
-
-/// [`check`] of an image used as `usage` (an image volume may be covered by its layers, a container never).
-pub fn check_as(
     policy: &Policy,
     image: &ImageRef,
     usage: Use,

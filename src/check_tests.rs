@@ -74,7 +74,7 @@ fn codes(reasons: &[Reason]) -> Vec<&'static str> {
 
 fn run(policy: &Policy, image: &ImageRef, found: Option<Result<ImageEvidence, Reason>>, auth: &Authorities) -> Checked {
     let found = found.map(|r| r.map(Arc::new));
-    check(policy, image, found.as_ref(), auth, &context())
+    check(policy, image, Use::Run, found.as_ref(), auth, &context())
 }
 
 /// Three authorities `a`, `b`, `c` and a stranger's key.

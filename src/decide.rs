@@ -6,7 +6,7 @@ use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::check::{Checked, ReviewContext, check_as};
+use crate::check::{Checked, ReviewContext, check};
 use crate::gather::Gathered;
 use crate::images::ImageRef;
 use crate::plan::{Plan, PlannedImage, Step};
@@ -284,7 +284,7 @@ fn judge_image<'a>(
             let judgements = memo.entry((image, usage)).or_insert_with(|| {
                 let judged = policies
                     .iter()
-                    .map(|p| (p.name.clone(), check_as(p, image, usage, evidence, &gathered.authorities, context)))
+                    .map(|p| (p.name.clone(), check(p, image, usage, evidence, &gathered.authorities, context)))
                     .collect();
                 Rc::new(judged)
             });

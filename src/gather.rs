@@ -911,7 +911,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::images::{PodKind, extract};
+    use crate::images::{PodKind, Use, extract};
     use crate::policy::{PolicySet, load_sources};
     use crate::registry::memory::{Call, MemoryRegistry};
     use crate::verify::fixtures::{Key, artifacts, digest};
@@ -1268,7 +1268,8 @@ mod tests {
         let policy = set.policies().iter().find(|p| p.name == name).unwrap();
         let image = ImageRef::parse(image).unwrap();
         let context = crate::check::ReviewContext::new(&json!({}), "team-a", &json!({}), chrono::Utc::now());
-        let checked = crate::check::check(policy, &image, gathered.images.get(&image), &gathered.authorities, &context);
+        let checked =
+            crate::check::check(policy, &image, Use::Run, gathered.images.get(&image), &gathered.authorities, &context);
         checked.unmet.iter().map(Reason::code).collect()
     }
 
@@ -1335,6 +1336,7 @@ mod tests {
         let checked = crate::check::check(
             policy,
             &ImageRef::parse(&image).unwrap(),
+            Use::Run,
             Some(&Ok(evidence.clone())),
             &gathered.authorities,
             &context,
