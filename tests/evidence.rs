@@ -246,14 +246,11 @@ fn policies(world: &World) -> Vec<(&'static str, String)> {
 }
 
 async fn start_hook(world: &World, tweak: impl FnOnce(&mut provgate::config::Config)) -> Webhook {
-    let (a, ca) = (world.registry.addr.clone(), world.registry.host_config());
-    let (s, cs) = (world.store.addr.clone(), world.store.host_config());
-    Webhook::start(&policies(world), move |c| {
-        c.registries.hosts.insert(a, ca);
-        c.registries.hosts.insert(s, cs);
-        tweak(c);
-    })
-    .await
+    let hosts = vec![
+        (world.registry.addr.clone(), world.registry.host_config()),
+        (world.store.addr.clone(), world.store.host_config()),
+    ];
+    Webhook::trusting(&policies(world), hosts, tweak).await
 }
 
 fn pod(image: &str) -> Value {
@@ -400,11 +397,8 @@ async fn a_hostile_store_is_bounded_and_denies_within_the_deadline() {
 async fn a_store_outside_the_tls_trust_denies() {
     let world = world();
     // Without the store's CA among the trusted ones, TLS fails: unreachable, never read in the clear.
-    let (a, ca) = (world.registry.addr.clone(), world.registry.host_config());
-    let untrusting = Webhook::start(&policies(&world), move |c| {
-        c.registries.hosts.insert(a, ca);
-    })
-    .await;
+    let registry = vec![(world.registry.addr.clone(), world.registry.host_config())];
+    let untrusting = Webhook::trusting(&policies(&world), registry, |_| {}).await;
     let denied = untrusting.review(&pod(&world.image("https-spdx"))).await;
     assert_eq!(reasons(&denied), "evidence-store-unreachable", "{denied}");
 }

@@ -125,11 +125,8 @@ fn pod(containers: &[String], volumes: &[String]) -> Value {
 #[tokio::test]
 async fn an_artifact_volume_is_covered_by_its_manifest_digest_or_under_cover_layers_by_every_layer() {
     let world = world();
-    let (addr, config) = (world.registry.addr.clone(), world.registry.host_config());
-    let hook = Webhook::start(&policies(&world), move |c| {
-        c.registries.hosts.insert(addr, config);
-    })
-    .await;
+    let registry = vec![(world.registry.addr.clone(), world.registry.host_config())];
+    let hook = Webhook::trusting(&policies(&world), registry, |_| {}).await;
     let at = |repo: &str, tag: &str| format!("{}/{repo}/model:{tag}", world.registry.addr);
 
     // The manifest digest is a subject: covered as any image, with or without the opt-in.

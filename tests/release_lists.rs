@@ -151,13 +151,10 @@ fn pod(ns: &str, images: &[String]) -> Value {
 #[tokio::test]
 async fn a_verified_list_covers_what_it_pins_and_every_twin_is_denied() {
     let world = world();
-    let (addr, config) = (world.registry.addr.clone(), world.registry.host_config());
+    let registry = vec![(world.registry.addr.clone(), world.registry.host_config())];
     let policies = policies(&world);
     let files: Vec<(&str, String)> = policies.iter().map(|(f, t)| (f.as_str(), t.clone())).collect();
-    let hook = Webhook::start(&files, move |c| {
-        c.registries.hosts.insert(addr, config);
-    })
-    .await;
+    let hook = Webhook::trusting(&files, registry, |_| {}).await;
     let image = |name: &str| format!("{}/team/{name}:1", world.registry.addr);
     let all = [image("app"), image("web"), image("other")];
 

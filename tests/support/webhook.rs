@@ -102,6 +102,19 @@ impl Webhook {
         Self::start_with(policies, None, tweak).await
     }
 
+    /// [`Webhook::start`] reaching each of `hosts` (`host:port` and its registry settings: TLS trust, plain HTTP).
+    pub async fn trusting(
+        policies: &[(&str, String)],
+        hosts: Vec<(String, provgate::registry::HostConfig)>,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Self {
+        Self::start(policies, move |c| {
+            c.registries.hosts.extend(hosts);
+            tweak(c);
+        })
+        .await
+    }
+
     /// [`Webhook::start`] with a Kubernetes API client.
     pub async fn start_with(
         policies: &[(&str, String)],
