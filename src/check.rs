@@ -174,7 +174,6 @@ fn requirements(
     if !unmet.is_empty() {
         return Err(unmet);
     }
-    let names: Vec<Authority> = resolved.iter().map(|a| Authority::clone(a)).collect();
     let Some(checks) = checks_of(&evidence.verified, policy, &resolved) else {
         unmet.push(not_gathered(&evidence.digest));
         return Err(unmet);
@@ -183,11 +182,11 @@ fn requirements(
     let signatures = SignatureCheck::merge(&evidence.digest, checks.iter().map(|c| &c.signatures));
     verified
         .extend(signatures.verified.iter().map(|s| format!("signature by {} ({})", s.authority(), signer(&s.signer))));
-    unmet.extend(signature_need(policy, &signatures, &names).map(|r| absent(r, policy, evidence)));
-    unmet.extend(platforms_need(policy, evidence, &resolved, &names));
+    unmet.extend(signature_need(policy, &signatures, &resolved).map(|r| absent(r, policy, evidence)));
+    unmet.extend(platforms_need(policy, evidence, &resolved));
     let statements = counted_statements(&evidence.digest, &signatures, &checks);
-    let alternatives = Alternatives::of(policy, &image, usage, evidence, &resolved, &names);
-    let named = match attestation_needs(policy, &statements, &alternatives, &names, verified) {
+    let alternatives = Alternatives::of(policy, &image, usage, evidence, &resolved);
+    let named = match attestation_needs(policy, &statements, &alternatives, &resolved, verified) {
         Ok(named) => named,
         Err(reasons) => {
             unmet.extend(reasons.into_iter().map(|r| absent(r, policy, evidence)));
@@ -263,21 +262,16 @@ fn resolve_authorities(policy: &Policy, authorities: &Authorities) -> Result<Vec
 }
 
 /// `require.signature` over the image's own digest.
-fn signature_need(policy: &Policy, signatures: &SignatureCheck, names: &[Authority]) -> Option<Reason> {
+fn signature_need(policy: &Policy, signatures: &SignatureCheck, names: &[Arc<Authority>]) -> Option<Reason> {
     let need = policy.requirements.signature.as_ref()?;
     check_signature(need, signatures, names).map(unmet_reason)
 }
 
 /// `require.platforms: all` for an index: see [`every_platform`].
-fn platforms_need(
-    policy: &Policy,
-    evidence: &ImageEvidence,
-    resolved: &[Arc<Authority>],
-    names: &[Authority],
-) -> Vec<Reason> {
+fn platforms_need(policy: &Policy, evidence: &ImageEvidence, resolved: &[Arc<Authority>]) -> Vec<Reason> {
     match &policy.requirements.signature {
         Some(need) if policy.requirements.platforms == Platforms::All && !evidence.platforms.is_empty() => {
-            every_platform(need, policy, evidence, resolved, names)
+            every_platform(need, policy, evidence, resolved)
         }
         _ => Vec::new(),
     }
@@ -298,7 +292,7 @@ fn attestation_needs<'s>(
     policy: &'s Policy,
     statements: &'s AttestationCheck,
     alternatives: &'s Alternatives,
-    names: &[Authority],
+    names: &[Arc<Authority>],
     verified: &mut Vec<String>,
 ) -> Result<Named<'s>, Vec<Reason>> {
     let mut named: Named<'s> = BTreeMap::new();
@@ -376,7 +370,6 @@ fn every_platform(
     policy: &Policy,
     evidence: &ImageEvidence,
     resolved: &[Arc<Authority>],
-    names: &[Authority],
 ) -> Vec<Reason> {
     // Platforms fetched for another policy's signature repository were not checked for this one.
     let checked = |p: &&Vec<(Digest, Verifications)>| p.iter().any(|(_, v)| checks_of(v, policy, resolved).is_some());
@@ -398,7 +391,7 @@ fn every_platform(
             continue;
         };
         let check = SignatureCheck::merge(digest, checks.iter().map(|c| &c.signatures));
-        if let Some(u) = check_signature(need, &check, names) {
+        if let Some(u) = check_signature(need, &check, resolved) {
             unmet.push(Reason::Unmet {
                 requirement: u.requirement,
                 message: format!("platform manifest {digest}: {}", u.message),

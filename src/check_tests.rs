@@ -233,13 +233,14 @@ fn signature_need_table() {
         let p = policy(names, spec);
         let authorities: Vec<&Authority> = k.all().into_iter().take(names.len()).collect();
         let check = signature_check(&artifacts(k.signed(&d, by), vec![]), &d, &authorities);
-        let owned: Vec<Authority> = authorities.iter().copied().cloned().collect();
+        let owned: Vec<Arc<Authority>> = authorities.iter().map(|a| Arc::new((*a).clone())).collect();
         let got = signature_need(&p, &check, &owned);
         assert_eq!(got.as_ref().map(Reason::code), *want, "{names:?} {spec} signed by {by:?}: {got:?}");
     }
     // A signature of another digest replayed here.
     let replayed = signature_check(&artifacts(k.signed(&digest("other"), "a"), vec![]), &d, &[&k.authorities[0]]);
-    let got = signature_need(&policy(&["a"], "require: {signature: true}"), &replayed, &k.authorities[..1]);
+    let a = [Arc::new(k.authorities[0].clone())];
+    let got = signature_need(&policy(&["a"], "require: {signature: true}"), &replayed, &a);
     assert_eq!(got.map(|r| r.code()), Some("digest-mismatch"));
 }
 
@@ -274,7 +275,8 @@ fn platforms_need_table() {
     ];
     for (what, spec, platforms_verified, platforms, want) in table {
         let found = ImageEvidence { platforms: platforms.to_vec(), platforms_verified, ..found.clone() };
-        let got = platforms_need(&policy(&["a"], spec), &found, &[Arc::new(a.clone())], std::slice::from_ref(a));
+        let arcs = [Arc::new(a.clone())];
+        let got = platforms_need(&policy(&["a"], spec), &found, &arcs);
         assert_eq!(codes(&got), *want, "{what}: {got:?}");
         if what == "arm64 unsigned" {
             assert!(got[0].to_string().starts_with(&format!("platform manifest {arm}: ")), "{}", got[0]);
@@ -337,8 +339,8 @@ fn attestation_needs_table() {
         let statements = counted_statements(&index, &signatures, &checks);
         let mut verified = Vec::new();
         let policy = policy(names, spec);
-        let alternatives = Alternatives::of(&policy, &tagged(), Use::Run, &found, &arcs, &owned);
-        let got = attestation_needs(&policy, &statements, &alternatives, &owned, &mut verified);
+        let alternatives = Alternatives::of(&policy, &tagged(), Use::Run, &found, &arcs);
+        let got = attestation_needs(&policy, &statements, &alternatives, &arcs, &mut verified);
         match (got, want) {
             (Ok(named), Ok(counts)) => {
                 assert_eq!(named.values().map(Vec::len).collect::<Vec<_>>(), counts, "{what}");

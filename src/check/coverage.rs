@@ -47,12 +47,11 @@ impl Alternatives {
         usage: Use,
         evidence: &ImageEvidence,
         resolved: &[Arc<Authority>],
-        names: &[Authority],
     ) -> Self {
         let mut by_need = BTreeMap::new();
         for need in &policy.requirements.attestations {
             let alternative = match &need.via {
-                Some(via) => Alternative::List(via_list(need, via, policy, image, evidence, resolved, names)),
+                Some(via) => Alternative::List(via_list(need, via, policy, image, evidence, resolved)),
                 None if need.cover_layers && usage == Use::Mount => {
                     Alternative::Layers(every_layer(policy, evidence, resolved))
                 }
@@ -84,7 +83,7 @@ impl Alternatives {
         &'s self,
         need: &AttestationNeed,
         unmet: crate::policy::require::Unmet,
-        names: &[Authority],
+        names: &[Arc<Authority>],
     ) -> Result<Met<'s>, Reason> {
         let layers = match self.by_need.get(&need.name) {
             Some(Alternative::Layers(layers)) => layers,
@@ -125,7 +124,6 @@ fn via_list(
     image: &ImageRef,
     evidence: &ImageEvidence,
     resolved: &[Arc<Authority>],
-    names: &[Authority],
 ) -> Result<AttestationCheck, Reason> {
     let found: &ListEvidence = match evidence.coverage.lists.get(&via.list) {
         Some(Ok(found)) => found,
@@ -146,12 +144,12 @@ fn via_list(
     let Some(checks) = checks_of(&list.verified, policy, resolved) else { return Err(not_gathered(&list.digest)) };
     let signatures = SignatureCheck::merge(&list.digest, checks.iter().map(|c| &c.signatures));
     // A list not signed yet says where provgate looked and when it looks again, as an image does.
-    if let Some(unmet) = check_signature(&need.need, &signatures, names) {
+    if let Some(unmet) = check_signature(&need.need, &signatures, resolved) {
         return Err(absent(prefixed(unmet), policy, list));
     }
     let statements =
         AttestationCheck::merge(&list.digest, checks.iter().map(|c| &c.attestations)).about_only(&list.digest);
-    check_attestation(need, &statements, names).map_err(|u| absent(prefixed(u), policy, list))?;
+    check_attestation(need, &statements, resolved).map_err(|u| absent(prefixed(u), policy, list))?;
     let pins = match &found.content {
         Some(Ok(pins)) => pins,
         Some(Err(reason)) => return Err(reason.clone()),

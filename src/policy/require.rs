@@ -331,7 +331,11 @@ where
 }
 
 /// Checks the signature requirement for one digest.
-pub fn check_signature(need: &Need, check: &SignatureCheck, authorities: &[crate::verify::Authority]) -> Option<Unmet> {
+pub fn check_signature(
+    need: &Need,
+    check: &SignatureCheck,
+    authorities: &[std::sync::Arc<crate::verify::Authority>],
+) -> Option<Unmet> {
     if need.satisfied_by(&vouched(check.verified.iter())) {
         return None;
     }
@@ -345,7 +349,7 @@ pub fn check_signature(need: &Need, check: &SignatureCheck, authorities: &[crate
 pub fn check_attestation<'c>(
     need: &AttestationNeed,
     check: &'c AttestationCheck,
-    authorities: &[crate::verify::Authority],
+    authorities: &[std::sync::Arc<crate::verify::Authority>],
 ) -> Result<Vec<&'c crate::verify::Verified<crate::verify::Statement>>, Unmet> {
     let matching: Vec<_> = check
         .verified

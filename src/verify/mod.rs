@@ -176,8 +176,8 @@ macro_rules! check_common {
             }
 
             /// A one-line explanation for a denial, naming the authorities and each layer's reason.
-            pub fn explain(&self, authorities: &[Authority]) -> String {
-                let names: Vec<&str> = authorities.iter().map(Authority::name).collect();
+            pub fn explain<A: std::borrow::Borrow<Authority>>(&self, authorities: &[A]) -> String {
+                let names: Vec<&str> = authorities.iter().map(|a| a.borrow().name()).collect();
                 let names = if names.is_empty() { "(none configured)".to_owned() } else { names.join(", ") };
                 if self.found() == 0 {
                     return format!("no {} found for {}", $what, self.digest);
