@@ -688,7 +688,7 @@ fn memo_key(
     review: &HostCredentials,
     sources: &[Source<'_>],
 ) -> Option<memo::Key> {
-    let cache_keys = |authorities: &[Authority]| authorities.iter().map(Authority::cache_key).collect();
+    let cache_keys = |authorities: &[Arc<Authority>]| authorities.iter().map(|a| a.cache_key()).collect();
     let sources = sources
         .iter()
         .map(|source| {
@@ -737,8 +737,7 @@ fn sources<'a>(needing: &[&'a Arc<Policy>], authorities: &Authorities) -> Vec<So
         let resolved = policy
             .authorities
             .iter()
-            .filter_map(|a| authorities.get(&(policy.name.clone(), a.name().to_owned()))?.as_ref().ok())
-            .map(|a| Authority::clone(a));
+            .filter_map(|a| authorities.get(&(policy.name.clone(), a.name().to_owned()))?.as_ref().ok());
         for a in resolved {
             if policy.requirements.platforms == Platforms::All
                 && !source.every_platform.iter().any(|k| k.cache_key() == a.cache_key())
@@ -746,7 +745,7 @@ fn sources<'a>(needing: &[&'a Arc<Policy>], authorities: &Authorities) -> Vec<So
                 source.every_platform.push(a.clone());
             }
             if !source.authorities.iter().any(|known| known.cache_key() == a.cache_key()) {
-                source.authorities.push(a);
+                source.authorities.push(a.clone());
             }
         }
         // The `.att` tag is read only when some policy reading this source requires an attestation.
@@ -887,9 +886,9 @@ struct Source<'a> {
     /// A policy's `spec.signatures`; `None`: the image's own repository.
     repository: Option<&'a SignatureRepository>,
     /// Every authority of the policies reading this source.
-    authorities: Vec<Authority>,
+    authorities: Vec<Arc<Authority>>,
     /// The authorities of those policies that require every platform.
-    every_platform: Vec<Authority>,
+    every_platform: Vec<Arc<Authority>>,
     wanted: Wanted,
 }
 
