@@ -83,7 +83,7 @@ impl ImageEvidence {
     /// Why nothing may have been found for a policy reading `signatures`, and when provgate looks again; `None`
     /// when something was found there.
     pub fn absence(&self, signatures: Option<&SignatureRepository>) -> Option<String> {
-        let lookup = self.lookups.get(&source_key(signatures))?;
+        let lookup = self.lookups.get(source_key(signatures))?;
         let ttl = lookup.missing?;
         Some(format!(
             "looked in {}; the signature may not be published yet (Tekton Chains signs after the TaskRun ends): \
@@ -95,8 +95,8 @@ impl ImageEvidence {
 }
 
 /// The key of a signature source among an image's [`Lookup`]s.
-fn source_key(signatures: Option<&SignatureRepository>) -> String {
-    signatures.map(SignatureRepository::key).unwrap_or_default()
+fn source_key(signatures: Option<&SignatureRepository>) -> &str {
+    signatures.map_or("", SignatureRepository::key)
 }
 
 /// What was verified for one image.
@@ -599,7 +599,7 @@ impl Gatherer {
         for (source, (verified, platforms_verified, lookup, until)) in sources.iter().zip(try_join_all(each).await?) {
             expires = Some(expires.map_or(until, |e| e.min(until)));
             evidence.verified.extend(verified);
-            evidence.lookups.insert(source_key(source.repository), lookup);
+            evidence.lookups.insert(source_key(source.repository).to_owned(), lookup);
             if let Some(found) = platforms_verified {
                 let merged = evidence
                     .platforms_verified

@@ -46,6 +46,8 @@ pub struct SignatureRepository {
     /// The repository, normalised like an image (`index.docker.io` is `docker.io`, `HOST:443` is `HOST`).
     repository: ImageRef,
     pull_secrets: Vec<PullSecretName>,
+    /// See [`SignatureRepository::key`]: written once, at load.
+    key: String,
 }
 
 impl SignatureRepository {
@@ -77,7 +79,9 @@ impl SignatureRepository {
                 pull_secrets.push(name);
             }
         }
-        Ok(Self { repository, pull_secrets })
+        let secrets: Vec<String> = pull_secrets.iter().map(ToString::to_string).collect();
+        let key = format!("{} [{}]", repository.name(), secrets.join(","));
+        Ok(Self { repository, pull_secrets, key })
     }
 
     /// `registry/repository`, normalised.
@@ -106,9 +110,8 @@ impl SignatureRepository {
 
     /// What the answers read from this repository depend on besides the credentials' identity: the repository and
     /// the Secrets named (part of every cache and evidence key of this source).
-    pub fn key(&self) -> String {
-        let secrets: Vec<String> = self.pull_secrets.iter().map(ToString::to_string).collect();
-        format!("{} [{}]", self.name(), secrets.join(","))
+    pub fn key(&self) -> &str {
+        &self.key
     }
 }
 
