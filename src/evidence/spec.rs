@@ -262,6 +262,13 @@ mod tests {
             (spec("sbom", "object.spec.containers", oci("r.example/e")), "from reads `object`"),
             (spec("sbom", "[request.namespace]", oci("r.example/e")), "from reads `request`"),
             (spec("sbom", "evidence.other", oci("r.example/e")), "from reads `evidence`"),
+            // A hostile policy file: `from` is bounded like any expression.
+            (spec("sbom", "lists.range(100000000)", oci("r.example/e")), "literal bound of at most 10000"),
+            (
+                spec("sbom", "lists.range(10000).map(i, lists.range(10000).map(j, {}))", oci("r.example/e")),
+                "iterations in all",
+            ),
+            (spec("sbom", &format!("[{}]", "{},".repeat(2048)), oci("r.example/e")), "more than 4096"),
             (spec("s-bom", FROM, oci("r.example/e")), "CEL identifier"),
             (spec("in", FROM, oci("r.example/e")), "CEL identifier"),
             (spec("sbom", FROM, oci("r.example/e:latest")), "without a tag or digest"),

@@ -26,6 +26,11 @@ pub enum CompileError {
     WrongType { expression: String, expected: &'static str, found: String },
     #[error("`{name}` in `{expression}` needs a literal bound of at most {MAX_RANGE}")]
     Unbounded { expression: String, name: String },
+    #[error(
+        "`{expression}` nests loops over literal lists and ranges of {iterations} iterations in all, more than \
+         {MAX_ITERATIONS}"
+    )]
+    TooManyIterations { expression: String, iterations: u64 },
     #[error("expression is empty")]
     Empty,
     #[error("expression `{prefix}…` is {len} bytes, more than {MAX_EXPRESSION_BYTES}")]
@@ -149,12 +154,15 @@ impl CelEngine {
             }
             CompileError::Syntax { expression: expression.clone(), message }
         })?;
-        let mut checker = Checker { engine: self, scopes: Vec::new(), problem: None };
+        let mut checker = Checker { engine: self, scopes: Vec::new(), problem: None, iterations: 1 };
         checker.walk(program.expression());
         match checker.problem {
             Some(Problem::Variable(name)) => return Err(CompileError::UnknownVariable { expression, name }),
             Some(Problem::Function(name)) => return Err(CompileError::UnknownFunction { expression, name }),
             Some(Problem::Unbounded(name)) => return Err(CompileError::Unbounded { expression, name }),
+            Some(Problem::Iterations(iterations)) => {
+                return Err(CompileError::TooManyIterations { expression, iterations });
+            }
             None => {}
         }
         let fits = |kind: &&str| *kind == expect.name() || (expect == Expect::List && *kind == "map");
@@ -197,6 +205,7 @@ enum Problem {
     Variable(String),
     Function(String),
     Unbounded(String),
+    Iterations(u64),
 }
 
 /// Largest literal `lists.range` bound accepted.
@@ -206,11 +215,34 @@ fn small_literal(arg: Option<&IdedExpr>) -> bool {
     matches!(arg, Some(IdedExpr { expr: Expr::Literal(LiteralValue::Int(n)), .. }) if *n.inner() <= MAX_RANGE)
 }
 
+/// Most iterations loops over literal lists and ranges may make in all, nested ones multiplying: each is within
+/// [`MAX_RANGE`] or the expression's size, but three nested in 4 KiB would loop a billion times at every review.
+pub const MAX_ITERATIONS: u64 = 100_000;
+
+/// How many elements `e` has when the expression alone decides it: a list literal, a `lists.range` of a literal,
+/// or a `map`/`filter` over one of those. `None` for what the input decides (bounded by the input's limits).
+fn literal_length(e: &IdedExpr) -> Option<u64> {
+    match &e.expr {
+        Expr::List(list) => Some(list.elements.len() as u64),
+        Expr::Call(call) if call.func_name == "range" => match (call.target.as_deref(), call.args.first()) {
+            (
+                Some(IdedExpr { expr: Expr::Ident(ns), .. }),
+                Some(IdedExpr { expr: Expr::Literal(LiteralValue::Int(n)), .. }),
+            ) if ns == "lists" => u64::try_from(*n.inner()).ok(),
+            _ => None,
+        },
+        Expr::Comprehension(c) => literal_length(&c.iter_range),
+        _ => None,
+    }
+}
+
 /// Walks the AST with the comprehension scopes, recording the first unknown variable or function.
 struct Checker<'a> {
     engine: &'a CelEngine,
     scopes: Vec<String>,
     problem: Option<Problem>,
+    /// Iterations of the enclosing loops over literal lists and ranges, multiplied.
+    iterations: u64,
 }
 
 impl Checker<'_> {
@@ -257,13 +289,21 @@ impl Checker<'_> {
             Expr::Comprehension(c) => {
                 self.walk(&c.iter_range);
                 self.walk(&c.accu_init);
+                let outer = self.iterations;
+                self.iterations = outer.saturating_mul(literal_length(&c.iter_range).unwrap_or(1));
+                if self.iterations > MAX_ITERATIONS {
+                    self.problem = Some(Problem::Iterations(self.iterations));
+                    return;
+                }
                 let pushed = 2 + usize::from(c.iter_var2.is_some());
                 self.scopes.push(c.iter_var.clone());
                 self.scopes.push(c.accu_var.clone());
                 self.scopes.extend(c.iter_var2.clone());
-                for part in [&c.loop_cond, &c.loop_step, &c.result] {
-                    self.walk(part);
-                }
+                self.walk(&c.loop_cond);
+                self.walk(&c.loop_step);
+                // The result is computed once, after the loop.
+                self.iterations = outer;
+                self.walk(&c.result);
                 self.scopes.truncate(self.scopes.len() - pushed);
             }
             Expr::List(list) => list.elements.iter().for_each(|x| self.walk(x)),
@@ -378,6 +418,10 @@ mod tests {
             r#"[[1], [2]].exists(l, l.exists(x, l.size() == x))"#,
             r#"has(provenance.invocation.parameters.IMAGE)"#,
             r#"attestations.nope[0].predicate.x == 1"#,
+            // Loops over the input are bounded by the input's limits; over literals, 100,000 iterations in all.
+            r#"attestations.provenance.all(a, a.predicate.materials.all(m, attestations.provenance.exists(b, true)))"#,
+            r#"lists.range(10000).all(i, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10].exists(j, i != j))"#,
+            r#"lists.range(1000).map(i, i).size() == 1000 && lists.range(1000).map(i, i).size() == 1000"#,
         ] {
             let compiled = e.compile(source, Expect::Bool);
             assert!(compiled.is_ok(), "{source}: {compiled:?}");
@@ -388,7 +432,7 @@ mod tests {
     #[test]
     fn rejects_with_the_expression_and_the_reason() {
         let e = engine();
-        let cases: [(&str, &str); 18] = [
+        let cases: [(&str, &str); 21] = [
             ("url(image.ref) == 'x'", "unknown function `url`"),
             ("namespace == 'prod'", "reserved identifier: namespace (use request.namespace)"),
             ("provenance.builder.id ==", "syntax error"),
@@ -404,6 +448,13 @@ mod tests {
             ("cel.bind(x, 1, x == 1)", "unknown function `cel.bind`"),
             ("lists.range(100000000).size() > 0", "`lists.range` in"),
             ("lists.range(size(image.ref)).size() > 0", "needs a literal bound of at most 10000"),
+            // Loops within the bounds one by one, but not nested: 10,000 × 10,000 iterations at every review.
+            ("lists.range(10000).all(i, lists.range(10000).all(j, i != j))", "100000000 iterations in all"),
+            ("lists.range(1000).map(i, i * 2).all(a, lists.range(1000).exists(b, a == b))", "1000000 iterations"),
+            (
+                "[1,2,3,4,5,6,7,8,9,10].all(a, [1,2,3,4,5,6,7,8,9,10].all(b, lists.range(1001).all(c, a + b != c)))",
+                "more than 100000",
+            ),
             ("provenance.builder.id", "must evaluate to bool, but gave string on a sample image"),
             ("1 + 1", "must evaluate to bool, but gave int on a sample image"),
             ("'yes'", "must evaluate to bool, but is a string"),
