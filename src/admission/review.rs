@@ -164,6 +164,29 @@ mod tests {
     }
 
     #[test]
+    fn a_body_that_is_not_utf8_is_refused_wherever_the_bad_byte_is() {
+        let good = review(json!({"uid": "u1", "kind": {"kind": "Pod"}, "operation": "CREATE",
+            "object": {"spec": {"containers": [{"name": "c", "image": "IMAGE"}]}}, "resource": {"x": "IGNORED"}}));
+        assert!(parse(&good).is_ok());
+        let text = String::from_utf8(good).unwrap();
+        // A lone continuation byte, an overlong encoding, a surrogate: in a read field, an ignored one, and a key.
+        for bad in [&[0x80u8][..], &[0xc0, 0xaf], &[0xed, 0xa0, 0x80]] {
+            for place in ["IMAGE", "IGNORED", "\"uid\""] {
+                let (before, after) = text.split_once(place).unwrap();
+                let body = [before.as_bytes(), bad, after.as_bytes()].concat();
+                let err = parse(&body).unwrap_err();
+                assert!(matches!(err, BadReview::NotJson(_)), "{bad:?} at {place}: {err}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_review_says_how_long_its_text_was_so_its_object_need_not_be_measured_again() {
+        let body = review(json!({"uid": "u1", "kind": {"kind": "Pod"}, "operation": "CREATE", "object": {"a": 1}}));
+        assert_eq!(parse(&body).unwrap().request.unwrap().read_from_bytes, Some(body.len()));
+    }
+
+    #[test]
     fn a_request_with_uid_but_bad_fields_is_a_denial() {
         let incoming = parse(&review(json!({"uid": "u1", "kind": {"kind": "Pod"}, "operation": "EXPLODE"}))).unwrap();
         assert_eq!(incoming.uid, "u1");
