@@ -74,6 +74,18 @@ impl Layer {
     }
 }
 
+/// The simple-signing payload cosign writes when it signs `digest` as `reference` without annotations (`-a`), byte
+/// for byte: Go's compact JSON in its field order, `optional` null. Tekton Chains writes the same.
+pub fn default_payload(reference: &str, digest: &Digest) -> Vec<u8> {
+    // A reference is `[host[:port]/]path` and a digest `algorithm:hex`: nothing in either is escaped in JSON.
+    let reference = serde_json::to_string(reference).unwrap_or_default();
+    format!(
+        "{{\"critical\":{{\"identity\":{{\"docker-reference\":{reference}}},\"image\":{{\"docker-manifest-digest\":\"{digest}\"}},\
+         \"type\":\"cosign container image signature\"}},\"optional\":null}}"
+    )
+    .into_bytes()
+}
+
 /// Media types the verifier understands.
 pub mod media_type {
     pub const SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
@@ -86,6 +98,35 @@ pub mod media_type {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Real payloads cosign wrote (with a plain key, and keyless in 2021), from sigstore-rs's test data.
+    #[test]
+    fn the_default_payload_is_what_cosign_writes() {
+        let vectors = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/vectors/sigstore-rs/");
+        for (file, reference, digest) in [
+            (
+                "key-signed-busybox.payload.json",
+                "registry-testing.svc.lan/busybox",
+                "sha256:f3cfc9d0dbf931d3db4685ec659b7ac68e2a578219da4aae65427886e649b06b",
+            ),
+            (
+                "keyless-disallow-service-nodeport.payload.json",
+                "registry-testing.svc.lan/kubewarden/disallow-service-nodeport",
+                "sha256:5f481572d088dc4023afb35fced9530ced3d9b03bf7299c6f492163cb9f0452e",
+            ),
+        ] {
+            let written = std::fs::read(format!("{vectors}{file}")).unwrap();
+            let digest = Digest::parse(digest).unwrap();
+            assert_eq!(
+                String::from_utf8(default_payload(reference, &digest)).unwrap(),
+                String::from_utf8(written).unwrap()
+            );
+            assert_ne!(
+                default_payload(&format!("{reference}x"), &digest),
+                std::fs::read(format!("{vectors}{file}")).unwrap()
+            );
+        }
+    }
 
     #[test]
     fn bytes_counts_a_shared_blob_once() {

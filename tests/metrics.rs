@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use support::kube_api::serve;
 use support::registry::{Auth, DockerRegistry, Layout};
-use support::signing::sign_image;
+use support::signing::sign_image_named;
 use support::webhook::{Webhook, review};
 
 fn pod(images: &[&str]) -> Value {
@@ -121,7 +121,8 @@ async fn metrics_follow_known_reviews_policy_reloads_and_key_watches() {
     let unsigned = layout.image("unsigned", "amd64");
     layout.tag("signed", &signed);
     layout.tag("unsigned", &unsigned);
-    sign_image(&mut layout, keys.path(), &signed);
+    // Signed as cosign signs: the payload names the repository, so it is known by its digest and never read.
+    sign_image_named(&mut layout, keys.path(), &signed, &format!("{}/team/signed", registry.addr));
     registry.push(&layout, "signed", "team/signed", "1");
     registry.push(
         &layout,
@@ -190,12 +191,11 @@ async fn metrics_follow_known_reviews_policy_reloads_and_key_watches() {
     assert_eq!(
         requests(&scrape),
         vec![
-            row(&[&addr, "blob", "200"], 1.0),      // the signature payload
-            row(&[&addr, "manifest", "200"], 1.0),  // the .sig tag
-            row(&[&addr, "manifest", "404"], 1.0),  // the referrers tag schema (sha256-<hex>)
-            row(&[&addr, "ping", "200"], 1.0),      // GET /v2/: no challenge, anonymous
+            row(&[&addr, "manifest", "200"], 1.0), // the .sig tag (its payload is cosign's default: not read)
+            row(&[&addr, "manifest", "404"], 1.0), // the referrers tag schema (sha256-<hex>)
+            row(&[&addr, "ping", "200"], 1.0),     // GET /v2/: no challenge, anonymous
             row(&[&addr, "referrers", "404"], 1.0), // distribution 2.8 has no referrers API
-            row(&[&addr, "tag-head", "200"], 1.0),  // what :1 names now
+            row(&[&addr, "tag-head", "200"], 1.0), // what :1 names now
         ],
         "{}",
         scrape.text
@@ -209,7 +209,7 @@ async fn metrics_follow_known_reviews_policy_reloads_and_key_watches() {
     assert_eq!(response["allowed"], true, "{response}");
     let scrape = Scrape::of(&hook).await;
     assert_eq!(scrape.value("provgate_registry_requests_total", &[("kind", "tag-head"), ("status", "200")]), Some(2.0));
-    assert_eq!(scrape.value("provgate_registry_requests_total", &[("kind", "blob"), ("status", "200")]), Some(1.0));
+    assert_eq!(scrape.value("provgate_registry_requests_total", &[("kind", "blob"), ("status", "200")]), None);
     let cache = |cache: &str, result: &str| {
         scrape.value("provgate_cache_requests_total", &[("cache", cache), ("result", result)])
     };
@@ -250,7 +250,6 @@ async fn metrics_follow_known_reviews_policy_reloads_and_key_watches() {
     assert_eq!(
         requests(&scrape),
         vec![
-            row(&[&addr, "blob", "200"], 1.0),
             row(&[&addr, "manifest", "200"], 1.0),
             row(&[&addr, "manifest", "404"], 5.0),
             row(&[&addr, "ping", "200"], 1.0),

@@ -205,6 +205,64 @@ async fn plain_http_tags_indexes_docker_lists_cosign_tags_and_tag_schema_referre
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 
+/// A `.sig` layer holding the payload cosign writes by default for the image is known by its digest and not read:
+/// its blob is deleted from the registry and the layer still comes back whole. A payload with annotations, or one
+/// made for another image (a replay), is read; and so is the default payload when the image is named otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_default_cosign_payload_is_known_by_its_digest_and_every_other_payload_is_read() {
+    let reg = DockerRegistry::start(Auth::None);
+    let a = &reg.addr;
+    let mut l = Layout::new();
+    let (single, other) = (l.image("single", "amd64"), l.image("other", "amd64"));
+    l.tag("single", &single);
+    let default = simple_signing_payload(&format!("{a}/team/app"), &single.digest);
+    let annotated = serde_json::to_vec(&json!({"critical": {"identity": {"docker-reference": format!("{a}/team/app")},
+        "image": {"docker-manifest-digest": single.digest}, "type": "cosign container image signature"},
+        "optional": {"build": "42"}}))
+    .unwrap();
+    let replayed = simple_signing_payload(&format!("{a}/team/app"), &other.digest);
+    let signature = |s: &str| json!({"dev.cosignproject.cosign/signature": s});
+    let sig = l.cosign_manifest(&[
+        (SIMPLE_SIGNING, default.clone(), signature("A")),
+        (SIMPLE_SIGNING, annotated.clone(), signature("B")),
+        (SIMPLE_SIGNING, replayed.clone(), signature("C")),
+    ]);
+    l.tag("sig", &sig);
+    reg.push(&l, "single", "team/app", "v1");
+    reg.push(&l, "sig", "team/app", &format!("sha256-{}.sig", single.hex()));
+    let payload_blob = format!("http://{a}/v2/team/app/blobs/{}", Digest::sha256_of(&default));
+    let http = reqwest::Client::new();
+    assert_eq!(http.delete(&payload_blob).send().await.unwrap().status(), 202);
+    assert_eq!(http.get(&payload_blob).send().await.unwrap().status(), 404, "the payload's blob is gone");
+
+    let localhost = a.replace("127.0.0.1", "localhost");
+    let r = client(&[(a, reg.host_config()), (&localhost, reg.host_config())], |_| {});
+    let artifacts = |name: String| {
+        let r = r.clone();
+        let d = digest(&single);
+        async move { r.artifacts(&image(&name), &d, &Credentials::Anonymous, Wanted::ALL, &r.budget(), soon(10)).await }
+    };
+    let art = artifacts(format!("{a}/team/app:v1")).await.unwrap();
+    let got: Vec<_> = art
+        .signatures
+        .iter()
+        .map(|l| (l.annotations["dev.cosignproject.cosign/signature"].as_str(), &l.data))
+        .collect();
+    assert_eq!(got, [("A", &default.into()), ("B", &annotated.into()), ("C", &replayed.into())]);
+    for layer in &art.signatures {
+        assert_eq!(layer.digest, Digest::sha256_of(&layer.data));
+    }
+    // Named through another host, the default payload is another text: this one is read, and it is not there.
+    let err = artifacts(format!("{localhost}/team/app:v1")).await.unwrap_err();
+    assert_eq!(err.code(), "registry-not-found", "{err}");
+    assert!(
+        err.to_string().contains(
+            &Digest::sha256_of(&simple_signing_payload(&format!("{a}/team/app"), &single.digest)).to_string()
+        ),
+        "{err}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn referrers_api_on_ferro() {
     let ferro = Ferro::start();

@@ -49,21 +49,40 @@ impl Signer {
     fn sign(&self, msg: &[u8]) -> Vec<u8> {
         self.0.sign(&aws_lc_rs::rand::SystemRandom::new(), msg).unwrap().as_ref().to_vec()
     }
+
+    /// Signing as `cosign sign` does for images reached through `host`: the payload names `host/{REPO}`.
+    pub fn at<'a>(&'a self, host: &'a str) -> Signing<'a> {
+        Signing { signer: self, host, annotated: false }
+    }
+}
+
+/// How a bench image is signed: by whom, the registry host its payload names (the one provgate reviews it through,
+/// as a signature names the image as pushed), and whether with an annotation (`cosign sign -a`), which makes the
+/// payload one provgate has to read from the registry.
+#[derive(Clone, Copy)]
+pub struct Signing<'a> {
+    pub signer: &'a Signer,
+    pub host: &'a str,
+    pub annotated: bool,
+}
+
+impl Signing<'_> {
+    pub fn annotated(self) -> Self {
+        Self { annotated: true, ..self }
+    }
 }
 
 /// Pushes blobs and manifests to a docker-registry through its HTTP API.
 pub struct Pusher {
     client: reqwest::Client,
     base: String,
-    /// The registry's `host:port`, as image references name it.
-    pub addr: String,
     pushed: Mutex<HashSet<String>>,
 }
 
 impl Pusher {
     pub fn new(addr: &str) -> Self {
         let client = reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap();
-        Self { client, base: format!("http://{addr}"), addr: addr.to_owned(), pushed: Mutex::default() }
+        Self { client, base: format!("http://{addr}"), pushed: Mutex::default() }
     }
 
     /// Uploads `bytes` (once per digest); returns the descriptor JSON.
@@ -110,13 +129,14 @@ impl Pusher {
         sha256(&manifest)
     }
 
-    /// A cosign `.sig` for `digest` signed by `signer`, as cosign stores it (`sha256-<hex>.sig`).
-    pub async fn sign(&self, signer: &Signer, digest: &str) {
+    /// A cosign `.sig` for `digest` signed as `signing` says, as cosign stores it (`sha256-<hex>.sig`).
+    pub async fn sign(&self, signing: Signing<'_>, digest: &str) {
+        let optional = if signing.annotated { json!({"bench": "annotated"}) } else { json!(null) };
         let payload = serde_json::to_vec(&json!({"critical": {"identity": {"docker-reference": format!("{}/{REPO}",
-            self.addr)}, "image": {"docker-manifest-digest": digest}, "type": "cosign container image signature"},
-            "optional": null}))
+            signing.host)}, "image": {"docker-manifest-digest": digest}, "type": "cosign container image signature"},
+            "optional": optional}))
         .unwrap();
-        let signature = b64(&signer.sign(&payload));
+        let signature = b64(&signing.signer.sign(&payload));
         let mut layer = self.blob(SIMPLE_SIGNING, &payload).await;
         layer["annotations"] = json!({SIG_ANNOTATION: signature});
         let config = json!({"architecture": "", "os": "", "config": {}, "rootfs": {"type": "layers", "diff_ids": []}});
@@ -128,13 +148,14 @@ impl Pusher {
         self.manifest(&format!("sha256-{}.sig", &digest[7..]), &manifest).await;
     }
 
-    /// `n` images named `{prefix}-{i}` (each also its tag), signed by `signer` unless it is `None`; their digests.
-    pub async fn images(&self, prefix: &str, n: usize, signer: Option<&Signer>) -> Vec<String> {
+    /// `n` images named `{prefix}-{i}` (each also its tag), signed as `signing` says unless it is `None`; their
+    /// digests.
+    pub async fn images(&self, prefix: &str, n: usize, signing: Option<Signing<'_>>) -> Vec<String> {
         let jobs = (0..n).map(|i| async move {
             let name = format!("{prefix}-{i}");
             let digest = self.image(&name, &name).await;
-            if let Some(signer) = signer {
-                self.sign(signer, &digest).await;
+            if let Some(signing) = signing {
+                self.sign(signing, &digest).await;
             }
             digest
         });

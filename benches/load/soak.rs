@@ -31,9 +31,9 @@ pub async fn run(duration: Duration, rate: u64) -> bool {
     let registry = crate::support::registry::DockerRegistry::start(crate::support::registry::Auth::None);
     let pusher = Pusher::new(&registry.addr);
     let (signer, stranger) = (Signer::new(), Signer::new());
-    let signed = pusher.images("soak-signed", 20, Some(&signer)).await;
+    let signed = pusher.images("soak-signed", 20, Some(signer.at(&registry.addr))).await;
     let unsigned = pusher.images("soak-unsigned", 5, None).await;
-    pusher.images("soak-canary", 1, Some(&signer)).await;
+    pusher.images("soak-canary", 1, Some(signer.at(&registry.addr))).await;
     let dir = tempfile::tempdir().unwrap();
     let key = key_file(dir.path(), &signer);
     let other = key_file(&dir.path().join("stranger"), &stranger);

@@ -15,8 +15,8 @@ use super::RegistryError;
 use super::budget::Budget;
 use super::config::RegistryConfig;
 use super::transport::{Reply, Session, Want, check_digest, error_excerpt};
-use crate::artifact::{Artifacts, Layer, Origin, media_type};
-use crate::images::Digest;
+use crate::artifact::{self, Artifacts, Layer, Origin, media_type};
+use crate::images::{DOCKER_HUB, Digest, ImageRef};
 
 /// Blobs or referrer manifests fetched at once from one registry.
 const PARALLEL: usize = 4;
@@ -45,19 +45,24 @@ struct Fetch<'a> {
     deadline: Instant,
     /// Each blob digest read once, its bytes shared by every layer that lists it.
     blobs: Mutex<HashMap<Digest, Arc<tokio::sync::OnceCell<Bytes>>>>,
+    /// The payloads cosign writes for this digest by default, by their digest: a `.sig` layer whose descriptor names
+    /// one of them holds exactly these bytes (SHA-256 binds them as a read would), so its blob is not read.
+    known: Vec<(Digest, Bytes)>,
 }
 
-/// Everything stored for `digest` in `repo`: `.sig`, `.att` and referrers, fetched concurrently within `budget`.
+/// Everything stored for `digest` in `at`'s repository: `.sig`, `.att` and referrers, fetched concurrently within
+/// `budget`.
 pub(crate) async fn gather(
     s: &Session,
     cfg: &RegistryConfig,
-    repo: &str,
+    at: &ImageRef,
     digest: &Digest,
     wanted: super::Wanted,
     budget: &Budget,
     deadline: Instant,
 ) -> Result<Artifacts, RegistryError> {
-    let f = Fetch { s, cfg, repo, budget, deadline, blobs: Mutex::new(HashMap::new()) };
+    let known = default_payloads(at, digest);
+    let f = Fetch { s, cfg, repo: at.repository(), budget, deadline, blobs: Mutex::new(HashMap::new()), known };
     let (sig_tag, att_tag) = (format!("{}.sig", digest.tag_form()), format!("{}.att", digest.tag_form()));
     let attestations =
         async { if wanted.attestations { tagged(&f, &att_tag, Origin::AttTag).await } else { Ok(Vec::new()) } };
@@ -73,6 +78,22 @@ pub(crate) async fn gather(
         }
     }
     Ok(out)
+}
+
+/// The payloads cosign writes by default for `digest` signed in `at`'s repository, under each name cosign may give
+/// the repository (Docker Hub's as go-containerregistry writes it, and as written), with their digests.
+fn default_payloads(at: &ImageRef, digest: &Digest) -> Vec<(Digest, Bytes)> {
+    let mut names = vec![at.name()];
+    if at.registry() == DOCKER_HUB {
+        names.push(format!("index.docker.io/{}", at.repository()));
+    }
+    names
+        .iter()
+        .map(|name| {
+            let payload = Bytes::from(artifact::default_payload(name, digest));
+            (Digest::sha256_of(&payload), payload)
+        })
+        .collect()
 }
 
 /// The manifest a tag names, or None when the tag does not exist (404 is "nothing stored here", not an error).
@@ -132,7 +153,10 @@ async fn layer(
     origin: Origin,
 ) -> Result<Layer, RegistryError> {
     let digest = parse_digest(f.s, &desc.digest, &format!("a layer descriptor in {}", f.repo))?;
-    let data = f.blob(&digest, desc.size).await?;
+    let data = match f.known(&desc.media_type, &digest, desc.size) {
+        Some(payload) => payload,
+        None => f.blob(&digest, desc.size).await?,
+    };
     annotations.extend(desc.annotations.unwrap_or_default());
     let layer = Layer { origin, media_type: desc.media_type, digest, data, annotations };
     f.budget.charge_derived(layer.overhead(), f.s.host(), &format!("the annotations of layers in {}", f.repo))?;
@@ -140,6 +164,15 @@ async fn layer(
 }
 
 impl Fetch<'_> {
+    /// The bytes of a simple-signing layer that is a default payload of this digest, known without reading them.
+    fn known(&self, media_type: &str, digest: &Digest, declared: i64) -> Option<Bytes> {
+        if media_type != media_type::SIMPLE_SIGNING {
+            return None;
+        }
+        let (_, payload) = self.known.iter().find(|(d, payload)| d == digest && payload.len() as i64 == declared)?;
+        Some(payload.clone())
+    }
+
     /// Whether `digest` is already read (or being read) in this gather.
     fn started(&self, digest: &str) -> bool {
         let Ok(digest) = Digest::parse(digest) else { return false };

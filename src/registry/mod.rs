@@ -363,7 +363,7 @@ impl Registry for RegistryClient {
     ) -> Result<Artifacts, RegistryError> {
         let s = self.session(image.registry(), creds).await?;
         let budget = budget.image(&self.config);
-        artifacts::gather(&s, &self.config, image.repository(), digest, wanted, &budget, deadline).await
+        artifacts::gather(&s, &self.config, image, digest, wanted, &budget, deadline).await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(image = %image, %digest))]

@@ -1,12 +1,13 @@
 """Signs an image digest the way cosign and Tekton Chains do, with PyPI `cryptography` and `securesystemslib`
 (tools provgate did not write), for the end-to-end tests.
 
-Usage: e2e_sign.py KEYDIR KEYNAME DIGEST_HEX[,DIGEST_HEX...] STATEMENT_JSON OUT_JSON [PAYLOAD_TYPE]
+Usage: e2e_sign.py KEYDIR KEYNAME DIGEST_HEX[,DIGEST_HEX...] STATEMENT_JSON OUT_JSON [PAYLOAD_TYPE [DOCKER_REFERENCE]]
 
 Creates KEYDIR/KEYNAME.key (ECDSA P-256) and KEYDIR/KEYNAME.pub on first use. Writes OUT_JSON with the exact
 simple-signing payload (base64) for the first digest, its signature (base64) and a DSSE envelope of STATEMENT_JSON
 whose subjects are replaced by the digests given (several: one subject each, as Chains names every output), signed
-over PAE as Chains does.
+over PAE as Chains does. The payload names DOCKER_REFERENCE (default index.docker.io/acme/app) and is written as
+cosign writes it: compact JSON, `optional` null.
 """
 import base64
 import json
@@ -23,6 +24,7 @@ keydir, name, digests, statement_path, out_path = sys.argv[1:6]
 subjects_hex = digests.split(",")
 digest_hex = subjects_hex[0]
 payload_type = sys.argv[6] if len(sys.argv) > 6 else "application/vnd.in-toto+json"
+docker_reference = sys.argv[7] if len(sys.argv) > 7 else "index.docker.io/acme/app"
 os.makedirs(keydir, exist_ok=True)
 key_path = os.path.join(keydir, name + ".key")
 if os.path.exists(key_path):
@@ -35,15 +37,15 @@ else:
     with open(os.path.join(keydir, name + ".pub"), "wb") as f:
         f.write(key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
 
-# cosign's simple signing payload: docker-reference in go-containerregistry form, no tag.
+# cosign's simple signing payload: docker-reference in go-containerregistry form, no tag; Go's compact JSON.
 payload = json.dumps({
     "critical": {
-        "identity": {"docker-reference": "index.docker.io/acme/app"},
+        "identity": {"docker-reference": docker_reference},
         "image": {"docker-manifest-digest": "sha256:" + digest_hex},
         "type": "cosign container image signature",
     },
     "optional": None,
-}).encode()
+}, separators=(",", ":")).encode()
 signature = key.sign(payload, ec.ECDSA(hashes.SHA256()))
 
 with open(statement_path) as f:

@@ -26,12 +26,29 @@ pub fn sign(keydir: &Path, key: &str, digest_hex: &str, statement: &Path) -> Sig
 }
 
 pub fn sign_as(keydir: &Path, key: &str, digest_hex: &str, statement: &Path, payload_type: &str) -> Signed {
+    run_signer(keydir, key, digest_hex, statement, payload_type, "index.docker.io/acme/app")
+}
+
+/// Signs with a payload naming `reference` (cosign names the repository the image was pushed to).
+pub fn sign_named(keydir: &Path, key: &str, digest_hex: &str, statement: &Path, reference: &str) -> Signed {
+    run_signer(keydir, key, digest_hex, statement, "application/vnd.in-toto+json", reference)
+}
+
+fn run_signer(
+    keydir: &Path,
+    key: &str,
+    digest_hex: &str,
+    statement: &Path,
+    payload_type: &str,
+    reference: &str,
+) -> Signed {
     let python = tool(
         "PROVGATE_TEST_PYTHON",
         "python3",
         "run ./scripts/test, which creates a venv with PyPI cryptography and securesystemslib",
     );
-    let out = keydir.join(format!("{key}-{}-{}.json", &digest_hex[..12], payload_type.len()));
+    let named = hex::encode(&<sha2::Sha256 as sha2::Digest>::digest(reference)[..4]);
+    let out = keydir.join(format!("{key}-{}-{}-{named}.json", &digest_hex[..12], payload_type.len()));
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/signers/e2e_sign.py");
     let status = std::process::Command::new(python)
         .arg(script)
@@ -41,6 +58,7 @@ pub fn sign_as(keydir: &Path, key: &str, digest_hex: &str, statement: &Path, pay
         .arg(statement)
         .arg(&out)
         .arg(payload_type)
+        .arg(reference)
         .output()
         .unwrap();
     assert!(status.status.success(), "e2e_sign.py: {}", String::from_utf8_lossy(&status.stderr));
@@ -56,7 +74,13 @@ pub fn sign_as(keydir: &Path, key: &str, digest_hex: &str, statement: &Path, pay
 /// Signs `image` with the `chains` key of `keydir` (the Tekton Chains kaniko statement) and stores the signature as
 /// its cosign `.sig` tag in `layout`.
 pub fn sign_image(layout: &mut Layout, keydir: &Path, image: &Desc) {
-    let s = sign(keydir, "chains", image.hex(), &seed("chains-kaniko-slsa-v0.2-statement.json"));
+    sign_image_named(layout, keydir, image, "index.docker.io/acme/app");
+}
+
+/// [`sign_image`] with the payload naming `reference`, as cosign names the repository it signed in.
+pub fn sign_image_named(layout: &mut Layout, keydir: &Path, image: &Desc, reference: &str) {
+    let statement = seed("chains-kaniko-slsa-v0.2-statement.json");
+    let s = sign_named(keydir, "chains", image.hex(), &statement, reference);
     attach(
         layout,
         image,
