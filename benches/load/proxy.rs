@@ -14,6 +14,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
+#[derive(Clone)]
 pub struct Proxy {
     /// `host:port` to name in image references.
     pub addr: String,
