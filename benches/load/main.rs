@@ -1,4 +1,5 @@
-//! provgate's load benchmark and soak, against a real Debian docker-registry and provgate run as its own process.
+//! provgate's load benchmark and soak, against a real Debian docker-registry (and ferro-oci-server, whose own CPU
+//! stays off provgate's cores, for the burst and the 10-image Pod) and provgate run as its own process.
 //!
 //! - `cargo bench --bench load`: every figure of the performance issue, each beside its target; exits non-zero when
 //!   a target is missed. `-- --duration SECS` sets the length of each throughput run (default 5).
