@@ -378,6 +378,30 @@ pub(crate) fn parse_digest(s: &Session, digest: &str, what: &str) -> Result<Dige
 mod tests {
     use super::*;
 
+    /// cosign names a Docker Hub repository as go-containerregistry does (`index.docker.io/library/nginx`); other
+    /// registries by the name the Pod gives.
+    #[test]
+    fn default_payloads_name_the_repository_as_cosign_does() {
+        let digest = Digest::sha256_of(b"an image manifest");
+        let names = |image: &str| -> Vec<String> {
+            let image = ImageRef::parse(&format!("{image}@{digest}")).unwrap();
+            let known = default_payloads(&image, &digest);
+            for (d, payload) in &known {
+                assert_eq!(*d, Digest::sha256_of(payload));
+            }
+            let reference = |p: &Bytes| {
+                let v: serde_json::Value = serde_json::from_slice(p).unwrap();
+                assert_eq!(v["critical"]["image"]["docker-manifest-digest"], digest.to_string());
+                v["critical"]["identity"]["docker-reference"].as_str().unwrap().to_owned()
+            };
+            known.iter().map(|(_, p)| reference(p)).collect()
+        };
+        assert_eq!(names("nginx"), ["docker.io/library/nginx", "index.docker.io/library/nginx"]);
+        assert_eq!(names("index.docker.io/acme/app"), ["docker.io/acme/app", "index.docker.io/acme/app"]);
+        assert_eq!(names("127.0.0.1:5000/team/app"), ["127.0.0.1:5000/team/app"]);
+        assert_eq!(names("ghcr.io/org/tool"), ["ghcr.io/org/tool"]);
+    }
+
     #[test]
     fn layers_are_kept_by_their_own_media_type() {
         let table: &[(&str, Option<&str>)] = &[
