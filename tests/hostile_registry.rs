@@ -655,3 +655,49 @@ async fn a_mounted_artifact_is_covered_only_by_the_layers_of_the_manifest_its_di
     assert_eq!(response["auditAnnotations"]["reasons"], "registry-digest-mismatch", "{response}");
     assert!(message(&response).contains(&format!("expected {other}")), "{response}");
 }
+
+/// A `.sig` descriptor naming the digest of cosign's default payload for the image is taken as that text only when
+/// its size agrees too. With another size (one byte more, or 10 GiB) the blob is read like any other blob: refused
+/// by the image's byte budget before any download, or, where the registry does not hold it, not found. Listed 1,000 times, it is cut
+/// at the layer cap.
+#[tokio::test]
+async fn a_descriptor_naming_the_default_payload_is_taken_as_it_only_with_its_size() {
+    let h = Hostile::start();
+    let r = client(&h, |_| {});
+    let digest = Digest::parse(&h.put_image("team/app", "app")).unwrap();
+    let at = ImageRef::parse(&format!("{}/team/app@{digest}", h.addr)).unwrap();
+    let payload = provgate::artifact::default_payload(&at.name(), &digest);
+    let payload_digest = sha256_digest(&payload);
+    let blob = format!("/v2/team/app/blobs/{payload_digest}");
+    let sig_tag = format!("sha256-{}.sig", digest.hex());
+    let layer = |size: usize| {
+        descriptor(SIMPLE_SIGNING, &payload_digest, size, Some(json!({"dev.cosignproject.cosign/signature": "MEUC"})))
+    };
+    let no_att = Wanted { attestations: false };
+    for (layers, want) in [
+        (vec![layer(payload.len())], Ok(1)),
+        (vec![layer(payload.len() + 1)], Err("registry-not-found")),
+        (vec![layer(10 << 30)], Err("registry-over-budget")),
+        (vec![layer(payload.len()); 1000], Err("registry-too-large")),
+    ] {
+        let sig = h.put_cosign("team/app", &layers);
+        h.tag("team/app", &sig_tag, &sig);
+        h.reset_counts();
+        let got = r.artifacts(&at, &digest, &Credentials::Anonymous, no_att, &r.budget(), soon(5000)).await;
+        let size = layers[0]["size"].clone();
+        match want {
+            Ok(n) => {
+                let got = got.unwrap();
+                assert_eq!(got.signatures.len(), n);
+                assert_eq!(&got.signatures[0].data[..], &payload[..]);
+                assert_eq!(h.hits(&blob), 0, "size {size}: the blob is not asked for");
+            }
+            Err(code) => {
+                let err = got.unwrap_err();
+                assert_eq!(err.code(), code, "{} layers of size {size}: {err}", layers.len());
+                let asked = if code == "registry-not-found" { 1 } else { 0 };
+                assert_eq!(h.hits(&blob), asked, "size {size}: read only when it may fit");
+            }
+        }
+    }
+}
