@@ -66,7 +66,7 @@ pub struct Options {
 #[derive(Debug, Clone)]
 pub struct Entry {
     /// The record as read.
-    pub record: Record,
+    pub record: Record<'static>,
     /// `record.time`, parsed.
     pub time: DateTime<Utc>,
 }
@@ -162,7 +162,7 @@ fn add_line(line: &[u8], log: &mut Log) {
 }
 
 fn parse_line(line: &[u8]) -> Option<Entry> {
-    let record: Record = serde_json::from_slice(line).ok()?;
+    let record: Record<'static> = serde_json::from_slice(line).ok()?;
     if record.v != VERSION {
         return None;
     }
@@ -251,16 +251,16 @@ impl Filter {
 
     /// Whether `image` passes the image filters (policy, image glob, reason).
     fn keeps_image(&self, image: &ImageRecord) -> bool {
-        self.policy.as_ref().is_none_or(|p| image.policies.contains(p))
-            && self.image.as_ref().is_none_or(|g| g.is_match(&image.reference))
-            && self.reason.as_ref().is_none_or(|r| image.reason.as_ref() == Some(r))
+        self.policy.as_ref().is_none_or(|p| image.policies.iter().any(|q| q == p))
+            && self.image.as_ref().is_none_or(|g| g.is_match(&*image.reference))
+            && self.reason.as_deref().is_none_or(|r| image.reason.as_deref() == Some(r))
     }
 
     /// Whether the whole-request failure of `record` passes the image filters.
     fn keeps_request_reason(&self, record: &Record) -> bool {
         !self.selects_images()
             && record.reason.is_some()
-            && self.reason.as_ref().is_none_or(|r| record.reason.as_ref() == Some(r))
+            && self.reason.as_deref().is_none_or(|r| record.reason.as_deref() == Some(r))
     }
 
     /// Whether `entry` passes every filter (for the image filters: one of its images, or its whole-request reason).
@@ -349,17 +349,17 @@ pub fn summarise<'a>(entries: impl IntoIterator<Item = &'a Entry>, filter: &Filt
             policy: key.2,
             reason: key.3,
             count: 0,
-            first_seen: entry.record.time.clone(),
-            last_seen: entry.record.time.clone(),
+            first_seen: entry.record.time.to_string(),
+            last_seen: entry.record.time.to_string(),
             first: entry.time,
             last: entry.time,
         });
         row.count += 1;
         if entry.time < row.first {
-            (row.first, row.first_seen) = (entry.time, entry.record.time.clone());
+            (row.first, row.first_seen) = (entry.time, entry.record.time.to_string());
         }
         if entry.time > row.last {
-            (row.last, row.last_seen) = (entry.time, entry.record.time.clone());
+            (row.last, row.last_seen) = (entry.time, entry.record.time.to_string());
         }
     };
     let (decision, outcome, mode) = filter.summarised().labels();
@@ -372,12 +372,12 @@ pub fn summarise<'a>(entries: impl IntoIterator<Item = &'a Entry>, filter: &Filt
             && decision == "deny"
             && filter.keeps_request_reason(record)
         {
-            add((record.namespace.clone(), String::new(), None, reason.clone()), entry);
+            add((record.namespace.to_string(), String::new(), None, reason.to_string()), entry);
         }
         for image in record.images.iter().filter(|i| i.outcome == outcome && filter.keeps_image(i)) {
-            let reason = image.reason.clone().unwrap_or_else(|| "unknown".to_owned());
+            let reason = image.reason.as_deref().unwrap_or("unknown").to_owned();
             let policy = failing_policy(image, &reason, mode);
-            add((record.namespace.clone(), image.reference.clone(), policy, reason), entry);
+            add((record.namespace.to_string(), image.reference.to_string(), policy, reason), entry);
         }
     }
     let mut rows: Vec<Row> = groups.into_values().collect();
@@ -391,7 +391,7 @@ pub fn summarise<'a>(entries: impl IntoIterator<Item = &'a Entry>, filter: &Filt
 fn failing_policy(image: &ImageRecord, reason: &str, mode: &str) -> Option<String> {
     let failed = image.failures.iter().find(|f| f.mode == mode && f.reason == reason);
     match failed {
-        Some(f) if f.policy.is_some() => f.policy.clone(),
+        Some(f) if f.policy.is_some() => f.policy.as_deref().map(str::to_owned),
         _ => (!image.policies.is_empty()).then(|| image.policies.join(",")),
     }
 }
@@ -402,7 +402,7 @@ pub struct Report<'a> {
     /// The summary rows.
     pub summary: Vec<Row>,
     /// The matching records, as read.
-    pub records: Vec<&'a Record>,
+    pub records: Vec<&'a Record<'static>>,
 }
 
 /// The summary as a table, followed by a line counting the matching decisions.
@@ -578,25 +578,33 @@ fn answer(options: &Options, stdin: &mut dyn Read, err: &mut dyn Write) -> Resul
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
+    use std::borrow::Cow;
     use std::io::Write as _;
 
     use super::*;
 
-    fn image(reference: &str, policies: &[&str], outcome: &str, reason: Option<&str>) -> ImageRecord {
+    fn image(reference: &str, policies: &[&str], outcome: &str, reason: Option<&str>) -> ImageRecord<'static> {
+        let owned = |s: &str| Cow::Owned(s.to_owned());
         ImageRecord {
             field: "spec.containers[0].image".into(),
-            reference: reference.into(),
+            reference: owned(reference),
             digest: None,
-            policies: policies.iter().map(|p| (*p).to_owned()).collect(),
-            outcome: outcome.into(),
-            reason: reason.map(str::to_owned),
-            message: reason.map(|r| format!("failed: {r}")),
+            policies: policies.iter().map(|p| owned(p)).collect(),
+            outcome: owned(outcome),
+            reason: reason.map(owned),
+            message: reason.map(|r| format!("failed: {r}").into()),
             verified: Vec::new(),
             failures: Vec::new(),
         }
     }
 
-    fn record(uid: &str, time: &str, namespace: &str, decision: &str, images: Vec<ImageRecord>) -> Record {
+    fn record<'a>(
+        uid: &'a str,
+        time: &'a str,
+        namespace: &'a str,
+        decision: &'a str,
+        images: Vec<ImageRecord<'a>>,
+    ) -> Record<'a> {
         Record {
             v: VERSION,
             time: time.into(),
@@ -668,11 +676,11 @@ mod tests {
     #[test]
     fn a_denial_is_counted_under_the_policy_that_enforced_it() {
         use crate::audit::FailureRecord;
-        let failure = |policy: &str, mode: &str, reason: &str| FailureRecord {
+        let failure = |policy: &'static str, mode: &'static str, reason: &'static str| FailureRecord {
             policy: Some(policy.into()),
             mode: mode.into(),
             reason: reason.into(),
-            message: String::new(),
+            message: String::new().into(),
         };
         let mut both = image("registry.example.com/team/app:1", &["canary", "strict"], "denied", Some("unmet"));
         both.failures = vec![failure("canary", "warn", "signature-missing"), failure("strict", "enforce", "unmet")];
@@ -693,9 +701,9 @@ mod tests {
     #[test]
     fn warnings_and_audited_failures_are_summarised_when_their_decision_is_asked_for() {
         use crate::audit::FailureRecord;
-        let failed = |outcome: &str, policy: &str, mode: &str| {
+        let failed = |outcome: &str, policy: &'static str, mode: &'static str| {
             let mut i = image("registry.example.com/team/app:1", &[policy], outcome, Some("unsigned"));
-            let message = String::new();
+            let message = "".into();
             i.failures = vec![FailureRecord {
                 policy: Some(policy.into()),
                 mode: mode.into(),
@@ -774,8 +782,7 @@ mod tests {
         let log = log_of(&sample());
         for (query, want) in table {
             let filter = Filter::new(&query, now()).unwrap();
-            let got: Vec<&str> =
-                log.entries.iter().filter(|e| filter.keeps(e)).map(|e| e.record.uid.as_str()).collect();
+            let got: Vec<&str> = log.entries.iter().filter(|e| filter.keeps(e)).map(|e| &*e.record.uid).collect();
             assert_eq!(got, want, "{query:?}");
         }
         // Image filters also narrow the summary to the images they select.

@@ -13,7 +13,7 @@ use crate::policy::eval::{ImageInput, Limits, ReviewScope};
 use crate::policy::require::{Platforms, check_attestation, check_signature};
 use crate::policy::{Policy, engine};
 use crate::reason::{Reason, Requirement};
-use crate::verify::{self, AttestationCheck, Authority, SignatureCheck};
+use crate::verify::{AttestationCheck, Authority, SignatureCheck};
 
 mod coverage;
 use coverage::Alternatives;
@@ -88,13 +88,6 @@ pub fn check(
     let mut verified = Vec::new();
     let unmet = unmet(policy, image, usage, evidence, authorities, context, &mut verified);
     Checked { unmet, verified }
-}
-
-fn signer(s: &verify::Signer) -> String {
-    match s {
-        verify::Signer::Key { fingerprint, .. } => format!("key {fingerprint}"),
-        verify::Signer::Certificate { subject, issuer } => format!("certificate {subject} from {issuer}"),
-    }
 }
 
 /// Each requirement in turn, each its own function below. Stops at the first step whose failure makes the later
@@ -180,8 +173,7 @@ fn requirements(
     };
     let image = image.with_digest(evidence.digest.clone());
     let signatures = SignatureCheck::merge(&evidence.digest, checks.iter().map(|c| &c.signatures));
-    verified
-        .extend(signatures.verified.iter().map(|s| format!("signature by {} ({})", s.authority(), signer(&s.signer))));
+    verified.extend(signatures.verified.iter().map(|s| format!("signature by {}", s.vouched_by())));
     unmet.extend(signature_need(policy, &signatures, &resolved).map(|r| absent(r, policy, evidence)));
     unmet.extend(platforms_need(policy, evidence, &resolved));
     let statements = counted_statements(&evidence.digest, &signatures, &checks);
@@ -249,7 +241,7 @@ fn resolve_authorities(policy: &Policy, authorities: &Authorities) -> Result<Vec
     let mut resolved = Vec::new();
     let mut missing = Vec::new();
     for source in &policy.authorities {
-        match authorities.get(&(policy.name.clone(), source.name().to_owned())) {
+        match authorities.get(&policy.name, source.name()) {
             Some(Ok(authority)) => resolved.push(authority.clone()),
             Some(Err(reason)) => missing.push(reason.clone()),
             None => missing.push(Reason::Unmet {
@@ -316,15 +308,11 @@ fn attestation_needs<'s>(
             coverage::Source::List(via) => format!(" via release list {}", via.list.with_digest(digest.clone())),
             coverage::Source::Layers => format!(" naming every layer of {digest}"),
         };
-        verified.extend(statements.iter().map(|s| {
-            format!(
-                "attestation {} ({}) by {} ({}){how}",
-                need.name,
-                s.predicate_type,
-                s.authority(),
-                signer(&s.signer)
-            )
-        }));
+        verified.extend(
+            statements
+                .iter()
+                .map(|s| format!("attestation {} ({}) by {}{how}", need.name, s.predicate_type, s.vouched_by())),
+        );
         named.insert(need.name.clone(), statements);
     }
     if unmet.is_empty() { Ok(named) } else { Err(unmet) }

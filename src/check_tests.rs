@@ -157,7 +157,7 @@ fn resolve_authorities_table() {
     let failed = KeyStore::default().key_set(&[secret]).unwrap_err();
     let failed = Reason::KeyUnavailable { authority: "b".into(), error: failed };
     let mut with_failed = resolved(&[&k.authorities[0]]);
-    with_failed.insert(("p".into(), "b".into()), Err(failed.clone()));
+    with_failed.insert("p", "b", Err(failed.clone()));
     type Row<'a> = (&'a str, Authorities, Result<Vec<&'a str>, Vec<Reason>>);
     let table: Vec<Row> = vec![
         ("both resolved", resolved(&[&k.authorities[0], &k.authorities[1]]), Ok(vec!["a", "b"])),
@@ -183,8 +183,8 @@ fn resolve_authorities_table() {
     }
     // Another policy's authority of the same name is not this policy's.
     let mut other = Authorities::new();
-    other.insert(("q".into(), "a".into()), Ok(Arc::new(k.authorities[0].clone())));
-    other.insert(("q".into(), "b".into()), Ok(Arc::new(k.authorities[1].clone())));
+    other.insert("q", "a", Ok(Arc::new(k.authorities[0].clone())));
+    other.insert("q", "b", Ok(Arc::new(k.authorities[1].clone())));
     assert_eq!(codes(&resolve_authorities(&p, &other).unwrap_err()), ["no-evidence"; 2]);
 }
 

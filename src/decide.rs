@@ -199,7 +199,7 @@ pub fn decide(
     no_match: NoMatch,
     interrupt: &dyn Fn() -> Option<Reason>,
 ) -> Decision {
-    let mut memo = Memo::new();
+    let mut memo = Memo::default();
     let mut stopped: Option<Reason> = None;
     let images: Vec<ImageDecision> = plan
         .images
@@ -219,7 +219,7 @@ pub fn decide(
 
 /// Policy checks per (image, how it is used), so repeated references are checked once per review (within a review an
 /// image has one gathered evidence, or one failure).
-type Memo<'a> = HashMap<(&'a ImageRef, crate::images::Use), Rc<Vec<(String, Checked)>>>;
+type Memo<'a> = HashMap<(&'a ImageRef, crate::images::Use), Rc<Vec<Checked>>, foldhash::fast::RandomState>;
 
 /// An image left unjudged because the review stopped.
 fn interrupted(planned: &PlannedImage, reason: Reason) -> ImageDecision {
@@ -282,17 +282,15 @@ fn judge_image<'a>(
             }
             let usage = planned.field.usage();
             let judgements = memo.entry((image, usage)).or_insert_with(|| {
-                let judged = policies
-                    .iter()
-                    .map(|p| (p.name.clone(), check(p, image, usage, evidence, &gathered.authorities, context)))
-                    .collect();
+                let judged =
+                    policies.iter().map(|p| check(p, image, usage, evidence, &gathered.authorities, context)).collect();
                 Rc::new(judged)
             });
-            for (policy, (name, judgement)) in policies.iter().zip(judgements.iter()) {
-                decision.policies.push(name.clone());
+            for (policy, judgement) in policies.iter().zip(judgements.iter()) {
+                decision.policies.push(policy.name.clone());
                 for reason in &judgement.unmet {
                     decision.failures.push(Failure {
-                        policy: Some(name.clone()),
+                        policy: Some(policy.name.clone()),
                         mode: policy.mode,
                         reason: reason.clone(),
                     });

@@ -147,14 +147,54 @@ pub struct Inspected {
     pub artifacts: Arc<Artifacts>,
 }
 
-/// Authorities resolved for one review, by (policy, authority) name.
-pub type Authorities = HashMap<(String, String), Result<Arc<Authority>, Reason>>;
+/// Authorities resolved for one review, by policy name and authority name (looked up for every image judged, so
+/// by borrowed names).
+#[derive(Debug, Default)]
+pub struct Authorities(HashMap<String, HashMap<String, Resolution, Hasher>, Hasher>);
+
+type Hasher = foldhash::fast::RandomState;
+
+/// An authority with its keys or identities, or why it has none.
+pub type Resolution = Result<Arc<Authority>, Reason>;
+
+impl Authorities {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// What `policy`'s authority `authority` resolved to, if it was resolved for this review.
+    pub fn get(&self, policy: &str, authority: &str) -> Option<&Resolution> {
+        self.0.get(policy)?.get(authority)
+    }
+
+    /// Records what `policy`'s authority `authority` resolved to.
+    pub fn insert(&mut self, policy: &str, authority: &str, resolution: Resolution) {
+        self.0.entry(policy.to_owned()).or_default().insert(authority.to_owned(), resolution);
+    }
+
+    /// Resolves `policy`'s authority `authority` with `resolve`, unless it was already.
+    fn get_or_insert_with(&mut self, policy: &str, authority: &str, resolve: impl FnOnce() -> Resolution) {
+        if self.get(policy, authority).is_none() {
+            self.insert(policy, authority, resolve());
+        }
+    }
+}
+
+impl FromIterator<((String, String), Resolution)> for Authorities {
+    fn from_iter<I: IntoIterator<Item = ((String, String), Resolution)>>(iter: I) -> Self {
+        let mut authorities = Self::new();
+        for ((policy, authority), resolution) in iter {
+            authorities.insert(&policy, &authority, resolution);
+        }
+        authorities
+    }
+}
 
 /// Everything gathered for one plan: evidence per image reference (an image written in several fields is gathered
 /// once), and the authorities of the governing policies.
 #[derive(Debug, Default)]
 pub struct Gathered {
-    pub images: HashMap<ImageRef, Result<Arc<ImageEvidence>, Reason>>,
+    pub images: HashMap<ImageRef, Result<Arc<ImageEvidence>, Reason>, Hasher>,
     pub authorities: Authorities,
     /// The registry bytes this review read: held until the decision is made, so they count against the
     /// process-wide budget for as long as the review holds them.
@@ -326,8 +366,7 @@ impl Gatherer {
             if let Step::Judge { policies, .. } = &planned.step {
                 for policy in policies {
                     for source in &policy.authorities {
-                        let key = (policy.name.clone(), source.name().to_owned());
-                        authorities.entry(key).or_insert_with(|| self.authority(source));
+                        authorities.get_or_insert_with(&policy.name, source.name(), || self.authority(source));
                     }
                 }
             }
@@ -701,8 +740,7 @@ fn memo_key(
             })
         })
         .collect::<Option<Vec<_>>>()?;
-    let image = format!("{}/{}@{digest}", image.registry(), image.repository());
-    Some(memo::Key { image, platforms, sources })
+    Some(memo::Key { image: image.at_digest(digest.clone()), platforms, sources })
 }
 
 /// Whether verifying `artifacts` under `authority` is cheap enough to run on the async worker: a key check of at most
@@ -734,10 +772,7 @@ fn sources<'a>(needing: &[&'a Arc<Policy>], authorities: &Authorities) -> Vec<So
             }
         };
         let source = &mut out[at];
-        let resolved = policy
-            .authorities
-            .iter()
-            .filter_map(|a| authorities.get(&(policy.name.clone(), a.name().to_owned()))?.as_ref().ok());
+        let resolved = policy.authorities.iter().filter_map(|a| authorities.get(&policy.name, a.name())?.as_ref().ok());
         for a in resolved {
             if policy.requirements.platforms == Platforms::All
                 && !source.every_platform.iter().any(|k| k.cache_key() == a.cache_key())
@@ -1235,9 +1270,9 @@ mod tests {
         let set = load_sources(&[(PathBuf::from("p.yaml"), text)]).unwrap();
         let g = gatherer(&r, CacheConfig::default());
         let gathered = gather(&g, &plan_of(&set, &[&format!("{APP}:1")])).await;
-        let secret = gathered.authorities[&("p".to_owned(), "secret".to_owned())].as_ref().unwrap_err();
+        let secret = gathered.authorities.get("p", "secret").unwrap().as_ref().unwrap_err();
         assert_eq!(secret.code(), "key-no-client");
-        assert!(gathered.authorities[&("p".to_owned(), "a".to_owned())].is_ok());
+        assert!(gathered.authorities.get("p", "a").unwrap().is_ok());
         let evidence = found(&gathered, &format!("{APP}:1")).as_ref().unwrap();
         assert_eq!(evidence.verified.len(), 1, "only the authority with a key is verified");
     }

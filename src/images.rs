@@ -3,16 +3,18 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 
 use serde_json::Value;
 
 mod grammar;
 
-/// A content digest such as `sha256:<64 lowercase hex>`.
+/// A content digest such as `sha256:<64 lowercase hex>`. Held as its text, shared: a digest is cloned into every
+/// key, record and decision that names it, and a clone is a count, not a copy.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Digest {
-    algorithm: String,
-    hex: String,
+    /// `algorithm:hex`. The algorithms allowed are all six characters long, so the text orders as the pair does.
+    text: Arc<str>,
 }
 
 impl Digest {
@@ -30,32 +32,37 @@ impl Digest {
         if hex.len() != want || !lower_hex {
             return Err(RefError::Digest(format!("{algorithm} digest must be {want} lowercase hex characters")));
         }
-        Ok(Self { algorithm: algorithm.to_owned(), hex: hex.to_owned() })
+        Ok(Self { text: s.into() })
     }
 
     /// The sha256 digest of `bytes`.
     pub fn sha256_of(bytes: &[u8]) -> Self {
         use sha2::Digest as _;
-        Self { algorithm: "sha256".to_owned(), hex: hex::encode(sha2::Sha256::digest(bytes)) }
+        Self { text: format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes))).into() }
     }
 
     pub fn algorithm(&self) -> &str {
-        &self.algorithm
+        self.text.split_once(':').map_or("", |(algorithm, _)| algorithm)
     }
 
     pub fn hex(&self) -> &str {
-        &self.hex
+        self.text.split_once(':').map_or("", |(_, hex)| hex)
+    }
+
+    /// `algorithm:hex`.
+    pub fn as_str(&self) -> &str {
+        &self.text
     }
 
     /// The tag cosign derives from this digest: `sha256-<hex>` (suffix `.sig`/`.att` added by callers).
     pub fn tag_form(&self) -> String {
-        format!("{}-{}", self.algorithm, self.hex)
+        format!("{}-{}", self.algorithm(), self.hex())
     }
 }
 
 impl fmt::Display for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.algorithm, self.hex)
+        f.write_str(&self.text)
     }
 }
 
@@ -94,20 +101,22 @@ pub fn canonical_host(host: &str) -> String {
 }
 
 /// A normalised image reference: `docker.io/library/` added, `latest` when neither tag nor digest is given, and the
-/// digest, when present, is what identifies the image (the tag is kept only for display).
+/// digest, when present, is what identifies the image (the tag is kept only for display). Its parts are shared
+/// text: a reference is cloned from the plan into the gathering, the decision and the record of every review that
+/// names it, and a clone is a count, not a copy.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ImageRef {
-    registry: String,
-    repository: String,
-    tag: Option<String>,
+    registry: Arc<str>,
+    repository: Arc<str>,
+    tag: Option<Arc<str>>,
     digest: Option<Digest>,
 }
 
 /// References parsed lately: parsing reads the reference grammar (a few µs), and the same few references
 /// arrive in review after review. Bounded: at most [`PARSED_MAX`] entries of at most [`PARSED_KEY_MAX`] bytes,
 /// dropped all at once when full. Parsing is a pure function of the text, so a remembered answer is the answer.
-static PARSED: std::sync::LazyLock<std::sync::Mutex<HashMap<String, Result<ImageRef, RefError>>>> =
-    std::sync::LazyLock::new(Default::default);
+static PARSED: std::sync::LazyLock<std::sync::Mutex<Parsed>> = std::sync::LazyLock::new(Default::default);
+type Parsed = HashMap<String, Result<ImageRef, RefError>, foldhash::quality::RandomState>;
 const PARSED_MAX: usize = 1024;
 const PARSED_KEY_MAX: usize = 512;
 
@@ -146,7 +155,7 @@ impl ImageRef {
         if registry == DOCKER_HUB && !repository.contains('/') {
             repository = format!("library/{repository}");
         }
-        Ok(Self { registry, repository, tag: parts.tag.map(str::to_owned), digest })
+        Ok(Self { registry: registry.into(), repository: repository.into(), tag: parts.tag.map(Arc::from), digest })
     }
 
     /// Registry host (and port), `docker.io` for Docker Hub.
@@ -174,6 +183,11 @@ impl ImageRef {
     /// The same image pinned to `digest`; the tag stays for display.
     pub fn with_digest(&self, digest: Digest) -> Self {
         Self { digest: Some(digest), ..self.clone() }
+    }
+
+    /// `registry/repository@digest`: the image `digest` names in this repository, whatever the tag.
+    pub fn at_digest(&self, digest: Digest) -> Self {
+        Self { tag: None, digest: Some(digest), ..self.clone() }
     }
 }
 
@@ -284,15 +298,13 @@ pub fn extract(kind: PodKind, object: &Value) -> Result<Vec<ImageField>, ShapeEr
     let mut fields = Vec::new();
     for list in CONTAINER_LISTS {
         for (i, entry) in array_at(spec, &path, list)?.iter().enumerate() {
-            let at = format!("{path}.{list}[{i}]");
-            fields.push(image_field(entry, &at, "image")?);
+            fields.push(image_field(entry, format!("{path}.{list}[{i}].image"))?);
         }
     }
     for (i, volume) in array_at(spec, &path, "volumes")?.iter().enumerate() {
-        let at = format!("{path}.volumes[{i}]");
         match volume.get("image") {
             None | Some(Value::Null) => {}
-            Some(source) => fields.push(image_field(source, &format!("{at}.image"), "reference")?),
+            Some(source) => fields.push(image_field(source, format!("{path}.volumes[{i}].image.reference"))?),
         }
     }
     Ok(fields)
@@ -330,11 +342,14 @@ fn array_at<'a>(spec: &'a Value, path: &str, key: &str) -> Result<&'a [Value], S
     }
 }
 
-fn image_field(entry: &Value, at: &str, key: &str) -> Result<ImageField, ShapeError> {
+/// The field at `path` (`….image` or `….image.reference`) of `entry`, the object its path's last name is in.
+fn image_field(entry: &Value, path: String) -> Result<ImageField, ShapeError> {
+    let Some((at, key)) = path.rsplit_once('.') else {
+        return Err(ShapeError { path, problem: "not a field".into() });
+    };
     if !entry.is_object() {
         return Err(ShapeError { path: at.to_owned(), problem: "not an object".into() });
     }
-    let path = format!("{at}.{key}");
     let raw = match entry.get(key) {
         None | Some(Value::Null) => String::new(),
         Some(Value::String(s)) => s.clone(),

@@ -372,14 +372,11 @@ mod tests {
     use super::*;
     use crate::decide::Decision;
 
-    fn record(uid: &str) -> Record {
-        super::super::record(
-            uid,
-            None,
-            &Decision::allow_without_images(),
-            Duration::ZERO,
-            "2026-11-30T00:00:00Z".into(),
-        )
+    fn record(uid: &str) -> Record<'static> {
+        static ALLOWED: std::sync::LazyLock<Decision> = std::sync::LazyLock::new(Decision::allow_without_images);
+        let mut record = super::super::record("", None, &ALLOWED, Duration::ZERO, "2026-11-30T00:00:00Z".into());
+        record.uid = uid.to_owned().into();
+        record
     }
 
     fn config(log: &Path) -> AuditConfig {
@@ -388,7 +385,7 @@ mod tests {
 
     fn uids(path: &Path) -> Vec<String> {
         let text = std::fs::read_to_string(path).unwrap();
-        text.lines().map(|l| serde_json::from_str::<Record>(l).unwrap().uid).collect()
+        text.lines().map(|l| serde_json::from_str::<Record>(l).unwrap().uid.into_owned()).collect()
     }
 
     #[test]

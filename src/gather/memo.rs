@@ -21,8 +21,8 @@ use super::ImageEvidence;
 /// Everything an image's gathered evidence depends on.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(super) struct Key {
-    /// `registry/repository@digest`, in one allocation (an entry's key is most of its weight).
-    pub image: String,
+    /// `registry/repository@digest` (its text shared with the references that name it).
+    pub image: ImageRef,
     /// Whether an index's platform manifests were read (a release list's never are).
     pub platforms: bool,
     pub sources: Vec<SourceKey>,
@@ -133,7 +133,7 @@ mod tests {
 
     fn key(n: u8, authority: &str) -> Key {
         Key {
-            image: format!("registry.example/team/app@{}", digest(n)),
+            image: ImageRef::parse("registry.example/team/app").unwrap().at_digest(digest(n)),
             platforms: false,
             sources: vec![SourceKey {
                 repository: None,

@@ -47,17 +47,44 @@ impl Matcher {
     /// [`Matcher::matches`] over the forms of an image prepared once for every policy of a set.
     pub fn matches_any(&self, image: &Candidates, namespace: &str) -> bool {
         let namespace_ok = self.namespaces.as_ref().is_none_or(|set| set.is_match(namespace));
-        namespace_ok && image.0.iter().any(|c| self.images.is_match(c))
+        namespace_ok && image.forms().any(|c| self.images.is_match(c))
     }
 }
 
 /// The forms of one image that globs are matched against (name, name:tag, name@digest, name:tag@digest), prepared
-/// once.
-pub struct Candidates(Vec<String>);
+/// once: the forms that are prefixes of `name:tag@digest` are slices of it.
+pub struct Candidates {
+    /// `name[:tag][@digest]`.
+    full: String,
+    /// Where `name` and `name[:tag]` end in `full`.
+    name: usize,
+    tagged: usize,
+    /// `name@digest`, when the image has both a tag and a digest (otherwise it is `full` or absent).
+    untagged: Option<String>,
+}
 
 impl Candidates {
     pub fn of(image: &ImageRef) -> Self {
-        Self(candidates(image))
+        use std::fmt::Write as _;
+        let mut full = String::with_capacity(image.registry().len() + image.repository().len() + 100);
+        let _ = write!(full, "{}/{}", image.registry(), image.repository());
+        let name = full.len();
+        if let Some(tag) = image.tag() {
+            let _ = write!(full, ":{tag}");
+        }
+        let tagged = full.len();
+        let untagged = image.digest().filter(|_| image.tag().is_some()).map(|d| format!("{}@{d}", &full[..name]));
+        if let Some(digest) = image.digest() {
+            let _ = write!(full, "@{digest}");
+        }
+        Self { full, name, tagged, untagged }
+    }
+
+    /// Every form, each once.
+    fn forms(&self) -> impl Iterator<Item = &str> {
+        let prefixes = [self.name, self.tagged, self.full.len()];
+        let distinct = prefixes.into_iter().enumerate().filter(move |&(i, end)| i == 0 || end != prefixes[i - 1]);
+        distinct.map(|(_, end)| &self.full[..end]).chain(self.untagged.as_deref())
     }
 }
 
@@ -75,21 +102,6 @@ fn canonical_glob(glob: &str) -> String {
     }
 }
 
-fn candidates(image: &ImageRef) -> Vec<String> {
-    let name = image.name();
-    let mut out = vec![name.clone()];
-    if let Some(tag) = image.tag() {
-        out.push(format!("{name}:{tag}"));
-    }
-    if let Some(digest) = image.digest() {
-        out.push(format!("{name}@{digest}"));
-        if let Some(tag) = image.tag() {
-            out.push(format!("{name}:{tag}@{digest}"));
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,6 +115,19 @@ mod tests {
 
     fn img(s: &str) -> ImageRef {
         ImageRef::parse(s).unwrap()
+    }
+
+    #[test]
+    fn candidates_are_every_form_of_the_name_once() {
+        let forms = |s: &str| Candidates::of(&img(s)).forms().map(str::to_owned).collect::<Vec<_>>();
+        let name = "registry.example.com/team/app";
+        assert_eq!(
+            forms(&format!("{name}:v1@{D}")),
+            [name.to_owned(), format!("{name}:v1"), format!("{name}:v1@{D}"), format!("{name}@{D}")]
+        );
+        assert_eq!(forms(&format!("{name}:v1")), [name.to_owned(), format!("{name}:v1")]);
+        assert_eq!(forms(&format!("{name}@{D}")), [name.to_owned(), format!("{name}@{D}")]);
+        assert_eq!(forms("app"), ["docker.io/library/app", "docker.io/library/app:latest"]);
     }
 
     #[test]

@@ -179,7 +179,12 @@ impl Need {
 
     /// Whether the authorities that vouched satisfy this need.
     pub fn satisfied_by(&self, vouched: &BTreeSet<&str>) -> bool {
-        let count = self.authorities.iter().filter(|a| vouched.contains(a.as_str())).count();
+        self.satisfied_when(|a| vouched.contains(a))
+    }
+
+    /// [`Need::satisfied_by`] the authorities for which `vouches` is true.
+    fn satisfied_when(&self, vouches: impl Fn(&str) -> bool) -> bool {
+        let count = self.authorities.iter().filter(|a| vouches(a)).count();
         match self.combine {
             Combine::Any => count >= 1,
             Combine::All => count == self.authorities.len(),
@@ -336,7 +341,7 @@ pub fn check_signature(
     check: &SignatureCheck,
     authorities: &[std::sync::Arc<crate::verify::Authority>],
 ) -> Option<Unmet> {
-    if need.satisfied_by(&vouched(check.verified.iter())) {
+    if need.satisfied_when(|a| check.verified.iter().any(|v| v.authority() == a)) {
         return None;
     }
     Some(Unmet {

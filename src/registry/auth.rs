@@ -119,6 +119,9 @@ impl HostCredentials {
 
     /// The credentials for a registry host, anonymous when none are known.
     pub fn for_host(&self, host: &str) -> Credentials {
+        if self.hosts.is_empty() {
+            return Credentials::default();
+        }
         self.hosts.get(&normalise_host(host)).cloned().unwrap_or_default()
     }
 

@@ -19,6 +19,8 @@ mod reason;
 mod simple;
 mod trusted_root;
 
+use std::sync::Arc;
+
 use serde::Serialize;
 
 use crate::artifact::{Artifacts, Layer, Origin};
@@ -30,25 +32,55 @@ pub use key::{KeyError, KeyKind, PublicKey, Scheme};
 pub use reason::Rejection;
 pub use trusted_root::{TrustedRoot, TrustedRootError};
 
-/// Provenance that passed verification. Only `verify` can build one; `decide` reads it.
+/// Provenance that passed verification. Only `verify` can build one; `decide` reads it. Verified once and read
+/// by every review of the image while it is cached, so its parts are shared and a clone is a few counts.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Verified<T> {
-    authority: String,
+    authority: Arc<str>,
     /// Where the layer that verified was found.
     #[serde(skip)]
     origin: Origin,
+    /// Who vouched, as explanations name it: see [`Verified::vouched_by`].
+    #[serde(skip)]
+    vouched_by: Arc<str>,
     #[serde(flatten)]
-    value: T,
+    value: Arc<T>,
+}
+
+/// What was signed by a [`Signer`].
+pub trait Signed {
+    fn signer(&self) -> &Signer;
+}
+
+impl Signed for ImageSignature {
+    fn signer(&self) -> &Signer {
+        &self.signer
+    }
+}
+
+impl Signed for Statement {
+    fn signer(&self) -> &Signer {
+        &self.signer
+    }
+}
+
+impl<T: Signed> Verified<T> {
+    fn new(authority: &Authority, origin: &Origin, value: T) -> Self {
+        let vouched_by = format!("{} ({})", authority.name(), value.signer()).into();
+        Self { authority: authority.name().into(), origin: origin.clone(), vouched_by, value: Arc::new(value) }
+    }
 }
 
 impl<T> Verified<T> {
-    fn new(authority: &Authority, origin: &Origin, value: T) -> Self {
-        Self { authority: authority.name().to_owned(), origin: origin.clone(), value }
-    }
-
     /// The name of the authority whose key or identity verified this.
     pub fn authority(&self) -> &str {
         &self.authority
+    }
+
+    /// The authority and its key or identity that verified this: `chains (key sha256:ab12…)` or
+    /// `keyless (certificate SUBJECT from ISSUER)`.
+    pub fn vouched_by(&self) -> &Arc<str> {
+        &self.vouched_by
     }
 
     pub fn value(&self) -> &T {
@@ -71,6 +103,16 @@ pub enum Signer {
     Key { fingerprint: String, scheme: String },
     /// A Fulcio certificate chained to the trusted root, with its identity.
     Certificate { subject: String, issuer: String },
+}
+
+/// `key sha256:ab12…` or `certificate SUBJECT from ISSUER`.
+impl std::fmt::Display for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Key { fingerprint, .. } => write!(f, "key {fingerprint}"),
+            Self::Certificate { subject, issuer } => write!(f, "certificate {subject} from {issuer}"),
+        }
+    }
 }
 
 /// A verified cosign image signature (simple signing, from `.sig` or a bundle).
@@ -289,7 +331,7 @@ fn attestations_of(
 
 /// Runs `attempt` for each authority; records one `Verified` per accepting authority, or one rejection with the
 /// most telling reason (wrong-key reasons are merged so the message lists every key tried).
-fn judge<T>(
+fn judge<T: Signed>(
     layer: &Layer,
     authorities: &[Authority],
     verified: &mut Vec<Verified<T>>,
