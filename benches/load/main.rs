@@ -159,6 +159,9 @@ impl Table {
     }
 }
 
+/// Alternating rounds of the 1-image and 3-image Pods over which server CPU per review is measured.
+const CPU_ROUNDS: usize = 5;
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -316,39 +319,52 @@ async fn bench(opts: &Options) -> bool {
     if opts.runs("warm") {
         let one = pod(&[by_digest(&registry.addr, &warm[0])]);
         let three = pod(&warm.iter().map(|d| by_digest(&registry.addr, d)).collect::<Vec<_>>());
-        let mut cpu_per = [0.0f64; 2];
-        let mut rate16 = [0.0f64; 2];
-        for (i, (label, body)) in [("1-image", &one), ("3-image", &three)].into_iter().enumerate() {
+        for (label, body) in [("1-image", &one), ("3-image", &three)] {
             closed_loop(&target, 1, dur, 200, body.clone(), Expect::Allow).await;
             for conns in [1usize, 16, 64] {
-                let cpu0 = pg.cpu();
                 let mut run = closed_loop(&target, conns, dur, u64::MAX, body.clone(), Expect::Allow).await;
-                let cpu_ms = pg.cpu().since(&cpu0) as f64 / 1e6;
                 assert_eq!(run.errors, 0, "{label} at {conns}: {:?}", run.first_error);
                 let (p50, p99, rate) = (run.quantile(0.5), run.quantile(0.99), run.rate());
                 let measured = format!("{rate:.0}/s, p50 {p50:.2} ms, p99 {p99:.2} ms");
                 let figure = format!("warm reviews/s, {label} Pod, {conns} conn{}", if conns == 1 { "" } else { "s" });
-                if conns == 16 {
-                    cpu_per[i] = cpu_ms / run.ok as f64;
-                    rate16[i] = rate;
-                }
-                if conns == 16 && i == 0 {
+                if conns == 16 && label == "1-image" {
                     table.row(figure, measured, "≥ 10,000/s, p99 ≤ 4 ms", Some(rate >= 10_000.0 && p99 <= 4.0));
                 } else {
                     table.row(figure, measured, "", None);
                 }
             }
         }
+        // Server CPU per review, the two Pods measured in alternating rounds at 16 connections: on a shared machine
+        // the CPU a review costs drifts from one second to the next, and a ratio of two runs far apart measures
+        // the drift. The median round is reported.
+        let mut cpu_one = Vec::new();
+        let mut ratios = Vec::new();
+        for _ in 0..CPU_ROUNDS {
+            let mut per = [0.0f64; 2];
+            for (i, body) in [&one, &three].into_iter().enumerate() {
+                let cpu0 = pg.cpu();
+                let run = closed_loop(&target, 16, dur / 2, u64::MAX, body.clone(), Expect::Allow).await;
+                assert_eq!(run.errors, 0, "CPU round: {:?}", run.first_error);
+                per[i] = pg.cpu().since(&cpu0) as f64 / 1e6 / run.ok as f64;
+            }
+            cpu_one.push(per[0]);
+            ratios.push(per[1] / per[0]);
+        }
+        let spread = |v: &[f64]| {
+            let (lo, hi) = (v.iter().copied().fold(f64::INFINITY, f64::min), v.iter().copied().fold(0.0, f64::max));
+            (lo, hi)
+        };
+        let ((cpu_lo, cpu_hi), (ratio_lo, ratio_hi)) = (spread(&cpu_one), spread(&ratios));
+        let (cpu, ratio) = (median(cpu_one), median(ratios));
         table.row(
             "server CPU per cached review (1-image, 16 conns)",
-            format!("{:.3} ms", cpu_per[0]),
+            format!("{cpu:.3} ms (median of {CPU_ROUNDS} rounds, {cpu_lo:.3}–{cpu_hi:.3})"),
             "≤ 0.05 ms",
-            Some(cpu_per[0] <= 0.05),
+            Some(cpu <= 0.05),
         );
-        let ratio = cpu_per[1] / cpu_per[0];
         table.row(
             "warm 3-image Pod ÷ 1-image Pod (server CPU per review)",
-            format!("{ratio:.2}× ({:.3} ms; throughput ratio {:.2}×)", cpu_per[1], rate16[0] / rate16[1]),
+            format!("{ratio:.2}× (median of {CPU_ROUNDS} alternating rounds, {ratio_lo:.2}–{ratio_hi:.2})"),
             "≤ 1.2×",
             Some(ratio <= 1.2),
         );
