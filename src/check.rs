@@ -1,6 +1,7 @@
 //! Checks one image against one policy, purely: the authorities' keys verify the gathered layers (`verify`), the
 //! `require` section is checked over what verified, then the CEL validations run over the verified statements only.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -172,7 +173,7 @@ fn requirements(
         return Err(unmet);
     };
     let image = image.with_digest(evidence.digest.clone());
-    let signatures = SignatureCheck::merge(&evidence.digest, checks.iter().map(|c| &c.signatures));
+    let signatures = SignatureCheck::merged(&evidence.digest, checks.iter().map(|c| &c.signatures));
     verified.extend(signatures.verified.iter().map(|s| format!("signature by {}", s.vouched_by())));
     unmet.extend(signature_need(policy, &signatures, &resolved).map(|r| absent(r, policy, evidence)));
     unmet.extend(platforms_need(policy, evidence, &resolved));
@@ -273,9 +274,13 @@ fn platforms_need(policy: &Policy, evidence: &ImageEvidence, resolved: &[Arc<Aut
 /// through a verified link: the index itself must carry a valid signature from one of this policy's authorities, so
 /// that its platform list is vouched for. Otherwise anyone could list a legitimately attested manifest in an index
 /// of their own.
-fn counted_statements(digest: &Digest, signatures: &SignatureCheck, checks: &[&Verification]) -> AttestationCheck {
-    let all_statements = AttestationCheck::merge(digest, checks.iter().map(|c| &c.attestations));
-    if signatures.verified.is_empty() { all_statements.about_only(digest) } else { all_statements }
+fn counted_statements<'a>(
+    digest: &Digest,
+    signatures: &SignatureCheck,
+    checks: &[&'a Verification],
+) -> Cow<'a, AttestationCheck> {
+    let all_statements = AttestationCheck::merged(digest, checks.iter().map(|c| &c.attestations));
+    if signatures.verified.is_empty() { Cow::Owned(all_statements.about_only(digest)) } else { all_statements }
 }
 
 /// `require.attestations`: each named need over the counted statements. On success, the statements each name

@@ -68,6 +68,10 @@ impl Shared {
     }
 }
 
+/// About what a record takes besides its images, and what each image adds (a signed, allowed image's line).
+const LINE_BYTES: usize = 512;
+const IMAGE_BYTES: usize = 448;
+
 impl AuditLog {
     /// Opens the log `config` names (standard output when none), creating the file, and starts the writer thread.
     pub fn open(config: &AuditConfig, metrics: AuditMetrics) -> std::io::Result<Self> {
@@ -94,15 +98,15 @@ impl AuditLog {
     /// Queues `record` for the writer without waiting. When the queue holds `audit.queueSize` records or
     /// `audit.queueBytes` bytes, the record is dropped, counted, and logged (one line per 10 s at most).
     pub fn submit(&self, record: &Record) {
-        let mut line = match serde_json::to_vec(record) {
-            Ok(line) => line,
-            Err(e) => {
-                self.shared.metrics.dropped.inc();
-                return tracing::error!(error = %e, uid = %record.uid, "audit record not serialisable; dropped");
-            }
-        };
+        // Sized for a typical record, so that writing it seldom grows the buffer.
+        let mut line = Vec::with_capacity(LINE_BYTES + IMAGE_BYTES * record.images.len());
+        if let Err(e) = serde_json::to_writer(&mut line, record) {
+            self.shared.metrics.dropped.inc();
+            return tracing::error!(error = %e, uid = %record.uid, "audit record not serialisable; dropped");
+        }
         line.push(b'\n');
-        let len = line.len();
+        // What the line holds of memory, not only its text, counts against `audit.queueBytes`.
+        let len = line.capacity();
         let held = self.shared.queued_bytes.fetch_add(len, Ordering::SeqCst);
         if held.saturating_add(len) > self.shared.queue_bytes {
             self.shared.queued_bytes.fetch_sub(len, Ordering::SeqCst);
@@ -171,7 +175,7 @@ impl Writer {
             let mut taken: u64 = 0;
             let mut next = Some(first);
             while let Some(line) = next.take() {
-                self.shared.queued_bytes.fetch_sub(line.len(), Ordering::SeqCst);
+                self.shared.queued_bytes.fetch_sub(line.capacity(), Ordering::SeqCst);
                 self.write(&line);
                 taken += 1;
                 if taken < BATCH {

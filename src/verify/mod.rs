@@ -198,6 +198,29 @@ macro_rules! check_common {
                 }
             }
 
+            /// [`Self::merge`], borrowing the one check there is when it is of `digest` already (nothing to merge).
+            pub fn merged<'a>(
+                digest: &Digest,
+                checks: impl IntoIterator<Item = &'a Self>,
+            ) -> std::borrow::Cow<'a, Self> {
+                let mut checks = checks.into_iter();
+                match (checks.next(), checks.next()) {
+                    (Some(one), None) if &one.digest == digest && one.is_merged() => std::borrow::Cow::Borrowed(one),
+                    (first, second) => {
+                        std::borrow::Cow::Owned(Self::merge(digest, first.into_iter().chain(second).chain(checks)))
+                    }
+                }
+            }
+
+            /// Whether merging this check alone would leave it as it is: no layer is both verified and rejected,
+            /// and none is rejected twice.
+            fn is_merged(&self) -> bool {
+                self.rejected.iter().enumerate().all(|(i, r)| {
+                    !self.verified.iter().any(|v| v.layer == r.layer)
+                        && !self.rejected[..i].iter().any(|x| x.layer == r.layer)
+                })
+            }
+
             /// Several authorities' checks of one digest as one: every verified item, and for each layer that no
             /// authority accepted, its most telling rejection (wrong-key rejections merged, so the message lists
             /// every key tried), as if the authorities had been checked together.

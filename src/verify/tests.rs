@@ -134,6 +134,30 @@ fn a_second_authority_and_a_bad_layer_do_not_hide_a_good_one() {
 }
 
 #[test]
+fn one_check_is_borrowed_as_its_merge_only_when_merging_would_change_nothing() {
+    use std::borrow::Cow;
+    let (payload, sig, auth) = busybox();
+    let good = sig_layer(&payload, &[("dev.cosignproject.cosign/signature", sig.clone())]);
+    let garbage = sig_layer(b"garbage", &[("dev.cosignproject.cosign/signature", sig)]);
+    let clean = signatures(&sigs(vec![garbage.clone(), good.clone()]), &digest(BUSYBOX), std::slice::from_ref(&auth));
+    let merged = SignatureCheck::merged(&digest(BUSYBOX), [&clean]);
+    assert!(matches!(merged, Cow::Borrowed(_)));
+    assert_eq!(*merged, SignatureCheck::merge(&digest(BUSYBOX), [&clean]));
+    // Of another digest, it is not the check asked for.
+    assert!(matches!(SignatureCheck::merged(&digest(&format!("sha256:{}", "0".repeat(64))), [&clean]), Cow::Owned(_)));
+    // The same rejected layer found twice (say by tag and as a referrer): merging lists it once, so the one check
+    // is merged, not borrowed.
+    let twice = signatures(&sigs(vec![garbage.clone(), garbage, good]), &digest(BUSYBOX), std::slice::from_ref(&auth));
+    assert_eq!(twice.rejected.len(), 2);
+    let merged = SignatureCheck::merged(&digest(BUSYBOX), [&twice]);
+    assert!(matches!(merged, Cow::Owned(_)));
+    assert_eq!(merged.rejected.len(), 1);
+    assert_eq!(*merged, SignatureCheck::merge(&digest(BUSYBOX), [&twice]));
+    // Two checks are always merged.
+    assert!(matches!(SignatureCheck::merged(&digest(BUSYBOX), [&clean, &clean]), Cow::Owned(_)));
+}
+
+#[test]
 fn key_set_and_keyless_authorities_cannot_be_empty() {
     assert_eq!(KeySet::new(vec![]), Err(EmptyKeySet));
     let root = Arc::new(TrustedRoot::from_json(&read("sigstore-public-good/trusted_root.json")).unwrap());
