@@ -298,13 +298,15 @@ pub fn extract(kind: PodKind, object: &Value) -> Result<Vec<ImageField>, ShapeEr
     let mut fields = Vec::new();
     for list in CONTAINER_LISTS {
         for (i, entry) in array_at(spec, &path, list)?.iter().enumerate() {
-            fields.push(image_field(entry, format!("{path}.{list}[{i}].image"))?);
+            fields.push(image_field(entry, format!("{path}.{list}[{i}].image"), "image")?);
         }
     }
     for (i, volume) in array_at(spec, &path, "volumes")?.iter().enumerate() {
         match volume.get("image") {
             None | Some(Value::Null) => {}
-            Some(source) => fields.push(image_field(source, format!("{path}.volumes[{i}].image.reference"))?),
+            Some(source) => {
+                fields.push(image_field(source, format!("{path}.volumes[{i}].image.reference"), "reference")?);
+            }
         }
     }
     Ok(fields)
@@ -342,12 +344,10 @@ fn array_at<'a>(spec: &'a Value, path: &str, key: &str) -> Result<&'a [Value], S
     }
 }
 
-/// The field at `path` (`….image` or `….image.reference`) of `entry`, the object its path's last name is in.
-fn image_field(entry: &Value, path: String) -> Result<ImageField, ShapeError> {
-    let Some((at, key)) = path.rsplit_once('.') else {
-        return Err(ShapeError { path, problem: "not a field".into() });
-    };
+/// The field `key` of `entry`, at `path` (which ends in `.key`; the path is made once, as the field's name).
+fn image_field(entry: &Value, path: String, key: &str) -> Result<ImageField, ShapeError> {
     if !entry.is_object() {
+        let at = path.strip_suffix(key).and_then(|p| p.strip_suffix('.')).unwrap_or(&path);
         return Err(ShapeError { path: at.to_owned(), problem: "not an object".into() });
     }
     let raw = match entry.get(key) {
@@ -526,6 +526,7 @@ mod tests {
             (PodKind::Pod, json!({"spec": {"containers": {}}}), "spec.containers"),
             (PodKind::Pod, json!({"spec": {"containers": ["nginx"]}}), "spec.containers[0]"),
             (PodKind::Pod, json!({"spec": {"containers": [{"image": 5}]}}), "spec.containers[0].image"),
+            (PodKind::Pod, json!({"spec": {"volumes": [{"image": "x"}]}}), "spec.volumes[0].image"),
             (
                 PodKind::Pod,
                 json!({"spec": {"volumes": [{"image": {"reference": []}}]}}),
