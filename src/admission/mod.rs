@@ -165,7 +165,7 @@ async fn validate(State(webhook): State<Arc<Webhook>>, request: axum::extract::R
     webhook.audit.submit(&record);
     abandoned.answered = true;
     tracing::debug!(latency_ms = record.latency_ms, "reviewed");
-    axum::Json(response::build(&incoming.uid, &decision)).into_response()
+    response::json(&response::build(&incoming.uid, &decision))
 }
 
 impl Webhook {

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{Patch, PatchOperation, ReplaceOperation};
 use serde_json::Value;
@@ -56,7 +56,7 @@ pub(super) async fn handle(State(webhook): State<Arc<Webhook>>, request: axum::e
     for pin in &found {
         tracing::debug!(field = pin.field, value = pin.value, "pinned to the verified digest");
     }
-    axum::Json(response::build_mutation(&incoming.uid, &patch(&found))).into_response()
+    response::json(&response::build_mutation(&incoming.uid, &patch(&found)))
 }
 
 /// The fields of `request`'s object to pin: the candidates of the review as written, kept only where the review of

@@ -164,8 +164,12 @@ impl Webhook {
 
     /// [`Webhook::review`] with `client`.
     pub async fn review_with(&self, client: &reqwest::Client, review: &Value) -> Value {
-        let (status, body) = self.post_raw_with(client, serde_json::to_vec(review).unwrap()).await.unwrap();
+        let sent = serde_json::to_vec(review).unwrap();
+        let resp = client.post(&self.url).header("content-type", "application/json").body(sent).send().await.unwrap();
+        let (status, kind) = (resp.status().as_u16(), resp.headers().get("content-type").cloned());
+        let body = resp.text().await.unwrap();
         assert_eq!(status, 200, "{body}");
+        assert_eq!(kind.as_ref().map(|k| k.to_str().unwrap()), Some("application/json"), "the answer is JSON");
         let out: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(out["apiVersion"], "admission.k8s.io/v1");
         assert_eq!(out["kind"], "AdmissionReview");
