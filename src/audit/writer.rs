@@ -459,6 +459,29 @@ mod tests {
     }
 
     #[test]
+    fn the_queue_counts_the_memory_a_line_holds_and_gives_it_back_once_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let metrics = AuditMetrics::default();
+        // Room for this line's text, not for the buffer it is written into: the buffer is what memory holds.
+        let text = serde_json::to_vec(&record("u-0")).unwrap().len() + 1;
+        assert!(text < LINE_BYTES);
+        let log = AuditLog::open(&AuditConfig { queue_bytes: text, ..config(&path) }, metrics.clone()).unwrap();
+        log.submit(&record("u-0"));
+        assert!(log.settle(Duration::from_secs(10)));
+        assert_eq!((metrics.written.get(), metrics.dropped.get()), (0, 1));
+        // With room for many, every line is written and the count comes back to nothing.
+        let log =
+            AuditLog::open(&AuditConfig { queue_bytes: 100 * LINE_BYTES, ..config(&path) }, metrics.clone()).unwrap();
+        for i in 0..50 {
+            log.submit(&record(&format!("u-{i}")));
+        }
+        assert!(log.settle(Duration::from_secs(10)));
+        assert_eq!(metrics.written.get(), 50);
+        assert_eq!(log.shared.queued_bytes.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
     fn the_throttle_lets_one_line_through_and_counts_the_rest() {
         let quiet = Throttle::new(Duration::from_secs(3600));
         assert_eq!(quiet.hit(), Some(1));
