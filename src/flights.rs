@@ -50,10 +50,9 @@ impl<K: Hash + Eq + Clone, V: Clone + Send + Sync + 'static> Flights<K, V> {
                 }
             }
         };
-        // The waiter is declared first so that it is dropped last: when this caller gives up, every other handle
-        // of it on the flight is gone by the time the waiter looks whether the flight is still awaited.
-        let mut waiter = Waiter { flights: self, key, flight: Some(flight) };
-        let flight = waiter.flight.clone().unwrap_or_else(|| unreachable!("set above"));
+        // The waiter is bound first so that it is dropped last: when this caller gives up, its other handle on the
+        // flight is gone by the time the waiter looks whether the flight is still awaited.
+        let (mut waiter, flight) = Waiter::new(self, key, flight);
         let answer = flight.clone().await;
         // Landed: later callers start a new flight, even while callers of this one are still being woken.
         let mut inflight = self.lock();
@@ -86,6 +85,14 @@ struct Waiter<'a, K: Hash + Eq + Clone, V: Clone + Send + Sync + 'static> {
     flights: &'a Flights<K, V>,
     key: K,
     flight: Option<Flight<V>>,
+}
+
+impl<'a, K: Hash + Eq + Clone, V: Clone + Send + Sync + 'static> Waiter<'a, K, V> {
+    /// The waiter of `flight` under `key`, and a handle to await it by.
+    fn new(flights: &'a Flights<K, V>, key: K, flight: Flight<V>) -> (Self, Flight<V>) {
+        let handle = flight.clone();
+        (Self { flights, key, flight: Some(flight) }, handle)
+    }
 }
 
 impl<K: Hash + Eq + Clone, V: Clone + Send + Sync + 'static> Drop for Waiter<'_, K, V> {
