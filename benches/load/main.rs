@@ -350,10 +350,8 @@ async fn bench(opts: &Options) -> bool {
             cpu_one.push(per[0]);
             ratios.push(per[1] / per[0]);
         }
-        let spread = |v: &[f64]| {
-            let (lo, hi) = (v.iter().copied().fold(f64::INFINITY, f64::min), v.iter().copied().fold(0.0, f64::max));
-            (lo, hi)
-        };
+        let spread =
+            |v: &[f64]| (v.iter().copied().fold(f64::INFINITY, f64::min), v.iter().copied().fold(0.0, f64::max));
         let ((cpu_lo, cpu_hi), (ratio_lo, ratio_hi)) = (spread(&cpu_one), spread(&ratios));
         let (cpu, ratio) = (median(cpu_one), median(ratios));
         table.row(

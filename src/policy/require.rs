@@ -177,13 +177,8 @@ impl Need {
         Ok(Self { authorities, combine: spec.combine })
     }
 
-    /// Whether the authorities that vouched satisfy this need.
-    pub fn satisfied_by(&self, vouched: &BTreeSet<&str>) -> bool {
-        self.satisfied_when(|a| vouched.contains(a))
-    }
-
-    /// [`Need::satisfied_by`] the authorities for which `vouches` is true.
-    fn satisfied_when(&self, vouches: impl Fn(&str) -> bool) -> bool {
+    /// Whether the authorities that vouched (those for which `vouches` is true) satisfy this need.
+    pub fn satisfied_by(&self, vouches: impl Fn(&str) -> bool) -> bool {
         let count = self.authorities.iter().filter(|a| vouches(a)).count();
         match self.combine {
             Combine::Any => count >= 1,
@@ -327,21 +322,13 @@ impl From<Unmet> for crate::reason::Reason {
     }
 }
 
-/// Authorities whose items verified.
-fn vouched<'a, T>(verified: impl Iterator<Item = &'a crate::verify::Verified<T>>) -> BTreeSet<&'a str>
-where
-    T: 'a,
-{
-    verified.map(|v| v.authority()).collect()
-}
-
 /// Checks the signature requirement for one digest.
 pub fn check_signature(
     need: &Need,
     check: &SignatureCheck,
     authorities: &[std::sync::Arc<crate::verify::Authority>],
 ) -> Option<Unmet> {
-    if need.satisfied_when(|a| check.verified.iter().any(|v| v.authority() == a)) {
+    if need.satisfied_by(|a| check.verified.iter().any(|v| v.authority() == a)) {
         return None;
     }
     Some(Unmet {
@@ -361,7 +348,7 @@ pub fn check_attestation<'c>(
         .iter()
         .filter(|s| need.accepts(&s.predicate_type) && need.need.authorities.iter().any(|a| a == s.authority()))
         .collect();
-    if need.need.satisfied_by(&vouched(matching.iter().copied())) {
+    if need.need.satisfied_by(|a| matching.iter().any(|s| s.authority() == a)) {
         return Ok(matching);
     }
     let other_types: BTreeSet<&str> = check.verified.iter().map(|s| s.predicate_type.as_str()).collect();
@@ -522,7 +509,8 @@ mod tests {
             (Combine::AtLeast(2), &["a", "x"], false),
         ];
         for (combine, vouched, want) in table {
-            assert_eq!(need(*combine).satisfied_by(&set(vouched)), *want, "{combine:?} {vouched:?}");
+            let vouched_set = set(vouched);
+            assert_eq!(need(*combine).satisfied_by(|a| vouched_set.contains(a)), *want, "{combine:?} {vouched:?}");
         }
         assert_eq!(need(Combine::AtLeast(2)).describe(), "2 of a, b, c");
     }
