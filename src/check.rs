@@ -73,7 +73,7 @@ pub struct Checked {
     pub unmet: Vec<Reason>,
     /// What verified, and by which authority and key or identity, e.g.
     /// `signature by chains (key sha256:ab12…)`.
-    pub verified: Vec<String>,
+    pub verified: Vec<Arc<str>>,
 }
 
 /// Checks `image`, used as `usage`, against `policy` over the gathered verifications (an image volume may be covered
@@ -101,7 +101,7 @@ fn unmet(
     evidence: Option<&Result<Arc<ImageEvidence>, Reason>>,
     authorities: &Authorities,
     context: &ReviewContext,
-    verified: &mut Vec<String>,
+    verified: &mut Vec<Arc<str>>,
 ) -> Vec<Reason> {
     let mut unmet: Vec<Reason> = digest_pin(policy, image).into_iter().collect();
     if !policy.needs_evidence() {
@@ -154,7 +154,7 @@ fn requirements(
     usage: Use,
     evidence: &ImageEvidence,
     authorities: &Authorities,
-    verified: &mut Vec<String>,
+    verified: &mut Vec<Arc<str>>,
     mut unmet: Vec<Reason>,
     wanted: bool,
 ) -> Result<Option<ImageInput>, Vec<Reason>> {
@@ -174,7 +174,7 @@ fn requirements(
     };
     let image = image.with_digest(evidence.digest.clone());
     let signatures = SignatureCheck::merged(&evidence.digest, checks.iter().map(|c| &c.signatures));
-    verified.extend(signatures.verified.iter().map(|s| format!("signature by {}", s.vouched_by())));
+    verified.extend(signatures.verified.iter().map(|s| s.listed().clone()));
     unmet.extend(signature_need(policy, &signatures, &resolved).map(|r| absent(r, policy, evidence)));
     unmet.extend(platforms_need(policy, evidence, &resolved));
     let statements = counted_statements(&evidence.digest, &signatures, &checks);
@@ -197,7 +197,7 @@ fn requirements(
 fn documents(
     policy: &Policy,
     evidence: &ImageEvidence,
-    verified: &mut Vec<String>,
+    verified: &mut Vec<Arc<str>>,
 ) -> Result<serde_json::Map<String, Value>, Vec<Reason>> {
     let mut documents = serde_json::Map::new();
     if policy.evidence.is_empty() {
@@ -210,7 +210,7 @@ fn documents(
         let entry = found.and_then(|f| f.get(&decl.name));
         match entry {
             Some(Ok(items)) => {
-                verified.extend(items.iter().map(|i| i.describe(&decl.name)));
+                verified.extend(items.iter().map(|i| i.describe(&decl.name).into()));
                 documents.insert(decl.name.clone(), items.iter().map(|i| i.to_json()).collect());
             }
             Some(Err(error)) => unmet.push(Reason::Evidence { name: decl.name.clone(), error: error.clone() }),
@@ -290,7 +290,7 @@ fn attestation_needs<'s>(
     statements: &'s AttestationCheck,
     alternatives: &'s Alternatives,
     names: &[Arc<Authority>],
-    verified: &mut Vec<String>,
+    verified: &mut Vec<Arc<str>>,
 ) -> Result<Named<'s>, Vec<Reason>> {
     let mut named: Named<'s> = BTreeMap::new();
     let mut unmet = Vec::new();
@@ -316,7 +316,7 @@ fn attestation_needs<'s>(
         verified.extend(
             statements
                 .iter()
-                .map(|s| format!("attestation {} ({}) by {}{how}", need.name, s.predicate_type, s.vouched_by())),
+                .map(|s| format!("attestation {} ({}) by {}{how}", need.name, s.predicate_type, s.vouched_by()).into()),
         );
         named.insert(need.name.clone(), statements);
     }

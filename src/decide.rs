@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -90,14 +91,14 @@ pub struct Failure {
 
 #[derive(Debug, Clone)]
 pub struct ImageDecision {
-    pub field: String,
-    pub raw: String,
+    pub field: Arc<str>,
+    pub raw: Arc<str>,
     pub image: Option<ImageRef>,
     pub policies: Vec<String>,
     pub outcome: Outcome,
     pub failures: Vec<Failure>,
     /// What verified, by which authority (see [`crate::check::Checked::verified`]).
-    pub verified: Vec<String>,
+    pub verified: Vec<Arc<str>>,
     /// Whether the object named the image by digest (a tag can move after verification).
     pub written_with_digest: bool,
 }

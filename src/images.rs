@@ -192,13 +192,18 @@ impl ImageRef {
 }
 
 impl fmt::Display for ImageRef {
+    /// Written piece by piece (a reference is written for every image of every review's record).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.registry, self.repository)?;
+        f.write_str(&self.registry)?;
+        f.write_str("/")?;
+        f.write_str(&self.repository)?;
         if let Some(t) = &self.tag {
-            write!(f, ":{t}")?;
+            f.write_str(":")?;
+            f.write_str(t)?;
         }
         if let Some(d) = &self.digest {
-            write!(f, "@{d}")?;
+            f.write_str("@")?;
+            f.write_str(d.as_str())?;
         }
         Ok(())
     }
@@ -249,9 +254,9 @@ pub fn pod_spec(kind: PodKind, object: &Value) -> Option<&Value> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageField {
     /// JSON path as users read it, e.g. `spec.template.spec.initContainers[1].image`.
-    pub path: String,
+    pub path: Arc<str>,
     /// The reference exactly as written in the object.
-    pub raw: String,
+    pub raw: Arc<str>,
     pub image: Result<ImageRef, RefError>,
 }
 
@@ -298,14 +303,14 @@ pub fn extract(kind: PodKind, object: &Value) -> Result<Vec<ImageField>, ShapeEr
     let mut fields = Vec::new();
     for list in CONTAINER_LISTS {
         for (i, entry) in array_at(spec, &path, list)?.iter().enumerate() {
-            fields.push(image_field(entry, format!("{path}.{list}[{i}].image"), "image")?);
+            fields.push(image_field(entry, field_path(&path, list, i, "image"), "image")?);
         }
     }
     for (i, volume) in array_at(spec, &path, "volumes")?.iter().enumerate() {
         match volume.get("image") {
             None | Some(Value::Null) => {}
             Some(source) => {
-                fields.push(image_field(source, format!("{path}.volumes[{i}].image.reference"), "reference")?);
+                fields.push(image_field(source, field_path(&path, "volumes", i, "image.reference"), "reference")?);
             }
         }
     }
@@ -344,19 +349,26 @@ fn array_at<'a>(spec: &'a Value, path: &str, key: &str) -> Result<&'a [Value], S
     }
 }
 
+/// `{path}.{list}[{i}].{rest}`, put together without the formatting machinery (every image of every review is
+/// named by its field).
+fn field_path(path: &str, list: &str, i: usize, rest: &str) -> String {
+    let mut index = itoa::Buffer::new();
+    [path, ".", list, "[", index.format(i), "].", rest].concat()
+}
+
 /// The field `key` of `entry`, at `path` (which ends in `.key`; the path is made once, as the field's name).
 fn image_field(entry: &Value, path: String, key: &str) -> Result<ImageField, ShapeError> {
     if !entry.is_object() {
         let at = path.strip_suffix(key).and_then(|p| p.strip_suffix('.')).unwrap_or(&path);
         return Err(ShapeError { path: at.to_owned(), problem: "not an object".into() });
     }
-    let raw = match entry.get(key) {
-        None | Some(Value::Null) => String::new(),
-        Some(Value::String(s)) => s.clone(),
+    let raw: Arc<str> = match entry.get(key) {
+        None | Some(Value::Null) => "".into(),
+        Some(Value::String(s)) => s.as_str().into(),
         Some(_) => return Err(ShapeError { path, problem: "not a string".into() }),
     };
     let image = ImageRef::parse(&raw);
-    Ok(ImageField { path, raw, image })
+    Ok(ImageField { path: path.into(), raw, image })
 }
 
 #[cfg(test)]
@@ -481,7 +493,7 @@ mod tests {
         ];
         for (kind, object, prefix) in table {
             let fields = extract(*kind, object).unwrap();
-            let got: Vec<(String, String)> = fields.iter().map(|f| (f.path.clone(), f.raw.clone())).collect();
+            let got: Vec<(String, String)> = fields.iter().map(|f| (f.path.to_string(), f.raw.to_string())).collect();
             let want: Vec<(String, String)> = [
                 ("initContainers[0].image", "busybox".to_owned()),
                 ("initContainers[1].image", "envoy:1".to_owned()),
@@ -513,7 +525,7 @@ mod tests {
         let fields = extract(PodKind::Pod, &object).unwrap();
         assert_eq!(fields.len(), 2);
         assert_eq!(fields[0].image, Err(RefError::Empty));
-        assert_eq!(fields[0].path, "spec.containers[0].image");
+        assert_eq!(&*fields[0].path, "spec.containers[0].image");
         assert!(matches!(fields[1].image, Err(RefError::Syntax(..))));
     }
 
@@ -572,7 +584,7 @@ mod tests {
         ] {
             for field in extract(kind, &object).unwrap() {
                 let pointer = json_pointer(&field.path).unwrap();
-                assert_eq!(object.pointer(pointer.as_str()).and_then(Value::as_str), Some(field.raw.as_str()));
+                assert_eq!(object.pointer(pointer.as_str()).and_then(Value::as_str), Some(&*field.raw));
             }
         }
     }

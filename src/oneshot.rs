@@ -172,7 +172,7 @@ fn report(
         artifacts: vec![],
         registry_error: None,
         policies: judged.map(|j| j.policies.clone()).unwrap_or_default(),
-        verified: judged.map(|j| j.verified.clone()).unwrap_or_default(),
+        verified: judged.map(|j| j.verified.iter().map(ToString::to_string).collect()).unwrap_or_default(),
         outcome: judged
             .map_or_else(|| "denied".to_owned(), |j| json!(j.outcome).as_str().unwrap_or_default().to_owned()),
         reasons: judged.map(|j| j.failures.iter().map(|f| f.reason.code().to_owned()).collect()).unwrap_or_default(),

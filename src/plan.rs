@@ -57,12 +57,12 @@ pub fn plan(fields: Vec<ImageField>, previous: &[ImageField], policies: &PolicyS
     let before: HashSet<(&str, &str)> = previous
         .iter()
         .filter(|f| f.image.as_ref().is_ok_and(|i| i.digest().is_some()))
-        .map(|f| (f.path.as_str(), f.raw.as_str()))
+        .map(|f| (&*f.path, &*f.raw))
         .collect();
     let images = fields
         .into_iter()
         .map(|field| {
-            let step = if before.contains(&(field.path.as_str(), field.raw.as_str())) {
+            let step = if before.contains(&(&*field.path, &*field.raw)) {
                 Step::Unchanged
             } else {
                 match &field.image {

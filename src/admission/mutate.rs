@@ -111,16 +111,16 @@ fn candidate(image: &ImageDecision, object: &Value) -> Option<Pin> {
     let digest = verified.digest()?;
     let pointer = images::json_pointer(&image.field)?;
     // The pointer must name the very string that was judged, or the patch would write somewhere else.
-    if object.pointer(pointer.as_str()).and_then(Value::as_str) != Some(image.raw.as_str()) {
-        tracing::error!(field = image.field, "the field path does not lead to the judged image; not pinned");
+    if object.pointer(pointer.as_str()).and_then(Value::as_str) != Some(&*image.raw) {
+        tracing::error!(field = &*image.field, "the field path does not lead to the judged image; not pinned");
         return None;
     }
     let value = format!("{}@{digest}", image.raw);
     let reread = ImageRef::parse(&value).ok()?;
     (reread.name() == verified.name() && reread.digest() == Some(digest)).then(|| Pin {
-        field: image.field.clone(),
+        field: image.field.to_string(),
         pointer,
-        written: image.raw.clone(),
+        written: image.raw.to_string(),
         value,
     })
 }
@@ -142,8 +142,8 @@ pub fn admitted(candidates: Vec<Pin>, pinned: &Decision) -> Vec<Pin> {
         .into_iter()
         .filter(|pin| {
             pinned.images.iter().any(|i| {
-                i.field == pin.field
-                    && i.raw == pin.value
+                *i.field == *pin.field
+                    && *i.raw == *pin.value
                     && i.written_with_digest
                     && matches!(i.outcome, Outcome::Allowed | Outcome::Unchanged)
             })
@@ -273,12 +273,12 @@ mod tests {
         let mut decision = decided(&object, Outcome::Allowed, Vec::new());
         // Hostile or inconsistent: the path names another field, a string of another value, or cannot be a pointer.
         for path in ["spec.containers[0].name", "spec.containers[1].image", "spec.containers[0]", "spec/containers"] {
-            decision.images[0].field = path.to_owned();
+            decision.images[0].field = path.into();
             assert!(candidates(&decision, &object).is_empty(), "{path}");
         }
         // Names with `/` and `~` are escaped, so they cannot reach a neighbour.
         let odd = json!({"a/b": {"c~d": "registry.example.com/team/app:1.0"}, "a": {"b": {"c~d": "x"}}});
-        decision.images[0].field = "a/b.c~d".to_owned();
+        decision.images[0].field = "a/b.c~d".into();
         let pins = candidates(&decision, &odd);
         assert_eq!(pins[0].pointer.as_str(), "/a~1b/c~0d");
         let mut patched = odd.clone();

@@ -2,7 +2,7 @@
 
 use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 
-use crate::images::ImageRef;
+use crate::images::{Digest, ImageRef};
 
 /// Compiled `match` section of a policy.
 #[derive(Debug, Clone)]
@@ -64,18 +64,25 @@ pub struct Candidates {
 }
 
 impl Candidates {
+    /// Put together piece by piece, without the formatting machinery: every image of every review is matched.
     pub fn of(image: &ImageRef) -> Self {
-        use std::fmt::Write as _;
-        let mut full = String::with_capacity(image.registry().len() + image.repository().len() + 100);
-        let _ = write!(full, "{}/{}", image.registry(), image.repository());
+        let (tag, digest) = (image.tag(), image.digest().map(Digest::as_str));
+        let len = |s: Option<&str>| s.map_or(0, |s| s.len() + 1);
+        let mut full =
+            String::with_capacity(image.registry().len() + image.repository().len() + 1 + len(tag) + len(digest));
+        full.push_str(image.registry());
+        full.push('/');
+        full.push_str(image.repository());
         let name = full.len();
-        if let Some(tag) = image.tag() {
-            let _ = write!(full, ":{tag}");
+        if let Some(tag) = tag {
+            full.push(':');
+            full.push_str(tag);
         }
         let tagged = full.len();
-        let untagged = image.digest().filter(|_| image.tag().is_some()).map(|d| format!("{}@{d}", &full[..name]));
-        if let Some(digest) = image.digest() {
-            let _ = write!(full, "@{digest}");
+        let untagged = digest.filter(|_| tag.is_some()).map(|d| [&full[..name], "@", d].concat());
+        if let Some(digest) = digest {
+            full.push('@');
+            full.push_str(digest);
         }
         Self { full, name, tagged, untagged }
     }

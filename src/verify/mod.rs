@@ -40,25 +40,33 @@ pub struct Verified<T> {
     /// Where the layer that verified was found.
     #[serde(skip)]
     origin: Origin,
-    /// Who vouched, as explanations name it: see [`Verified::vouched_by`].
+    /// How a decision lists it, ending in who vouched (from `vouched_at`): see [`Verified::vouched_by`] and
+    /// [`Verified::listed`]. Worded once, when it verifies, and read by every review while it is cached.
     #[serde(skip)]
-    vouched_by: Arc<str>,
+    listed: Arc<str>,
+    #[serde(skip)]
+    vouched_at: usize,
     #[serde(flatten)]
     value: Arc<T>,
 }
 
 /// What was signed by a [`Signer`].
 pub trait Signed {
+    /// What a decision lists before who vouched: `signature by ` for a signature. Empty for a statement, which
+    /// the check words with the need it met.
+    const LISTED_AS: &'static str;
     fn signer(&self) -> &Signer;
 }
 
 impl Signed for ImageSignature {
+    const LISTED_AS: &'static str = "signature by ";
     fn signer(&self) -> &Signer {
         &self.signer
     }
 }
 
 impl Signed for Statement {
+    const LISTED_AS: &'static str = "";
     fn signer(&self) -> &Signer {
         &self.signer
     }
@@ -66,8 +74,14 @@ impl Signed for Statement {
 
 impl<T: Signed> Verified<T> {
     fn new(authority: &Authority, origin: &Origin, value: T) -> Self {
-        let vouched_by = format!("{} ({})", authority.name(), value.signer()).into();
-        Self { authority: authority.name().into(), origin: origin.clone(), vouched_by, value: Arc::new(value) }
+        let listed = format!("{}{} ({})", T::LISTED_AS, authority.name(), value.signer()).into();
+        let (authority, origin) = (authority.name().into(), origin.clone());
+        Self { authority, origin, listed, vouched_at: T::LISTED_AS.len(), value: Arc::new(value) }
+    }
+
+    /// How a decision lists this: `signature by chains (key sha256:ab12…)`; for a statement, who vouched.
+    pub fn listed(&self) -> &Arc<str> {
+        &self.listed
     }
 }
 
@@ -79,8 +93,8 @@ impl<T> Verified<T> {
 
     /// The authority and its key or identity that verified this: `chains (key sha256:ab12…)` or
     /// `keyless (certificate SUBJECT from ISSUER)`.
-    pub fn vouched_by(&self) -> &Arc<str> {
-        &self.vouched_by
+    pub fn vouched_by(&self) -> &str {
+        &self.listed[self.vouched_at..]
     }
 
     pub fn value(&self) -> &T {
