@@ -266,7 +266,7 @@ fn platforms_need_table() {
         (
             "arm64 not gathered",
             all,
-            Some(vec![of(&amd, "a"), (arm.clone(), Verifications::new())]),
+            Some(vec![of(&amd, "a"), (arm.clone(), Verifications::default())]),
             &platforms,
             &["no-evidence"],
         ),

@@ -57,7 +57,7 @@ impl Verification {
 }
 
 /// Verifications of one digest, by [`evidence_key`] (the authority, and the signature repository it was read from).
-pub type Verifications = HashMap<Arc<str>, Arc<Verification>>;
+pub type Verifications = HashMap<Arc<str>, Arc<Verification>, Hasher>;
 
 /// The key of what `authority` verified of signatures read from `signatures` (a policy's `spec.signatures`; `None`:
 /// the image's own repository). Two policies sharing an authority but not a signature repository never share a
@@ -394,8 +394,17 @@ impl Gatherer {
                         return Ok(evidence);
                     }
                     let evidence = Arc::unwrap_or_clone(evidence);
-                    let mut found =
-                        self.cover(evidence, image, &needing, usage, credentials, authorities, bytes, deadline).await;
+                    let mut found = Box::pin(self.cover(
+                        evidence,
+                        image,
+                        &needing,
+                        usage,
+                        credentials,
+                        authorities,
+                        bytes,
+                        deadline,
+                    ))
+                    .await;
                     if let (Some(fetcher), false) = (&self.evidence, declaring.is_empty()) {
                         found.evidence =
                             fetcher.fetch(image, &found, &declaring, authorities, credentials, bytes, deadline).await;
@@ -455,11 +464,8 @@ impl Gatherer {
         bytes: &Budget,
         deadline: Instant,
     ) -> Result<Arc<Resolved>, Reason> {
-        if let Some(digest) = image.digest()
-            && !platforms
-        {
-            // What a digest names is not needed, and the digest is the answer: no request, no shared flight.
-            return Ok(Arc::new(Resolved { digest: digest.clone(), media_type: String::new(), platforms: Vec::new() }));
+        if let Some(resolved) = resolved_at_once(image, platforms) {
+            return Ok(resolved);
         }
         let identity = creds.fingerprint();
         let head = {
@@ -612,7 +618,12 @@ impl Gatherer {
         let _permit = self.fetching.acquire().await.map_err(|_| shutting_down())?;
         let _in_flight = InFlight::enter(&self.metrics.fetches_in_flight);
         let creds = review.for_host(image.registry());
-        let resolved = self.resolve(image, &creds, platforms_needed, bytes, deadline).await?;
+        // What asks the registry is boxed: a warm review's futures stay small (each image's is moved on its way
+        // to the join, and the registry's state machines are kilobytes).
+        let resolved = match resolved_at_once(image, platforms_needed) {
+            Some(resolved) => resolved,
+            None => Box::pin(self.resolve(image, &creds, platforms_needed, bytes, deadline)).await?,
+        };
         let digest = resolved.digest.clone();
         let memo_key = memo_key(image, &digest, platforms_needed, review, sources);
         if let Some(key) = &memo_key {
@@ -622,13 +633,29 @@ impl Gatherer {
                 return Ok(found);
             }
         }
-        let platforms = platforms_of(&resolved);
+        Box::pin(self.fetch_evidence(image, review, sources, &resolved, memo_key, bytes, deadline)).await
+    }
+
+    /// The evidence of `image` at its `resolved` digest, read from each source and verified; kept under `memo_key`.
+    #[allow(clippy::too_many_arguments)]
+    async fn fetch_evidence(
+        &self,
+        image: &ImageRef,
+        review: &HostCredentials,
+        sources: &[Source<'_>],
+        resolved: &Resolved,
+        memo_key: Option<memo::Key>,
+        bytes: &Budget,
+        deadline: Instant,
+    ) -> Result<Arc<ImageEvidence>, Reason> {
+        let digest = resolved.digest.clone();
+        let platforms = platforms_of(resolved);
         let each =
             sources.iter().map(|source| self.source(image, review, source, &digest, &platforms, bytes, deadline));
         let mut evidence = ImageEvidence {
             digest: digest.clone(),
             platforms: platforms.clone(),
-            verified: Verifications::new(),
+            verified: Verifications::default(),
             platforms_verified: None,
             lookups: HashMap::new(),
             evidence: Default::default(),
@@ -642,7 +669,7 @@ impl Gatherer {
             if let Some(found) = platforms_verified {
                 let merged = evidence
                     .platforms_verified
-                    .get_or_insert_with(|| found.iter().map(|(d, _)| (d.clone(), Verifications::new())).collect());
+                    .get_or_insert_with(|| found.iter().map(|(d, _)| (d.clone(), Verifications::default())).collect());
                 for ((_, into), (_, from)) in merged.iter_mut().zip(found) {
                     into.extend(from);
                 }
@@ -741,6 +768,13 @@ fn memo_key(
         })
         .collect::<Option<Vec<_>>>()?;
     Some(memo::Key { image: image.at_digest(digest.clone()), platforms, sources })
+}
+
+/// What a digest names is not needed when no platform is, and the digest is the answer: no request, no shared
+/// flight.
+fn resolved_at_once(image: &ImageRef, platforms: bool) -> Option<Arc<Resolved>> {
+    let digest = image.digest().filter(|_| !platforms)?;
+    Some(Arc::new(Resolved { digest: digest.clone(), media_type: String::new(), platforms: Vec::new() }))
 }
 
 /// Whether verifying `artifacts` under `authority` is cheap enough to run on the async worker: a key check of at most

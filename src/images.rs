@@ -103,13 +103,31 @@ pub fn canonical_host(host: &str) -> String {
 /// A normalised image reference: `docker.io/library/` added, `latest` when neither tag nor digest is given, and the
 /// digest, when present, is what identifies the image (the tag is kept only for display). Its parts are shared
 /// text: a reference is cloned from the plan into the gathering, the decision and the record of every review that
-/// names it, and a clone is a count, not a copy.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// names it, and a clone is a count, not a copy. Its whole text, `registry/repository[:tag][@digest]`, is written
+/// out once, when it is made: every review writes it into its record and matches policies against it. The text
+/// determines the parts (a registry holds no `/`, a repository no `:` or `@`, a tag no `@`), so it alone is
+/// compared and hashed.
+#[derive(Debug, Clone)]
 pub struct ImageRef {
     registry: Arc<str>,
     repository: Arc<str>,
     tag: Option<Arc<str>>,
     digest: Option<Digest>,
+    text: Arc<str>,
+}
+
+impl PartialEq for ImageRef {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+
+impl Eq for ImageRef {}
+
+impl std::hash::Hash for ImageRef {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.text.hash(state);
+    }
 }
 
 /// References parsed lately: parsing reads the reference grammar (a few µs), and the same few references
@@ -155,7 +173,14 @@ impl ImageRef {
         if registry == DOCKER_HUB && !repository.contains('/') {
             repository = format!("library/{repository}");
         }
-        Ok(Self { registry: registry.into(), repository: repository.into(), tag: parts.tag.map(Arc::from), digest })
+        Ok(Self::from_parts(registry.into(), repository.into(), parts.tag.map(Arc::from), digest))
+    }
+
+    fn from_parts(registry: Arc<str>, repository: Arc<str>, tag: Option<Arc<str>>, digest: Option<Digest>) -> Self {
+        let (t, d) = (tag.as_deref(), digest.as_ref().map(Digest::as_str));
+        let pieces = [Some(&*registry), Some("/"), Some(&*repository), t.map(|_| ":"), t, d.map(|_| "@"), d];
+        let text = pieces.into_iter().flatten().collect::<String>().into();
+        Self { registry, repository, tag, digest, text }
     }
 
     /// Registry host (and port), `docker.io` for Docker Hub.
@@ -177,35 +202,34 @@ impl ImageRef {
 
     /// `registry/repository`, the name globs match against together with the tag or digest.
     pub fn name(&self) -> String {
-        format!("{}/{}", self.registry, self.repository)
+        self.text[..self.registry.len() + 1 + self.repository.len()].to_owned()
+    }
+
+    /// `registry/repository[:tag][@digest]`, as [`fmt::Display`] writes it.
+    pub fn as_str(&self) -> &str {
+        &self.text
     }
 
     /// The same image pinned to `digest`; the tag stays for display.
     pub fn with_digest(&self, digest: Digest) -> Self {
-        Self { digest: Some(digest), ..self.clone() }
+        if self.digest.as_ref() == Some(&digest) {
+            return self.clone();
+        }
+        Self::from_parts(self.registry.clone(), self.repository.clone(), self.tag.clone(), Some(digest))
     }
 
     /// `registry/repository@digest`: the image `digest` names in this repository, whatever the tag.
     pub fn at_digest(&self, digest: Digest) -> Self {
-        Self { tag: None, digest: Some(digest), ..self.clone() }
+        if self.tag.is_none() && self.digest.as_ref() == Some(&digest) {
+            return self.clone();
+        }
+        Self::from_parts(self.registry.clone(), self.repository.clone(), None, Some(digest))
     }
 }
 
 impl fmt::Display for ImageRef {
-    /// Written piece by piece (a reference is written for every image of every review's record).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.registry)?;
-        f.write_str("/")?;
-        f.write_str(&self.repository)?;
-        if let Some(t) = &self.tag {
-            f.write_str(":")?;
-            f.write_str(t)?;
-        }
-        if let Some(d) = &self.digest {
-            f.write_str("@")?;
-            f.write_str(d.as_str())?;
-        }
-        Ok(())
+        f.write_str(&self.text)
     }
 }
 
@@ -377,6 +401,29 @@ mod tests {
     use serde_json::json;
 
     const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn a_reference_is_its_text_however_it_was_made() {
+        let other = Digest::sha256_of(b"another manifest");
+        let hash = |r: &ImageRef| std::hash::BuildHasher::hash_one(&foldhash::quality::FixedState::default(), r);
+        for written in ["nginx", "nginx:1.27", &format!("nginx@{D}"), &format!("r.example:5000/a/b:1@{D}")] {
+            let parsed = ImageRef::parse(written).unwrap();
+            for made in [parsed.clone(), parsed.with_digest(other.clone()), parsed.at_digest(other.clone())] {
+                let reread = ImageRef::parse(made.as_str()).unwrap();
+                assert_eq!(made.as_str(), made.to_string());
+                assert_eq!((reread.registry(), reread.repository()), (made.registry(), made.repository()));
+                assert_eq!((reread.tag(), reread.digest()), (made.tag(), made.digest()), "{made}");
+                assert_eq!((&reread, hash(&reread)), (&made, hash(&made)));
+            }
+            assert_ne!(parsed, parsed.with_digest(other.clone()));
+            assert_ne!(hash(&parsed), hash(&parsed.with_digest(other.clone())));
+        }
+        let hub = ImageRef::parse("nginx").unwrap();
+        assert_eq!(hub.as_str(), "docker.io/library/nginx:latest");
+        assert_eq!(hub.at_digest(other.clone()).as_str(), format!("docker.io/library/nginx@{other}"));
+        assert_eq!(hub.with_digest(other.clone()).as_str(), format!("docker.io/library/nginx:latest@{other}"));
+        assert_eq!(hub, ImageRef::parse("docker.io/library/nginx:latest").unwrap());
+    }
 
     #[test]
     fn a_remembered_parse_is_the_parse_and_the_memory_stays_bounded() {

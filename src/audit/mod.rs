@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::decide::{Decision, Failure, ImageDecision, Outcome};
+use crate::images::ImageRef;
 use crate::policy::Mode;
 use crate::request::Request;
 
@@ -96,7 +97,7 @@ pub fn record<'a>(
         .iter()
         .map(|i| ImageRecord {
             field: borrowed(&i.field),
-            reference: i.image.as_ref().map_or(borrowed(&i.raw), |r| Cow::Owned(r.to_string())),
+            reference: borrowed(i.image.as_ref().map_or(&i.raw, ImageRef::as_str)),
             digest: i.image.as_ref().and_then(|r| r.digest()).map(|d| borrowed(d.as_str())),
             policies: i.policies.iter().map(|p| borrowed(p)).collect(),
             outcome: borrowed(i.outcome.as_str()),

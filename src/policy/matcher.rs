@@ -45,7 +45,7 @@ impl Matcher {
     }
 
     /// [`Matcher::matches`] over the forms of an image prepared once for every policy of a set.
-    pub fn matches_any(&self, image: &Candidates, namespace: &str) -> bool {
+    pub fn matches_any(&self, image: &Candidates<'_>, namespace: &str) -> bool {
         let namespace_ok = self.namespaces.as_ref().is_none_or(|set| set.is_match(namespace));
         namespace_ok && image.forms().any(|c| self.images.is_match(c))
     }
@@ -53,9 +53,9 @@ impl Matcher {
 
 /// The forms of one image that globs are matched against (name, name:tag, name@digest, name:tag@digest), prepared
 /// once: the forms that are prefixes of `name:tag@digest` are slices of it.
-pub struct Candidates {
+pub struct Candidates<'a> {
     /// `name[:tag][@digest]`.
-    full: String,
+    full: &'a str,
     /// Where `name` and `name[:tag]` end in `full`.
     name: usize,
     tagged: usize,
@@ -63,27 +63,14 @@ pub struct Candidates {
     untagged: Option<String>,
 }
 
-impl Candidates {
-    /// Put together piece by piece, without the formatting machinery: every image of every review is matched.
-    pub fn of(image: &ImageRef) -> Self {
+impl<'a> Candidates<'a> {
+    /// The reference's own text is the longest form; the shorter are its prefixes.
+    pub fn of(image: &'a ImageRef) -> Self {
         let (tag, digest) = (image.tag(), image.digest().map(Digest::as_str));
-        let len = |s: Option<&str>| s.map_or(0, |s| s.len() + 1);
-        let mut full =
-            String::with_capacity(image.registry().len() + image.repository().len() + 1 + len(tag) + len(digest));
-        full.push_str(image.registry());
-        full.push('/');
-        full.push_str(image.repository());
-        let name = full.len();
-        if let Some(tag) = tag {
-            full.push(':');
-            full.push_str(tag);
-        }
-        let tagged = full.len();
+        let full = image.as_str();
+        let name = image.registry().len() + 1 + image.repository().len();
+        let tagged = name + tag.map_or(0, |t| t.len() + 1);
         let untagged = digest.filter(|_| tag.is_some()).map(|d| [&full[..name], "@", d].concat());
-        if let Some(digest) = digest {
-            full.push('@');
-            full.push_str(digest);
-        }
         Self { full, name, tagged, untagged }
     }
 
