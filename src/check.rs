@@ -239,7 +239,7 @@ fn gathered(evidence: Option<&Result<Arc<ImageEvidence>, Reason>>) -> Result<&Im
 
 /// Every authority of the policy with its keys or identities, or a reason for each one that has none.
 fn resolve_authorities(policy: &Policy, authorities: &Authorities) -> Result<Vec<Arc<Authority>>, Vec<Reason>> {
-    let mut resolved = Vec::new();
+    let mut resolved = Vec::with_capacity(policy.authorities.len());
     let mut missing = Vec::new();
     for source in &policy.authorities {
         match authorities.get(&policy.name, source.name()) {

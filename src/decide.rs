@@ -200,7 +200,7 @@ pub fn decide(
     no_match: NoMatch,
     interrupt: &dyn Fn() -> Option<Reason>,
 ) -> Decision {
-    let mut memo = Memo::default();
+    let mut memo = Memo::with_capacity_and_hasher(plan.images.len(), Default::default());
     let mut stopped: Option<Reason> = None;
     let images: Vec<ImageDecision> = plan
         .images
@@ -277,6 +277,7 @@ fn judge_image<'a>(
             decision.failures.push(Failure { policy: None, mode, reason });
         }
         Step::Judge { image, policies } => {
+            decision.policies.reserve_exact(policies.len());
             let evidence = gathered.images.get(image);
             if let Some(Ok(found)) = evidence {
                 decision.image = Some(image.with_digest(found.digest.clone()));
