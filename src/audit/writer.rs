@@ -513,6 +513,8 @@ mod tests {
             format!("\"quoted\" and \\back\\slashed {controls} \u{7f} é 雪 \u{2028}\u{2029} 🦀 </script>"),
         ];
         let mut texts: Vec<String> = nasty.to_vec();
+        // Longer than the buffer a line is sized for, escapes spread through it.
+        texts.push(format!("{}\"", "ab\\c\u{1}défg雪".repeat(20_000)));
         for pad in 0..40 {
             for special in ['"', '\\', '\n', '\u{1}', '\u{1f}', 'é'] {
                 texts.push(format!("{}{special}{}", "a".repeat(pad), "b".repeat(40 - pad)));
