@@ -456,6 +456,9 @@ impl Gatherer {
     /// one request); what a digest names is read once and cached, since it cannot change.
     /// The manifest itself is read only when `platforms` are needed (an attestation may name a platform, or a
     /// policy requires every platform): a signature binds the digest, whatever it names.
+    /// A digest that no platform is needed of is its own answer; anything else asks the registry, boxed, so that a
+    /// warm review's futures stay small (each image's is moved on its way to the join, and the registry's state
+    /// machines are kilobytes).
     async fn resolve(
         &self,
         image: &ImageRef,
@@ -464,9 +467,21 @@ impl Gatherer {
         bytes: &Budget,
         deadline: Instant,
     ) -> Result<Arc<Resolved>, Reason> {
-        if let Some(resolved) = resolved_at_once(image, platforms) {
-            return Ok(resolved);
+        match resolved_at_once(image, platforms) {
+            Some(resolved) => Ok(resolved),
+            None => Box::pin(self.resolve_from_registry(image, creds, platforms, bytes, deadline)).await,
         }
+    }
+
+    /// [`Gatherer::resolve`] by asking the registry.
+    async fn resolve_from_registry(
+        &self,
+        image: &ImageRef,
+        creds: &Credentials,
+        platforms: bool,
+        bytes: &Budget,
+        deadline: Instant,
+    ) -> Result<Arc<Resolved>, Reason> {
         let identity = creds.fingerprint();
         let head = {
             let registry = self.registry.clone();
@@ -618,12 +633,7 @@ impl Gatherer {
         let _permit = self.fetching.acquire().await.map_err(|_| shutting_down())?;
         let _in_flight = InFlight::enter(&self.metrics.fetches_in_flight);
         let creds = review.for_host(image.registry());
-        // What asks the registry is boxed: a warm review's futures stay small (each image's is moved on its way
-        // to the join, and the registry's state machines are kilobytes).
-        let resolved = match resolved_at_once(image, platforms_needed) {
-            Some(resolved) => resolved,
-            None => Box::pin(self.resolve(image, &creds, platforms_needed, bytes, deadline)).await?,
-        };
+        let resolved = self.resolve(image, &creds, platforms_needed, bytes, deadline).await?;
         let digest = resolved.digest.clone();
         let memo_key = memo_key(image, &digest, platforms_needed, review, sources);
         if let Some(key) = &memo_key {
@@ -633,6 +643,7 @@ impl Gatherer {
                 return Ok(found);
             }
         }
+        // Boxed, as the registry half of `resolve` is.
         Box::pin(self.fetch_evidence(image, review, sources, &resolved, memo_key, bytes, deadline)).await
     }
 
