@@ -55,6 +55,60 @@ pub struct Provgate {
     pub pid: u32,
 }
 
+/// provgate serving on `port` and `admin_port`, with the policies and certificate in `dir`.
+fn spawn(dir: &Path, setup: &Setup, port: u16, admin_port: u16) -> Child {
+    let mut hosts = String::new();
+    for h in setup.hosts {
+        hosts.push_str(&format!("    \"{h}\": {{insecure: true}}\n"));
+    }
+    let config = format!(
+        "listen: 127.0.0.1:{port}\nadminListen: 127.0.0.1:{admin_port}\ntls:\n  certFile: {d}/tls.crt\n  \
+         keyFile: {d}/tls.key\n  reloadInterval: 1s\npolicies: {d}/policies\npolicyPoll: 1s\naudit:\n  log: \
+         {d}/audit.jsonl\nregistries:\n  hosts:\n{hosts}{extra}",
+        d = dir.display(),
+        extra = setup.extra
+    );
+    std::fs::write(dir.join("provgate.yaml"), config).unwrap();
+    let log = std::fs::File::create(dir.join("provgate.log")).unwrap();
+    // `PROVGATE_BENCH_WRAP="valgrind --tool=callgrind"` runs provgate under a tool (to count instructions).
+    let wrap = std::env::var("PROVGATE_BENCH_WRAP").unwrap_or_default();
+    let mut words = wrap.split_whitespace();
+    let mut command = match words.next() {
+        Some(tool) => {
+            let mut c = Command::new(tool);
+            c.args(words).arg(env!("CARGO_BIN_EXE_provgate"));
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_provgate")),
+    };
+    command
+        .arg("serve")
+        .arg("--config")
+        .arg(dir.join("provgate.yaml"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+/// Waits until provgate answers `/readyz` on `admin`; its log (`log`) when it exits or is not ready in 120 s.
+fn wait_ready(child: &mut Child, admin: &str, log: &Path) -> Result<(), String> {
+    let start = Instant::now();
+    let log = || std::fs::read_to_string(log).unwrap_or_default();
+    while start.elapsed() < Duration::from_secs(120) {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Err(format!("provgate exited with {status}: {}", log()));
+        }
+        if http_get(admin, "/readyz").is_some_and(|(status, _)| status == 200) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    Err(format!("provgate was not ready in 120 s: {}", log()))
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -69,67 +123,23 @@ impl Provgate {
         let (cert, leaf_der, key) = ca.leaf();
         std::fs::write(dir.join("tls.crt"), cert).unwrap();
         std::fs::write(dir.join("tls.key"), key).unwrap();
-        let (port, admin_port) = (free_port(), free_port());
-        let mut hosts = String::new();
-        for h in setup.hosts {
-            hosts.push_str(&format!("    \"{h}\": {{insecure: true}}\n"));
+        // A port found free can be taken before provgate binds it (as the local end of an outgoing connection):
+        // then provgate is started again on other ports.
+        for _ in 0..5 {
+            let (port, admin_port) = (free_port(), free_port());
+            let mut child = spawn(dir, setup, port, admin_port);
+            let admin = format!("127.0.0.1:{admin_port}");
+            match wait_ready(&mut child, &admin, &dir.join("provgate.log")) {
+                Ok(()) => {
+                    let (dir, url_host, ca_pem, pid) =
+                        (dir.to_owned(), format!("127.0.0.1:{port}"), ca.pem.clone(), child.id());
+                    return Self { child, dir, url_host, admin, ca_pem, ca, leaf_der, pid };
+                }
+                Err(log) if log.contains("Address already in use") => continue,
+                Err(log) => panic!("{log}"),
+            }
         }
-        let config = format!(
-            "listen: 127.0.0.1:{port}\nadminListen: 127.0.0.1:{admin_port}\ntls:\n  certFile: {d}/tls.crt\n  \
-             keyFile: {d}/tls.key\n  reloadInterval: 1s\npolicies: {d}/policies\npolicyPoll: 1s\naudit:\n  log: \
-             {d}/audit.jsonl\nregistries:\n  hosts:\n{hosts}{extra}",
-            d = dir.display(),
-            extra = setup.extra
-        );
-        std::fs::write(dir.join("provgate.yaml"), config).unwrap();
-        let log = std::fs::File::create(dir.join("provgate.log")).unwrap();
-        // `PROVGATE_BENCH_WRAP="valgrind --tool=callgrind"` runs provgate under a tool (to count instructions).
-        let wrap = std::env::var("PROVGATE_BENCH_WRAP").unwrap_or_default();
-        let mut words = wrap.split_whitespace();
-        let mut command = match words.next() {
-            Some(tool) => {
-                let mut c = Command::new(tool);
-                c.args(words).arg(env!("CARGO_BIN_EXE_provgate"));
-                c
-            }
-            None => Command::new(env!("CARGO_BIN_EXE_provgate")),
-        };
-        let child = command
-            .arg("serve")
-            .arg("--config")
-            .arg(dir.join("provgate.yaml"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let pid = child.id();
-        let mut p = Self {
-            child,
-            dir: dir.to_owned(),
-            url_host: format!("127.0.0.1:{port}"),
-            admin: format!("127.0.0.1:{admin_port}"),
-            ca_pem: ca.pem.clone(),
-            ca,
-            leaf_der,
-            pid,
-        };
-        p.wait_ready();
-        p
-    }
-
-    fn wait_ready(&mut self) {
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(120) {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("provgate exited with {status}: {}", self.log());
-            }
-            if http_get(&self.admin, "/readyz").is_some_and(|(status, _)| status == 200) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("provgate was not ready in 120 s: {}", self.log());
+        panic!("provgate found no free ports in 5 tries");
     }
 
     pub fn log(&self) -> String {
@@ -165,16 +175,7 @@ impl Provgate {
 
     /// CPU time of every live thread (ns, from `/proc/PID/task/*/schedstat`).
     pub fn cpu(&self) -> CpuSample {
-        let mut threads = HashMap::new();
-        if let Ok(entries) = std::fs::read_dir(format!("/proc/{}/task", self.pid)) {
-            for entry in entries.flatten() {
-                let Ok(text) = std::fs::read_to_string(entry.path().join("schedstat")) else { continue };
-                if let Some(ns) = text.split_whitespace().next().and_then(|n| n.parse::<u64>().ok()) {
-                    threads.insert(entry.file_name().to_string_lossy().into_owned(), ns);
-                }
-            }
-        }
-        CpuSample { threads }
+        CpuSample::of(self.pid)
     }
 
     pub fn metrics(&self) -> String {
@@ -209,6 +210,20 @@ pub struct CpuSample {
 }
 
 impl CpuSample {
+    /// CPU time of every live thread of process `pid` (ns, from `/proc/PID/task/*/schedstat`).
+    pub fn of(pid: u32) -> Self {
+        let mut threads = HashMap::new();
+        if let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+            for entry in entries.flatten() {
+                let Ok(text) = std::fs::read_to_string(entry.path().join("schedstat")) else { continue };
+                if let Some(ns) = text.split_whitespace().next().and_then(|n| n.parse::<u64>().ok()) {
+                    threads.insert(entry.file_name().to_string_lossy().into_owned(), ns);
+                }
+            }
+        }
+        Self { threads }
+    }
+
     /// CPU time spent since `earlier`, in ns (threads that ended in between are not counted).
     pub fn since(&self, earlier: &CpuSample) -> u64 {
         self.threads.iter().map(|(tid, ns)| ns.saturating_sub(earlier.threads.get(tid).copied().unwrap_or(0))).sum()

@@ -81,6 +81,11 @@ impl Proc {
         Self { child, log }
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Panics with the process's log when it has exited.
     pub fn assert_running(&mut self, what: &str) {
         if let Some(status) = self.child.try_wait().unwrap() {
@@ -233,6 +238,11 @@ impl DockerRegistry {
         Self { addr, tls, push_creds, tokens, _proc: proc, dir }
     }
 
+    /// The registry's process id.
+    pub fn pid(&self) -> u32 {
+        self._proc.pid()
+    }
+
     /// The provgate host settings that reach this registry (with its token server, on another port, as an allowed
     /// token realm).
     pub fn host_config(&self) -> HostConfig {
@@ -299,6 +309,11 @@ impl Ferro {
         let mut proc = Proc::spawn(cmd, dir.path().join("ferro.log"));
         proc.wait_listening(&addr);
         Self { addr, _proc: proc, _dir: dir }
+    }
+
+    /// The registry's process id.
+    pub fn pid(&self) -> u32 {
+        self._proc.pid()
     }
 
     pub fn push(&self, layout: &Layout, tag: &str, repo: &str, dest_tag: &str) {
