@@ -1,5 +1,6 @@
 //! provgate's load benchmark and soak, against a real Debian docker-registry (and ferro-oci-server, whose own CPU
-//! stays off provgate's cores, for the burst and the 10-image Pod) and provgate run as its own process.
+//! stays off provgate's cores, for the cold images, the burst and the 10-image Pod) and provgate run as its own
+//! process.
 //!
 //! - `cargo bench --bench load`: every figure of the performance issue, each beside its target; exits non-zero when
 //!   a target is missed. `-- --duration SECS` sets the length of each throughput run (default 5).
@@ -278,8 +279,9 @@ async fn bench(opts: &Options) -> bool {
     let signer = Signer::new();
     let counting = Proxy::start(&registry.addr, Duration::ZERO).await;
     let delayed = Proxy::start(&registry.addr, Duration::from_millis(20)).await;
-    // A registry that answers in 20 ms on the registry's own cores: ferro-oci-server spends about 20 µs of CPU on a
-    // request where docker-registry spends 1.5 to 1.8 ms, which on these two cores would set the pace of a burst.
+    // A registry whose own CPU stays off provgate's cores: ferro-oci-server spends tens of µs of CPU on a request where
+    // docker-registry spends 1 to 1.5 ms (3 ms on a blob), which on these two cores would set the pace of a cold
+    // image and of a burst. Reached directly (counted) and with each answer held 20 ms.
     let ferro = support::registry::Ferro::start();
     let remote = Proxy::start(&ferro.addr, Duration::from_millis(20)).await;
     let ferro_counting = Proxy::start(&ferro.addr, Duration::ZERO).await;
