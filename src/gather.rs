@@ -380,11 +380,20 @@ impl Gatherer {
         let review = tokio::sync::Semaphore::new(self.config.max_review_fetches.max(1));
         let started = Instant::now();
         let bytes = self.registry.budget();
-        let jobs = plan.to_gather().into_iter().map(|(image, needing)| {
+        let mut images = HashMap::default();
+        let mut jobs = Vec::new();
+        for (image, needing) in plan.to_gather() {
             let sources = sources(&needing, &authorities);
-            let (review, bytes, authorities) = (&review, &bytes, &authorities);
             let usage = if mounted.contains(image) { crate::images::Use::Mount } else { crate::images::Use::Run };
-            async move {
+            // Evidence that is whole as remembered is the answer at once: no fetch slot, no deadline, no future.
+            let complete = !coverage::wanted(&needing, usage) && needing.iter().all(|p| p.evidence.is_empty());
+            if complete && let Some(evidence) = self.remembered(image, credentials, &sources) {
+                self.metrics.image_seconds.observe(started.elapsed().as_secs_f64());
+                images.insert(image.clone(), Ok(evidence));
+                continue;
+            }
+            let (review, bytes, authorities) = (&review, &bytes, &authorities);
+            jobs.push(async move {
                 let work = async {
                     let _slot = review.acquire().await.map_err(|_| shutting_down())?;
                     let evidence = self.image(image, credentials, &sources, bytes, deadline).await?;
@@ -417,10 +426,24 @@ impl Gatherer {
                 };
                 self.metrics.image_seconds.observe(started.elapsed().as_secs_f64());
                 (image.clone(), result)
-            }
-        });
-        let images = join_all(jobs).await.into_iter().collect();
+            });
+        }
+        images.extend(join_all(jobs).await);
         Gathered { images, authorities, bytes: Some(bytes) }
+    }
+
+    /// The evidence of `image` when its digest is written, no platform is needed, and what it was put together from
+    /// is remembered ([`memo`]) and still current: what [`Gatherer::image`] would answer, without asking.
+    fn remembered(
+        &self,
+        image: &ImageRef,
+        review: &HostCredentials,
+        sources: &[Source<'_>],
+    ) -> Option<Arc<ImageEvidence>> {
+        let digest = image.digest().filter(|_| !platforms_needed(sources))?;
+        let found = self.memo.get(&memo_key(image, digest, false, review, sources)?, std::time::Instant::now())?;
+        self.metrics.images_memo[1].inc();
+        Some(found)
     }
 
     /// The registry data of one image (digest, platforms, artifacts), as `gather` would fetch it (cached).
@@ -615,8 +638,7 @@ impl Gatherer {
         bytes: &Budget,
         deadline: Instant,
     ) -> Result<Arc<ImageEvidence>, Reason> {
-        let platforms_needed = sources.iter().any(|s| s.wanted.attestations || !s.every_platform.is_empty());
-        self.evidence(image, review, sources, platforms_needed, bytes, deadline).await
+        self.evidence(image, review, sources, platforms_needed(sources), bytes, deadline).await
     }
 
     /// [`Gatherer::image`], reading an index's platform manifests only when `platforms_needed`. Once the digest is
@@ -779,6 +801,12 @@ fn memo_key(
         })
         .collect::<Option<Vec<_>>>()?;
     Some(memo::Key { image: image.at_digest(digest.clone()), platforms, sources })
+}
+
+/// Whether an index's platform manifests are needed for the sources: an attestation may name a platform, or an
+/// authority requires every platform.
+fn platforms_needed(sources: &[Source<'_>]) -> bool {
+    sources.iter().any(|s| s.wanted.attestations || !s.every_platform.is_empty())
 }
 
 /// What a digest names is not needed when no platform is, and the digest is the answer: no request, no shared
@@ -1192,6 +1220,33 @@ mod tests {
         g.forget_artifacts();
         gather(&g, &plan_of(&set, &[&pinned])).await;
         assert_eq!((memo("miss"), memo("hit"), r.calls(Call::Artifacts)), (5, 2, 4));
+    }
+
+    #[tokio::test]
+    async fn a_remembered_image_is_answered_at_once_while_every_fetch_slot_waits_on_the_registry() {
+        let key = Key::new();
+        let r = Arc::new(MemoryRegistry::new());
+        let warm = format!("{APP}@{}", signed_image(&r, APP, "1", "warm", &key));
+        let cold = format!("{OTHER}@{}", signed_image(&r, OTHER, "1", "cold", &key));
+        let g = gatherer(&r, CacheConfig { max_concurrent_fetches: 1, ..CacheConfig::default() });
+        let set = policies(&[("p", &[("a", &key)], "{signature: true}")]);
+        gather(&g, &plan_of(&set, &[&warm])).await;
+        r.hold_artifacts();
+        let (warm_plan, cold_plan) = (plan_of(&set, &[&warm]), plan_of(&set, &[&cold]));
+        let stalled = gather(&g, &cold_plan);
+        tokio::pin!(stalled);
+        assert!(futures::poll!(&mut stalled).is_pending(), "the cold image holds the only fetch slot");
+        assert_eq!(r.calls(Call::Artifacts), 2, "and waits on the registry");
+        // The warm image asks for nothing and waits for nothing: it is answered on its first poll.
+        let std::task::Poll::Ready(answered) = futures::poll!(std::pin::pin!(gather(&g, &warm_plan))) else {
+            panic!("a remembered image waited behind a fetch");
+        };
+        let evidence = found(&answered, &warm).as_ref().unwrap();
+        assert_eq!(evidence.verified.values().map(|v| v.signatures.verified.len()).sum::<usize>(), 1);
+        r.release();
+        let fetched = stalled.await;
+        assert!(found(&fetched, &cold).is_ok(), "{:?}", found(&fetched, &cold));
+        assert_eq!(r.calls(Call::Artifacts), 2);
     }
 
     #[tokio::test]

@@ -2,7 +2,7 @@
 //! made to fail with a chosen [`RegistryError`]. No network; compiled only for tests (`--features test-registry`).
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::time::Instant;
 
@@ -60,6 +60,8 @@ pub struct MemoryRegistry {
     config: RegistryConfig,
     pool: Pool,
     state: Mutex<State>,
+    /// While held ([`MemoryRegistry::hold_artifacts`]), artifact lookups wait on it until it is closed.
+    artifacts_gate: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
 }
 
 impl Default for MemoryRegistry {
@@ -78,7 +80,7 @@ impl MemoryRegistry {
     pub fn new() -> Self {
         let config = RegistryConfig::default();
         let pool = Pool::new(config.max_bytes_in_flight);
-        Self { config, pool, state: Mutex::new(State::default()) }
+        Self { config, pool, state: Mutex::new(State::default()), artifacts_gate: Mutex::default() }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -134,6 +136,19 @@ impl MemoryRegistry {
     /// Makes every later `call` (for `repository` only, when given) fail with `error`.
     pub fn fail(&self, call: Call, repository: Option<&str>, error: RegistryError) {
         self.state().failures.push(Failure { call, name: repository.map(name_of), error });
+    }
+
+    /// Makes artifact lookups wait, as on a registry that does not answer, until [`MemoryRegistry::release`].
+    pub fn hold_artifacts(&self) {
+        *self.artifacts_gate.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some(Arc::new(tokio::sync::Semaphore::new(0)));
+    }
+
+    /// Lets every held artifact lookup go on, and later ones pass.
+    pub fn release(&self) {
+        if let Some(gate) = self.artifacts_gate.lock().unwrap_or_else(PoisonError::into_inner).take() {
+            gate.close();
+        }
     }
 
     /// Answers again every call arranged to fail.
@@ -233,6 +248,11 @@ impl Registry for MemoryRegistry {
         _deadline: Instant,
     ) -> Result<Artifacts, RegistryError> {
         self.record(Call::Artifacts, Some(image), Some(digest))?;
+        let gate = self.artifacts_gate.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        if let Some(gate) = gate {
+            // Closed on release: the wait ends with an error, which is the signal to go on.
+            let _ = gate.acquire().await;
+        }
         let mut found = self.state().artifacts.get(&(image.name(), digest.clone())).cloned().unwrap_or_default();
         if !wanted.attestations {
             found.attestations.retain(|l| l.origin != crate::artifact::Origin::AttTag);
