@@ -7,7 +7,12 @@ use crate::images::{Digest, ImageRef};
 /// Compiled `match` section of a policy.
 #[derive(Debug, Clone)]
 pub struct Matcher {
-    images: GlobSet,
+    /// Image globs of the form `literal/**` (or `**` alone), each as the prefix `literal/` (or the empty prefix):
+    /// such a glob matches exactly the references that begin with its prefix, which a string comparison decides
+    /// without running the glob engine, for every image of every review.
+    prefixes: Vec<String>,
+    /// Every other image glob; `None` when there is none.
+    images: Option<GlobSet>,
     namespaces: Option<GlobSet>,
 }
 
@@ -17,16 +22,19 @@ impl Matcher {
         if images.is_empty() {
             return Err("match.images must list at least one glob (use \"**\" for every image)".into());
         }
-        let mut set = GlobSetBuilder::new();
+        let (mut prefixes, mut set, mut globs) = (Vec::new(), GlobSetBuilder::new(), 0);
         for written in images {
             let glob = &canonical_glob(written);
-            let compiled = GlobBuilder::new(glob)
-                .literal_separator(true)
-                .build()
-                .map_err(|e| format!("match.images: glob {glob:?}: {}", e.kind()))?;
-            set.add(compiled);
+            let compiled = image_glob(glob).map_err(|e| format!("match.images: glob {glob:?}: {}", e.kind()))?;
+            match literal_prefix(glob) {
+                Some(prefix) => prefixes.push(prefix),
+                None => {
+                    set.add(compiled);
+                    globs += 1;
+                }
+            }
         }
-        let images = set.build().map_err(|e| format!("match.images: {e}"))?;
+        let images = (globs > 0).then(|| set.build()).transpose().map_err(|e| format!("match.images: {e}"))?;
         let namespaces = if namespaces.is_empty() {
             None
         } else {
@@ -36,7 +44,7 @@ impl Matcher {
             }
             Some(set.build().map_err(|e| format!("match.namespaces: {e}"))?)
         };
-        Ok(Self { images, namespaces })
+        Ok(Self { prefixes, images, namespaces })
     }
 
     /// True when the image (by name, name:tag, name@digest or name:tag@digest) and the namespace both match.
@@ -47,7 +55,9 @@ impl Matcher {
     /// [`Matcher::matches`] over the forms of an image prepared once for every policy of a set.
     pub fn matches_any(&self, image: &Candidates<'_>, namespace: &str) -> bool {
         let namespace_ok = self.namespaces.as_ref().is_none_or(|set| set.is_match(namespace));
-        namespace_ok && image.forms().any(|c| self.images.is_match(c))
+        let prefixed = || self.prefixes.iter().any(|p| image.forms().any(|c| c.starts_with(p.as_str())));
+        let globbed = || self.images.as_ref().is_some_and(|set| image.forms().any(|c| set.is_match(c)));
+        namespace_ok && (prefixed() || globbed())
     }
 }
 
@@ -80,6 +90,22 @@ impl<'a> Candidates<'a> {
         let distinct = prefixes.into_iter().enumerate().filter(move |&(i, end)| i == 0 || end != prefixes[i - 1]);
         distinct.map(|(_, end)| &self.full[..end]).chain(self.untagged.as_deref())
     }
+}
+
+/// An image glob as policies mean it: `*` stays within a path segment, `**` crosses them.
+fn image_glob(glob: &str) -> Result<Glob, globset::Error> {
+    GlobBuilder::new(glob).literal_separator(true).build()
+}
+
+/// The prefix that an image glob of the form `literal/**` stands for (`literal/`; `**` alone: the empty prefix), when
+/// the literal part holds no glob syntax at all; `None` for any other glob.
+fn literal_prefix(glob: &str) -> Option<String> {
+    if glob == "**" {
+        return Some(String::new());
+    }
+    let literal = glob.strip_suffix("/**")?;
+    let plain = !literal.is_empty() && !literal.contains(['*', '?', '[', ']', '{', '}', '\\']);
+    plain.then(|| format!("{literal}/"))
 }
 
 /// A glob whose registry part is written literally names that registry canonically (see
@@ -143,6 +169,109 @@ mod tests {
         ];
         for (globs, image, want) in table {
             assert_eq!(m(globs, &[]).matches(&img(image), "default"), *want, "{globs:?} vs {image}");
+        }
+    }
+
+    /// What the glob engine alone answers for `glob` against `image`.
+    fn by_glob_engine(glob: &str, image: &ImageRef) -> bool {
+        let set = GlobSetBuilder::new().add(image_glob(&canonical_glob(glob)).unwrap()).build().unwrap();
+        Candidates::of(image).forms().any(|c| set.is_match(c))
+    }
+
+    #[test]
+    fn only_plain_literal_globs_ending_in_a_double_star_segment_are_prefixes() {
+        let table: &[(&str, Option<&str>)] = &[
+            ("**", Some("")),
+            ("registry.example.com/**", Some("registry.example.com/")),
+            ("localhost:5000/team/**", Some("localhost:5000/team/")),
+            ("registry.example.com/team*/**", None),
+            ("registry.example.com/t?am/**", None),
+            ("registry.example.com/[ab]/**", None),
+            ("registry.example.com/{a,b}/**", None),
+            ("registry.example.com/a\\*/**", None),
+            ("registry.example.com/**/app", None),
+            ("registry.example.com/app**", None),
+            ("registry.example.com/*", None),
+            ("/**", None),
+            ("***", None),
+        ];
+        for (glob, want) in table {
+            assert_eq!(literal_prefix(glob).as_deref(), *want, "{glob}");
+        }
+    }
+
+    #[test]
+    fn prefix_globs_match_exactly_what_the_glob_engine_matches() {
+        let globs = [
+            "**",
+            "registry.example.com/**",
+            "registry.example.com/team/**",
+            "registry.example.com/team/app/**",
+            "example.com/**",
+            "team/**",
+            "app/**",
+            "Registry.Example.com:443/team/**",
+            "registry.example.com:4443/**",
+            "localhost:5000/**",
+            "docker.io/library/**",
+            "library/**",
+            "index.docker.io/**",
+            "registry.example.com/team/app:v1/**",
+            "registry.example.com/team/app@sha256/**",
+        ];
+        let images = [
+            "registry.example.com/team/app".to_owned(),
+            "registry.example.com/team/app:v1".to_owned(),
+            format!("registry.example.com/team/app@{D}"),
+            format!("registry.example.com/team/app:v1@{D}"),
+            "registry.example.com/teamx/app".to_owned(),
+            "registry.example.com/team".to_owned(),
+            "registry.example.com/team/app/sub:2".to_owned(),
+            "registry.example.com:4443/team/app".to_owned(),
+            "registry.example.comx/team/app".to_owned(),
+            "myregistry.example.com/team/app".to_owned(),
+            "localhost:5000/x".to_owned(),
+            "localhost/x".to_owned(),
+            "nginx".to_owned(),
+            "team/app".to_owned(),
+            "library/nginx:1.27".to_owned(),
+            format!("ghcr.io/org/tool@{D}"),
+        ];
+        let mut matched = 0;
+        for glob in globs {
+            assert!(literal_prefix(&canonical_glob(glob)).is_some(), "{glob} is meant to take the prefix path");
+            let matcher = m(&[glob], &[]);
+            for image in &images {
+                let image = img(image);
+                let want = by_glob_engine(glob, &image);
+                assert_eq!(matcher.matches(&image, "ns"), want, "{glob} vs {image}");
+                matched += usize::from(want);
+            }
+        }
+        assert!(matched > 20 && matched < globs.len() * images.len() / 2, "{matched}: the table has both answers");
+    }
+
+    proptest::proptest! {
+        /// Prefix globs and other globs in one policy: the policy matches an image exactly when the glob engine
+        /// would have matched one of them.
+        #[test]
+        fn a_mix_of_prefix_and_other_globs_matches_as_the_glob_engine_does(
+            prefix in "(\\*\\*|(r\\.io(:5000)?/)?[a-c]{1,2}(/[a-c]{1,2}){0,2})",
+            other in proptest::sample::select(vec!["r.io/a/*", "r.io/b/**/c", "r.io/*/b*", "r.io/c/a:v*",
+                "r.io/a/b@sha256:*", "*.io/**"]),
+            port in proptest::bool::ANY,
+            repo in "[a-c]{1,2}(/[a-c]{1,2}){0,2}",
+            tag in proptest::option::of("v[0-9]"),
+            digest in proptest::bool::ANY,
+        ) {
+            let prefix_glob = if prefix == "**" { prefix.clone() } else { format!("{prefix}/**") };
+            let host = if port { "r.io:5000" } else { "r.io" };
+            let tag = tag.map(|t| format!(":{t}")).unwrap_or_default();
+            let digest = if digest { format!("@{D}") } else { String::new() };
+            let image = img(&format!("{host}/{repo}{tag}{digest}"));
+            let matcher = m(&[&prefix_glob, other], &[]);
+            let want = by_glob_engine(&prefix_glob, &image) || by_glob_engine(other, &image);
+            proptest::prop_assert_eq!(matcher.matches(&image, "ns"), want, "{} + {} vs {}", prefix_glob, other, image);
         }
     }
 
