@@ -4,12 +4,16 @@ use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 
 use crate::images::{Digest, ImageRef};
 
+/// Prefix globs of one policy compared as strings; any more go to the glob engine, whose prefix matching does not
+/// slow down with their number (a policy file may list thousands).
+const PREFIX_GLOBS: usize = 8;
+
 /// Compiled `match` section of a policy.
 #[derive(Debug, Clone)]
 pub struct Matcher {
-    /// Image globs of the form `literal/**` (or `**` alone), each as the prefix `literal/` (or the empty prefix):
-    /// such a glob matches exactly the references that begin with its prefix, which a string comparison decides
-    /// without running the glob engine, for every image of every review.
+    /// The first [`PREFIX_GLOBS`] image globs of the form `literal/**` (or `**` alone), each as the prefix `literal/`
+    /// (or the empty prefix): such a glob matches exactly the references that begin with its prefix, which a string
+    /// comparison decides without running the glob engine, for every image of every review.
     prefixes: Vec<String>,
     /// Every other image glob; `None` when there is none.
     images: Option<GlobSet>,
@@ -22,19 +26,19 @@ impl Matcher {
         if images.is_empty() {
             return Err("match.images must list at least one glob (use \"**\" for every image)".into());
         }
-        let (mut prefixes, mut set, mut globs) = (Vec::new(), GlobSetBuilder::new(), 0);
+        let (mut prefixes, mut set) = (Vec::new(), GlobSetBuilder::new());
         for written in images {
             let glob = &canonical_glob(written);
             let compiled = image_glob(glob).map_err(|e| format!("match.images: glob {glob:?}: {}", e.kind()))?;
-            match literal_prefix(glob) {
+            match literal_prefix(glob).filter(|_| prefixes.len() < PREFIX_GLOBS) {
                 Some(prefix) => prefixes.push(prefix),
                 None => {
                     set.add(compiled);
-                    globs += 1;
                 }
             }
         }
-        let images = (globs > 0).then(|| set.build()).transpose().map_err(|e| format!("match.images: {e}"))?;
+        let engine = prefixes.len() < images.len();
+        let images = engine.then(|| set.build()).transpose().map_err(|e| format!("match.images: {e}"))?;
         let namespaces = if namespaces.is_empty() {
             None
         } else {
@@ -269,9 +273,28 @@ mod tests {
             let tag = tag.map(|t| format!(":{t}")).unwrap_or_default();
             let digest = if digest { format!("@{D}") } else { String::new() };
             let image = img(&format!("{host}/{repo}{tag}{digest}"));
-            let matcher = m(&[&prefix_glob, other], &[]);
             let want = by_glob_engine(&prefix_glob, &image) || by_glob_engine(other, &image);
-            proptest::prop_assert_eq!(matcher.matches(&image, "ns"), want, "{} + {} vs {}", prefix_glob, other, image);
+            for matcher in [m(&[&prefix_glob, other], &[]), m(&[other, &prefix_glob], &[])] {
+                proptest::prop_assert_eq!(matcher.matches(&image, "ns"), want, "{} + {} vs {}", prefix_glob, other, image);
+            }
+        }
+    }
+
+    #[test]
+    fn thousands_of_prefix_globs_compare_a_few_as_strings_and_leave_the_rest_to_the_glob_engine() {
+        let globs: Vec<String> = (0..5000).map(|i| format!("registry.example.com/team-{i}/**")).collect();
+        let matcher = Matcher::new(&globs, &[]).unwrap();
+        assert_eq!(matcher.prefixes.len(), PREFIX_GLOBS);
+        assert_eq!(matcher.images.as_ref().map(GlobSet::len), Some(5000 - PREFIX_GLOBS));
+        for (image, want) in [
+            ("registry.example.com/team-0/app", true),
+            ("registry.example.com/team-7/app:v1", true),
+            ("registry.example.com/team-8/app", true),
+            ("registry.example.com/team-4999/a/b", true),
+            ("registry.example.com/team-5000/app", false),
+            ("other.example.com/team-0/app", false),
+        ] {
+            assert_eq!(matcher.matches(&img(image), "ns"), want, "{image}");
         }
     }
 
