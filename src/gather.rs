@@ -1226,7 +1226,8 @@ mod tests {
     async fn a_remembered_image_is_answered_at_once_while_every_fetch_slot_waits_on_the_registry() {
         let key = Key::new();
         let r = Arc::new(MemoryRegistry::new());
-        let warm = format!("{APP}@{}", signed_image(&r, APP, "1", "warm", &key));
+        let warm_digest = signed_image(&r, APP, "1", "warm", &key);
+        let warm = format!("{APP}@{warm_digest}");
         let cold = format!("{OTHER}@{}", signed_image(&r, OTHER, "1", "cold", &key));
         let g = gatherer(&r, CacheConfig { max_concurrent_fetches: 1, ..CacheConfig::default() });
         let set = policies(&[("p", &[("a", &key)], "{signature: true}")]);
@@ -1243,6 +1244,18 @@ mod tests {
         };
         let evidence = found(&answered, &warm).as_ref().unwrap();
         assert_eq!(evidence.verified.values().map(|v| v.signatures.verified.len()).sum::<usize>(), 1);
+        // The same digest written with any tag, or with the host in another case, is the same
+        // remembered evidence; a digest not remembered is not answered from it.
+        for alias in [format!("{APP}:whatever@{warm_digest}"), format!("Registry.Example.com/team/app@{warm_digest}")] {
+            let plan = plan_of(&set, &[&alias]);
+            let std::task::Poll::Ready(aliased) = futures::poll!(std::pin::pin!(gather(&g, &plan))) else {
+                panic!("{alias} waited behind a fetch");
+            };
+            assert!(Arc::ptr_eq(found(&aliased, &alias).as_ref().unwrap(), evidence), "{alias}");
+        }
+        let unknown = format!("{APP}@{}", digest("never reviewed"));
+        let unknown_plan = plan_of(&set, &[&unknown]);
+        assert!(futures::poll!(std::pin::pin!(gather(&g, &unknown_plan))).is_pending(), "{unknown} is fetched");
         r.release();
         let fetched = stalled.await;
         assert!(found(&fetched, &cold).is_ok(), "{:?}", found(&fetched, &cold));
