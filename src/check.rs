@@ -10,6 +10,8 @@ use serde_json::Value;
 
 use crate::gather::{Authorities, ImageEvidence, Verification, Verifications, evidence_key};
 use crate::images::{Digest, ImageRef, Use};
+pub use crate::judged::Checked;
+use crate::judged::rememberable;
 use crate::policy::eval::{ImageInput, Limits, ReviewScope};
 use crate::policy::require::{Platforms, check_attestation, check_signature};
 use crate::policy::{Policy, engine};
@@ -66,16 +68,6 @@ impl<'a> ReviewContext<'a> {
     }
 }
 
-/// What one policy made of one image.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Checked {
-    /// Every way the image fails the policy; empty when it passes.
-    pub unmet: Vec<Reason>,
-    /// What verified, and by which authority and key or identity, e.g.
-    /// `signature by chains (key sha256:ab12…)`.
-    pub verified: Vec<Arc<str>>,
-}
-
 /// Checks `image`, used as `usage`, against `policy` over the gathered verifications (an image volume may be covered
 /// by its layers, a container never).
 pub fn check(
@@ -89,6 +81,32 @@ pub fn check(
     let mut verified = Vec::new();
     let unmet = unmet(policy, image, usage, evidence, authorities, context, &mut verified);
     Checked { unmet, verified }
+}
+
+/// [`check`], remembered with the evidence when what the policy makes of the image depends on nothing else (see
+/// [`crate::judged`]): a warm review judges such an image by one lookup.
+pub fn check_once(
+    policy: &Arc<Policy>,
+    image: &ImageRef,
+    usage: Use,
+    evidence: Option<&Result<Arc<ImageEvidence>, Reason>>,
+    authorities: &Authorities,
+    context: &ReviewContext,
+) -> Arc<Checked> {
+    let judge = || check(policy, image, usage, evidence, authorities, context);
+    let Some(Ok(found)) = evidence.filter(|_| rememberable(policy)) else { return Arc::new(judge()) };
+    let resolved: Option<Vec<&Arc<Authority>>> = policy
+        .authorities
+        .iter()
+        .map(|source| match authorities.get(&policy.name, source.name()) {
+            Some(Ok(authority)) => Some(authority),
+            _ => None,
+        })
+        .collect();
+    match resolved {
+        Some(resolved) => found.judged.get_or_check(policy, image, usage, &resolved, judge),
+        None => Arc::new(judge()),
+    }
 }
 
 /// Each requirement in turn, each its own function below. Stops at the first step whose failure makes the later

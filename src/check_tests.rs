@@ -53,6 +53,7 @@ fn evidence(digest: &Digest, platforms: &[Digest], a: &Artifacts, authorities: &
         lookups: Default::default(),
         evidence: Default::default(),
         coverage: Default::default(),
+        judged: Default::default(),
     }
 }
 
@@ -411,6 +412,101 @@ fn validations_see_signatures_and_run_without_evidence_when_none_is_needed() {
     let unsigned = evidence(&d, &[], &Artifacts::default(), &[a]);
     let got = run(&validated(), &tagged(), Some(Ok(unsigned)), &resolved(&[a]));
     assert_eq!(codes(&got.unmet), ["no-attestations"]);
+}
+
+// ---- judged once per evidence ----
+
+/// `check_once` of `policy` over `found`, with `resolved` authorities and the review's `object`.
+fn once(
+    policy: &Arc<Policy>,
+    image: &ImageRef,
+    usage: Use,
+    found: &Arc<ImageEvidence>,
+    auth: &Authorities,
+) -> Arc<Checked> {
+    check_once(policy, image, usage, Some(&Ok(found.clone())), auth, &context())
+}
+
+#[test]
+fn a_judgement_is_remembered_with_its_evidence_and_found_only_by_the_same_policy_reference_use_and_keys() {
+    let k = Keys::new();
+    let a = &k.authorities[0];
+    let d = digest("image");
+    let pinned = image(&format!("{NAME}@{d}"));
+    let spec = "require: {digest: true, signature: true}";
+    let found = Arc::new(evidence(&d, &[], &artifacts(k.signed(&d, "a"), vec![]), &[a]));
+    let (policy_a, auth) = (Arc::new(policy(&["a"], spec)), resolved(&[a]));
+    let first = once(&policy_a, &pinned, Use::Run, &found, &auth);
+    assert_eq!(first.unmet, vec![]);
+    assert_eq!(first.verified.len(), 1, "{:?}", first.verified);
+    assert!(Arc::ptr_eq(&first, &once(&policy_a, &pinned, Use::Run, &found, &auth)), "judged once");
+    assert_eq!(found.judged.remembered(), 1);
+    // A tag under the same policy is judged on its own: it is not pinned.
+    assert_eq!(codes(&once(&policy_a, &tagged(), Use::Run, &found, &auth).unmet), ["tag-not-pinned"]);
+    // The same key read again for another review finds the judgement.
+    let again = resolved(&[a]);
+    assert!(Arc::ptr_eq(&first, &once(&policy_a, &pinned, Use::Run, &found, &again)));
+    // A rotated key (authority `a` now holding b's key) finds no remembered pass: nothing of `a`'s old key counts.
+    let rotated_authority = k.keys[1].authority("a");
+    let rotated = resolved(&[&rotated_authority]);
+    let got = once(&policy_a, &pinned, Use::Run, &found, &rotated);
+    assert_eq!(codes(&got.unmet), ["no-evidence"], "not gathered under the new key");
+    // A reloaded policy that now asks for another authority is judged by what it asks.
+    let reloaded = Arc::new(policy(&["b"], spec));
+    let got = once(&reloaded, &pinned, Use::Run, &found, &resolved(&[&k.authorities[1]]));
+    assert_eq!(codes(&got.unmet), ["no-evidence"]);
+    // Used otherwise (an image volume) is judged again.
+    assert!(!Arc::ptr_eq(&first, &once(&policy_a, &pinned, Use::Mount, &found, &auth)));
+    // Evidence cloned to be changed starts with nothing judged.
+    assert_eq!(ImageEvidence::clone(&found).judged.remembered(), 0);
+}
+
+#[test]
+fn what_depends_on_the_review_or_an_unresolved_authority_is_judged_every_time() {
+    let k = Keys::new();
+    let a = &k.authorities[0];
+    let d = digest("image");
+    let found = Arc::new(evidence(&d, &[], &artifacts(k.signed(&d, "a"), vec![]), &[a]));
+    // The validation reads the object: each review's object is judged.
+    let named = Arc::new(policy(
+        &["a"],
+        "require: {signature: true}\nvalidations:\n  - expression: object.metadata.name == \"good\"",
+    ));
+    let judge = |name: &str| {
+        let context =
+            ReviewContext::new(&json!({"metadata": {"name": name}}), "team-a", &json!({}), DateTime::UNIX_EPOCH);
+        check_once(&named, &tagged(), Use::Run, Some(&Ok(found.clone())), &resolved(&[a]), &context)
+    };
+    assert_eq!(judge("good").unmet, vec![]);
+    assert_eq!(codes(&judge("evil").unmet), ["validation-failed"]);
+    assert_eq!(judge("good").unmet, vec![]);
+    // An authority whose keys could not be read this review is not remembered either.
+    let plain = Arc::new(policy(&["a"], "require: {signature: true}"));
+    let got = once(&plain, &tagged(), Use::Run, &found, &Authorities::new());
+    assert_eq!(codes(&got.unmet), ["no-evidence"]);
+    assert_eq!(found.judged.remembered(), 0);
+    assert_eq!(once(&plain, &tagged(), Use::Run, &found, &resolved(&[a])).unmet, vec![]);
+    assert_eq!(found.judged.remembered(), 1);
+}
+
+#[test]
+fn an_evidence_remembers_a_bounded_number_of_judgements_and_judges_the_rest_each_time() {
+    let k = Keys::new();
+    let a = &k.authorities[0];
+    let d = digest("image");
+    let found = Arc::new(evidence(&d, &[], &artifacts(k.signed(&d, "a"), vec![]), &[a]));
+    let auth = resolved(&[a]);
+    let policies: Vec<Arc<Policy>> =
+        (0..crate::judged::MAX_ENTRIES + 3).map(|_| Arc::new(policy(&["a"], "require: {signature: true}"))).collect();
+    for _ in 0..2 {
+        for p in &policies {
+            assert_eq!(once(p, &tagged(), Use::Run, &found, &auth).unmet, vec![]);
+        }
+    }
+    assert_eq!(found.judged.remembered(), crate::judged::MAX_ENTRIES);
+    let last = policies.last().unwrap();
+    let twice = (once(last, &tagged(), Use::Run, &found, &auth), once(last, &tagged(), Use::Run, &found, &auth));
+    assert!(!Arc::ptr_eq(&twice.0, &twice.1), "beyond the bound, judged each time");
 }
 
 // ---- the whole check, path by path ----

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::check::{Checked, ReviewContext, check};
+use crate::check::{Checked, ReviewContext, check_once};
 use crate::gather::Gathered;
 use crate::images::ImageRef;
 use crate::plan::{Plan, PlannedImage, Step};
@@ -220,7 +220,7 @@ pub fn decide(
 
 /// Policy checks per (image, how it is used), so repeated references are checked once per review (within a review an
 /// image has one gathered evidence, or one failure).
-type Memo<'a> = HashMap<(&'a ImageRef, crate::images::Use), Rc<Vec<Checked>>, foldhash::fast::RandomState>;
+type Memo<'a> = HashMap<(&'a ImageRef, crate::images::Use), Rc<Vec<Arc<Checked>>>, foldhash::fast::RandomState>;
 
 /// An image left unjudged because the review stopped.
 fn interrupted(planned: &PlannedImage, reason: Reason) -> ImageDecision {
@@ -284,8 +284,10 @@ fn judge_image<'a>(
             }
             let usage = planned.field.usage();
             let judgements = memo.entry((image, usage)).or_insert_with(|| {
-                let judged =
-                    policies.iter().map(|p| check(p, image, usage, evidence, &gathered.authorities, context)).collect();
+                let judged = policies
+                    .iter()
+                    .map(|p| check_once(p, image, usage, evidence, &gathered.authorities, context))
+                    .collect();
                 Rc::new(judged)
             });
             for (policy, judgement) in policies.iter().zip(judgements.iter()) {

@@ -117,6 +117,8 @@ pub struct ImageEvidence {
     pub evidence: crate::evidence::document::ByPolicy,
     /// What else may cover the image: the release lists its policies name, an image volume's layers.
     pub coverage: Coverage,
+    /// What policies made of this evidence (empty when gathered, and in a clone).
+    pub judged: crate::judged::Judged,
 }
 
 /// Fetches the evidence that policies' `spec.evidence` select from an image's verified statements, once its
@@ -441,7 +443,8 @@ impl Gatherer {
         sources: &[Source<'_>],
     ) -> Option<Arc<ImageEvidence>> {
         let digest = image.digest().filter(|_| !platforms_needed(sources))?;
-        let found = self.memo.get(&memo_key(image, digest, false, review, sources)?, std::time::Instant::now())?;
+        let found =
+            self.memo.get(&memo::Lookup::new(image, digest, false, review, sources)?, std::time::Instant::now())?;
         self.metrics.images_memo[1].inc();
         Some(found)
     }
@@ -693,6 +696,7 @@ impl Gatherer {
             lookups: HashMap::new(),
             evidence: Default::default(),
             coverage: Coverage::default(),
+            judged: Default::default(),
         };
         let mut expires: Option<std::time::Instant> = None;
         for (source, (verified, platforms_verified, lookup, until)) in sources.iter().zip(try_join_all(each).await?) {

@@ -202,7 +202,12 @@ impl ImageRef {
 
     /// `registry/repository`, the name globs match against together with the tag or digest.
     pub fn name(&self) -> String {
-        self.text[..self.registry.len() + 1 + self.repository.len()].to_owned()
+        self.name_str().to_owned()
+    }
+
+    /// `registry/repository`, borrowed.
+    pub fn name_str(&self) -> &str {
+        &self.text[..self.registry.len() + 1 + self.repository.len()]
     }
 
     /// `registry/repository[:tag][@digest]`, as [`fmt::Display`] writes it.

@@ -18,6 +18,7 @@ pub mod evidence;
 pub mod flights;
 pub mod gather;
 pub mod images;
+pub mod judged;
 pub mod keys;
 pub mod managed_tls;
 pub mod metrics;

@@ -9,17 +9,20 @@
 //! entries (an entry holds an image's whole evidence, about 2 KiB, where the caches hold its parts anyway) and
 //! `cache.maxArtifactBytes` of the verifications it holds: when full, expired entries go first, then all of them.
 
-use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::images::ImageRef;
-use crate::registry::{Credentials, Wanted};
+use hashbrown::{Equivalent, HashMap};
 
-use super::ImageEvidence;
+use crate::images::{Digest, ImageRef};
+use crate::registry::{Credentials, HostCredentials, Wanted};
+use crate::verify::Authority;
+
+use super::{ImageEvidence, Source, review_credentials};
 
 /// Everything an image's gathered evidence depends on.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Key {
     /// `registry/repository@digest` (its text shared with the references that name it).
     pub image: ImageRef,
@@ -29,7 +32,7 @@ pub(super) struct Key {
 }
 
 /// One signature source of an image's governing policies, as it was read.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct SourceKey {
     /// A policy's signature repository (one without pull secrets); `None`: the image's own.
     pub repository: Option<ImageRef>,
@@ -38,6 +41,111 @@ pub(super) struct SourceKey {
     /// Cache keys of every authority reading the source, and of those requiring every platform.
     pub authorities: Vec<Arc<str>>,
     pub every_platform: Vec<Arc<str>>,
+}
+
+/// A [`Key`] as a review has it, borrowed from its plan: what a warm review looks up without building the key.
+pub(super) struct Lookup<'a> {
+    image: &'a ImageRef,
+    digest: &'a Digest,
+    platforms: bool,
+    sources: &'a [Source<'a>],
+    /// The credentials each source is read with.
+    credentials: Vec<Credentials>,
+}
+
+impl<'a> Lookup<'a> {
+    /// The key of `image` at `digest` read from `sources`, as [`super::memo_key`] builds it; `None` where it
+    /// builds none (a source read with pull secrets).
+    pub fn new(
+        image: &'a ImageRef,
+        digest: &'a Digest,
+        platforms: bool,
+        review: &HostCredentials,
+        sources: &'a [Source<'a>],
+    ) -> Option<Self> {
+        let credentials =
+            sources.iter().map(|source| review_credentials(image, source, review)).collect::<Option<_>>()?;
+        Some(Self { image, digest, platforms, sources, credentials })
+    }
+}
+
+// A key and its lookup hash alike, field by field: the image by name and digest (whatever tag it was written
+// with), then each source.
+fn hash_image<H: Hasher>(image: &ImageRef, digest: Option<&Digest>, platforms: bool, state: &mut H) {
+    image.name_str().hash(state);
+    digest.map(Digest::as_str).hash(state);
+    platforms.hash(state);
+}
+
+fn hash_source<'s, H: Hasher>(
+    repository: Option<&ImageRef>,
+    credentials: &Credentials,
+    wanted: Wanted,
+    authorities: impl ExactSizeIterator<Item = &'s str>,
+    every_platform: impl ExactSizeIterator<Item = &'s str>,
+    state: &mut H,
+) {
+    repository.map(ImageRef::as_str).hash(state);
+    credentials.hash(state);
+    wanted.hash(state);
+    for keys in [authorities.len(), every_platform.len()] {
+        state.write_usize(keys);
+    }
+    authorities.chain(every_platform).for_each(|k| k.hash(state));
+}
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        hash_image(&self.image, self.image.digest(), self.platforms, state);
+        state.write_usize(self.sources.len());
+        for s in &self.sources {
+            let (authorities, every_platform) = (s.authorities.iter(), s.every_platform.iter());
+            let (authorities, every_platform) = (authorities.map(|k| &**k), every_platform.map(|k| &**k));
+            hash_source(s.repository.as_ref(), &s.credentials, s.wanted, authorities, every_platform, state);
+        }
+    }
+}
+
+impl Hash for Lookup<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        hash_image(self.image, Some(self.digest), self.platforms, state);
+        state.write_usize(self.sources.len());
+        for (s, credentials) in self.sources.iter().zip(&self.credentials) {
+            let (authorities, every_platform) = (s.authorities.iter(), s.every_platform.iter());
+            let (authorities, every_platform) = (authorities.map(cache_key), every_platform.map(cache_key));
+            hash_source(
+                s.repository.map(|r| r.repository()),
+                credentials,
+                s.wanted,
+                authorities,
+                every_platform,
+                state,
+            );
+        }
+    }
+}
+
+fn cache_key(authority: &Arc<Authority>) -> &str {
+    authority.cache_key_str()
+}
+
+impl Equivalent<Key> for Lookup<'_> {
+    fn equivalent(&self, key: &Key) -> bool {
+        let same = |keys: &[Arc<str>], authorities: &[Arc<Authority>]| {
+            keys.len() == authorities.len() && keys.iter().zip(authorities).all(|(k, a)| **k == *cache_key(a))
+        };
+        key.platforms == self.platforms
+            && key.image.name_str() == self.image.name_str()
+            && key.image.digest() == Some(self.digest)
+            && key.sources.len() == self.sources.len()
+            && key.sources.iter().zip(self.sources).zip(&self.credentials).all(|((k, s), credentials)| {
+                k.repository.as_ref() == s.repository.map(|r| r.repository())
+                    && k.credentials == *credentials
+                    && k.wanted == s.wanted
+                    && same(&k.authorities, &s.authorities)
+                    && same(&k.every_platform, &s.every_platform)
+            })
+    }
 }
 
 struct Entry {
@@ -69,8 +177,8 @@ impl Memo {
         self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The evidence under `key`, unless it has expired by `now`.
-    pub fn get(&self, key: &Key, now: Instant) -> Option<Arc<ImageEvidence>> {
+    /// The evidence under `key` (a [`Key`] or its [`Lookup`]), unless it has expired by `now`.
+    pub fn get<Q: Hash + Equivalent<Key>>(&self, key: &Q, now: Instant) -> Option<Arc<ImageEvidence>> {
         let entries = self.lock();
         let entry = entries.map.get(key)?;
         (now < entry.expires).then(|| entry.evidence.clone())
@@ -154,9 +262,10 @@ mod tests {
             platforms: Vec::new(),
             verified: [("a".into(), Arc::new(verification))].into_iter().collect(),
             platforms_verified: None,
-            lookups: HashMap::new(),
+            lookups: Default::default(),
             evidence: Default::default(),
             coverage: Coverage::default(),
+            judged: Default::default(),
         })
     }
 
@@ -179,6 +288,82 @@ mod tests {
         with_platforms.platforms = true;
         assert!(memo.get(&with_platforms, now).is_none(), "platforms read or not are two answers");
         assert!(memo.get(&key(1, "chains|keys|sha256:aa"), now + Duration::from_secs(5)).is_none(), "expired");
+    }
+
+    #[test]
+    fn a_review_finds_by_its_borrowed_lookup_exactly_the_entry_of_the_key_it_would_build() {
+        use std::hash::BuildHasher as _;
+        let (a, b) = (crate::verify::fixtures::Key::new(), crate::verify::fixtures::Key::new());
+        let (a, b) = (Arc::new(a.authority("a")), Arc::new(b.authority("b")));
+        let source = |authorities: &[&Arc<Authority>], every: &[&Arc<Authority>], attestations: bool| Source {
+            repository: None,
+            authorities: authorities.iter().map(|x| Arc::clone(x)).collect(),
+            every_platform: every.iter().map(|x| Arc::clone(x)).collect(),
+            wanted: Wanted { attestations },
+        };
+        let sources = [
+            vec![],
+            vec![source(&[&a], &[], false)],
+            vec![source(&[&a, &b], &[], false)],
+            vec![source(&[&b, &a], &[], false)],
+            vec![source(&[&a], &[&a], false)],
+            vec![source(&[&a], &[], true)],
+            vec![source(&[&a], &[], false), source(&[&b], &[], false)],
+        ];
+        let mut logged_in = HostCredentials::default();
+        logged_in.insert("registry.example", Credentials::basic("u", "p"));
+        let reviews = [HostCredentials::default(), logged_in];
+        let (d1, d2) = (digest(1), digest(2));
+        let images = [
+            (format!("registry.example/team/app@{d1}"), &d1),
+            (format!("REGISTRY.example/team/app:1@{d1}"), &d1),
+            (format!("registry.example/team/app@{d2}"), &d2),
+            (format!("registry.example/team/other@{d1}"), &d1),
+            (format!("elsewhere.example/team/app@{d1}"), &d1),
+        ];
+        let images: Vec<(ImageRef, &Digest)> = images.iter().map(|(i, d)| (ImageRef::parse(i).unwrap(), *d)).collect();
+        let memo = Memo::new(10_000, 1 << 30);
+        let now = Instant::now();
+        let later = now + Duration::from_secs(60);
+        let mut keys: Vec<Key> = Vec::new();
+        let mut n = 0u8;
+        for (image, digest) in &images {
+            for sources in &sources {
+                for review in &reviews {
+                    for platforms in [false, true] {
+                        let key = crate::gather::memo_key(image, digest, platforms, review, sources).unwrap();
+                        if !keys.contains(&key) {
+                            keys.push(key.clone());
+                        }
+                        n = n.wrapping_add(1);
+                        memo.insert(key, evidence(n, 1), later, now);
+                    }
+                }
+            }
+        }
+        assert_eq!(memo.len(), keys.len(), "each distinct key has its entry");
+        let hasher = foldhash::quality::RandomState::default();
+        for (image, digest) in &images {
+            for sources in &sources {
+                for review in &reviews {
+                    for platforms in [false, true] {
+                        let key = crate::gather::memo_key(image, digest, platforms, review, sources).unwrap();
+                        let lookup = Lookup::new(image, digest, platforms, review, sources).unwrap();
+                        assert_eq!(hasher.hash_one(&key), hasher.hash_one(&lookup), "{image} {platforms}");
+                        let (by_key, by_lookup) = (memo.get(&key, now).unwrap(), memo.get(&lookup, now).unwrap());
+                        assert!(Arc::ptr_eq(&by_key, &by_lookup), "{image} {platforms}");
+                        for other in keys.iter().filter(|k| **k != key) {
+                            assert!(!lookup.equivalent(other), "{image} {platforms} is not {other:?}");
+                        }
+                    }
+                }
+            }
+        }
+        // The tag and the host's spelling are no part of the key; the digest, repository and registry are, and the
+        // credentials where a source is read with them: three images on the logged-in host, each with 6 sources
+        // read with or without the login and with none, by platforms or not (3 × 13 × 2), and one elsewhere, read
+        // anonymously by both reviews (7 × 2).
+        assert_eq!(keys.len(), 3 * 13 * 2 + 7 * 2);
     }
 
     #[test]

@@ -152,6 +152,11 @@ impl Authority {
     pub fn cache_key(&self) -> Arc<str> {
         self.cache_key.clone()
     }
+
+    /// [`Authority::cache_key`], borrowed.
+    pub fn cache_key_str(&self) -> &str {
+        &self.cache_key
+    }
 }
 
 fn cache_key(name: &str, trust: &Trust) -> String {
