@@ -838,13 +838,14 @@ fn missing(found: &Artifacts, wanted: Wanted) -> bool {
 /// The signature sources of the policies governing one image (the image's own repository, or each distinct
 /// `spec.signatures`), each with the authorities of its policies and what it must be asked for.
 fn sources<'a>(needing: &[&'a Arc<Policy>], authorities: &Authorities) -> Vec<Source<'a>> {
-    let mut out: Vec<Source<'a>> = Vec::new();
+    let mut out: Vec<Source<'a>> = Vec::with_capacity(1);
     for policy in needing {
         let repository = policy.signatures.as_deref();
         let at = match out.iter().position(|s| s.repository == repository) {
             Some(at) => at,
             None => {
-                out.push(Source { repository, authorities: Vec::new(), every_platform: Vec::new(), wanted: NO_ATT });
+                let authorities = Vec::with_capacity(policy.authorities.len());
+                out.push(Source { repository, authorities, every_platform: Vec::new(), wanted: NO_ATT });
                 out.len() - 1
             }
         };
