@@ -102,23 +102,26 @@ pub fn canonical_host(host: &str) -> String {
 
 /// A normalised image reference: `docker.io/library/` added, `latest` when neither tag nor digest is given, and the
 /// digest, when present, is what identifies the image (the tag is kept only for display). Its parts are shared
-/// text: a reference is cloned from the plan into the gathering, the decision and the record of every review that
-/// names it, and a clone is a count, not a copy. Its whole text, `registry/repository[:tag][@digest]`, is written
+/// text, held once: a reference is cloned from the plan into the gathering, the decision and the record of every
+/// review that names it, and a clone is one count, not a copy. Its whole text, `registry/repository[:tag][@digest]`, is written
 /// out once, when it is made: every review writes it into its record and matches policies against it. The text
 /// determines the parts (a registry holds no `/`, a repository no `:` or `@`, a tag no `@`), so it alone is
 /// compared and hashed.
 #[derive(Debug, Clone)]
-pub struct ImageRef {
+pub struct ImageRef(Arc<Parts>);
+
+#[derive(Debug)]
+struct Parts {
     registry: Arc<str>,
     repository: Arc<str>,
     tag: Option<Arc<str>>,
     digest: Option<Digest>,
-    text: Arc<str>,
+    text: Box<str>,
 }
 
 impl PartialEq for ImageRef {
     fn eq(&self, other: &Self) -> bool {
-        self.text == other.text
+        Arc::ptr_eq(&self.0, &other.0) || self.0.text == other.0.text
     }
 }
 
@@ -126,7 +129,7 @@ impl Eq for ImageRef {}
 
 impl std::hash::Hash for ImageRef {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.text.hash(state);
+        self.0.text.hash(state);
     }
 }
 
@@ -180,24 +183,24 @@ impl ImageRef {
         let (t, d) = (tag.as_deref(), digest.as_ref().map(Digest::as_str));
         let pieces = [Some(&*registry), Some("/"), Some(&*repository), t.map(|_| ":"), t, d.map(|_| "@"), d];
         let text = pieces.into_iter().flatten().collect::<String>().into();
-        Self { registry, repository, tag, digest, text }
+        Self(Arc::new(Parts { registry, repository, tag, digest, text }))
     }
 
     /// Registry host (and port), `docker.io` for Docker Hub.
     pub fn registry(&self) -> &str {
-        &self.registry
+        &self.0.registry
     }
 
     pub fn repository(&self) -> &str {
-        &self.repository
+        &self.0.repository
     }
 
     pub fn tag(&self) -> Option<&str> {
-        self.tag.as_deref()
+        self.0.tag.as_deref()
     }
 
     pub fn digest(&self) -> Option<&Digest> {
-        self.digest.as_ref()
+        self.0.digest.as_ref()
     }
 
     /// `registry/repository`, the name globs match against together with the tag or digest.
@@ -207,34 +210,34 @@ impl ImageRef {
 
     /// `registry/repository`, borrowed.
     pub fn name_str(&self) -> &str {
-        &self.text[..self.registry.len() + 1 + self.repository.len()]
+        &self.0.text[..self.0.registry.len() + 1 + self.0.repository.len()]
     }
 
     /// `registry/repository[:tag][@digest]`, as [`fmt::Display`] writes it.
     pub fn as_str(&self) -> &str {
-        &self.text
+        &self.0.text
     }
 
     /// The same image pinned to `digest`; the tag stays for display.
     pub fn with_digest(&self, digest: Digest) -> Self {
-        if self.digest.as_ref() == Some(&digest) {
+        if self.0.digest.as_ref() == Some(&digest) {
             return self.clone();
         }
-        Self::from_parts(self.registry.clone(), self.repository.clone(), self.tag.clone(), Some(digest))
+        Self::from_parts(self.0.registry.clone(), self.0.repository.clone(), self.0.tag.clone(), Some(digest))
     }
 
     /// `registry/repository@digest`: the image `digest` names in this repository, whatever the tag.
     pub fn at_digest(&self, digest: Digest) -> Self {
-        if self.tag.is_none() && self.digest.as_ref() == Some(&digest) {
+        if self.0.tag.is_none() && self.0.digest.as_ref() == Some(&digest) {
             return self.clone();
         }
-        Self::from_parts(self.registry.clone(), self.repository.clone(), None, Some(digest))
+        Self::from_parts(self.0.registry.clone(), self.0.repository.clone(), None, Some(digest))
     }
 }
 
 impl fmt::Display for ImageRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.text)
+        f.write_str(&self.0.text)
     }
 }
 
