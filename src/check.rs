@@ -95,7 +95,7 @@ pub fn check_once(
 ) -> Arc<Checked> {
     let judge = || check(policy, image, usage, evidence, authorities, context);
     let Some(Ok(found)) = evidence.filter(|_| rememberable(policy)) else { return Arc::new(judge()) };
-    let resolved: Option<Vec<&Arc<Authority>>> = policy
+    let resolved: Option<smallvec::SmallVec<[&Arc<Authority>; 4]>> = policy
         .authorities
         .iter()
         .map(|source| match authorities.get(&policy.name, source.name()) {

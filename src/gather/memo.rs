@@ -69,59 +69,25 @@ impl<'a> Lookup<'a> {
     }
 }
 
-// A key and its lookup hash alike, field by field: the image by name and digest (whatever tag it was written
-// with), then each source.
+// A key and its lookup hash alike: the image by name and digest (whatever tag it was written with) and whether
+// platforms were read. Sources are compared, not hashed: the keys of one image differ in them only by the policies
+// and credentials configured for it, a handful, and hashing their authorities' long cache keys would cost a warm
+// review more than comparing them in that handful.
 fn hash_image<H: Hasher>(image: &ImageRef, digest: Option<&Digest>, platforms: bool, state: &mut H) {
     image.name_str().hash(state);
     digest.map(Digest::as_str).hash(state);
     platforms.hash(state);
 }
 
-fn hash_source<'s, H: Hasher>(
-    repository: Option<&ImageRef>,
-    credentials: &Credentials,
-    wanted: Wanted,
-    authorities: impl ExactSizeIterator<Item = &'s str>,
-    every_platform: impl ExactSizeIterator<Item = &'s str>,
-    state: &mut H,
-) {
-    repository.map(ImageRef::as_str).hash(state);
-    credentials.hash(state);
-    wanted.hash(state);
-    for keys in [authorities.len(), every_platform.len()] {
-        state.write_usize(keys);
-    }
-    authorities.chain(every_platform).for_each(|k| k.hash(state));
-}
-
 impl Hash for Key {
     fn hash<H: Hasher>(&self, state: &mut H) {
         hash_image(&self.image, self.image.digest(), self.platforms, state);
-        state.write_usize(self.sources.len());
-        for s in &self.sources {
-            let (authorities, every_platform) = (s.authorities.iter(), s.every_platform.iter());
-            let (authorities, every_platform) = (authorities.map(|k| &**k), every_platform.map(|k| &**k));
-            hash_source(s.repository.as_ref(), &s.credentials, s.wanted, authorities, every_platform, state);
-        }
     }
 }
 
 impl Hash for Lookup<'_> {
     fn hash<H: Hasher>(&self, state: &mut H) {
         hash_image(self.image, Some(self.digest), self.platforms, state);
-        state.write_usize(self.sources.len());
-        for (s, credentials) in self.sources.iter().zip(&self.credentials) {
-            let (authorities, every_platform) = (s.authorities.iter(), s.every_platform.iter());
-            let (authorities, every_platform) = (authorities.map(cache_key), every_platform.map(cache_key));
-            hash_source(
-                s.repository.map(|r| r.repository()),
-                credentials,
-                s.wanted,
-                authorities,
-                every_platform,
-                state,
-            );
-        }
     }
 }
 
