@@ -48,7 +48,7 @@ impl Entry {
             && self.usage == usage
             && self.image == *image
             && self.authorities.len() == authorities.len()
-            && self.authorities.iter().zip(authorities).all(|(a, b)| *a == b.cache_key())
+            && self.authorities.iter().zip(authorities).all(|(a, b)| **a == *b.cache_key_str())
     }
 }
 
