@@ -427,14 +427,20 @@ fn once(
     check_once(policy, image, usage, Some(&Ok(found.clone())), auth, &context())
 }
 
+/// An image's digest and its evidence, signed by `a`.
+fn signed_by_a(k: &Keys) -> (Digest, Arc<ImageEvidence>) {
+    let d = digest("image");
+    let found = evidence(&d, &[], &artifacts(k.signed(&d, "a"), vec![]), &[&k.authorities[0]]);
+    (d, Arc::new(found))
+}
+
 #[test]
 fn a_judgement_is_remembered_with_its_evidence_and_found_only_by_the_same_policy_reference_use_and_keys() {
     let k = Keys::new();
     let a = &k.authorities[0];
-    let d = digest("image");
+    let (d, found) = signed_by_a(&k);
     let pinned = image(&format!("{NAME}@{d}"));
     let spec = "require: {digest: true, signature: true}";
-    let found = Arc::new(evidence(&d, &[], &artifacts(k.signed(&d, "a"), vec![]), &[a]));
     let (policy_a, auth) = (Arc::new(policy(&["a"], spec)), resolved(&[a]));
     let first = once(&policy_a, &pinned, Use::Run, &found, &auth);
     assert_eq!(first.unmet, vec![]);
@@ -465,8 +471,7 @@ fn a_judgement_is_remembered_with_its_evidence_and_found_only_by_the_same_policy
 fn what_depends_on_the_review_or_an_unresolved_authority_is_judged_every_time() {
     let k = Keys::new();
     let a = &k.authorities[0];
-    let d = digest("image");
-    let found = Arc::new(evidence(&d, &[], &artifacts(k.signed(&d, "a"), vec![]), &[a]));
+    let (_, found) = signed_by_a(&k);
     // The validation reads the object: each review's object is judged.
     let named = Arc::new(policy(
         &["a"],
@@ -493,8 +498,7 @@ fn what_depends_on_the_review_or_an_unresolved_authority_is_judged_every_time() 
 fn an_evidence_remembers_a_bounded_number_of_judgements_and_judges_the_rest_each_time() {
     let k = Keys::new();
     let a = &k.authorities[0];
-    let d = digest("image");
-    let found = Arc::new(evidence(&d, &[], &artifacts(k.signed(&d, "a"), vec![]), &[a]));
+    let (_, found) = signed_by_a(&k);
     let auth = resolved(&[a]);
     let policies: Vec<Arc<Policy>> =
         (0..crate::judged::MAX_ENTRIES + 3).map(|_| Arc::new(policy(&["a"], "require: {signature: true}"))).collect();
