@@ -95,14 +95,8 @@ pub fn check_once(
 ) -> Arc<Checked> {
     let judge = || check(policy, image, usage, evidence, authorities, context);
     let Some(Ok(found)) = evidence.filter(|_| rememberable(policy)) else { return Arc::new(judge()) };
-    let resolved: Option<smallvec::SmallVec<[&Arc<Authority>; 4]>> = policy
-        .authorities
-        .iter()
-        .map(|source| match authorities.get(&policy.name, source.name()) {
-            Some(Ok(authority)) => Some(authority),
-            _ => None,
-        })
-        .collect();
+    let resolved: Option<smallvec::SmallVec<[&Arc<Authority>; 4]>> =
+        authorities.of(policy).map(|(_, resolution)| resolution?.as_ref().ok()).collect();
     match resolved {
         Some(resolved) => found.judged.get_or_check(policy, image, usage, &resolved, judge),
         None => Arc::new(judge()),
@@ -259,13 +253,13 @@ fn gathered(evidence: Option<&Result<Arc<ImageEvidence>, Reason>>) -> Result<&Im
 fn resolve_authorities(policy: &Policy, authorities: &Authorities) -> Result<Vec<Arc<Authority>>, Vec<Reason>> {
     let mut resolved = Vec::with_capacity(policy.authorities.len());
     let mut missing = Vec::new();
-    for source in &policy.authorities {
-        match authorities.get(&policy.name, source.name()) {
+    for (name, resolution) in authorities.of(policy) {
+        match resolution {
             Some(Ok(authority)) => resolved.push(authority.clone()),
             Some(Err(reason)) => missing.push(reason.clone()),
             None => missing.push(Reason::Unmet {
                 requirement: Requirement::NoEvidence,
-                message: format!("the keys of authority {:?} were not gathered for this review", source.name()),
+                message: format!("the keys of authority {name:?} were not gathered for this review"),
             }),
         }
     }

@@ -169,6 +169,13 @@ impl Authorities {
         self.0.get(policy)?.get(authority)
     }
 
+    /// What each authority of `policy` resolved to for this review, in the policy's order, by name (`None`: not
+    /// resolved for this review).
+    pub fn of<'a>(&'a self, policy: &'a Policy) -> impl Iterator<Item = (&'a str, Option<&'a Resolution>)> + 'a {
+        let resolved = self.0.get(policy.name.as_str());
+        policy.authorities.iter().map(move |source| (source.name(), resolved.and_then(|r| r.get(source.name()))))
+    }
+
     /// Records what `policy`'s authority `authority` resolved to.
     pub fn insert(&mut self, policy: &str, authority: &str, resolution: Resolution) {
         self.0.entry(policy.to_owned()).or_default().insert(authority.to_owned(), resolution);
@@ -660,7 +667,7 @@ impl Gatherer {
         let creds = review.for_host(image.registry());
         let resolved = self.resolve(image, &creds, platforms_needed, bytes, deadline).await?;
         let digest = resolved.digest.clone();
-        let memo_key = memo_key(image, &digest, platforms_needed, review, sources);
+        let memo_key = memo::Lookup::new(image, &digest, platforms_needed, review, sources).map(|l| l.key());
         if let Some(key) = &memo_key {
             let found = self.memo.get(key, std::time::Instant::now());
             self.metrics.images_memo[usize::from(found.is_some())].inc();
@@ -782,31 +789,6 @@ fn review_credentials(image: &ImageRef, source: &Source<'_>, review: &HostCreden
     }
 }
 
-/// The [`memo`] key of `image` at `digest` read from `sources`; `None` when a source is read with pull secrets
-/// from the cluster (those credentials are known only by reading them).
-fn memo_key(
-    image: &ImageRef,
-    digest: &Digest,
-    platforms: bool,
-    review: &HostCredentials,
-    sources: &[Source<'_>],
-) -> Option<memo::Key> {
-    let cache_keys = |authorities: &[Arc<Authority>]| authorities.iter().map(|a| a.cache_key()).collect();
-    let sources = sources
-        .iter()
-        .map(|source| {
-            Some(memo::SourceKey {
-                repository: source.repository.map(|r| r.repository().clone()),
-                credentials: review_credentials(image, source, review)?,
-                wanted: source.wanted,
-                authorities: cache_keys(&source.authorities),
-                every_platform: cache_keys(&source.every_platform),
-            })
-        })
-        .collect::<Option<Vec<_>>>()?;
-    Some(memo::Key { image: image.at_digest(digest.clone()), platforms, sources })
-}
-
 /// Whether an index's platform manifests are needed for the sources: an attestation may name a platform, or an
 /// authority requires every platform.
 fn platforms_needed(sources: &[Source<'_>]) -> bool {
@@ -850,14 +832,13 @@ fn sources<'a>(needing: &[&'a Arc<Policy>], authorities: &Authorities) -> Vec<So
             }
         };
         let source = &mut out[at];
-        let resolved = policy.authorities.iter().filter_map(|a| authorities.get(&policy.name, a.name())?.as_ref().ok());
+        let resolved = authorities.of(policy).filter_map(|(_, resolution)| resolution?.as_ref().ok());
         for a in resolved {
-            if policy.requirements.platforms == Platforms::All
-                && !source.every_platform.iter().any(|k| k.cache_key() == a.cache_key())
-            {
+            let same = |known: &Arc<Authority>| known.cache_key_str() == a.cache_key_str();
+            if policy.requirements.platforms == Platforms::All && !source.every_platform.iter().any(same) {
                 source.every_platform.push(a.clone());
             }
-            if !source.authorities.iter().any(|known| known.cache_key() == a.cache_key()) {
+            if !source.authorities.iter().any(same) {
                 source.authorities.push(a.clone());
             }
         }

@@ -101,11 +101,12 @@ pub fn canonical_host(host: &str) -> String {
 }
 
 /// A normalised image reference: `docker.io/library/` added, `latest` when neither tag nor digest is given, and the
-/// digest, when present, is what identifies the image (the tag is kept only for display). Its parts are shared
-/// text, held once: a reference is cloned from the plan into the gathering, the decision and the record of every
-/// review that names it, and a clone is one count, not a copy. Its whole text, `registry/repository[:tag][@digest]`, is written
-/// out once, when it is made: every review writes it into its record and matches policies against it. The text
-/// determines the parts (a registry holds no `/`, a repository no `:` or `@`, a tag no `@`), so it alone is
+/// digest, when present, is what identifies the image (the tag is kept only for display). Its parts are held
+/// once, behind one count: a reference is cloned from the plan into the gathering, the decision and the record of
+/// every review that names it, and a clone is one increment, not a copy (a reference made from another, pinned to a
+/// digest, shares its registry and repository text). Its whole text, `registry/repository[:tag][@digest]`, is
+/// written out once, when it is made: every review writes it into its record and matches policies against it. The
+/// text determines the parts (a registry holds no `/`, a repository no `:` or `@`, a tag no `@`), so it alone is
 /// compared and hashed.
 #[derive(Debug, Clone)]
 pub struct ImageRef(Arc<Parts>);

@@ -54,8 +54,8 @@ pub(super) struct Lookup<'a> {
 }
 
 impl<'a> Lookup<'a> {
-    /// The key of `image` at `digest` read from `sources`, as [`super::memo_key`] builds it; `None` where it
-    /// builds none (a source read with pull secrets).
+    /// The key of `image` at `digest` read from `sources`; `None` when a source is read with pull secrets from the
+    /// cluster (those credentials are known only by reading them).
     pub fn new(
         image: &'a ImageRef,
         digest: &'a Digest,
@@ -66,6 +66,19 @@ impl<'a> Lookup<'a> {
         let credentials =
             sources.iter().map(|source| review_credentials(image, source, review)).collect::<Option<_>>()?;
         Some(Self { image, digest, platforms, sources, credentials })
+    }
+
+    /// The key this looks up, owned, to keep evidence under.
+    pub fn key(&self) -> Key {
+        let cache_keys = |authorities: &[Arc<Authority>]| authorities.iter().map(|a| a.cache_key()).collect();
+        let sources = self.sources.iter().zip(&self.credentials).map(|(source, credentials)| SourceKey {
+            repository: source.repository.map(|r| r.repository().clone()),
+            credentials: credentials.clone(),
+            wanted: source.wanted,
+            authorities: cache_keys(&source.authorities),
+            every_platform: cache_keys(&source.every_platform),
+        });
+        Key { image: self.image.at_digest(self.digest.clone()), platforms: self.platforms, sources: sources.collect() }
     }
 }
 
@@ -297,7 +310,7 @@ mod tests {
             for sources in &sources {
                 for review in &reviews {
                     for platforms in [false, true] {
-                        let key = crate::gather::memo_key(image, digest, platforms, review, sources).unwrap();
+                        let key = Lookup::new(image, digest, platforms, review, sources).unwrap().key();
                         if !keys.contains(&key) {
                             keys.push(key.clone());
                         }
@@ -313,7 +326,7 @@ mod tests {
             for sources in &sources {
                 for review in &reviews {
                     for platforms in [false, true] {
-                        let key = crate::gather::memo_key(image, digest, platforms, review, sources).unwrap();
+                        let key = Lookup::new(image, digest, platforms, review, sources).unwrap().key();
                         let lookup = Lookup::new(image, digest, platforms, review, sources).unwrap();
                         assert_eq!(hasher.hash_one(&key), hasher.hash_one(&lookup), "{image} {platforms}");
                         let (by_key, by_lookup) = (memo.get(&key, now).unwrap(), memo.get(&lookup, now).unwrap());
