@@ -513,6 +513,42 @@ fn an_evidence_remembers_a_bounded_number_of_judgements_and_judges_the_rest_each
     assert!(!Arc::ptr_eq(&twice.0, &twice.1), "beyond the bound, judged each time");
 }
 
+#[test]
+fn many_references_to_one_evidence_repeated_and_reordered_are_each_judged_as_written() {
+    // A Pod author names one signed digest under many references: tags alone (not pinned), the digest alone, tags
+    // with the digest, the host in other cases. Each is judged as written, whatever was remembered before it and
+    // in whatever order they come, and no more than the bound is remembered.
+    let k = Keys::new();
+    let a = &k.authorities[0];
+    let (d, found) = signed_by_a(&k);
+    let pinning = Arc::new(policy(&["a"], "require: {digest: true, signature: true}"));
+    let auth = resolved(&[a]);
+    let mut references: Vec<ImageRef> = Vec::new();
+    for i in 0..12 {
+        references.push(image(&format!("{NAME}:t{i}")));
+        references.push(image(&format!("{NAME}:t{i}@{d}")));
+    }
+    references.push(image(&format!("{NAME}@{d}")));
+    references.push(image(&format!("REGISTRY.example.com/team/app@{d}")));
+    let fresh = |r: &ImageRef| check(&pinning, r, Use::Run, Some(&Ok(found.clone())), &auth, &context());
+    let want: Vec<Checked> = references.iter().map(fresh).collect();
+    assert_eq!(want.iter().filter(|c| codes(&c.unmet) == ["tag-not-pinned"]).count(), 12);
+    assert_eq!(want.iter().filter(|c| c.unmet.is_empty()).count(), 14);
+    let mut order: Vec<usize> = (0..references.len()).collect();
+    for round in 0..4 {
+        if round % 2 == 1 {
+            order.reverse();
+        } else {
+            order.rotate_left(5);
+        }
+        for &i in order.iter().chain(order.iter()) {
+            let got = once(&pinning, &references[i], Use::Run, &found, &auth);
+            assert_eq!(*got, want[i], "round {round}: {}", references[i]);
+        }
+    }
+    assert_eq!(found.judged.remembered(), crate::judged::MAX_ENTRIES);
+}
+
 // ---- the whole check, path by path ----
 
 #[test]
