@@ -475,14 +475,9 @@ impl Gatherer {
     }
 
     fn authority(&self, source: &AuthoritySource) -> Result<Arc<Authority>, Reason> {
-        match source {
-            AuthoritySource::Ready(authority) => Ok(authority.clone()),
-            AuthoritySource::Key { name, key } => {
-                let unavailable = |error| Reason::KeyUnavailable { authority: name.clone(), error };
-                let keys = self.keys.key_set(std::slice::from_ref(key)).map_err(unavailable)?;
-                Ok(Arc::new(Authority::keys(name.clone(), keys)))
-            }
-        }
+        source
+            .resolve(&self.keys)
+            .map_err(|error| Reason::KeyUnavailable { authority: source.name().to_owned(), error })
     }
 
     /// What `image` names now: a tag is asked at every review (reviews of the same tag at the same moment share

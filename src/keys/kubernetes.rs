@@ -33,7 +33,8 @@ impl Drop for Watched {
 #[derive(Clone)]
 pub struct SecretWatch {
     client: kube::Client,
-    watched: Arc<Mutex<HashMap<SecretRef, Watched>>>,
+    /// Looked up for every review of an image whose policy names a Secret key, so hashed fast.
+    watched: Arc<Mutex<HashMap<SecretRef, Watched, foldhash::fast::RandomState>>>,
 }
 
 impl SecretWatch {

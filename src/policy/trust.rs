@@ -7,8 +7,10 @@ use std::sync::Arc;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::keys::{KeyRef, KeyStore};
-use crate::verify::{Authority, Identity, IdentityMatcher, Keyless, Trust, TrustedRoot};
+use arc_swap::ArcSwapOption;
+
+use crate::keys::{KeyRef, KeyStore, KeysError};
+use crate::verify::{Authority, Identity, IdentityMatcher, KeySet, Keyless, Trust, TrustedRoot};
 
 /// One `spec.authorities[]` entry as written.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
@@ -49,7 +51,13 @@ pub struct IdentitySpec {
 #[derive(Debug, Clone)]
 pub enum AuthoritySource {
     Ready(Arc<Authority>),
-    Key { name: String, key: KeyRef },
+    /// `last`: the authority made for the key this source last resolved to, shared by the reviews while that key
+    /// stays (an authority's cache key is a formatted fingerprint: made once per key, not once per review).
+    Key {
+        name: String,
+        key: KeyRef,
+        last: Arc<ArcSwapOption<Authority>>,
+    },
 }
 
 impl AuthoritySource {
@@ -57,6 +65,25 @@ impl AuthoritySource {
         match self {
             Self::Ready(a) => a.name(),
             Self::Key { name, .. } => name,
+        }
+    }
+
+    /// The authority as it stands now: a key source reads its key from `keys` (a rotated Secret or file is seen
+    /// at once) and reuses the authority it made last while the key is the same one.
+    pub fn resolve(&self, keys: &KeyStore) -> Result<Arc<Authority>, KeysError> {
+        match self {
+            Self::Ready(authority) => Ok(authority.clone()),
+            Self::Key { name, key, last } => {
+                let key = keys.get(key)?;
+                if let Some(known) = &*last.load()
+                    && matches!(known.trust(), Trust::Keys(set) if set.keys() == std::slice::from_ref(&key))
+                {
+                    return Ok(known.clone());
+                }
+                let authority = Arc::new(Authority::keys(name.clone(), KeySet::one(key)));
+                last.store(Some(authority.clone()));
+                Ok(authority)
+            }
         }
     }
 }
@@ -75,7 +102,7 @@ pub fn compile(spec: &AuthoritySpec, base: &Path) -> Result<AuthoritySource, Str
                 }
                 other => other,
             };
-            Ok(AuthoritySource::Key { name: spec.name.clone(), key })
+            Ok(AuthoritySource::Key { name: spec.name.clone(), key, last: Arc::default() })
         }
         (None, Some(keyless)) => {
             let path = base.join(&keyless.trusted_root);
@@ -133,5 +160,40 @@ mod tests {
         assert!(compile(&both, Path::new(".")).unwrap_err().contains("exactly one of key or keyless"));
         let missing = AuthoritySpec { name: "f".into(), key: Some("nope.pub".into()), keyless: None };
         assert!(compile(&missing, Path::new("/nonexistent")).unwrap_err().contains("/nonexistent/nope.pub"));
+    }
+
+    #[test]
+    fn a_key_source_reuses_its_authority_while_the_key_stays_and_makes_another_when_it_is_rotated() {
+        let read =
+            |path: &str| std::fs::read_to_string(format!("{}/tests/fixtures/{path}", env!("CARGO_MANIFEST_DIR")));
+        let (chains, other) = (
+            read("vectors/tekton-chains/cosign.pub").unwrap(),
+            read("vectors/sigstore-rs/key-signed-busybox.pub.pem").unwrap(),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cosign.pub");
+        std::fs::write(&path, &chains).unwrap();
+        let spec = AuthoritySpec { name: "chains".into(), key: Some("cosign.pub".into()), keyless: None };
+        let source = compile(&spec, dir.path()).unwrap();
+        let store = KeyStore::new(None).rechecking_files_always();
+        let made_for = |pem: &str| {
+            let key = crate::verify::PublicKey::from_pem(pem.as_bytes()).unwrap();
+            Authority::keys("chains", KeySet::one(key)).cache_key_str().to_owned()
+        };
+
+        let first = source.resolve(&store).unwrap();
+        assert_eq!(first.cache_key_str(), made_for(&chains));
+        assert!(Arc::ptr_eq(&first, &source.resolve(&store).unwrap()), "the same key: the same authority");
+        assert!(Arc::ptr_eq(&first, &source.clone().resolve(&store).unwrap()), "a clone shares it");
+
+        std::fs::write(&path, other.clone() + "\n").unwrap();
+        let rotated = source.resolve(&store).unwrap();
+        assert_eq!(rotated.cache_key_str(), made_for(&other), "a rotated key is a new authority");
+        assert_ne!(rotated.cache_key_str(), first.cache_key_str());
+
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(source.resolve(&store).unwrap_err().code(), "key-unreadable", "no key, no authority");
+        std::fs::write(&path, &chains).unwrap();
+        assert_eq!(source.resolve(&store).unwrap().cache_key_str(), made_for(&chains), "the key back, its authority");
     }
 }

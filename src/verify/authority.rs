@@ -21,6 +21,11 @@ impl KeySet {
         if keys.is_empty() { Err(EmptyKeySet) } else { Ok(Self { keys }) }
     }
 
+    /// A set of one key.
+    pub fn one(key: PublicKey) -> Self {
+        Self { keys: vec![key] }
+    }
+
     pub fn keys(&self) -> &[PublicKey] {
         &self.keys
     }

@@ -2,6 +2,7 @@
 //! scheme cosign and Tekton Chains produce (sigstore where it covers the scheme, aws-lc / dalek for the rest).
 
 use std::fmt;
+use std::sync::Arc;
 
 use sigstore::crypto::{CosignVerificationKey, Signature, SigningScheme};
 use x509_cert::der::{Decode, Encode};
@@ -69,12 +70,12 @@ impl fmt::Display for Scheme {
     }
 }
 
-/// A parsed, fingerprinted public key. Cheap to clone; parse once when a key source changes.
+/// A parsed, fingerprinted public key. Cheap to clone (two counts); parse once when a key source changes.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct PublicKey {
-    spki_der: Vec<u8>,
+    spki_der: Arc<[u8]>,
     kind: KeyKind,
-    fingerprint: String,
+    fingerprint: Arc<str>,
 }
 
 impl fmt::Debug for PublicKey {
@@ -140,8 +141,8 @@ impl PublicKey {
             }
             other => return Err(KeyError::Unsupported(other.to_owned())),
         };
-        let fingerprint = crate::images::Digest::sha256_of(&der).to_string();
-        Ok(Self { spki_der: der, kind, fingerprint })
+        let fingerprint = crate::images::Digest::sha256_of(&der).to_string().into();
+        Ok(Self { spki_der: der.into(), kind, fingerprint })
     }
 
     pub fn kind(&self) -> KeyKind {
