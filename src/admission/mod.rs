@@ -82,11 +82,15 @@ impl Webhook {
             tracing::warn!(limit = self.max_reviews, ?waited, "no review slot free; denying as overloaded");
             return Decision::deny_request(Reason::Overloaded { limit: self.max_reviews, waited });
         };
-        let judged = AssertUnwindSafe(async {
-            self.inject_panic(request);
-            self.engine.review(request, started).await
-        })
-        .catch_unwind();
+        // Boxed: the review's future is kilobytes (the gathering's state machines), and the timeout and the
+        // handler's futures around it would otherwise copy it whole at every move.
+        let judged = Box::pin(
+            AssertUnwindSafe(async {
+                self.inject_panic(request);
+                self.engine.review(request, started).await
+            })
+            .catch_unwind(),
+        );
         // The engine counts the deadline from the arrival too; this backstop bounds anything it does past it. The
         // grace lets the engine's own, more precise answer win.
         match tokio::time::timeout_at(started + deadline + DEADLINE_GRACE, judged).await {
