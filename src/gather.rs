@@ -391,8 +391,21 @@ impl Gatherer {
         let bytes = self.registry.budget();
         let mut images = HashMap::default();
         let mut jobs = Vec::new();
+        // Images governed by the same policies read the same sources (most Pods: every image, one policy): they
+        // are listed once per list of policies.
+        let mut listed: Vec<Listed> = Vec::new();
         for (image, needing) in plan.to_gather() {
-            let sources = sources(&needing, &authorities);
+            let same = |(policies, _): &&Listed| {
+                policies.len() == needing.len() && policies.iter().zip(&needing).all(|(a, b)| Arc::ptr_eq(a, b))
+            };
+            let sources = match listed.iter().find(same) {
+                Some((_, sources)) => sources.clone(),
+                None => {
+                    let sources = Arc::new(sources(&needing, &authorities));
+                    listed.push((needing.clone(), sources.clone()));
+                    sources
+                }
+            };
             let usage = if mounted.contains(image) { crate::images::Use::Mount } else { crate::images::Use::Run };
             // Evidence that is whole as remembered is the answer at once: no fetch slot, no deadline, no future.
             let complete = !coverage::wanted(&needing, usage) && needing.iter().all(|p| p.evidence.is_empty());
@@ -842,6 +855,9 @@ fn sources<'a>(needing: &[&'a Arc<Policy>], authorities: &Authorities) -> Vec<So
     }
     out
 }
+
+/// The sources of the images governed by one list of policies.
+type Listed<'a> = (Vec<&'a Arc<Policy>>, Arc<Vec<Source<'a>>>);
 
 /// Platform manifests of an index, without BuildKit's attestation manifests (platform `unknown/unknown`).
 fn platforms_of(resolved: &Resolved) -> Vec<Digest> {
@@ -1441,6 +1457,38 @@ mod tests {
         }
         let evidence = found(&gathered, &image).as_ref().unwrap();
         assert_eq!(evidence.lookups.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn images_governed_by_different_policies_in_one_review_each_read_their_policies_sources() {
+        let (a, b) = (Key::new(), Key::new());
+        let r = Arc::new(MemoryRegistry::new());
+        let both = "registry.example.com/team/both";
+        signed_image(&r, APP, "1", "app", &a);
+        signed_image(&r, OTHER, "1", "other", &b);
+        let d = digest("both");
+        r.put_manifest(both, &d, crate::registry::memory::MANIFEST);
+        r.tag(both, "1", &d);
+        r.put_artifacts(both, &d, artifacts(vec![a.signature(&d), b.signature(&d)], vec![]));
+        let governing = |doc: String, globs: &str| doc.replace("[\"registry.example.com/**\"]", globs);
+        let yes = "{signature: true}";
+        let set = load(&[
+            governing(policy_reading("app", &a, None, yes), &format!("[{APP:?}, {both:?}]")),
+            governing(policy_reading("other", &b, None, yes), &format!("[{OTHER:?}, {both:?}]")),
+        ]);
+        let g = gatherer(&r, CacheConfig::default());
+        // One policy, then both, then the other one alone, then the first again: each image reads with the
+        // authorities of exactly the policies that govern it.
+        let images = [format!("{APP}:1"), format!("{both}:1"), format!("{OTHER}:1"), format!("{APP}:1")];
+        let images: Vec<&str> = images.iter().map(String::as_str).collect();
+        let gathered = gather(&g, &plan_of(&set, &images)).await;
+        let none = Vec::<&str>::new();
+        assert_eq!(codes(&set, &gathered, images[0], "app"), none);
+        assert_eq!(codes(&set, &gathered, images[1], "app"), none);
+        assert_eq!(codes(&set, &gathered, images[1], "other"), none);
+        assert_eq!(codes(&set, &gathered, images[2], "other"), none);
+        let verified = |image: &str| found(&gathered, image).as_ref().unwrap().verified.len();
+        assert_eq!([verified(images[0]), verified(images[1]), verified(images[2])], [1, 2, 1]);
     }
 
     #[tokio::test]
