@@ -68,8 +68,9 @@ impl AuthoritySource {
         }
     }
 
-    /// The authority as it stands now: a key source reads its key from `keys` (a rotated Secret or file is seen
-    /// at once) and reuses the authority it made last while the key is the same one.
+    /// The authority as it stands now: a key source reads its key from `keys` at every call (so a rotation applies
+    /// as soon as the store has seen it: a Secret's next watch event, a file's next look) and reuses the authority
+    /// it made last while the key is the same one.
     pub fn resolve(&self, keys: &KeyStore) -> Result<Arc<Authority>, KeysError> {
         match self {
             Self::Ready(authority) => Ok(authority.clone()),
