@@ -605,4 +605,36 @@ mod tests {
             assert_eq!(serde_json::from_slice::<Record>(body).unwrap(), record, "{text:?}");
         }
     }
+
+    #[test]
+    fn a_line_of_many_images_in_every_shape_is_the_json_serde_json_writes() {
+        // A Pod author's object may name hundreds of images, repeated and each in its own state: every optional
+        // part present or absent, in every combination, one after another in one line.
+        let mut record = record("u-many");
+        record.reason = Some("too-many-images".into());
+        for i in 0..256usize {
+            let text = |what: &str| Cow::Owned(format!("{what}-{i}-\"{}\"\\\n", "é".repeat(i % 7)));
+            let failure = crate::audit::FailureRecord {
+                policy: (i % 3 == 0).then(|| text("policy")),
+                mode: text("mode"),
+                reason: text("reason"),
+                message: text("message"),
+            };
+            record.images.push(crate::audit::ImageRecord {
+                field: text("field"),
+                reference: text("ref"),
+                digest: (i % 2 == 0).then(|| text("digest")),
+                policies: (0..i % 4).map(|_| text("policy")).collect(),
+                outcome: text("outcome"),
+                reason: (i % 5 == 0).then(|| text("reason")),
+                message: (i % 6 == 0).then(|| text("message")),
+                verified: (0..i % 3).map(|_| text("verified")).collect(),
+                failures: (0..i % 2).map(|_| failure.clone()).collect(),
+            });
+        }
+        let written = line(&record).unwrap();
+        let body = written.strip_suffix(b"\n").unwrap();
+        assert_eq!(body, serde_json::to_vec(&record).unwrap().as_slice());
+        assert_eq!(serde_json::from_slice::<Record>(body).unwrap(), record);
+    }
 }
