@@ -328,6 +328,27 @@ mod tests {
     }
 
     #[test]
+    fn one_key_file_named_by_aliased_paths_reads_the_same_key_and_its_rotation_under_each() {
+        // Files are cached by the path's bytes as policies wrote it: aliases are entries of their own, each
+        // looked at again, never one alias serving what another saw before a rotation.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cosign.pub");
+        std::fs::write(&path, PUB).unwrap();
+        let aliases = [path.clone(), dir.path().join(".").join("cosign.pub"), dir.path().join("x/../cosign.pub")];
+        std::fs::create_dir(dir.path().join("x")).unwrap();
+        let store = KeyStore::new(None).rechecking_files_always();
+        let read = |store: &KeyStore| -> Vec<String> {
+            aliases.iter().map(|p| store.get(&KeyRef::File(p.clone())).unwrap().fingerprint().to_owned()).collect()
+        };
+        let first = read(&store);
+        assert!(first.iter().all(|f| *f == first[0]), "{first:?}");
+        std::fs::write(&path, CHAINS_PUB.to_owned() + "\n\n").unwrap();
+        let rotated = read(&store);
+        assert!(rotated.iter().all(|f| *f == rotated[0] && *f != first[0]), "{rotated:?}");
+        assert_eq!(store.files.lock().unwrap().len(), 3);
+    }
+
+    #[test]
     fn files_are_parsed_once_and_again_when_they_change() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cosign.pub");
