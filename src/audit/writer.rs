@@ -380,8 +380,7 @@ fn line(record: &Record) -> Result<Vec<u8>, sonic_rs::Error> {
     // Sized for a typical record, so that writing it seldom grows the buffer.
     let mut line = Vec::with_capacity(LINE_BYTES + IMAGE_BYTES * record.images.len());
     let out = &mut line;
-    out.extend_from_slice(b"{\"v\":");
-    sonic_rs::to_writer(&mut *out, &record.v)?;
+    field(out, b"{\"v\":", &record.v)?;
     field(out, b",\"time\":", &record.time)?;
     field(out, b",\"uid\":", &record.uid)?;
     field(out, b",\"namespace\":", &record.namespace)?;
@@ -422,7 +421,7 @@ fn line(record: &Record) -> Result<Vec<u8>, sonic_rs::Error> {
     Ok(line)
 }
 
-/// `key` (a literal `,"name":`) and `value` as JSON.
+/// `key` (a literal such as `,"name":`) and `value` as JSON.
 fn field(out: &mut Vec<u8>, key: &[u8], value: &impl serde::Serialize) -> Result<(), sonic_rs::Error> {
     out.extend_from_slice(key);
     sonic_rs::to_writer(out, value)

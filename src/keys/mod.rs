@@ -321,7 +321,7 @@ mod tests {
         let first = store.get(&r).unwrap().fingerprint().to_owned();
         std::fs::write(&path, CHAINS_PUB.to_owned() + "\n\n").unwrap();
         assert_eq!(store.get(&r).unwrap().fingerprint(), first, "within the interval the parse is reused");
-        let fresh = KeyStore { recheck: Duration::ZERO, ..store.clone() };
+        let fresh = store.clone().rechecking_files_always();
         assert_ne!(fresh.get(&r).unwrap().fingerprint(), first, "after it, the changed file is read");
         std::fs::remove_file(&path).unwrap();
         assert_eq!(fresh.get(&r).unwrap_err().code(), "key-unreadable");
@@ -352,7 +352,7 @@ mod tests {
     fn files_are_parsed_once_and_again_when_they_change() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cosign.pub");
-        let store = KeyStore { recheck: Duration::ZERO, ..KeyStore::new(None) };
+        let store = KeyStore::new(None).rechecking_files_always();
         let r = KeyRef::File(path.clone());
         assert_eq!(store.get(&r).unwrap_err().code(), "key-unreadable");
         std::fs::write(&path, PUB).unwrap();
