@@ -18,6 +18,28 @@ pub enum Origin {
     Referrer { manifest: Digest, artifact_type: Option<String> },
 }
 
+/// Where signers store what they write for an image: the `sha256-<hex>.sig`/`.att` tags (cosign 2 by default, Tekton
+/// Chains' OCI storage by default), OCI 1.1 referrers (cosign 3's bundles, Chains' `sigstore-bundle` encoding: the
+/// referrers API, or the `sha256-<hex>` tag-schema index where the registry has none), or both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Storage {
+    pub tags: bool,
+    pub referrers: bool,
+}
+
+impl Storage {
+    /// Both places: what is read unless a policy narrows it.
+    pub const BOTH: Self = Self { tags: true, referrers: true };
+    /// Neither: the start of a union.
+    pub const NONE: Self = Self { tags: false, referrers: false };
+
+    /// Every place either reads.
+    #[must_use]
+    pub fn union(self, other: Self) -> Self {
+        Self { tags: self.tags || other.tags, referrers: self.referrers || other.referrers }
+    }
+}
+
 /// One layer whose bytes were checked against `digest` and read within the size cap.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layer {
@@ -44,6 +66,13 @@ pub struct Artifacts {
 impl Artifacts {
     pub fn is_empty(&self) -> bool {
         self.signatures.is_empty() && self.attestations.is_empty() && self.bundles.is_empty()
+    }
+
+    /// Keeps only the layers read from a place `keep` accepts.
+    pub fn retain(&mut self, keep: impl Fn(&Origin) -> bool) {
+        for layers in [&mut self.signatures, &mut self.attestations, &mut self.bundles] {
+            layers.retain(|l| keep(&l.origin));
+        }
     }
 
     /// Every layer, signatures first.

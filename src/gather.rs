@@ -18,7 +18,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use tokio::time::Instant;
 
-use crate::artifact::Artifacts;
+use crate::artifact::{Artifacts, Storage};
 use crate::credentials::PullSecrets;
 use crate::flights::Flights;
 use crate::images::{Digest, ImageRef};
@@ -74,6 +74,8 @@ pub fn evidence_key(signatures: Option<&SignatureRepository>, authority: &Author
 pub struct Lookup {
     /// `registry/repository` the `.sig`, `.att` and referrers were read from.
     pub repository: String,
+    /// Which of those places were read (the union of what the policies reading it name).
+    pub storage: Storage,
     /// Nothing (or no attestation, where one was wanted) was found there: that absence is reused only this long
     /// (`cache.missingTtl`), since the signer may not have published yet.
     pub missing: Option<Duration>,
@@ -85,8 +87,15 @@ impl ImageEvidence {
     pub fn absence(&self, signatures: Option<&SignatureRepository>) -> Option<String> {
         let lookup = self.lookups.get(source_key(signatures))?;
         let ttl = lookup.missing?;
+        let only = match lookup.storage {
+            Storage { tags: true, referrers: false } => {
+                " (only its cosign tags: signatures.storage names no referrers)"
+            }
+            Storage { tags: false, referrers: true } => " (only its OCI referrers: signatures.storage names no tags)",
+            _ => "",
+        };
         Some(format!(
-            "looked in {}; the signature may not be published yet (Tekton Chains signs after the TaskRun ends): \
+            "looked in {}{only}; the signature may not be published yet (Tekton Chains signs after the TaskRun ends): \
              provgate looks again within {}",
             lookup.repository,
             humantime::format_duration(ttl)
@@ -553,11 +562,11 @@ impl Gatherer {
         deadline: Instant,
     ) -> Result<Found, Reason> {
         let key = (at.name(), digest.clone(), creds.fingerprint(), wanted);
-        // Everything fetched serves a caller that needs less.
-        if !wanted.attestations
+        // Everything fetched serves a caller that needs less, seeing only what it would have read itself.
+        if wanted != Wanted::ALL
             && let Some(all) = self.artifacts.get(&(key.0.clone(), key.1.clone(), key.2.clone(), Wanted::ALL)).await
         {
-            return Ok(all);
+            return Ok(self.narrowed(all, wanted));
         }
         let fetch = async {
             let found = self.registry.artifacts(at, digest, creds, wanted, bytes, deadline).await?;
@@ -569,6 +578,23 @@ impl Gatherer {
             Ok::<_, RegistryError>((fetch, Arc::new(found), std::time::Instant::now() + ttl))
         };
         self.metrics.cached("artifacts", &self.artifacts, key, fetch).await.map_err(|e| registry_reason(at, &e))
+    }
+
+    /// `found` (read from every place) as a read of only what `wanted` names would have found it: the same fetch,
+    /// reused no longer than such a read would be.
+    fn narrowed(&self, found: Found, wanted: Wanted) -> Found {
+        let (fetch, all, until) = found;
+        if wanted.storage == Storage::BOTH {
+            // Only the `.att` tag is left out, and nothing judged without an attestation requirement reads it.
+            return (fetch, all, until);
+        }
+        let mut artifacts = Artifacts::clone(&all);
+        artifacts.retain(|origin| wanted.keeps(origin));
+        let until = match missing(&artifacts, wanted) {
+            true => until.min(std::time::Instant::now() + self.config.missing_ttl),
+            false => until,
+        };
+        (fetch, Arc::new(artifacts), until)
     }
 
     /// What `authority` verifies of `digest`'s artifacts: computed once per (repository, digest, authority,
@@ -752,7 +778,7 @@ impl Gatherer {
         let found = self.artifacts_of(&at, digest, &creds, source.wanted, bytes, deadline).await?;
         let mut expires = found.2;
         let missing = missing(&found.1, source.wanted).then_some(self.config.missing_ttl);
-        let lookup = Lookup { repository: at.name(), missing };
+        let lookup = Lookup { repository: at.name(), storage: source.wanted.storage, missing };
         let fetched = Fetched { found: &found, wanted: source.wanted };
         let verified = self.verify_all(&at, digest, platforms, fetched, &creds, source).await?;
         let index_vouched = source.every_platform.iter().any(|a| {
@@ -767,9 +793,10 @@ impl Gatherer {
         }
         let (at, creds) = (&at, &creds);
         let fetches = platforms.iter().cloned().map(|d| async move {
-            // A platform needs only its signature.
-            let found = self.artifacts_of(at, &d, creds, NO_ATT, bytes, deadline).await?;
-            let fetched = Fetched { found: &found, wanted: NO_ATT };
+            // A platform needs only its signature, from the places its index's are read.
+            let wanted = Wanted { attestations: false, ..source.wanted };
+            let found = self.artifacts_of(at, &d, creds, wanted, bytes, deadline).await?;
+            let fetched = Fetched { found: &found, wanted };
             let checks = self.verify_all(at, &d, &[], fetched, creds, source).await?;
             Ok::<_, Reason>(((d, checks), found.2))
         });
@@ -835,7 +862,8 @@ fn sources<'a>(needing: &[&'a Arc<Policy>], authorities: &Authorities) -> Vec<So
             Some(at) => at,
             None => {
                 let authorities = Vec::with_capacity(policy.authorities.len());
-                out.push(Source { repository, authorities, every_platform: Vec::new(), wanted: NO_ATT });
+                let wanted = Wanted { storage: Storage::NONE, attestations: false };
+                out.push(Source { repository, authorities, every_platform: Vec::new(), wanted });
                 out.len() - 1
             }
         };
@@ -850,7 +878,9 @@ fn sources<'a>(needing: &[&'a Arc<Policy>], authorities: &Authorities) -> Vec<So
                 source.authorities.push(a.clone());
             }
         }
-        // The `.att` tag is read only when some policy reading this source requires an attestation.
+        // A place is read when some policy reading this source looks there (every policy judges what is read), and
+        // the `.att` tag only when one of them requires an attestation.
+        source.wanted.storage = source.wanted.storage.union(policy.storage);
         source.wanted.attestations |= !policy.requirements.attestations.is_empty();
     }
     out
@@ -956,8 +986,8 @@ impl GatherMetrics {
     }
 }
 
-/// Artifacts without the `.att` tag.
-const NO_ATT: Wanted = Wanted { attestations: false };
+/// Artifacts from every place but the `.att` tag.
+const NO_ATT: Wanted = Wanted { storage: Storage::BOTH, attestations: false };
 
 /// Artifacts as fetched, and what was asked for (part of every cache key that depends on them).
 #[derive(Clone, Copy)]
@@ -1015,6 +1045,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::artifact::Layer;
     use crate::images::{PodKind, Use, extract};
     use crate::policy::{PolicySet, load_sources};
     use crate::registry::memory::{Call, MemoryRegistry};
@@ -1457,6 +1488,64 @@ mod tests {
         }
         let evidence = found(&gathered, &image).as_ref().unwrap();
         assert_eq!(evidence.lookups.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_policy_reads_only_the_places_its_storage_names_and_an_image_governed_by_several_reads_all_they_name() {
+        let key = Key::new();
+        let r = Arc::new(MemoryRegistry::new());
+        // `app` is signed under its `.sig` tag only; `other` only by a referrer (cosign's `oci-1-1` referrers mode).
+        let (in_tags, in_referrers) = (digest("in tags"), digest("in referrers"));
+        for (repository, d) in [(APP, &in_tags), (OTHER, &in_referrers)] {
+            r.put_manifest(repository, d, crate::registry::memory::MANIFEST);
+            r.tag(repository, "1", d);
+        }
+        r.put_artifacts(APP, &in_tags, artifacts(vec![key.signature(&in_tags)], vec![]));
+        let referrer = crate::artifact::Origin::Referrer { manifest: digest("referrer"), artifact_type: None };
+        let by_referrer = Layer { origin: referrer, ..key.signature(&in_referrers) };
+        r.put_artifacts(OTHER, &in_referrers, artifacts(vec![by_referrer], vec![]));
+        let storing = |name: &str, storage: &str| {
+            let doc = policy_reading(name, &key, None, "{signature: true}");
+            doc.replace("  authorities:", &format!("  signatures: {{storage: {storage}}}\n  authorities:"))
+        };
+        let (tags, referrers, both) =
+            (storing("tags", "[tags]"), storing("referrers", "[referrers]"), storing("both", "[referrers, tags]"));
+        let images = [format!("{APP}:1"), format!("{OTHER}:1")];
+        let (app, other) = (images[0].as_str(), images[1].as_str());
+        let none = Vec::<&str>::new();
+        // Each alone: a signature in a place the policy does not name is not read, so it is not there.
+        for (doc, name, want_app, want_other) in [
+            (&tags, "tags", none.clone(), vec!["unsigned"]),
+            (&referrers, "referrers", vec!["unsigned"], none.clone()),
+            (&both, "both", none.clone(), none.clone()),
+        ] {
+            let set = load(std::slice::from_ref(doc));
+            let g = gatherer(&r, CacheConfig::default());
+            let gathered = gather(&g, &plan_of(&set, &[app, other])).await;
+            assert_eq!(codes(&set, &gathered, app, name), want_app, "{name} on the image signed in its tags");
+            assert_eq!(codes(&set, &gathered, other, name), want_other, "{name} on the image signed by a referrer");
+            let evidence = found(&gathered, other).as_ref().unwrap();
+            let note = evidence.absence(None);
+            if name == "tags" {
+                let note = note.unwrap();
+                assert!(note.contains("(only its cosign tags: signatures.storage names no referrers)"), "{note}");
+            }
+        }
+        // Everything read before (a report reads every place) is narrowed to the places named, not taken whole.
+        let set = load(std::slice::from_ref(&tags));
+        let g = gatherer(&r, CacheConfig::default());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let inspected = g.inspect(&ImageRef::parse(other).unwrap(), deadline).await.unwrap();
+        assert_eq!(inspected.artifacts.signatures.len(), 1, "the report read the referrer");
+        let gathered = gather(&g, &plan_of(&set, &[other])).await;
+        assert_eq!(codes(&set, &gathered, other, "tags"), ["unsigned"]);
+        // Two policies governing one image: it is read in every place either names, and both judge what is read.
+        let set = load(&[tags.clone(), referrers.clone()]);
+        let g = gatherer(&r, CacheConfig::default());
+        let gathered = gather(&g, &plan_of(&set, &[app, other])).await;
+        for (image, name) in [(app, "tags"), (app, "referrers"), (other, "tags"), (other, "referrers")] {
+            assert_eq!(codes(&set, &gathered, image, name), none, "{name} on {image}");
+        }
     }
 
     #[tokio::test]

@@ -278,6 +278,17 @@ async fn key_signed_bundles_through(registry: Registry) {
     denied(&hook2, &format!("{a}/team/multi@{}", amd.digest), "unsigned", &none).await;
     // The index's bundles under the single image's key (another bundles.js run): not verified.
     denied(&hook1, &format!("{a}/team/multi:v1"), "wrong-key", "signature does not verify with key").await;
+
+    // A policy that says its signer stores in referrers reads them; one that says cosign tags does not, and says so.
+    let storing = |places: &str| {
+        let policy = key_policy(&bundles.path("key.pub.pem"));
+        policy.replace("  require:", &format!("  signatures: {{storage: {places}}}\n  require:"))
+    };
+    let referrers = hook(&registry, storing("[referrers]")).await;
+    admitted(&referrers, &format!("{a}/team/app@{}", signed.digest)).await;
+    let tags = hook(&registry, storing("[tags]")).await;
+    let only_tags = "only its cosign tags: signatures.storage names no referrers";
+    denied(&tags, &format!("{a}/team/app@{}", signed.digest), "unsigned", only_tags).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

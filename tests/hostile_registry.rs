@@ -86,11 +86,16 @@ const SIG_ANNOTATION: &str = "dev.cosignproject.cosign/signature";
 
 /// The webhook with one policy: every image must carry a signature by a fresh key, and `h` is a configured host.
 async fn webhook(h: &Hostile, tweak: impl FnOnce(&mut Config)) -> (Webhook, tempfile::TempDir) {
+    webhook_with(h, "", tweak).await
+}
+
+/// [`webhook`], its policy's spec ending with `extra` (YAML lines indented by two).
+async fn webhook_with(h: &Hostile, extra: &str, tweak: impl FnOnce(&mut Config)) -> (Webhook, tempfile::TempDir) {
     let keys = tempfile::tempdir().unwrap();
     let key = keys.path().join("key.pub");
     std::fs::write(&key, rcgen::KeyPair::generate().unwrap().public_key_pem()).unwrap();
     let policy = format!(
-        "apiVersion: provgate.dev/v1alpha1\nkind: ImagePolicy\nmetadata: {{name: signed}}\nspec:\n  match: {{images: [\"**\"]}}\n  authorities: [{{name: key, key: {}}}]\n  require: {{signature: true}}\n",
+        "apiVersion: provgate.dev/v1alpha1\nkind: ImagePolicy\nmetadata: {{name: signed}}\nspec:\n  match: {{images: [\"**\"]}}\n  authorities: [{{name: key, key: {}}}]\n  require: {{signature: true}}\n{extra}",
         key.display()
     );
     let (addr, host) = (h.addr.clone(), h.host_config());
@@ -442,6 +447,54 @@ async fn a_signature_only_policy_reads_no_attestations_and_the_missing_referrers
     assert_eq!(h.hits(&att(&two)), 0);
 }
 
+/// `signatures.storage` narrows where an image's signatures are read. Under `[tags]` neither the referrers API nor
+/// its tag-schema fallback is asked, so an unsigned image by digest costs one request, and what a hostile registry
+/// answers there (garbage that denies an image read in both places) is never read; under `[referrers]` neither
+/// cosign tag is asked.
+#[tokio::test]
+async fn a_policy_naming_one_storage_place_never_asks_the_other() {
+    let h = Hostile::start();
+    let unsigned: Vec<String> = (0..4).map(|i| image(&h, "team/app", &format!("v{i}"))).collect();
+    let garbage = || Answer::ok(OCI_INDEX, "{not an index");
+    let (sig, att, api, schema) = (
+        |d: &str| format!("/v2/team/app/manifests/sha256-{}.sig", &d[7..]),
+        |d: &str| format!("/v2/team/app/manifests/sha256-{}.att", &d[7..]),
+        |d: &str| format!("/v2/team/app/referrers/{d}"),
+        |d: &str| format!("/v2/team/app/manifests/sha256-{}", &d[7..]),
+    );
+    for d in &unsigned {
+        h.set(&api(d), garbage());
+        h.set(&schema(d), garbage());
+    }
+    let by_digest = |d: &str| pod(&format!("{}/team/app@{d}", h.addr));
+
+    // Both places (the default): the referrers answer is read, and it denies as malformed.
+    let (hook, _keys) = webhook(&h, |_| {}).await;
+    let response = hook.review(&by_digest(&unsigned[0])).await;
+    assert_eq!(response["allowed"], false, "{response}");
+    assert!(message(&response).contains("referrers of team/app@"), "{response}");
+    assert_eq!((h.hits(&sig(&unsigned[0])), h.hits(&api(&unsigned[0]))), (1, 1));
+
+    // Tags only: once the webhook has met the registry (a first review), an unsigned image costs one request, the
+    // `.sig` tag; the denial says where provgate looked and what it left out.
+    let (hook, _keys) = webhook_with(&h, "  signatures: {storage: [tags]}\n", |_| {}).await;
+    hook.review(&by_digest(&unsigned[3])).await;
+    let before = h.total();
+    let response = hook.review(&by_digest(&unsigned[1])).await;
+    assert_eq!(response["allowed"], false, "{response}");
+    assert!(message(&response).contains("only its cosign tags: signatures.storage names no referrers"), "{response}");
+    assert_eq!(h.total() - before, 1, "the .sig tag alone");
+    assert_eq!(h.hits(&sig(&unsigned[1])), 1);
+    assert_eq!((h.hits(&api(&unsigned[1])), h.hits(&schema(&unsigned[1]))), (0, 0), "no referrer is asked for");
+
+    // Referrers only: no cosign tag is asked.
+    let (hook, _keys) = webhook_with(&h, "  signatures: {storage: [referrers]}\n", |_| {}).await;
+    let response = hook.review(&by_digest(&unsigned[2])).await;
+    assert_eq!(response["allowed"], false, "{response}");
+    assert_eq!(h.hits(&api(&unsigned[2])), 1);
+    assert_eq!((h.hits(&sig(&unsigned[2])), h.hits(&att(&unsigned[2]))), (0, 0), "no cosign tag is asked for");
+}
+
 /// A policy's `spec.signatures.repository` is read through the same guarded client as the image's own: a huge
 /// `.sig` manifest there is cut at the manifest cap, and a stalled one ends at the deadline, each a denial.
 #[tokio::test]
@@ -673,7 +726,7 @@ async fn a_descriptor_naming_the_default_payload_is_taken_as_it_only_with_its_si
     let layer = |size: usize| {
         descriptor(SIMPLE_SIGNING, &payload_digest, size, Some(json!({"dev.cosignproject.cosign/signature": "MEUC"})))
     };
-    let no_att = Wanted { attestations: false };
+    let no_att = Wanted { attestations: false, ..Wanted::ALL };
     for (layers, want) in [
         (vec![layer(payload.len())], Ok(1)),
         (vec![layer(payload.len() + 1)], Err("registry-not-found")),

@@ -14,7 +14,7 @@ use crate::coverage::list::{self, ListError, ListLimits, ReleaseList, Shape};
 use crate::images::{Digest, ImageRef, Use};
 use crate::policy::Policy;
 use crate::reason::Reason;
-use crate::registry::{Budget, ContentKind, HostCredentials, RegistryError};
+use crate::registry::{Budget, ContentKind, HostCredentials, RegistryError, Wanted};
 use crate::verify::{self, AttestationCheck, Authority};
 
 /// What was gathered for an image besides its own statements.
@@ -259,7 +259,8 @@ impl Gatherer {
             let at = source.repository.map_or_else(|| image.clone(), |r| r.at(digest));
             let found = self.artifacts_of(&at, digest, &creds, source.wanted, bytes, deadline).await?;
             for authority in &source.authorities {
-                let key = (at.name(), digest.clone(), creds.fingerprint(), authority.cache_key(), found.0);
+                let key =
+                    (at.name(), digest.clone(), creds.fingerprint(), authority.cache_key(), source.wanted, found.0);
                 let check = self.layer_check(key, &found, found_layers, authority).await?;
                 verified.insert(evidence_key(source.repository, authority), check);
             }
@@ -290,8 +291,9 @@ impl Gatherer {
     }
 }
 
-/// (repository, manifest digest, credentials identity, authority cache key, fetch number) of a layer check.
-type LayerCheckKey = (String, Digest, String, Arc<str>, u64);
+/// (repository, manifest digest, credentials identity, authority cache key, what was asked, fetch number) of a layer
+/// check: one fetch narrowed to what a source asked for ([`Gatherer::artifacts_of`]) holds fewer layers.
+type LayerCheckKey = (String, Digest, String, Arc<str>, Wanted, u64);
 
 #[cfg(test)]
 #[path = "coverage_tests.rs"]

@@ -225,7 +225,7 @@ mod tests {
             sources: vec![SourceKey {
                 repository: None,
                 credentials: Credentials::Anonymous,
-                wanted: Wanted { attestations: false },
+                wanted: Wanted { storage: crate::artifact::Storage::BOTH, attestations: false },
                 authorities: vec![authority.into()],
                 every_platform: Vec::new(),
             }],
@@ -261,8 +261,13 @@ mod tests {
         other_creds.sources[0].credentials = Credentials::Bearer("t".into());
         assert!(memo.get(&other_creds, now).is_none(), "other credentials miss");
         let mut wants_more = key(1, "chains|keys|sha256:aa");
-        wants_more.sources[0].wanted = Wanted { attestations: true };
+        wants_more.sources[0].wanted.attestations = true;
         assert!(memo.get(&wants_more, now).is_none(), "a source asked for more misses");
+        for storage in [(true, false), (false, true)] {
+            let mut elsewhere = key(1, "chains|keys|sha256:aa");
+            elsewhere.sources[0].wanted.storage = crate::artifact::Storage { tags: storage.0, referrers: storage.1 };
+            assert!(memo.get(&elsewhere, now).is_none(), "a source read in fewer places misses: {storage:?}");
+        }
         let mut with_platforms = key(1, "chains|keys|sha256:aa");
         with_platforms.platforms = true;
         assert!(memo.get(&with_platforms, now).is_none(), "platforms read or not are two answers");
@@ -278,8 +283,10 @@ mod tests {
             repository: None,
             authorities: authorities.iter().map(|x| Arc::clone(x)).collect(),
             every_platform: every.iter().map(|x| Arc::clone(x)).collect(),
-            wanted: Wanted { attestations },
+            wanted: Wanted { storage: crate::artifact::Storage::BOTH, attestations },
         };
+        let tags_only =
+            Wanted { storage: crate::artifact::Storage { tags: true, referrers: false }, attestations: false };
         let sources = [
             vec![],
             vec![source(&[&a], &[], false)],
@@ -288,6 +295,7 @@ mod tests {
             vec![source(&[&a], &[&a], false)],
             vec![source(&[&a], &[], true)],
             vec![source(&[&a], &[], false), source(&[&b], &[], false)],
+            vec![Source { wanted: tags_only, ..source(&[&a], &[], false) }],
         ];
         let mut logged_in = HostCredentials::default();
         logged_in.insert("registry.example", Credentials::basic("u", "p"));
@@ -339,10 +347,10 @@ mod tests {
             }
         }
         // The tag and the host's spelling are no part of the key; the digest, repository and registry are, and the
-        // credentials where a source is read with them: three images on the logged-in host, each with 6 sources
-        // read with or without the login and with none, by platforms or not (3 × 13 × 2), and one elsewhere, read
-        // anonymously by both reviews (7 × 2).
-        assert_eq!(keys.len(), 3 * 13 * 2 + 7 * 2);
+        // credentials where a source is read with them: three images on the logged-in host, each with 7 sources
+        // read with or without the login and with none, by platforms or not (3 × 15 × 2), and one elsewhere, read
+        // anonymously by both reviews (8 × 2).
+        assert_eq!(keys.len(), 3 * 15 * 2 + 8 * 2);
     }
 
     #[test]

@@ -11,6 +11,7 @@ use super::cel::Expect;
 use super::eval::{CompiledValidation, Validation};
 use super::model::{API_VERSION, ImagePolicyDoc, KIND};
 use super::{Policy, PolicySet};
+use crate::artifact::Storage;
 use crate::policy::matcher::Matcher;
 use crate::policy::require::Requirements;
 use crate::policy::signatures::SignatureRepository;
@@ -173,14 +174,17 @@ fn compile_doc(file: &Path, doc: &Document) -> Result<Policy, LoadError> {
     let names: Vec<String> = authorities.iter().map(|a| a.name().to_owned()).collect();
     let requirements =
         Requirements::compile(parsed.spec.require.as_ref(), &names).map_err(|m| err(line_of("require"), m))?;
-    let signatures = match &parsed.spec.signatures {
+    let (signatures, storage) = match &parsed.spec.signatures {
         Some(_) if authorities.is_empty() => {
             let message =
                 "spec.signatures says where signatures are read, but spec.authorities lists no one to verify them";
             return Err(err(line_of("signatures:"), message.into()));
         }
-        Some(spec) => Some(Arc::new(SignatureRepository::compile(spec).map_err(|m| err(line_of("signatures:"), m))?)),
-        None => None,
+        Some(spec) => {
+            let at = |m| err(line_of("signatures:"), m);
+            (SignatureRepository::compile(spec).map_err(at)?.map(Arc::new), spec.storage().map_err(at)?)
+        }
+        None => (None, Storage::BOTH),
     };
     let evidence = compile_evidence(&parsed.spec, &validations, authorities.is_empty()).map_err(|(needles, m)| {
         let found = needles.iter().find_map(|n| doc.text.lines().position(|l| l.contains(n.as_str())));
@@ -196,6 +200,7 @@ fn compile_doc(file: &Path, doc: &Document) -> Result<Policy, LoadError> {
         requirements,
         validations,
         signatures,
+        storage,
         evidence,
     })
 }
@@ -439,6 +444,40 @@ spec:
             assert!(e.message.contains(needle), "{e} should mention {needle}");
         }
         let e = &load_one(&format!("{GOOD}  signatures:\n    repository: r.example.com/sigs\n")).unwrap_err().0[0];
+        assert!(e.message.contains("lists no one to verify them"), "{e}");
+    }
+
+    #[test]
+    fn signatures_storage_names_the_places_read_and_an_empty_or_unknown_place_is_refused_with_its_line() {
+        use crate::artifact::Storage;
+        let with = |section: &str| {
+            format!("{GOOD}  authorities:\n    - name: a\n      key: k8s://provgate-system/cosign\n{section}")
+        };
+        let storage = |section: &str| load_one(&with(section)).map(|set| set.policies()[0].storage);
+        let (tags, referrers) = (Storage { tags: true, referrers: false }, Storage { tags: false, referrers: true });
+        assert_eq!(storage("").unwrap(), Storage::BOTH, "no section: both places");
+        assert_eq!(storage("  signatures:\n    storage: [tags]\n").unwrap(), tags);
+        assert_eq!(storage("  signatures:\n    storage: [referrers]\n").unwrap(), referrers);
+        assert_eq!(storage("  signatures:\n    storage: [referrers, tags]\n").unwrap(), Storage::BOTH);
+        let own = load_one(&with("  signatures:\n    storage: [tags]\n")).unwrap();
+        assert!(own.policies()[0].signatures.is_none(), "no repository: each image's own");
+        let sigs = "  signatures:\n    repository: r.example.com/sigs\n    storage: [referrers]\n";
+        let set = load_one(&with(sigs)).unwrap();
+        assert_eq!(set.policies()[0].storage, referrers);
+        assert_eq!(set.policies()[0].signatures.as_ref().unwrap().name(), "r.example.com/sigs");
+        let table: &[(&str, usize, &str)] = &[
+            ("  signatures:\n    storage: []\n", 13, "lists no place to read signatures from"),
+            ("  signatures:\n    storage: [tags, sig]\n", 14, "unknown variant `sig`"),
+            ("  signatures:\n    storage: [tags, referrers, tags]\n", 13, "names tags twice"),
+            ("  signatures:\n    storage: tags\n", 14, "expected a sequence"),
+            ("  signatures:\n    signaturePullSecrets: [pull]\n", 13, "needs signatures.repository"),
+        ];
+        for (section, line, needle) in table {
+            let e = &load_one(&with(section)).unwrap_err().0[0];
+            assert_eq!(e.line, Some(*line), "{e}");
+            assert!(e.message.contains(needle), "{e} should mention {needle}");
+        }
+        let e = &load_one(&format!("{GOOD}  signatures:\n    storage: [tags]\n")).unwrap_err().0[0];
         assert!(e.message.contains("lists no one to verify them"), "{e}");
     }
 

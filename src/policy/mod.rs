@@ -53,6 +53,8 @@ pub struct Policy {
     pub validations: Vec<CompiledValidation>,
     /// `spec.signatures`: the repository signatures are looked up in; `None` for the image's own.
     pub signatures: Option<Arc<signatures::SignatureRepository>>,
+    /// `spec.signatures.storage`: where in that repository they are looked up (both places by default).
+    pub storage: crate::artifact::Storage,
     /// `spec.evidence`, compiled: what is fetched by digest for validations to read as `evidence.<name>`.
     pub evidence: Vec<crate::evidence::spec::EvidenceDecl>,
 }

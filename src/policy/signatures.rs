@@ -1,10 +1,11 @@
 //! A policy's `signatures` section: the repository where an image's signatures, attestations and referrers are
-//! stored when it is not the image's own (cosign's `COSIGN_REPOSITORY`, Chains' `storage.oci.repository`), and the
-//! Secrets to pull from it with.
+//! stored when it is not the image's own (cosign's `COSIGN_REPOSITORY`, Chains' `storage.oci.repository`), the
+//! Secrets to pull from it with, and which of cosign's places (tags, referrers) hold them.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::artifact::Storage;
 use crate::images::ImageRef;
 
 /// Most `signaturePullSecrets` one policy may name.
@@ -14,13 +15,53 @@ pub const MAX_PULL_SECRETS: usize = 16;
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct SignaturesSpec {
-    /// `registry/repository` holding the `.sig`/`.att` tags and referrers of the images this policy governs.
-    pub repository: String,
+    /// `registry/repository` holding the `.sig`/`.att` tags and referrers of the images this policy governs; absent:
+    /// each image's own repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
     /// dockerconfigjson Secrets to pull from `repository` with: `NAME` (in provgate's own namespace) or
     /// `NAMESPACE/NAME`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub signature_pull_secrets: Vec<String>,
+    /// Where the signer stores signatures and attestations: `tags` (cosign's `sha256-<hex>.sig` and `.att`),
+    /// `referrers` (OCI 1.1 referrers: cosign 3's bundles, Tekton Chains' `sigstore-bundle` encoding), or both, the
+    /// default. A place left out is a registry request not made for each image this policy governs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2))]
+    pub storage: Option<Vec<Place>>,
+}
+
+/// A place `signatures.storage` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Place {
+    Tags,
+    Referrers,
+}
+
+impl SignaturesSpec {
+    /// The places listed in `storage`, or both when it is left out.
+    pub fn storage(&self) -> Result<Storage, String> {
+        let Some(places) = &self.storage else { return Ok(Storage::BOTH) };
+        if places.is_empty() {
+            return Err("signatures.storage lists no place to read signatures from: list tags, referrers or both \
+                        (both when storage is left out)"
+                .into());
+        }
+        let mut storage = Storage::NONE;
+        for place in places {
+            let (name, named, this) = match place {
+                Place::Tags => ("tags", storage.tags, Storage { tags: true, referrers: false }),
+                Place::Referrers => ("referrers", storage.referrers, Storage { tags: false, referrers: true }),
+            };
+            if named {
+                return Err(format!("signatures.storage names {name} twice"));
+            }
+            storage = storage.union(this);
+        }
+        Ok(storage)
+    }
 }
 
 /// A Secret named by `signaturePullSecrets`.
@@ -52,9 +93,16 @@ pub struct SignatureRepository {
 
 impl SignatureRepository {
     /// Checks and normalises `spec`: a repository without tag or digest, and at most [`MAX_PULL_SECRETS`] Secret
-    /// names, each `NAME` or `NAMESPACE/NAME`.
-    pub fn compile(spec: &SignaturesSpec) -> Result<Self, String> {
-        let written = spec.repository.as_str();
+    /// names, each `NAME` or `NAMESPACE/NAME`. `None` when it names no repository (each image's own is read).
+    pub fn compile(spec: &SignaturesSpec) -> Result<Option<Self>, String> {
+        let Some(written) = spec.repository.as_deref() else {
+            if !spec.signature_pull_secrets.is_empty() {
+                return Err("signatures.signaturePullSecrets needs signatures.repository: an image's own repository \
+                            is read with the credentials its Pod pulls with"
+                    .into());
+            }
+            return Ok(None);
+        };
         let last = written.rsplit('/').next().unwrap_or_default();
         if written.contains('@') || (written.contains('/') && last.contains(':')) {
             return Err(format!(
@@ -81,7 +129,7 @@ impl SignatureRepository {
         }
         let secrets: Vec<String> = pull_secrets.iter().map(ToString::to_string).collect();
         let key = format!("{} [{}]", repository.name(), secrets.join(","));
-        Ok(Self { repository, pull_secrets, key })
+        Ok(Some(Self { repository, pull_secrets, key }))
     }
 
     /// `registry/repository`, normalised.
@@ -137,10 +185,11 @@ mod tests {
 
     fn compile(repository: &str, secrets: &[&str]) -> Result<SignatureRepository, String> {
         let spec = SignaturesSpec {
-            repository: repository.to_owned(),
+            repository: Some(repository.to_owned()),
             signature_pull_secrets: secrets.iter().map(|s| (*s).to_owned()).collect(),
+            storage: None,
         };
-        SignatureRepository::compile(&spec)
+        SignatureRepository::compile(&spec).map(|r| r.expect("a repository is named"))
     }
 
     #[test]

@@ -50,8 +50,8 @@ struct Fetch<'a> {
     known: Vec<(Digest, Bytes)>,
 }
 
-/// Everything stored for `digest` in `at`'s repository: `.sig`, `.att` and referrers, fetched concurrently within
-/// `budget`.
+/// What is stored for `digest` in `at`'s repository in the places `wanted` names (`.sig`, `.att`, referrers),
+/// fetched concurrently within `budget`.
 pub(crate) async fn gather(
     s: &Session,
     cfg: &RegistryConfig,
@@ -64,10 +64,22 @@ pub(crate) async fn gather(
     let known = default_payloads(at, digest);
     let f = Fetch { s, cfg, repo: at.repository(), budget, deadline, blobs: Mutex::new(HashMap::new()), known };
     let (sig_tag, att_tag) = (format!("{}.sig", digest.tag_form()), format!("{}.att", digest.tag_form()));
-    let attestations =
-        async { if wanted.attestations { tagged(&f, &att_tag, Origin::AttTag).await } else { Ok(Vec::new()) } };
-    let (sig, att, refs) =
-        futures::try_join!(tagged(&f, &sig_tag, Origin::SigTag), attestations, referrers(&f, digest))?;
+    // Each place is asked only when wanted: a place not asked costs no request.
+    let read = |origin: Origin| wanted.keeps(&origin).then_some(origin);
+    let signatures = async {
+        match read(Origin::SigTag) {
+            Some(origin) => tagged(&f, &sig_tag, origin).await,
+            None => Ok(Vec::new()),
+        }
+    };
+    let attestations = async {
+        match read(Origin::AttTag) {
+            Some(origin) => tagged(&f, &att_tag, origin).await,
+            None => Ok(Vec::new()),
+        }
+    };
+    let refs = async { if wanted.storage.referrers { referrers(&f, digest).await } else { Ok(Vec::new()) } };
+    let (sig, att, refs) = futures::try_join!(signatures, attestations, refs)?;
     let mut out = Artifacts::default();
     for layer in sig.into_iter().chain(att).chain(refs) {
         match kind(&layer.media_type) {

@@ -236,8 +236,8 @@ impl Registry for MemoryRegistry {
             .ok_or_else(|| Self::not_found(image, format!("manifest {}@{digest}", image.repository())))
     }
 
-    /// No artifacts stored is an empty value, as from a real registry. Without `wanted.attestations`, the layers
-    /// stored under the `.att` tag are left out, as the real client does not read that tag.
+    /// No artifacts stored is an empty value, as from a real registry. Only the layers of the places `wanted` names
+    /// are given (without `wanted.attestations`, none of the `.att` tag), as the real client reads no other.
     async fn artifacts(
         &self,
         image: &ImageRef,
@@ -254,9 +254,7 @@ impl Registry for MemoryRegistry {
             let _ = gate.acquire().await;
         }
         let mut found = self.state().artifacts.get(&(image.name(), digest.clone())).cloned().unwrap_or_default();
-        if !wanted.attestations {
-            found.attestations.retain(|l| l.origin != crate::artifact::Origin::AttTag);
-        }
+        found.retain(|origin| wanted.keeps(origin));
         Ok(found)
     }
 

@@ -183,16 +183,28 @@ pub trait Registry: Send + Sync {
     ) -> Result<bytes::Bytes, RegistryError>;
 }
 
-/// Which artifacts a caller needs. Referrers are read either way: signature and attestation bundles both live there.
+/// Which artifacts a caller needs: where they are read from, and whether the `.att` tag is read too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Wanted {
-    /// Read the cosign `.att` tag (some governing policy requires an attestation).
+    pub storage: crate::artifact::Storage,
+    /// Read the cosign `.att` tag (some governing policy requires an attestation); only with `storage.tags`.
+    /// Referrers hold attestation bundles and signature bundles alike, so they are read whole either way.
     pub attestations: bool,
 }
 
 impl Wanted {
     /// Everything (for reports).
-    pub const ALL: Self = Self { attestations: true };
+    pub const ALL: Self = Self { storage: crate::artifact::Storage::BOTH, attestations: true };
+
+    /// Whether a layer read from `origin` is one this asks for.
+    pub fn keeps(self, origin: &crate::artifact::Origin) -> bool {
+        use crate::artifact::Origin;
+        match origin {
+            Origin::SigTag => self.storage.tags,
+            Origin::AttTag => self.storage.tags && self.attestations,
+            Origin::Referrer { .. } => self.storage.referrers,
+        }
+    }
 }
 
 /// The registry configuration cannot be used.
