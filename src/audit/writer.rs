@@ -6,7 +6,7 @@ use std::fs::OpenOptions;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -37,12 +37,6 @@ const BUFFER_BYTES: usize = 64 * 1024;
 /// records in batches rather than being woken (a futex wake and a context switch on the admission path) for each.
 /// A record reaches the file at most this much later; the queue holds `audit.queueSize` records meanwhile.
 const LINGER: Duration = Duration::from_millis(2);
-
-/// How long the writer goes on looking at an empty queue every [`LINGER`] before it sleeps on it. While records come
-/// at least this often, queueing one never wakes the writer: at a few hundred reviews a second, one after another,
-/// that wake-up (and the writer's write on the other core at that moment) cost a third of an uncached review's
-/// rate. Once the queue has been empty this long, the writer sleeps until the next record wakes it.
-const POLL_FOR: Duration = Duration::from_millis(250);
 
 /// The handle admission writes through: cheap to clone, never waits.
 #[derive(Clone)]
@@ -166,8 +160,7 @@ impl AuditLog {
     }
 }
 
-/// The writer thread: takes records off the queue, writes them, flushes whenever the queue is empty; looks at an
-/// empty queue every [`LINGER`] for [`POLL_FOR`] before it sleeps on it.
+/// The writer thread: takes records off the queue, writes them, flushes whenever the queue is empty.
 struct Writer {
     sink: Sink,
     shared: Arc<Shared>,
@@ -178,23 +171,7 @@ struct Writer {
 
 impl Writer {
     fn run(mut self, records: &Receiver<Vec<u8>>) {
-        let mut empty_since: Option<Instant> = None;
-        loop {
-            let first = match records.try_recv() {
-                Ok(line) => line,
-                Err(TryRecvError::Disconnected) => break,
-                Err(TryRecvError::Empty) => {
-                    if empty_since.get_or_insert_with(Instant::now).elapsed() < POLL_FOR {
-                        std::thread::sleep(LINGER);
-                        continue;
-                    }
-                    match records.recv() {
-                        Ok(line) => line,
-                        Err(_) => break,
-                    }
-                }
-            };
-            empty_since = None;
+        while let Ok(first) = records.recv() {
             let mut taken: u64 = 0;
             let mut next = Some(first);
             while let Some(line) = next.take() {
@@ -486,43 +463,6 @@ mod tests {
         assert!(log.settle(Duration::from_secs(10)));
         assert_eq!(uids(&path), sent);
         assert_eq!((metrics.written.get(), metrics.dropped.get()), (100, 0));
-    }
-
-    /// The writer looks at an empty queue for a while, then sleeps on it: a record is written in either case, and
-    /// the writer, once its log is dropped, stops from either.
-    #[test]
-    fn records_are_written_whether_the_writer_is_looking_at_the_queue_or_asleep_on_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("audit.log");
-        let metrics = AuditMetrics::default();
-        let log = AuditLog::open(&config(&path), metrics.clone()).unwrap();
-        let settled = |log: &AuditLog| log.settle(Duration::from_secs(10));
-        log.submit(&record("first"));
-        assert!(settled(&log));
-        // Within POLL_FOR of the last: the writer is looking.
-        std::thread::sleep(LINGER * 5);
-        log.submit(&record("looked-at"));
-        assert!(settled(&log));
-        // Past POLL_FOR: asleep on the queue, woken by the record.
-        std::thread::sleep(POLL_FOR + LINGER * 20);
-        log.submit(&record("woken"));
-        assert!(settled(&log));
-        assert_eq!(uids(&path), ["first", "looked-at", "woken"]);
-        assert_eq!(metrics.written.get(), 3);
-        // Stopping, from looking and from asleep: the thread ends once every handle is gone.
-        for pause in [LINGER * 5, POLL_FOR + LINGER * 20] {
-            let log = AuditLog::open(&config(&dir.path().join("other.log")), AuditMetrics::default()).unwrap();
-            log.submit(&record("last"));
-            assert!(settled(&log));
-            std::thread::sleep(pause);
-            let shared = Arc::downgrade(&log.shared);
-            drop(log);
-            let until = Instant::now() + Duration::from_secs(10);
-            while shared.strong_count() > 0 && Instant::now() < until {
-                std::thread::sleep(LINGER);
-            }
-            assert_eq!(shared.strong_count(), 0, "the writer thread ended after {pause:?} of quiet");
-        }
     }
 
     #[test]
