@@ -45,9 +45,13 @@ struct Fetch<'a> {
     deadline: Instant,
     /// Each blob digest read once, its bytes shared by every layer that lists it.
     blobs: Mutex<HashMap<Digest, Arc<tokio::sync::OnceCell<Bytes>>>>,
-    /// The payloads cosign writes for this digest by default, by their digest: a `.sig` layer whose descriptor names
-    /// one of them holds exactly these bytes (SHA-256 binds them as a read would), so its blob is not read.
-    known: Vec<(Digest, Bytes)>,
+    /// The image's repository and digest, for the payloads cosign writes by default.
+    at: &'a ImageRef,
+    digest: &'a Digest,
+    /// Those payloads, by their digest, made when the first simple-signing layer is met: a `.sig` layer whose
+    /// descriptor names one of them holds exactly these bytes (SHA-256 binds them as a read would), so its blob is
+    /// not read.
+    known: std::sync::OnceLock<Vec<(Digest, Bytes)>>,
 }
 
 /// What is stored for `digest` in `at`'s repository in the places `wanted` names (`.sig`, `.att`, referrers),
@@ -61,8 +65,8 @@ pub(crate) async fn gather(
     budget: &Budget,
     deadline: Instant,
 ) -> Result<Artifacts, RegistryError> {
-    let known = default_payloads(at, digest);
-    let f = Fetch { s, cfg, repo: at.repository(), budget, deadline, blobs: Mutex::new(HashMap::new()), known };
+    let blobs = Mutex::new(HashMap::new());
+    let f = Fetch { s, cfg, repo: at.repository(), budget, deadline, blobs, at, digest, known: Default::default() };
     let (sig_tag, att_tag) = (format!("{}.sig", digest.tag_form()), format!("{}.att", digest.tag_form()));
     // Each place is asked only when wanted: a place not asked costs no request.
     let read = |origin: Origin| wanted.keeps(&origin).then_some(origin);
@@ -181,7 +185,8 @@ impl Fetch<'_> {
         if media_type != media_type::SIMPLE_SIGNING {
             return None;
         }
-        let (_, payload) = self.known.iter().find(|(d, payload)| d == digest && payload.len() as i64 == declared)?;
+        let known = self.known.get_or_init(|| default_payloads(self.at, self.digest));
+        let (_, payload) = known.iter().find(|(d, payload)| d == digest && payload.len() as i64 == declared)?;
         Some(payload.clone())
     }
 
