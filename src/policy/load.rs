@@ -409,10 +409,7 @@ spec:
             ("    - expression: 'true'\n      mesage: typo\n", 12, "unknown field `mesage`"),
         ];
         for (validations, line, needle) in table {
-            let errs = load_one(&with(validations)).unwrap_err();
-            let e = &errs.0[0];
-            assert_eq!(e.line, Some(*line), "{e}");
-            assert!(e.message.contains(needle), "{e} should mention {needle}");
+            refused_at(&with(validations), *line, needle);
         }
     }
 
@@ -439,9 +436,7 @@ spec:
             ),
         ];
         for (section, line, needle) in table {
-            let e = &load_one(&with(section)).unwrap_err().0[0];
-            assert_eq!(e.line, Some(*line), "{e}");
-            assert!(e.message.contains(needle), "{e} should mention {needle}");
+            refused_at(&with(section), *line, needle);
         }
         let e = &load_one(&format!("{GOOD}  signatures:\n    repository: r.example.com/sigs\n")).unwrap_err().0[0];
         assert!(e.message.contains("lists no one to verify them"), "{e}");
@@ -473,12 +468,17 @@ spec:
             ("  signatures:\n    signaturePullSecrets: [pull]\n", 13, "needs signatures.repository"),
         ];
         for (section, line, needle) in table {
-            let e = &load_one(&with(section)).unwrap_err().0[0];
-            assert_eq!(e.line, Some(*line), "{e}");
-            assert!(e.message.contains(needle), "{e} should mention {needle}");
+            refused_at(&with(section), *line, needle);
         }
         let e = &load_one(&format!("{GOOD}  signatures:\n    storage: [tags]\n")).unwrap_err().0[0];
         assert!(e.message.contains("lists no one to verify them"), "{e}");
+    }
+
+    /// `text` does not load, and its first error is on `line` and mentions `needle`.
+    fn refused_at(text: &str, line: usize, needle: &str) {
+        let e = &load_one(text).unwrap_err().0[0];
+        assert_eq!(e.line, Some(line), "{e}");
+        assert!(e.message.contains(needle), "{e} should mention {needle}");
     }
 
     #[test]
