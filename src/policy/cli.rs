@@ -3,6 +3,7 @@
 pub use super::eval::Evaluation;
 use super::eval::{CelInput, ImageInfo, Limits, ValidationOutcome};
 use super::{Mode, PolicySet, engine, load};
+use crate::artifact::Storage;
 use crate::images::ImageRef;
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
@@ -34,9 +35,15 @@ pub fn check(path: &Path) -> CommandOutput {
             let validations: usize = set.policies().iter().map(|p| p.validations.len()).sum();
             let mut text = String::new();
             for p in set.policies() {
-                let mut looked_up = match &p.signatures {
-                    Some(r) => format!("; signatures read from {}", r.name()),
-                    None => String::new(),
+                let only = match p.storage {
+                    Storage { tags: true, referrers: false } => " (cosign tags only)",
+                    Storage { tags: false, referrers: true } => " (OCI referrers only)",
+                    _ => "",
+                };
+                let mut looked_up = match (&p.signatures, only) {
+                    (Some(r), only) => format!("; signatures read from {}{only}", r.name()),
+                    (None, "") => String::new(),
+                    (None, only) => format!("; signatures read from each image's own repository{only}"),
                 };
                 for e in &p.evidence {
                     looked_up.push_str(&format!("; evidence {} from {}", e.name, e.store.key()));
@@ -355,6 +362,32 @@ spec:
             image: Some(format!("registry.example.com/team/app@sha256:{KANIKO}")),
             now: Some("2022-10-05T00:00:00Z".parse().unwrap()),
             ..TestOptions::default()
+        }
+    }
+
+    /// `policy check` says where a policy reads signatures when it is not everywhere beside the image.
+    #[test]
+    fn check_names_the_signature_repository_and_the_places_read() {
+        let with = |signatures: &str| {
+            format!(
+                "{POLICY}  authorities:\n    - name: a\n      key: k8s://provgate-system/cosign\n  signatures: {signatures}\n"
+            )
+        };
+        let table = [
+            ("{storage: [tags]}", "; signatures read from each image's own repository (cosign tags only))"),
+            ("{storage: [referrers]}", "; signatures read from each image's own repository (OCI referrers only))"),
+            (
+                "{repository: r.example.com/s, storage: [tags]}",
+                "; signatures read from r.example.com/s (cosign tags only))",
+            ),
+            ("{repository: r.example.com/s}", "; signatures read from r.example.com/s)"),
+            ("{storage: [tags, referrers]}", "validations; requires signature from authority a)"),
+        ];
+        for (signatures, needle) in table {
+            let (_dir, file) = setup(&with(signatures));
+            let report = check(&file);
+            assert_eq!(report.exit_code, EXIT_PASS, "{}", report.text);
+            assert!(report.text.contains(needle), "{signatures}: {}", report.text);
         }
     }
 
