@@ -375,7 +375,9 @@ impl Registry for RegistryClient {
     ) -> Result<Artifacts, RegistryError> {
         let s = self.session(image.registry(), creds).await?;
         let budget = budget.image(&self.config);
-        artifacts::gather(&s, &self.config, image, digest, wanted, &budget, deadline).await
+        // Boxed: the gather's state is kilobytes of nested requests, which the span and the trait's own box would
+        // otherwise each move.
+        Box::pin(artifacts::gather(&s, &self.config, image, digest, wanted, &budget, deadline)).await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(image = %image, %digest))]
