@@ -1366,6 +1366,36 @@ mod tests {
         }
     }
 
+    /// Under `platforms: all`, each platform's signature is read from the places the policy names, as its index's.
+    #[tokio::test]
+    async fn a_platform_signature_is_read_from_the_places_the_policy_names() {
+        let key = Key::new();
+        let (index, amd, arm) = (digest("index"), digest("amd64"), digest("arm64"));
+        let r = Arc::new(MemoryRegistry::new());
+        r.put_index(APP, &index, &[(amd.clone(), "linux", "amd64"), (arm.clone(), "linux", "arm64")]);
+        r.tag(APP, "1", &index);
+        r.put_artifacts(APP, &index, artifacts(vec![key.signature(&index)], vec![]));
+        r.put_artifacts(APP, &amd, artifacts(vec![key.signature(&amd)], vec![]));
+        // arm64 is signed by a referrer only.
+        let referrer = crate::artifact::Origin::Referrer { manifest: digest("arm64 referrer"), artifact_type: None };
+        r.put_artifacts(APP, &arm, artifacts(vec![Layer { origin: referrer, ..key.signature(&arm) }], vec![]));
+        let policy = policy_reading("p", &key, None, "{signature: true, platforms: all}");
+        let tags = policy.replace("  authorities:", "  signatures: {storage: [tags]}\n  authorities:");
+        for (doc, arm_signatures) in [(policy, 1), (tags, 0)] {
+            let set = load(&[doc]);
+            let g = gatherer(&r, CacheConfig::default());
+            let gathered = gather(&g, &plan_of(&set, &[&format!("{APP}:1")])).await;
+            let evidence = found(&gathered, &format!("{APP}:1")).as_ref().unwrap();
+            let verified: Vec<(Digest, usize)> = evidence
+                .platforms_verified
+                .iter()
+                .flatten()
+                .map(|(d, v)| (d.clone(), v.values().map(|v| v.signatures.verified.len()).sum()))
+                .collect();
+            assert_eq!(verified, [(amd.clone(), 1), (arm.clone(), arm_signatures)], "{}", set.policies()[0].name);
+        }
+    }
+
     #[tokio::test]
     async fn a_registry_error_becomes_a_reason_for_its_image_while_others_gather() {
         let key = Key::new();
