@@ -38,6 +38,15 @@ impl Storage {
     pub fn union(self, other: Self) -> Self {
         Self { tags: self.tags || other.tags, referrers: self.referrers || other.referrers }
     }
+
+    /// For a storage of one place, its name and the name of the place left out (for explanations); `None` for both.
+    pub fn only(self) -> Option<(&'static str, &'static str)> {
+        match (self.tags, self.referrers) {
+            (true, false) => Some(("cosign tags", "referrers")),
+            (false, true) => Some(("OCI referrers", "tags")),
+            _ => None,
+        }
+    }
 }
 
 /// One layer whose bytes were checked against `digest` and read within the size cap.

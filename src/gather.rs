@@ -87,13 +87,9 @@ impl ImageEvidence {
     pub fn absence(&self, signatures: Option<&SignatureRepository>) -> Option<String> {
         let lookup = self.lookups.get(source_key(signatures))?;
         let ttl = lookup.missing?;
-        let only = match lookup.storage {
-            Storage { tags: true, referrers: false } => {
-                " (only its cosign tags: signatures.storage names no referrers)"
-            }
-            Storage { tags: false, referrers: true } => " (only its OCI referrers: signatures.storage names no tags)",
-            _ => "",
-        };
+        let only = lookup.storage.only().map_or(String::new(), |(read, left_out)| {
+            format!(" (only its {read}: signatures.storage names no {left_out})")
+        });
         Some(format!(
             "looked in {}{only}; the signature may not be published yet (Tekton Chains signs after the TaskRun ends): \
              provgate looks again within {}",

@@ -3,7 +3,6 @@
 pub use super::eval::Evaluation;
 use super::eval::{CelInput, ImageInfo, Limits, ValidationOutcome};
 use super::{Mode, PolicySet, engine, load};
-use crate::artifact::Storage;
 use crate::images::ImageRef;
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
@@ -35,15 +34,11 @@ pub fn check(path: &Path) -> CommandOutput {
             let validations: usize = set.policies().iter().map(|p| p.validations.len()).sum();
             let mut text = String::new();
             for p in set.policies() {
-                let only = match p.storage {
-                    Storage { tags: true, referrers: false } => " (cosign tags only)",
-                    Storage { tags: false, referrers: true } => " (OCI referrers only)",
-                    _ => "",
-                };
+                let only = p.storage.only().map(|(read, _)| format!(" ({read} only)"));
                 let mut looked_up = match (&p.signatures, only) {
-                    (Some(r), only) => format!("; signatures read from {}{only}", r.name()),
-                    (None, "") => String::new(),
-                    (None, only) => format!("; signatures read from each image's own repository{only}"),
+                    (Some(r), only) => format!("; signatures read from {}{}", r.name(), only.unwrap_or_default()),
+                    (None, None) => String::new(),
+                    (None, Some(only)) => format!("; signatures read from each image's own repository{only}"),
                 };
                 for e in &p.evidence {
                     looked_up.push_str(&format!("; evidence {} from {}", e.name, e.store.key()));

@@ -49,18 +49,11 @@ impl SignaturesSpec {
                         (both when storage is left out)"
                 .into());
         }
-        let mut storage = Storage::NONE;
-        for place in places {
-            let (name, named, this) = match place {
-                Place::Tags => ("tags", storage.tags, Storage { tags: true, referrers: false }),
-                Place::Referrers => ("referrers", storage.referrers, Storage { tags: false, referrers: true }),
-            };
-            if named {
-                return Err(format!("signatures.storage names {name} twice"));
-            }
-            storage = storage.union(this);
+        if let Some((_, place)) = places.iter().enumerate().find(|(i, p)| places[..*i].contains(p)) {
+            let name = if *place == Place::Tags { "tags" } else { "referrers" };
+            return Err(format!("signatures.storage names {name} twice"));
         }
-        Ok(storage)
+        Ok(Storage { tags: places.contains(&Place::Tags), referrers: places.contains(&Place::Referrers) })
     }
 }
 

@@ -69,21 +69,12 @@ pub(crate) async fn gather(
     let f = Fetch { s, cfg, repo: at.repository(), budget, deadline, blobs, at, digest, known: Default::default() };
     let (sig_tag, att_tag) = (format!("{}.sig", digest.tag_form()), format!("{}.att", digest.tag_form()));
     // Each place is asked only when wanted: a place not asked costs no request.
-    let read = |origin: Origin| wanted.keeps(&origin).then_some(origin);
-    let signatures = async {
-        match read(Origin::SigTag) {
-            Some(origin) => tagged(&f, &sig_tag, origin).await,
-            None => Ok(Vec::new()),
-        }
-    };
-    let attestations = async {
-        match read(Origin::AttTag) {
-            Some(origin) => tagged(&f, &att_tag, origin).await,
-            None => Ok(Vec::new()),
-        }
-    };
     let refs = async { if wanted.storage.referrers { referrers(&f, digest).await } else { Ok(Vec::new()) } };
-    let (sig, att, refs) = futures::try_join!(signatures, attestations, refs)?;
+    let (sig, att, refs) = futures::try_join!(
+        tagged_if(&f, wanted, &sig_tag, Origin::SigTag),
+        tagged_if(&f, wanted, &att_tag, Origin::AttTag),
+        refs
+    )?;
     let mut out = Artifacts::default();
     for layer in sig.into_iter().chain(att).chain(refs) {
         match kind(&layer.media_type) {
@@ -122,6 +113,19 @@ async fn tagged_manifest(f: &Fetch<'_>, tag: &str, what: &str) -> Result<Option<
     expect_ok(f.s, &reply, what)?;
     check_header_digest(f.s, &reply, what)?;
     Ok(Some(reply))
+}
+
+/// [`tagged`] when `wanted` keeps what `origin` holds; nothing, and no request, when it does not.
+async fn tagged_if(
+    f: &Fetch<'_>,
+    wanted: super::Wanted,
+    tag: &str,
+    origin: Origin,
+) -> Result<Vec<Layer>, RegistryError> {
+    if !wanted.keeps(&origin) {
+        return Ok(Vec::new());
+    }
+    tagged(f, tag, origin).await
 }
 
 /// The layers of the cosign manifest at `tag`; none when the tag does not exist.
