@@ -466,10 +466,16 @@ spec:
             ("  signatures:\n    storage: [tags, referrers, tags]\n", 13, "names tags twice"),
             ("  signatures:\n    storage: tags\n", 14, "expected a sequence"),
             ("  signatures:\n    signaturePullSecrets: [pull]\n", 13, "needs signatures.repository"),
+            // Spelled otherwise: places are lowercase words, not aliases.
+            ("  signatures:\n    storage: [Tags]\n", 14, "unknown variant `Tags`"),
+            ("  signatures:\n    storage: [oci-1-1]\n", 14, "unknown variant `oci-1-1`"),
         ];
         for (section, line, needle) in table {
             refused_at(&with(section), *line, needle);
         }
+        // A list made huge by repetition is refused at its first repeat, not walked into a policy.
+        let huge = format!("  signatures:\n    storage: [{}]\n", vec!["referrers"; 100_000].join(", "));
+        refused_at(&with(&huge), 13, "names referrers twice");
         let e = &load_one(&format!("{GOOD}  signatures:\n    storage: [tags]\n")).unwrap_err().0[0];
         assert!(e.message.contains("lists no one to verify them"), "{e}");
     }
