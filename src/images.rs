@@ -107,7 +107,8 @@ pub fn canonical_host(host: &str) -> String {
 /// digest, shares its registry and repository text). Its whole text, `registry/repository[:tag][@digest]`, is
 /// written out once, when it is made: every review writes it into its record and matches policies against it. The
 /// text determines the parts (a registry holds no `/`, a repository no `:` or `@`, a tag no `@`), so it alone is
-/// compared and hashed.
+/// compared and hashed. Its hash, and its name's, are taken once, when it is made: a review looks an image up in
+/// several maps, and the text is about a hundred bytes.
 #[derive(Debug, Clone)]
 pub struct ImageRef(Arc<Parts>);
 
@@ -118,11 +119,18 @@ struct Parts {
     tag: Option<Arc<str>>,
     digest: Option<Digest>,
     text: Box<str>,
+    /// [`TEXT_HASH`] of `text`, and of its `registry/repository` part.
+    hash: u64,
+    name_hash: u64,
 }
+
+/// The hasher of references' texts, seeded at random once per process (as a map's own hasher would be), so that
+/// the references a pod author writes cannot be chosen to collide.
+static TEXT_HASH: std::sync::LazyLock<foldhash::quality::RandomState> = std::sync::LazyLock::new(Default::default);
 
 impl PartialEq for ImageRef {
     fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0) || self.0.text == other.0.text
+        Arc::ptr_eq(&self.0, &other.0) || (self.0.hash == other.0.hash && self.0.text == other.0.text)
     }
 }
 
@@ -130,7 +138,7 @@ impl Eq for ImageRef {}
 
 impl std::hash::Hash for ImageRef {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.0.text.hash(state);
+        state.write_u64(self.0.hash);
     }
 }
 
@@ -183,8 +191,10 @@ impl ImageRef {
     fn from_parts(registry: Arc<str>, repository: Arc<str>, tag: Option<Arc<str>>, digest: Option<Digest>) -> Self {
         let (t, d) = (tag.as_deref(), digest.as_ref().map(Digest::as_str));
         let pieces = [Some(&*registry), Some("/"), Some(&*repository), t.map(|_| ":"), t, d.map(|_| "@"), d];
-        let text = pieces.into_iter().flatten().collect::<String>().into();
-        Self(Arc::new(Parts { registry, repository, tag, digest, text }))
+        let text: Box<str> = pieces.into_iter().flatten().collect::<String>().into();
+        let hash = std::hash::BuildHasher::hash_one(&*TEXT_HASH, &*text);
+        let name_hash = std::hash::BuildHasher::hash_one(&*TEXT_HASH, &text[..registry.len() + 1 + repository.len()]);
+        Self(Arc::new(Parts { registry, repository, tag, digest, text, hash, name_hash }))
     }
 
     /// Registry host (and port), `docker.io` for Docker Hub.
@@ -212,6 +222,11 @@ impl ImageRef {
     /// `registry/repository`, borrowed.
     pub fn name_str(&self) -> &str {
         &self.0.text[..self.0.registry.len() + 1 + self.0.repository.len()]
+    }
+
+    /// The hash of [`Self::name_str`], taken when this was made (equal names, equal hashes, in this process).
+    pub fn name_hash(&self) -> u64 {
+        self.0.name_hash
     }
 
     /// `registry/repository[:tag][@digest]`, as [`fmt::Display`] writes it.
@@ -423,9 +438,17 @@ mod tests {
                 assert_eq!((reread.registry(), reread.repository()), (made.registry(), made.repository()));
                 assert_eq!((reread.tag(), reread.digest()), (made.tag(), made.digest()), "{made}");
                 assert_eq!((&reread, hash(&reread)), (&made, hash(&made)));
+                // Made apart (not read from the remembered parses), the same text hashes the same.
+                let apart = ImageRef::parse_uncached(made.as_str()).unwrap();
+                assert!(!Arc::ptr_eq(&apart.0, &made.0));
+                assert_eq!((&apart, hash(&apart)), (&made, hash(&made)));
+                // Whatever the tag or digest, the name hashes as the name.
+                assert_eq!(made.name_hash(), parsed.name_hash());
             }
             assert_ne!(parsed, parsed.with_digest(other.clone()));
             assert_ne!(hash(&parsed), hash(&parsed.with_digest(other.clone())));
+            let elsewhere = ImageRef::parse(&format!("elsewhere.example/{}", parsed.repository())).unwrap();
+            assert_ne!(parsed.name_hash(), elsewhere.name_hash());
         }
         let hub = ImageRef::parse("nginx").unwrap();
         assert_eq!(hub.as_str(), "docker.io/library/nginx:latest");

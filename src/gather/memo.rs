@@ -87,7 +87,7 @@ impl<'a> Lookup<'a> {
 // and credentials configured for it, a handful, and hashing their authorities' long cache keys would cost a warm
 // review more than comparing them in that handful.
 fn hash_image<H: Hasher>(image: &ImageRef, digest: Option<&Digest>, platforms: bool, state: &mut H) {
-    image.name_str().hash(state);
+    state.write_u64(image.name_hash());
     digest.map(Digest::as_str).hash(state);
     platforms.hash(state);
 }
