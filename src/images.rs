@@ -193,7 +193,7 @@ impl ImageRef {
         let pieces = [Some(&*registry), Some("/"), Some(&*repository), t.map(|_| ":"), t, d.map(|_| "@"), d];
         let text: Box<str> = pieces.into_iter().flatten().collect::<String>().into();
         let hash = std::hash::BuildHasher::hash_one(&*TEXT_HASH, &*text);
-        let name_hash = std::hash::BuildHasher::hash_one(&*TEXT_HASH, &text[..registry.len() + 1 + repository.len()]);
+        let name_hash = std::hash::BuildHasher::hash_one(&*TEXT_HASH, &text[..name_len(&registry, &repository)]);
         Self(Arc::new(Parts { registry, repository, tag, digest, text, hash, name_hash }))
     }
 
@@ -221,7 +221,7 @@ impl ImageRef {
 
     /// `registry/repository`, borrowed.
     pub fn name_str(&self) -> &str {
-        &self.0.text[..self.0.registry.len() + 1 + self.0.repository.len()]
+        &self.0.text[..name_len(&self.0.registry, &self.0.repository)]
     }
 
     /// The hash of [`Self::name_str`], taken when this was made (equal names, equal hashes, in this process).
@@ -249,6 +249,11 @@ impl ImageRef {
         }
         Self::from_parts(self.0.registry.clone(), self.0.repository.clone(), None, Some(digest))
     }
+}
+
+/// The length of `registry/repository`, the start of a reference's text.
+fn name_len(registry: &str, repository: &str) -> usize {
+    registry.len() + 1 + repository.len()
 }
 
 impl fmt::Display for ImageRef {
