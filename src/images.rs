@@ -462,6 +462,34 @@ mod tests {
         assert_eq!(hub, ImageRef::parse("docker.io/library/nginx:latest").unwrap());
     }
 
+    /// A pod author's references differing by one byte anywhere, written again and again: each is equal only to
+    /// its own text (the stored hash only rejects early; the text decides), and no two share a map slot's identity.
+    #[test]
+    fn references_differing_by_one_byte_are_told_apart_and_the_same_text_made_twice_is_one() {
+        let base = format!("registry.example.com/team/app:1.0@{D}");
+        let mut seen = std::collections::HashSet::new();
+        for at in 0..base.len() {
+            for b in [b'0', b'a', b'z'] {
+                let mut bytes = base.clone().into_bytes();
+                bytes[at] = b;
+                let Ok(text) = String::from_utf8(bytes) else { continue };
+                let (Ok(one), Ok(again)) = (ImageRef::parse_uncached(&text), ImageRef::parse_uncached(&text)) else {
+                    continue;
+                };
+                assert_eq!(one, again, "{text}");
+                seen.insert(one.clone());
+                seen.insert(again);
+                assert_eq!(seen.iter().filter(|r| r.as_str() == one.as_str()).count(), 1, "{text}");
+            }
+        }
+        let distinct: std::collections::HashSet<&str> = seen.iter().map(ImageRef::as_str).collect();
+        assert_eq!(seen.len(), distinct.len());
+        assert!(seen.len() > base.len(), "{}", seen.len());
+        // The hash is seeded for this process, not foldhash's fixed default.
+        let fixed = std::hash::BuildHasher::hash_one(&foldhash::quality::FixedState::default(), base.as_str());
+        assert_ne!(ImageRef::parse(&base).unwrap().0.hash, fixed);
+    }
+
     #[test]
     fn a_remembered_parse_is_the_parse_and_the_memory_stays_bounded() {
         let long = format!("registry.example.com/{}:1", "a/".repeat(300));
